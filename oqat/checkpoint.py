@@ -1,0 +1,63 @@
+"""Checkpoint files: atomic writes and safe, validated reads.
+
+Every oqat file is a plain dict with a "format" tag, loaded with weights_only=True (no
+arbitrary unpickling), and carries what is needed to rebuild its model (space, bits, ...).
+"""
+import os
+import tempfile
+import zipfile
+
+import torch
+
+from .space import SearchSpace, register_space
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def atomic_write(path: str, write) -> None:
+    """Call write(file) on a temp file beside `path`, fsync, then rename over `path`:
+    a crash leaves either the old file or the new one, never half of one."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-" + os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(path: str, obj: dict) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load(path: str, *formats: str) -> dict:
+    """Read an oqat checkpoint; `formats` are the accepted "format" tags (any if none)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint '{path}' not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint '{path}' is corrupt, truncated or not a safe torch file: {first}") from None
+    except Exception as err:  # the unpickler's own errors for foreign objects
+        raise CheckpointError(f"checkpoint '{path}' could not be read safely: {type(err).__name__}") from None
+    if not isinstance(obj, dict) or "format" not in obj:
+        raise CheckpointError(f"'{path}' is not an oqat checkpoint (no 'format' field)")
+    if formats and obj["format"] not in formats:
+        raise CheckpointError(f"'{path}' is a {obj['format']} file; expected {' or '.join(formats)}")
+    return obj
+
+
+def space_of(ckpt: dict) -> SearchSpace:
+    """The checkpoint's search space, registered so its architectures validate."""
+    space = SearchSpace.from_dict(ckpt["space"])
+    register_space(space)
+    return space

@@ -1,0 +1,63 @@
+"""Cost of an architecture, computed analytically (no network is built).
+
+The walk mirrors `Subnet`'s construction and adds the formulas that sit next to each
+layer (`layers.py`, `subnet.py`). Block costs are memoised, so costing 10,000
+architectures takes well under a second.
+"""
+from functools import lru_cache
+
+from .layers import Cost, MBConv
+from .quant import FULL_PRECISION, check_bits
+from .space import Arch, SearchSpace, get_space
+from .subnet import head_cost, stem_cost
+
+METRICS = ("macs", "params", "bitops", "flops_q", "size_bits")
+
+
+@lru_cache(maxsize=None)
+def _block_cost(space: SearchSpace, i: int, k: int, e: int, h: int) -> tuple[Cost, int]:
+    c_in, stride = space.block_input(i)
+    st = space.stages[i // space.max_depth]
+    return MBConv.cost(c_in, st.width, space.mid_channels(c_in, e), k, stride, st.se, h)
+
+
+@lru_cache(maxsize=None)
+def _fixed_cost(space: SearchSpace, r: int) -> tuple[Cost, int]:
+    """Stem and first block at resolution r, and the size they leave."""
+    total, h = stem_cost(space, r)
+    fb = space.first_block
+    block, h = MBConv.cost(space.stem_width, fb.width, space.stem_width, 3, fb.stride, fb.se, h)
+    return total + block, h
+
+
+@lru_cache(maxsize=None)
+def _head_cost(space: SearchSpace, h: int) -> Cost:
+    return head_cost(space, h)
+
+
+def layer_cost(arch: Arch, space: SearchSpace | str | None = None) -> Cost:
+    """MACs and parameters of `arch`, split into quantized and full-precision parts."""
+    space = get_space(space or arch.space)
+    if arch.space != space.name:
+        raise ValueError(f"architecture is from space '{arch.space}', not '{space.name}'")
+    total, h = _fixed_cost(space, arch.r)
+    mq, mf, pq, pf = total.macs_q, total.macs_fp, total.params_q, total.params_fp
+    for _, i, k, e in arch.active_blocks():  # plain ints: this loop is the hot path of search
+        block, h = _block_cost(space, i, k, e, h)
+        mq, mf, pq, pf = mq + block.macs_q, mf + block.macs_fp, pq + block.params_q, pf + block.params_fp
+    return Cost(mq, mf, pq, pf) + _head_cost(space, h)
+
+
+def metrics(c: Cost, bits: int | tuple[int, int]) -> dict[str, float]:
+    """The authors' accounting: BitOPs = quantized MACs * b_w * b_a, FLOPs_q = BitOPs / 64 +
+    full-precision MACs, size = quantized weights * b_w + other parameters * 32."""
+    bw, ba = (bits, bits) if isinstance(bits, int) else bits
+    check_bits(bw), check_bits(ba)
+    bitops = c.macs_q * bw * ba
+    return {"macs": c.macs_q + c.macs_fp, "params": c.params_q + c.params_fp, "bitops": bitops,
+            "flops_q": bitops / 64 + c.macs_fp, "size_bits": c.params_q * bw + c.params_fp * FULL_PRECISION}
+
+
+def cost(arch: Arch, space: SearchSpace | str | None = None, bits: int | tuple[int, int] = 4) -> dict[str, float]:
+    """{macs, params, bitops, flops_q, size_bits} of `arch` at `bits` (weights, activations)."""
+    return metrics(layer_cost(arch, space), bits)

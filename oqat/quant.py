@@ -1,0 +1,109 @@
+"""LSQ: learned step size quantization with the OQA release's semantics.
+
+For a tensor v, step s and b bits: v_hat = round(clamp(v / |s|, Qn, Qp)) * |s|, with a
+straight-through round and the gradient reaching s scaled by 1 / sqrt(N * Qp).
+Weights are signed, activations unsigned; 1-bit weights use sign instead of round.
+"""
+import math
+
+import torch
+from torch import nn
+
+FULL_PRECISION = 32  # bits meaning "quantizer off"
+
+
+def qrange(bits: int, signed: bool) -> tuple[int, int]:
+    """(Qn, Qp) for `bits`: signed [-2^(b-1), 2^(b-1)-1] (b=1: [-1, 1]), unsigned [0, 2^b-1]."""
+    if signed:
+        return (-1, 1) if bits == 1 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    return 0, 2**bits - 1
+
+
+def check_bits(bits: int) -> int:
+    if not (isinstance(bits, int) and (1 <= bits <= 8 or bits == FULL_PRECISION)):
+        raise ValueError(f"bits must be an integer in 1..8, or 32 for full precision; got {bits!r}")
+    return bits
+
+
+class _LSQFunction(torch.autograd.Function):
+    """Fused LSQ. Forward: three elementwise passes. Backward: one (the straight-through
+    mask, via hardtanh's own backward kernel, which is also what the authors' hardtanh
+    gave) plus two dot products, using sum(g * q) = <g, v_hat> / |s| and
+    sum(g_v * x) = <g_v, v> / |s| so that neither q nor v / |s| is materialised again.
+    About 3x faster than the autograd chain of detach tricks."""
+
+    @staticmethod
+    def forward(ctx, v, step, qn, qp, grad_scale, use_sign):
+        a = step.abs()
+        q = (v / a).clamp_(qn, qp)
+        q = q.sign_() if use_sign else q.round_()
+        out = q.mul_(a)
+        ctx.save_for_backward(v, out, step)
+        ctx.consts = qn, qp, grad_scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, out, step = ctx.saved_tensors
+        qn, qp, grad_scale = ctx.consts
+        a = step.abs()
+        # Inside the clipping range (strictly, as hardtanh's gradient) v passes straight through.
+        if v.is_cuda:  # tensor bounds: no host sync per quantizer
+            grad_v = torch.where((v > qn * a) & (v < qp * a), grad, 0.0)
+        else:
+            grad_v = torch.ops.aten.hardtanh_backward(grad, v, qn * a.item(), qp * a.item())
+        # d v_hat / d|s| is q - v/|s| inside the range and q (= Qn or Qp) outside it.
+        grad_a = (torch.dot(_flat(grad), _flat(out)) - torch.dot(_flat(grad_v), _flat(v))) / a
+        grad_step = (grad_a * grad_scale * step.sign()).reshape(1).to(step.dtype)
+        return grad_v, grad_step, None, None, None, None
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """t flattened in NHWC order for 4-d tensors: a view for channels-last tensors (the
+    fast layout for depthwise convs), and the same element order whatever the layout."""
+    return (t.permute(0, 2, 3, 1) if t.dim() == 4 else t).reshape(-1)
+
+
+def lsq(v: torch.Tensor, step: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+    """Fake-quantize v with step; N for the gradient scale is v.numel() (the active tensor)."""
+    qn, qp = qrange(bits, signed)
+    grad_scale = 1.0 / math.sqrt(v.numel() * qp)
+    return _LSQFunction.apply(v, step, qn, qp, grad_scale, signed and bits == 1)
+
+
+def init_step(v: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+    """LSQ's data-driven initial step, 2 * mean(|v|) / sqrt(Qp), as a [1] tensor."""
+    _, qp = qrange(bits, signed)
+    return (2.0 * v.detach().abs().mean() / math.sqrt(qp)).reshape(1).float()
+
+
+def inherit_step(step: torch.Tensor, bits_from: int, bits_to: int) -> torch.Tensor:
+    """Bit inheritance: each bit dropped doubles the step, keeping the clipping range close."""
+    return step * 2.0 ** (bits_from - bits_to)
+
+
+class LSQ(nn.Module):
+    """One learned step for one tensor (a conv's weight or its input); off at 32 bits.
+
+    `bits` is a plain attribute, not state: the network's bit-width lives in its checkpoint
+    metadata, as in the authors' release, whose state dicts hold only the steps.
+    """
+
+    def __init__(self, signed: bool, bits: int = FULL_PRECISION):
+        super().__init__()
+        self.signed = signed
+        self.bits = check_bits(bits)
+        self.step = nn.Parameter(torch.ones(1))
+        self.init_pending = False  # when set, the next forward sets the step from its input
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        if self.bits == FULL_PRECISION:
+            return v
+        if self.init_pending:
+            with torch.no_grad():
+                self.step.copy_(init_step(v, self.bits, self.signed))
+            self.init_pending = False
+        return lsq(v, self.step, self.bits, self.signed)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, signed={self.signed}"
