@@ -204,7 +204,10 @@ class Supernet(nn.Module):
 
     @classmethod
     def load(cls, path: str) -> "Supernet":
-        ckpt = checkpoint.load(path, FORMAT)
+        return cls.from_checkpoint(checkpoint.load(path, FORMAT))
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> "Supernet":
         net = cls(checkpoint.space_of(ckpt), ckpt["bits"])
         net.load_state_dict(ckpt["state_dict"])
         return net
