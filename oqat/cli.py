@@ -69,7 +69,52 @@ def cmd_convert_oqa(args):
     print(f"wrote {args.out} (mbv3 supernet, {args.bits}-bit)")
 
 
-PARSERS = [add_cost, add_convert_oqa]
+# --- inherit --------------------------------------------------------------------------
+def add_inherit(sub):
+    p = sub.add_parser("inherit", help="bit inheritance: a b-bit supernet to B < b bits (steps x 2^(b-B))")
+    p.add_argument("checkpoint", help="a supernet file (supernet.pt of a run)")
+    p.add_argument("--bits", type=_bits, required=True, help="target bits, lower than the source's")
+    p.add_argument("--out", required=True)
+    p.add_argument("--reinit-steps", action="store_true",
+                   help="ablation: mark the steps for LSQ re-initialisation from data instead of doubling")
+    p.set_defaults(func=cmd_inherit)
+
+
+def cmd_inherit(args):
+    from .inherit import inherit_file
+    net = inherit_file(args.checkpoint, args.bits, args.out, args.reinit_steps)
+    print(f"wrote {args.out} ({net.space.name} supernet, {net.bits}-bit)")
+
+
+# --- analyze --------------------------------------------------------------------------
+def add_analyze(sub):
+    p = sub.add_parser("analyze", help="which architectural traits make a subnet quantization-friendly")
+    p.add_argument("run_dir")
+    p.add_argument("--samples", type=int, default=40, help="architectures to sample (seeded)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calib-images", type=int, default=500)
+    p.add_argument("--val-images", type=int, default=2000)
+    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/analysis)")
+    p.set_defaults(func=cmd_analyze)
+
+
+def cmd_analyze(args):
+    from .analysis import AnalysisConfig, analyze
+    if args.samples < 4:
+        raise ValueError(f"--samples must be at least 4 for rank correlations, got {args.samples}")
+    cfg = AnalysisConfig(samples=args.samples, seed=args.seed, calib_images=args.calib_images,
+                         val_images=args.val_images)
+    result = analyze(args.run_dir, cfg, args.out,
+                     progress=lambda i, n: print(f"\r  evaluated {i}/{n} architectures", end="", file=sys.stderr))
+    print(file=sys.stderr)
+    out = args.out or os.path.join(args.run_dir, "analysis")
+    s = result["summary"]
+    for t, c in s["correlations"].items():
+        print(f"  loss {s['drop_from']}->{s['drop_to']} bits vs {t:<12} rho={c['rho']}")
+    print(f"wrote {out}/analysis.md, analysis.json and plots")
+
+
+PARSERS = [add_cost, add_convert_oqa, add_inherit, add_analyze]
 
 
 def build_parser() -> argparse.ArgumentParser:
