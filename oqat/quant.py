@@ -20,7 +20,7 @@ def qrange(bits: int, signed: bool) -> tuple[int, int]:
 
 
 def check_bits(bits: int) -> int:
-    if not (isinstance(bits, int) and (1 <= bits <= 8 or bits == FULL_PRECISION)):
+    if isinstance(bits, bool) or not (isinstance(bits, int) and (1 <= bits <= 8 or bits == FULL_PRECISION)):
         raise ValueError(f"bits must be an integer in 1..8, or 32 for full precision; got {bits!r}")
     return bits
 

@@ -1,0 +1,137 @@
+import random
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from oqat.cost import METRICS, cost, layer_cost
+from oqat.layers import QConv2d, SqueezeExcite
+from oqat.space import MBV3, MINI, Arch, SearchSpace, Stage, register_space
+from oqat.supernet import Supernet
+
+# One stage, one block, one kernel and expand ratio: small enough to count by hand.
+TINY = SearchSpace(name="tiny-cost", stem_width=8, stem_stride=2, first_block=Stage(8, 1, "relu", False),
+                   stages=(Stage(16, 2, "relu", False),), kernel_sizes=(3,), expand_ratios=(2,), depths=(1,),
+                   resolutions=(8,), final_expand=16, feature_mix=32, in_channels=1, num_classes=10)
+register_space(TINY)
+
+
+def hook_count(net: nn.Module, r: int, in_channels: int) -> dict[str, int]:
+    """MACs and parameters of a built network, counted from its modules while it runs.
+    SE calls its convs' weights functionally (shared with the elastic SE), so its hook
+    counts both convs on the pooled 1x1 input."""
+    counts = {"macs_q": 0, "macs_fp": 0}
+
+    def conv_macs(m: nn.Conv2d, h_out: int, w_out: int) -> int:
+        return m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] * m.out_channels * h_out * w_out
+
+    def conv_hook(m, inputs, out):
+        counts["macs_q" if isinstance(m, QConv2d) else "macs_fp"] += conv_macs(m, out.shape[2], out.shape[3])
+
+    def linear_hook(m, inputs, out):
+        counts["macs_fp"] += m.in_features * m.out_features
+
+    def se_hook(m, inputs, out):
+        counts["macs_fp"] += conv_macs(m.reduce, 1, 1) + conv_macs(m.expand, 1, 1)
+
+    se_convs = {id(c) for m in net.modules() if isinstance(m, SqueezeExcite) for c in (m.reduce, m.expand)}
+    hooks = [(m, se_hook) for m in net.modules() if isinstance(m, SqueezeExcite)]
+    hooks += [(m, conv_hook) for m in net.modules() if isinstance(m, nn.Conv2d) and id(m) not in se_convs]
+    hooks += [(m, linear_hook) for m in net.modules() if isinstance(m, nn.Linear)]
+    handles = [m.register_forward_hook(hook) for m, hook in hooks]
+    with torch.no_grad():
+        net.eval()(torch.zeros(1, in_channels, r, r))
+    for h in handles:
+        h.remove()
+    params = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    params_q = sum(m.weight.numel() for m in net.modules() if isinstance(m, QConv2d))
+    return {**counts, "params": params, "params_q": params_q}
+
+
+@pytest.fixture(scope="module")
+def supernets():
+    torch.manual_seed(0)
+    # quantizers off for speed: they do not change the layers or the parameters
+    return {"mini": Supernet(MINI, 32), "mbv3": Supernet(MBV3, 32)}
+
+
+def check_against_hooks(arch: Arch, net: Supernet, bits: int):
+    space = net.space
+    counted = hook_count(net.extract(arch), arch.r, space.in_channels)
+    got = cost(arch, space, bits)
+    macs = counted["macs_q"] + counted["macs_fp"]
+    assert got["macs"] == macs, arch
+    assert got["params"] == counted["params"], arch
+    assert got["bitops"] == counted["macs_q"] * bits * bits
+    assert got["flops_q"] == pytest.approx(counted["macs_q"] * bits * bits / 64 + counted["macs_fp"])
+    assert got["size_bits"] == counted["params_q"] * bits + (counted["params"] - counted["params_q"]) * 32
+
+
+def test_mini_cost_matches_hook_count(supernets):
+    rng = random.Random(0)
+    archs = [MINI.largest(), MINI.smallest()] + [MINI.sample(rng) for _ in range(25)]
+    for i, arch in enumerate(archs):
+        check_against_hooks(arch, supernets["mini"], (4, 3, 2)[i % 3])
+
+
+def test_mbv3_cost_matches_hook_count(supernets):
+    rng = random.Random(1)
+    archs = [MBV3.smallest(), MBV3.largest()] + [MBV3.sample(rng) for _ in range(4)]
+    assert supernets["mbv3"].classifier.out_features == 1000
+    for arch in archs:
+        check_against_hooks(arch, supernets["mbv3"], 4)
+
+
+def test_tiny_space_counted_by_hand():
+    """stem 1->8 k3 s2 (8->4 px); first block dw 8 k3 + project 8->8 at 4 px; block: expand
+    8->16 at 4 px, dw 16 k3 s2 (-> 2 px), project 16->16; final expand 16->16 at 2 px,
+    feature mix 16->32 at 1 px, classifier 32->10."""
+    arch = Arch(ks=[3], e=[2], d=[1], r=8, space=TINY.name)
+    macs_q = 8 * 9 * 16 + 8 * 8 * 16 + 8 * 16 * 16 + 16 * 9 * 4 + 16 * 16 * 4 + 16 * 16 * 4 + 16 * 32
+    macs_fp = 1 * 8 * 9 * 16 + 32 * 10
+    params_q = 72 + 64 + 128 + 144 + 256 + 256 + 512
+    # stem weight + BN; 2 steps per quantized conv (7); BNs of 8, 8, 16, 16, 16, 16 channels; classifier
+    params_fp = 72 + 16 + 2 * 7 + 2 * (8 + 8 + 16 + 16 + 16 + 16) + 330
+    assert (macs_q, macs_fp, params_q, params_fp) == (7360, 1472, 1432, 592)
+    c = layer_cost(arch)
+    assert (c.macs_q, c.macs_fp, c.params_q, c.params_fp) == (macs_q, macs_fp, params_q, params_fp)
+    assert cost(arch, TINY, 4) == {"macs": 8832, "params": 2024, "bitops": 7360 * 16,
+                                   "flops_q": 7360 * 16 / 64 + 1472, "size_bits": 1432 * 4 + 592 * 32}
+    assert cost(arch, TINY, (4, 2))["bitops"] == 7360 * 8
+    assert cost(arch, TINY, 32)["size_bits"] == 2024 * 32
+    torch.manual_seed(0)
+    counted = hook_count(Supernet(TINY, 4).extract(arch), 8, 1)
+    assert counted == {"macs_q": macs_q, "macs_fp": macs_fp, "params": 2024, "params_q": params_q}
+
+
+def test_metrics_keys_and_space_argument():
+    arch = MBV3.sample(random.Random(2))
+    result = cost(arch, "mbv3", 4)
+    assert tuple(result) == METRICS
+    assert cost(arch) == result == cost(arch, MBV3)
+    assert cost(arch, bits=2)["bitops"] * 4 == result["bitops"]
+    assert cost(arch, bits=2)["macs"] == result["macs"]
+    with pytest.raises(ValueError, match="space 'mbv3', not 'mini'"):
+        cost(arch, "mini")
+    with pytest.raises(ValueError, match="bits"):
+        cost(arch, bits=0)
+
+
+def test_cost_grows_with_the_architecture():
+    small, big = cost(MBV3.smallest()), cost(MBV3.largest())
+    assert all(big[k] > small[k] for k in METRICS)
+    arch = MBV3.smallest()
+    wider = Arch(ks=arch.ks, e=[6] + list(arch.e[1:]), d=arch.d, r=arch.r)
+    assert cost(wider)["macs"] > cost(arch)["macs"]
+
+
+def test_ten_thousand_archs_under_budget():
+    rng = random.Random(3)
+    archs = [MBV3.sample(rng) for _ in range(10_000)]
+    start = time.perf_counter()
+    for arch in archs:
+        cost(arch, "mbv3", 4)
+    elapsed = time.perf_counter() - start
+    print(f"costed 10,000 mbv3 archs in {elapsed:.3f} s")
+    assert elapsed < 1.5

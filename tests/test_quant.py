@@ -1,0 +1,171 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from oqat.quant import LSQ, check_bits, init_step, inherit_step, lsq, qrange
+
+
+def t(*values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("bits,signed,expected", [
+    (4, True, (-8, 7)), (3, True, (-4, 3)), (2, True, (-2, 1)), (1, True, (-1, 1)),
+    (4, False, (0, 15)), (3, False, (0, 7)), (2, False, (0, 3)), (1, False, (0, 1)),
+])
+def test_qrange(bits, signed, expected):
+    assert qrange(bits, signed) == expected
+
+
+@pytest.mark.parametrize("bits,signed,v,step,expected", [
+    # 4-bit weights: round then clip to [-8, 7] steps
+    (4, True, t(0.26, -0.26, 0.74, 1.9, -2.5, 0.0), 0.25, t(0.25, -0.25, 0.75, 1.75, -2.0, 0.0)),
+    # 3-bit weights: [-4, 3]
+    (3, True, t(0.5, 1.4, -1.4, 3.0, -9.0), 0.5, t(0.5, 1.5, -1.5, 1.5, -2.0)),
+    # 2-bit weights: [-2, 1]
+    (2, True, t(0.4, 1.6, -0.6, -5.0), 1.0, t(0.0, 1.0, -1.0, -2.0)),
+    # 1-bit weights: sign times |s|
+    (1, True, t(0.01, -3.0, 0.7, -0.2), 0.5, t(0.5, -0.5, 0.5, -0.5)),
+    # unsigned activations clip negatives to 0
+    (4, False, t(-1.0, 0.33, 0.95, 100.0), 0.2, t(0.0, 0.4, 1.0, 3.0)),
+    (2, False, t(-0.1, 0.6, 1.2, 2.0), 0.5, t(0.0, 0.5, 1.0, 1.5)),
+    (1, False, t(-0.4, 0.2, 0.8, 3.0), 1.0, t(0.0, 0.0, 1.0, 1.0)),
+    # a negative step quantizes with |s|
+    (4, True, t(0.26, -0.26, 0.74, 1.9), -0.25, t(0.25, -0.25, 0.75, 1.75)),
+    (2, False, t(-0.1, 0.6, 1.2, 2.0), -0.5, t(0.0, 0.5, 1.0, 1.5)),
+])
+def test_lsq_forward_values(bits, signed, v, step, expected):
+    out = lsq(v, t(step), bits, signed)
+    assert torch.equal(out, expected)
+
+
+def test_full_precision_is_identity_and_off_by_default():
+    x = torch.randn(2, 3, 4, 4)
+    q = LSQ(signed=True)
+    assert q.bits == 32
+    assert q(x) is x
+    q.bits = 4
+    assert not torch.equal(q(x), x)
+
+
+def closed_form(v, s, g, bits, signed):
+    """The LSQ gradients written out elementwise: (dL/dv, dL/ds)."""
+    qn, qp = qrange(bits, signed)
+    a = abs(s)
+    x = v / a
+    inside = (x > qn) & (x < qp)
+    q = x.clamp(qn, qp)
+    q = q.sign() if signed and bits == 1 else q.round()
+    grad_v = torch.where(inside, g, torch.zeros_like(g))
+    dq = torch.where(inside, q - x, q)
+    grad_s = (g * dq).sum() / math.sqrt(v.numel() * qp) * math.copysign(1.0, s)
+    return grad_v, grad_s
+
+
+@pytest.mark.parametrize("bits", [4, 3, 2, 1])
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("s", [0.3, -0.3])
+def test_lsq_gradients_match_closed_form(bits, signed, s):
+    gen = torch.Generator().manual_seed(bits * 10 + signed)
+    v = (torch.randn(2, 3, 5, 5, generator=gen, dtype=torch.float64) * 1.5).requires_grad_()
+    step = torch.tensor([s], dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, 5, 5, generator=gen, dtype=torch.float64)
+    lsq(v, step, bits, signed).backward(g)
+    want_v, want_s = closed_form(v.detach(), s, g, bits, signed)
+    assert torch.allclose(v.grad, want_v)
+    assert step.grad.shape == (1,)
+    assert step.grad.item() == pytest.approx(want_s.item(), rel=1e-9, abs=1e-12)
+    # the test would be vacuous if nothing were clipped or nothing passed
+    assert 0 < (want_v == 0).sum() < v.numel()
+
+
+def test_gradient_zero_exactly_at_the_clipping_bounds():
+    """Straight-through strictly inside the range, as hardtanh's gradient."""
+    v = t(-2.0, -1.999, 1.0, 0.999).requires_grad_()
+    lsq(v, t(1.0), 2, True).sum().backward()  # range [-2, 1]
+    assert v.grad.tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+# --- the authors' autograd formulation, as a reference ---------------------------------
+def gradscale(x, scale):
+    return (x - x * scale).detach() + x * scale
+
+
+def roundpass(x):
+    return (x.round() - x).detach() + x
+
+
+def signpass(x):
+    return (x.sign() - x).detach() + x
+
+
+def authors_quantize(v, s, bits, is_activation):
+    qn, qp = qrange(bits, not is_activation)
+    s = gradscale(s, 1.0 / math.sqrt(v.numel() * qp))
+    v = F.hardtanh(v / s.abs(), qn, qp)
+    vbar = signpass(v) if bits == 1 and not is_activation else roundpass(v)
+    return vbar * s.abs()
+
+
+@pytest.mark.parametrize("bits", [4, 2, 1])
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no GPU"))])  # the CUDA backward takes its own path
+def test_lsq_matches_authors_autograd(bits, signed, layout, device):
+    gen = torch.Generator().manual_seed(7 * bits + signed)
+    base = torch.randn(4, 6, 7, 5, generator=gen).to(device)
+    g = torch.randn(4, 6, 7, 5, generator=gen).to(device).contiguous(memory_format=layout)
+    grads = []
+    for fn in (lambda v, s: lsq(v, s, bits, signed), lambda v, s: authors_quantize(v, s, bits, not signed)):
+        v = base.clone().contiguous(memory_format=layout).requires_grad_()
+        s = torch.tensor([-0.21], device=device).requires_grad_()
+        out = fn(v, s)
+        out.backward(g)
+        grads.append((out.detach(), v.grad, s.grad))
+    (o1, v1, s1), (o2, v2, s2) = grads
+    assert torch.allclose(o1, o2, atol=1e-6)
+    assert torch.allclose(v1, v2, atol=1e-6)
+    assert torch.allclose(s1, s2, rtol=1e-4, atol=1e-7)
+    assert s1.abs().item() > 0
+
+
+def test_init_step_formula():
+    v = t(1.0, -3.0, 2.0, -2.0)  # mean |v| = 2
+    assert init_step(v, 4, True).tolist() == pytest.approx([2 * 2 / math.sqrt(7)])
+    assert init_step(v, 4, False).tolist() == pytest.approx([2 * 2 / math.sqrt(15)])
+    assert init_step(v, 1, True).tolist() == pytest.approx([4.0])
+    assert init_step(v, 2, True).shape == (1,)
+
+
+def test_init_pending_sets_step_from_next_input_once():
+    q = LSQ(signed=False, bits=2)
+    q.init_pending = True
+    x = torch.tensor([[0.5, 1.5, 3.0, 1.0]])  # mean |x| = 1.5
+    q(x)
+    assert q.step.item() == pytest.approx(2 * 1.5 / math.sqrt(3))
+    assert not q.init_pending
+    q(x * 10)
+    assert q.step.item() == pytest.approx(2 * 1.5 / math.sqrt(3))
+
+
+def test_inherit_step_doubles_per_bit():
+    s = t(0.1)
+    assert inherit_step(s, 4, 3).item() == pytest.approx(0.2)
+    assert inherit_step(s, 4, 2).item() == pytest.approx(0.4)
+    assert inherit_step(s, 3, 3).item() == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("bad", [0, 9, 16, -1, 4.0, "4", None, True])
+def test_bits_validation(bad):
+    with pytest.raises(ValueError, match="bits must be"):
+        check_bits(bad)
+    with pytest.raises(ValueError, match="bits must be"):
+        LSQ(signed=True, bits=bad)
+
+
+@pytest.mark.parametrize("good", [1, 2, 3, 4, 5, 8, 32])
+def test_bits_accepted(good):
+    assert check_bits(good) == good
