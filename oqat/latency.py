@@ -1,0 +1,104 @@
+"""Latency of a subnet on this machine, in onnxruntime (CPU) and in PyTorch (eval, no_grad).
+
+Each measurement is the median of `runs` timed forwards after `warmup` untimed ones, on a
+random input of the architecture's shape. Both engines get the same thread count (default
+1: stable on a shared machine and what a phone core gives; raise it to measure a server).
+
+A latency table is a JSON object {arch string: ms}, one file per device and bit-width,
+which `oqat search --latency-table FILE` reads as a budget metric.
+"""
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from . import checkpoint, packed
+from .export import ONNX_FILE, PACKED_FILE, build_onnx, load_subnet, onnx_session
+from .space import Arch
+from .subnet import Subnet
+from .supernet import Supernet
+
+ENGINES = ("onnxruntime", "torch")
+
+
+def median_ms(fn: Callable[[], object], runs: int, warmup: int) -> float:
+    """Median wall time of fn() in milliseconds over `runs` calls, after `warmup` calls."""
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def measure(net: Subnet, batches: list[int], runs: int = 50, warmup: int = 10, threads: int = 1,
+            onnx_path: str | None = None) -> dict[str, dict[int, float]]:
+    """{engine: {batch: median ms}} of `net` (moved to channels-last in place); onnxruntime
+    runs `onnx_path` if given, else the model `build_onnx(net)` writes."""
+    net = net.eval().to(memory_format=torch.channels_last)  # the fast CPU layout for depthwise convs
+    session = onnx_session(onnx_path or build_onnx(net), threads)
+    shape = (net.space.in_channels, net.arch.r, net.arch.r)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    result = {engine: {} for engine in ENGINES}
+    try:
+        for b in batches:
+            x = torch.randn(b, *shape, generator=torch.Generator().manual_seed(b))
+            feed = {"input": x.numpy()}
+            result["onnxruntime"][b] = median_ms(lambda: session.run(None, feed), runs, warmup)
+            xc = x.contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():
+                result["torch"][b] = median_ms(lambda: net(xc), runs, warmup)
+    finally:
+        torch.set_num_threads(previous)
+    return result
+
+
+def load_for_latency(source: str, arch: Arch | None) -> tuple[Subnet, str | None]:
+    """(subnet, its .onnx file or None) from an exported folder, a subnet file, or a
+    supernet file and `arch` (extracted as is: BN statistics do not change latency)."""
+    if os.path.isdir(source):
+        net = packed.load(os.path.join(source, PACKED_FILE))
+        if arch is not None and arch != net.arch:
+            raise ValueError(f"--arch {arch} differs from the subnet exported in '{source}' ({net.arch})")
+        onnx_path = os.path.join(source, ONNX_FILE)
+        return net, onnx_path if os.path.isfile(onnx_path) else None
+    net, ckpt = load_subnet(source, arch)
+    return (net if net is not None else Supernet.from_checkpoint(ckpt).extract(arch)).eval(), None
+
+
+def device_name() -> str:
+    """The CPU model (Linux) or platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def update_table(path: str, arch: str, ms: float) -> dict[str, float]:
+    """Set table[arch] = ms in the JSON latency table at `path` (created if missing)."""
+    table = {}
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                table = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"latency table '{path}' is not valid JSON: {err}") from None
+        if not isinstance(table, dict):
+            raise ValueError(f"latency table '{path}' must be a JSON object {{arch string: ms}}")
+    table[arch] = round(ms, 4)
+    text = json.dumps(dict(sorted(table.items())), indent=1) + "\n"
+    checkpoint.atomic_write(path, lambda f: f.write(text.encode()))
+    return table

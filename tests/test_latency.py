@@ -1,0 +1,54 @@
+import json
+import time
+
+import pytest
+from test_export import ARCH, make_subnet, one_thread  # noqa: F401  (one_thread: autouse fixture)
+
+from oqat import export, latency
+from oqat.cli import main
+from oqat.search import read_latency_table
+from oqat.space import MINI, Arch
+
+
+def test_median_ms_times_runs_after_warmup():
+    calls = []
+    ms = latency.median_ms(lambda: (calls.append(1), time.sleep(0.002)), runs=3, warmup=2)
+    assert len(calls) == 5 and 2.0 <= ms < 200
+    with pytest.raises(ValueError, match="runs must be >= 1"):
+        latency.median_ms(lambda: None, runs=0, warmup=0)
+
+
+def run_json(capsys, *argv) -> dict:
+    code = main(["latency", *argv, "--runs", "2", "--warmup", "1", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_latency_of_subnet_files_builds_a_table_the_search_reads(tmp_path, capsys):
+    table = str(tmp_path / "latency.json")
+    other = Arch.parse("mini:r28:k7e4-k3e2-k3e2-k5e3.k5e3")
+    for arch in (ARCH, other):
+        path = str(tmp_path / f"{arch.r}.pt")
+        make_subnet(2, arch).save(path)
+        result = run_json(capsys, path, "--batch", "3", "--table", table)
+        assert result["arch"] == arch.to_str() and result["bits"] == 2
+        assert set(result["ms"]) == set(latency.ENGINES)
+        assert all(set(by_batch) == {"1", "3"} and min(by_batch.values()) > 0 for by_batch in result["ms"].values())
+    read = read_latency_table(table, MINI)
+    assert set(read) == {ARCH.to_str(), other.to_str()} and min(read.values()) > 0
+
+
+def test_latency_of_an_exported_folder(tmp_path, capsys):
+    out = str(tmp_path / "deploy")
+    export.export(make_subnet(3), out)
+    assert run_json(capsys, out)["arch"] == ARCH.to_str()
+    assert main(["latency", out, "--arch", "mini:r32:k3e2-k3e2-k3e2-k3e2"]) == 2
+    assert "differs from the subnet exported" in capsys.readouterr().err
+
+
+def test_a_latency_table_that_is_not_an_object_is_refused(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        latency.update_table(str(path), ARCH.to_str(), 1.0)

@@ -1,0 +1,58 @@
+import os
+
+import pytest
+import torch
+from test_export import make_subnet, one_thread  # noqa: F401  (one_thread: autouse fixture)
+
+from oqat import checkpoint, export, packed
+from oqat.quant import qrange
+
+
+def test_codes_are_packed_little_endian_at_their_width():
+    assert packed.pack(torch.tensor([-2, -1, 0, 1], dtype=torch.int8), 2).tolist() == [0b11100100]
+    assert packed.pack(torch.tensor([-8, 7, 0], dtype=torch.int8), 4).tolist() == [0xF0, 0x08]
+    # 3 bits: a stream across bytes; codes 0..7 stored as q + 4
+    assert packed.pack(torch.arange(-4, 4, dtype=torch.int8), 3).tolist() == [0b10001000, 0b11000110, 0b11111010]
+    assert [packed.code_width(b) for b in (1, 2, 3, 4, 8)] == [2, 2, 3, 4, 8]  # 1-bit sign has 3 levels
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 8])
+def test_pack_unpack_round_trip(bits):
+    qn, qp = qrange(bits, signed=True)
+    codes = torch.randint(qn, qp + 1, (7, 3, 5, 5), generator=torch.Generator().manual_seed(bits)).to(torch.int8)
+    data = packed.pack(codes, bits)
+    assert data.dtype == torch.uint8 and data.numel() == -(-codes.numel() * packed.code_width(bits) // 8)
+    assert torch.equal(packed.unpack(data, tuple(codes.shape), bits), codes)
+
+
+@pytest.mark.parametrize("bits", [3, 2])
+def test_packed_file_rebuilds_a_bit_identical_subnet(bits, tmp_path):
+    net = make_subnet(bits)
+    path = str(tmp_path / "w.oqpk")
+    packed.save(net, path)
+    loaded = packed.load(path)
+    assert not loaded.training and loaded.arch == net.arch and loaded.bits == bits
+    x = torch.randn(16, 1, net.arch.r, net.arch.r)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+    for name, conv in packed.quantized_convs(loaded).items():
+        assert torch.equal(packed.weight_codes(conv), packed.weight_codes(packed.quantized_convs(net)[name]))
+    # Quantized weights take b bits; the fp32 rest (SE, stem, BN, classifier) dominates what is left.
+    fp32 = export.state_dict_bytes(net)
+    q_params = sum(c.weight.numel() for c in packed.quantized_convs(net).values())
+    assert os.path.getsize(path) < fp32 - q_params * (32 - bits) / 8 + 64 * 1024
+
+
+def test_packed_file_that_does_not_match_its_architecture_is_refused(tmp_path):
+    net = make_subnet(2)
+    path = str(tmp_path / "w.oqpk")
+    packed.save(net, path)
+    ckpt = checkpoint.load(path, packed.FORMAT)
+    ckpt["packed"]["blocks.0.dw.conv"]["bits"] = 3
+    checkpoint.save(path, ckpt)
+    with pytest.raises(checkpoint.CheckpointError, match="blocks.0.dw.conv is packed at 3 bits"):
+        packed.load(path)
+    del ckpt["packed"]["blocks.0.dw.conv"]
+    checkpoint.save(path, ckpt)
+    with pytest.raises(checkpoint.CheckpointError, match="do not match"):
+        packed.load(path)
