@@ -1,0 +1,105 @@
+"""Accuracy predictor: ridge regression from an architecture's encoding to its val top-1.
+
+Features: one-hot kernel and expand ratio of every block (all zero for a block beyond its
+stage's depth), one-hot depth per stage, one-hot resolution, and log MACs. A closed-form
+ridge on standardised features is enough for the few hundred pairs a search gathers,
+fits in milliseconds, and ranks well (Kendall tau is what pre-screening needs).
+"""
+import json
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import kendalltau
+
+from . import checkpoint
+from .cost import cost
+from .space import Arch, SearchSpace
+
+
+def features(arch: Arch, space: SearchSpace) -> np.ndarray:
+    parts = []
+    active = {i for _, i, _, _ in arch.active_blocks()}
+    for i in range(space.num_blocks):
+        on = i in active
+        parts += [on and arch.ks[i] == k for k in space.kernel_sizes]
+        parts += [on and arch.e[i] == e for e in space.expand_ratios]
+    for d in arch.d:
+        parts += [d == v for v in space.depths]
+    parts += [arch.r == r for r in space.resolutions]
+    parts.append(math.log(cost(arch, space, 32)["macs"]))
+    return np.array(parts, dtype=np.float64)
+
+
+@dataclass
+class Predictor:
+    space: SearchSpace  # the space whose architectures it encodes
+    mean: np.ndarray  # feature means of the training pairs
+    scale: np.ndarray  # feature standard deviations (1 where constant)
+    weights: np.ndarray  # ridge weights on standardised features
+    bias: float  # mean val top-1 of the training pairs
+
+    @classmethod
+    def fit(cls, archs: list[Arch], top1: list[float], space: SearchSpace, alpha: float = 1.0) -> "Predictor":
+        if len(archs) < 2:
+            raise ValueError(f"the predictor needs at least 2 (arch, val top-1) pairs, got {len(archs)}")
+        X = np.stack([features(a, space) for a in archs])
+        y = np.asarray(top1, dtype=np.float64)
+        mean, scale = X.mean(0), X.std(0)
+        scale[scale == 0] = 1.0
+        Z = (X - mean) / scale
+        # Dual form: (Z Z^T + alpha I)^-1 y, cheaper than the primal when pairs < features.
+        coef = np.linalg.solve(Z @ Z.T + alpha * np.eye(len(Z)), y - y.mean())
+        return cls(space, mean, scale, Z.T @ coef, float(y.mean()))
+
+    def predict(self, archs: list[Arch]) -> np.ndarray:
+        X = np.stack([features(a, self.space) for a in archs])
+        return (X - self.mean) / self.scale @ self.weights + self.bias
+
+
+def quality(predicted: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    """Kendall tau (ranking agreement) and RMSE (top-1 points) of predictions."""
+    tau = kendalltau(predicted, actual).statistic if len(actual) > 1 else float("nan")
+    return {"kendall_tau": float(tau), "rmse": float(np.sqrt(np.mean((predicted - actual) ** 2))),
+            "n": len(actual)}
+
+
+def fit_and_score(pairs: list[tuple[Arch, float]], space: SearchSpace, holdout: float = 0.25,
+                  seed: int = 0) -> tuple[Predictor, dict[str, float]]:
+    """Fit on a seeded (1 - holdout) share of `pairs`, report quality on the rest, then refit
+    on every pair (the returned predictor)."""
+    if len(pairs) < 4:
+        raise ValueError(f"need at least 4 (arch, val top-1) pairs to fit and score a predictor, got {len(pairs)}")
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_test = max(2, round(holdout * len(pairs)))
+    test, train = [pairs[i] for i in order[:n_test]], [pairs[i] for i in order[n_test:]]
+    model = Predictor.fit([a for a, _ in train], [s for _, s in train], space)
+    scores = quality(model.predict([a for a, _ in test]), np.array([s for _, s in test]))
+    return Predictor.fit([a for a, _ in pairs], [s for _, s in pairs], space), scores
+
+
+def save_pairs(path: str, points: list[dict]) -> None:
+    """Points are dicts with at least "arch" (string) and "val_top1" (the search's evaluated.json form)."""
+    checkpoint.atomic_write(path, lambda f: f.write((json.dumps(points, indent=1) + "\n").encode()))
+
+
+def load_pairs(path: str, space: SearchSpace | None = None) -> list[tuple[Arch, float]]:
+    """(arch, val top-1) pairs from a file written by `oqat sample` or a search's evaluated.json."""
+    try:
+        with open(path) as f:
+            points = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"pairs file '{path}' not found") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"pairs file '{path}' is not valid JSON: {err}") from None
+    if not isinstance(points, list) or not all(isinstance(p, dict) and "arch" in p and "val_top1" in p
+                                                 for p in points):
+        raise ValueError(f"pairs file '{path}' must be a JSON list of objects with 'arch' and 'val_top1'")
+    pairs = [(Arch.parse(p["arch"]), float(p["val_top1"])) for p in points]
+    for arch, _ in pairs:
+        if space is not None and arch.space != space.name:
+            raise ValueError(f"pairs file '{path}' holds architectures of space '{arch.space}'; "
+                             f"the supernet's space is '{space.name}'")
+    return pairs

@@ -1,0 +1,115 @@
+"""The run's report: results.json (everything measured), report.md and PNG plots."""
+import json
+import os
+
+from . import checkpoint, config
+
+
+def _plot_fronts(searches: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for bits, s in sorted(searches.items(), reverse=True):
+        pts = [(p["bitops"], p["val_top1"]) for p in s.get("evaluated", [])]
+        line = ax.plot(*zip(*sorted((p["bitops"], p["val_top1"]) for p in s["front"])),
+                       marker="o", lw=1.5, label=f"{bits}-bit front")[0]
+        if pts:
+            ax.scatter(*zip(*pts), s=8, alpha=0.25, color=line.get_color())
+    ax.set_xscale("log")
+    ax.set(xlabel="BitOPs", ylabel="val top-1 (%)", title="OQAT fronts per bit-width (dots: evaluated subnets)")
+    ax.legend()
+    _save(fig, path)
+
+
+def _plot_training(run_dir: str, stages: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    offset = 0
+    for st in stages:
+        steps, epochs = [], []
+        with open(os.path.join(run_dir, st["dir"], "metrics.jsonl")) as f:
+            for line in f:
+                rec = json.loads(line)
+                (steps if rec["kind"] == "step" else epochs).append(rec)
+        label = f"{st['bits']}-bit" if st["bits"] != 32 else "fp"
+        if steps:
+            ax_loss.plot([offset + r["epoch"] for r in steps], [r["loss"] for r in steps], lw=1, label=label)
+        for key, style in (("val_top1_largest", "-o"), ("val_top1_smallest", "--s")):
+            if epochs and key in epochs[0]:
+                ax_acc.plot([offset + r["epoch"] for r in epochs], [r[key] for r in epochs], style,
+                            label=f"{label} {key.split('_')[-1]}")
+        offset += st["epochs"]
+    ax_loss.set(xlabel="epoch (all stages)", ylabel="loss (largest subnet)", title="Training")
+    ax_acc.set(xlabel="epoch (all stages)", ylabel="val top-1 (%)", title="Largest and smallest subnets")
+    ax_loss.legend(fontsize=8)
+    ax_acc.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _save(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    checkpoint.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+
+
+def write_report(cfg, stages: list[dict], searches: dict, exported: dict, wall_s: float) -> dict:
+    run = cfg.run.dir
+    for bits in searches:  # the plot shows every evaluated point too
+        ev = os.path.join(run, "search", f"{bits}bit", "evaluated.json")
+        if os.path.isfile(ev):
+            with open(ev) as f:
+                searches[bits] = {**searches[bits], "evaluated": json.load(f)}
+    plots = []
+    if searches:
+        _plot_fronts(searches, os.path.join(run, "fronts.png"))
+        plots.append("fronts.png")
+    if stages:
+        _plot_training(run, stages, os.path.join(run, "training.png"))
+        plots.append("training.png")
+    best = {bits: max(s["front"], key=lambda p: p["val_top1"]) for bits, s in searches.items()}
+    results = {"config": config.to_dict(cfg), "wall_s_this_invocation": wall_s, "stages": stages,
+               "best": best, "fronts": {b: s["front"] for b, s in searches.items()},
+               "export": exported, "plots": plots}
+    checkpoint.atomic_write(os.path.join(run, "results.json"),
+                            lambda f: f.write(json.dumps(results, indent=1, default=float).encode()))
+    checkpoint.atomic_write(os.path.join(run, "report.md"), lambda f: f.write(markdown(results).encode()))
+    return results
+
+
+def markdown(r: dict) -> str:
+    cfg = r["config"]
+    lines = [f"# OQAT run: {cfg['data']['name']}, space `{cfg['model']['space']}`", "",
+             "## Stages", "", "| # | bits | epochs | wall (s) | val top-1 largest | val top-1 smallest |",
+             "|---|---|---|---|---|---|"]
+    for s in r["stages"]:
+        m = s.get("metrics") or {}
+        fmt = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "-"
+        lines.append(f"| {s['index']} | {s['bits']} | {s['epochs']} | {fmt(s.get('wall_s'))} | "
+                     f"{fmt(m.get('val_top1_largest'))} | {fmt(m.get('val_top1_smallest'))} |")
+    if r["best"]:
+        lines += ["", "## Best subnet per bit-width (most accurate on the front, chosen on val; test top-1 reported)",
+                  "", "| bits | architecture | val top-1 | test top-1 | MACs | BitOPs | FLOPs_q | size (KiB) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for bits, b in sorted(r["best"].items(), key=lambda kv: -int(kv[0])):
+            c = b  # a front point holds its costs beside arch and accuracies
+            lines.append(f"| {bits} | `{b['arch']}` | {b['val_top1']:.2f} | {b.get('test_top1', float('nan')):.2f} | "
+                         f"{c['macs'] / 1e6:.2f} M | {c['bitops'] / 1e6:.1f} M | {c['flops_q'] / 1e6:.2f} M | "
+                         f"{c['size_bits'] / 8192:.1f} |")
+        lines += ["", "## Pareto fronts", ""]
+        for bits, front in sorted(r["fronts"].items(), key=lambda kv: -int(kv[0])):
+            lines.append(f"- {bits}-bit: " + ", ".join(f"{p['bitops'] / 1e6:.1f} M BitOPs -> "
+                                                       f"{p['val_top1']:.2f}%" for p in front))
+    if r["export"]:
+        lines += ["", "## Exported (ONNX with QDQ, packed weights)", "",
+                  "| bits | folder | packed size (B) | fp32 state dict (B) | onnxruntime top-1 | agreement with PyTorch |",
+                  "|---|---|---|---|---|---|"]
+        for bits, f in sorted(r["export"].items(), key=lambda kv: -int(kv[0])):
+            t = f.get("test") or {}
+            lines.append(f"| {bits} | export/{bits}bit | {f['sizes']['packed']:,} | {f['sizes']['fp32_state_dict']:,} | "
+                         f"{t.get('onnx_top1', float('nan')):.2f} | {t.get('top1_agreement', float('nan')):.2f}% |")
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r["plots"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,381 @@
+"""Pareto search of a trained supernet: NSGA-II (pymoo) over architectures, validation
+top-1 against a cost metric, under budgets such as `bitops<=2e8`.
+
+The genome is one choice index per field of an `Arch` (kernel and expand per block, depth
+per stage, resolution); a repair maps it to its canonical form (genes of blocks beyond a
+stage's depth reset, as `Arch` does), so equal networks have equal genomes and pymoo's
+duplicate elimination applies. Scores are cached by `Arch`: no architecture is evaluated
+twice. Costs are analytical, so a candidate over budget is never evaluated at all (NSGA-II
+ranks infeasible candidates by constraint violation alone). Only the validation split is
+looked at while searching; the final front alone is then scored on the test split.
+"""
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.core.evaluator import Evaluator
+from pymoo.core.mutation import Mutation
+from pymoo.core.problem import Problem
+from pymoo.core.repair import Repair
+from pymoo.core.sampling import Sampling
+from pymoo.operators.crossover.ux import UniformCrossover
+from pymoo.problems.static import StaticProblem
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+from . import checkpoint, data
+from .cost import METRICS, cost
+from .data import DataConfig, Splits
+from .evaluate import calibrated_subnet, check_space, evaluate
+from .predictor import Predictor
+from .space import Arch, SearchSpace
+from .supernet import Supernet
+
+LATENCY = "latency"  # a budget metric read from a measured latency table (ms)
+
+
+class BudgetError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Budget:
+    metric: str  # one of cost.METRICS, or "latency" with a latency table
+    limit: float  # the largest allowed value
+
+    def __str__(self) -> str:
+        return f"{self.metric}<={self.limit:g}"
+
+
+def parse_budget(text: str, latency: bool = False) -> Budget:
+    """`metric<=value`, e.g. `bitops<=2e8`; `latency` only when a latency table is given."""
+    valid = METRICS + ((LATENCY,) if latency else ())
+    metric, sep, value = text.replace(" ", "").partition("<=")
+    if not sep:
+        raise BudgetError(f"budget {text!r} must look like METRIC<=VALUE, e.g. bitops<=2e8")
+    if metric not in valid:
+        hint = "" if latency else f" ({LATENCY} needs --latency-table)"
+        raise BudgetError(f"unknown budget metric {metric!r}; valid: {', '.join(valid)}{hint}")
+    try:
+        limit = float(value)
+    except ValueError:
+        raise BudgetError(f"budget {text!r}: {value!r} is not a number") from None
+    if not limit > 0:
+        raise BudgetError(f"budget {text!r}: the limit must be a positive number")
+    return Budget(metric, limit)
+
+
+class Costs:
+    """Cost metrics of architectures at one bit-width, plus latency from a measured table."""
+
+    def __init__(self, space: SearchSpace, bits: int, latency: dict[str, float] | None = None):
+        self.space, self.bits, self.latency = space, bits, latency
+
+    def __call__(self, arch: Arch) -> dict[str, float]:
+        c = cost(arch, self.space, self.bits)
+        if self.latency is not None and arch.to_str() in self.latency:
+            c[LATENCY] = self.latency[arch.to_str()]
+        return c
+
+    def smallest(self, metric: str) -> tuple[float, str]:
+        """The least achievable value of `metric`, and where it is reached."""
+        if metric == LATENCY:
+            best = min(self.latency, key=self.latency.get)
+            return self.latency[best], best
+        # The smallest choice of every field (resolution too) minimises every cost metric.
+        arch = self.space.smallest()
+        return self(arch)[metric], arch.to_str()
+
+    def check(self, budgets: list[Budget]) -> None:
+        for b in budgets:
+            least, where = self.smallest(b.metric)
+            if least > b.limit:
+                raise BudgetError(f"budget {b} cannot be met: the smallest achievable {b.metric} is "
+                                  f"{least:g} ({where}, {self.bits}-bit)")
+
+
+def read_latency_table(path: str, space: SearchSpace) -> dict[str, float]:
+    """A JSON object mapping architecture strings to measured latency in ms."""
+    try:
+        with open(path) as f:
+            table = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"latency table '{path}' not found") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"latency table '{path}' is not valid JSON: {err}") from None
+    if not isinstance(table, dict) or not table:
+        raise ValueError(f"latency table '{path}' must be a non-empty JSON object {{arch string: ms}}")
+    out = {}
+    for text, ms in table.items():
+        arch = check_space(Arch.parse(text), space)
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)):
+            raise ValueError(f"latency table '{path}': {text} maps to {ms!r}, expected milliseconds")
+        out[arch.to_str()] = float(ms)
+    return out
+
+
+# --- scoring ----------------------------------------------------------------------------
+class Scorer:
+    """Validation top-1 of architectures, each extracted, BN-recalibrated and evaluated once."""
+
+    def __init__(self, supernet: Supernet, data_cfg: DataConfig, splits: Splits, calib_images: int = 2000,
+                 val_images: int | None = None, calib_seed: int = 0):
+        self.supernet = supernet.eval()
+        n = min(calib_images, len(splits.train))
+        self.calib = data.calib_batches(splits.train, data_cfg, n, calib_seed)
+        val = splits.val if val_images is None else data.subset(splits.val, min(val_images, len(splits.val)), 0)
+        self.val = list(data.eval_batches(val, data_cfg))
+        self.data_cfg, self.splits = data_cfg, splits
+        self.scores: dict[Arch, float] = {}  # every real evaluation, in order
+
+    def __call__(self, arch: Arch) -> float:
+        if arch not in self.scores:
+            self.scores[arch] = evaluate(self.subnet(arch), self.val)["top1"]
+        return self.scores[arch]
+
+    def subnet(self, arch: Arch):
+        return calibrated_subnet(self.supernet, arch, self.calib)
+
+    def test_top1(self, arch: Arch) -> float:
+        return evaluate(self.subnet(arch), data.eval_batches(self.splits.test, self.data_cfg))["top1"]
+
+
+def sample_points(scorer: Scorer, n: int, seed: int) -> list[dict]:
+    """`n` distinct uniformly random architectures (seeded) with their costs and val top-1."""
+    space, rng, archs = scorer.supernet.space, random.Random(seed), []
+    for _ in range(100 * n):  # bounded: a tiny space may hold fewer than n architectures
+        arch = space.sample(rng)
+        if arch not in archs:
+            archs.append(arch)
+        if len(archs) == n:
+            break
+    costs = Costs(space, scorer.supernet.bits)
+    return [{"arch": a.to_str(), **costs(a), "val_top1": scorer(a)} for a in archs]
+
+
+# --- genome and pymoo operators -----------------------------------------------------------
+def choices(space: SearchSpace) -> list[tuple[int, ...]]:
+    """The allowed values of each gene: ks per block, e per block, d per stage, r."""
+    n = space.num_blocks
+    return [space.kernel_sizes] * n + [space.expand_ratios] * n + [space.depths] * len(space.stages) + \
+        [space.resolutions]
+
+
+def encode(arch: Arch, space: SearchSpace) -> np.ndarray:
+    values = list(arch.ks) + list(arch.e) + list(arch.d) + [arch.r]
+    return np.array([c.index(v) for c, v in zip(choices(space), values)])
+
+
+def decode(x: np.ndarray, space: SearchSpace) -> Arch:
+    v = [c[int(i)] for c, i in zip(choices(space), np.asarray(x).round().astype(int))]
+    n, s = space.num_blocks, len(space.stages)
+    return Arch(ks=v[:n], e=v[n:2 * n], d=v[2 * n:2 * n + s], r=v[-1], space=space.name)
+
+
+class _Canonical(Repair):
+    def _do(self, problem, X, **kwargs):
+        return np.array([encode(decode(x, problem.space), problem.space) for x in X])
+
+
+class _FeasibleSampling(Sampling):
+    """The smallest and (within budget) the largest architecture, which anchor the two ends
+    of the front, then uniform ones, redrawn (a bounded number of times) while over budget."""
+
+    def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
+        rng = random.Random(int(random_state.integers(2**63)))
+        space = problem.space
+        out = [encode(a, space) for a in (space.smallest(), space.largest()) if problem.feasible(a)][:n_samples]
+        for _ in range(n_samples - len(out)):
+            for _ in range(100):
+                arch = space.sample(rng)
+                if problem.feasible(arch):
+                    break
+            out.append(encode(arch, space))
+        return np.array(out)
+
+
+class _ResetMutation(Mutation):
+    """Each gene is redrawn uniformly from its choices with probability `prob_var` (0.1, as
+    OFA's evolution; pymoo's 1 / genes hardly explores, as genes of unused blocks do nothing)."""
+
+    def __init__(self, prob_var: float = 0.1):
+        super().__init__(prob_var=prob_var)
+
+    def _do(self, problem, X, *args, random_state=None, **kwargs):
+        X = X.copy()
+        mask = random_state.random(X.shape) < self.get_prob_var(problem, size=(len(X), 1))
+        draws = random_state.integers(0, np.iinfo(np.int32).max, X.shape) % (problem.xu + 1)
+        X[mask] = draws[mask]
+        return X
+
+
+class _ArchProblem(Problem):
+    def __init__(self, space: SearchSpace, costs: Costs, budgets: list[Budget]):
+        sizes = np.array([len(c) for c in choices(space)])
+        super().__init__(n_var=len(sizes), n_obj=2, n_ieq_constr=len(budgets), xl=0, xu=sizes - 1, vtype=int)
+        self.space, self.costs, self.budgets = space, costs, budgets
+
+    def violations(self, c: dict[str, float]) -> list[float]:
+        # Relative to the limit, so budgets on metrics of different scales weigh alike. An
+        # architecture absent from the latency table has no known latency: it meets no latency budget.
+        return [min(c.get(b.metric, math.inf) / b.limit - 1.0, 1e9) for b in self.budgets]
+
+    def feasible(self, arch: Arch) -> bool:
+        return max(self.violations(self.costs(arch)), default=0.0) <= 0
+
+
+# --- search ---------------------------------------------------------------------------------
+@dataclass
+class SearchResult:
+    metric: str  # the cost objective
+    bits: int  # bit-width of the searched supernet
+    budgets: list[Budget]  # constraints every front member meets
+    front: list[dict]  # Pareto front by increasing cost: arch, costs, val_top1, test_top1
+    evaluated: list[dict]  # every architecture evaluated on val, in evaluation order
+    predicted: int = 0  # candidates scored by the predictor only (--predictor)
+    seconds: float = 0.0  # wall time of the search (test evaluation included)
+    settings: dict = field(default_factory=dict)  # population, generations, seed, ...
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.evaluated)
+
+
+def pareto_indices(acc: np.ndarray, cost_: np.ndarray) -> list[int]:
+    """Indices of the points not dominated in (max acc, min cost), by increasing cost."""
+    if len(acc) == 0:
+        return []
+    front = NonDominatedSorting().do(np.stack([-acc, cost_], 1), only_non_dominated_front=True)
+    return sorted(front.tolist(), key=lambda i: (cost_[i], -acc[i]))
+
+
+def dominated(front: list[dict], points: list[dict], metric: str) -> int:
+    """How many `points` some front member dominates (no costlier, no less accurate, one strictly)."""
+    def beats(f, p):
+        return (f[metric] <= p[metric] and f["val_top1"] >= p["val_top1"]
+                and (f[metric] < p[metric] or f["val_top1"] > p["val_top1"]))
+    return sum(any(beats(f, p) for f in front) for p in points)
+
+
+def search(supernet: Supernet, data_cfg: DataConfig, splits: Splits, budgets: list[Budget],
+           population: int = 20, generations: int = 5, seed: int = 0, metric: str | None = None,
+           calib_images: int = 2000, val_images: int | None = None, latency: dict[str, float] | None = None,
+           use_predictor: bool = False, pairs: list[tuple[Arch, float]] | None = None, test: bool = True,
+           log: Callable[[str], None] = print) -> SearchResult:
+    """NSGA-II over `supernet`'s space: maximise val top-1, minimise `metric` (default: the
+    first budget's metric, else bitops), subject to `budgets`. `generations` offspring rounds
+    follow the initial population. With `use_predictor`, candidates are scored by an
+    accuracy predictor fitted on the real evaluations so far (and `pairs`); only those that
+    reach the current front are evaluated for real, and the final front is real."""
+    start = time.time()
+    space = supernet.space
+    metric = metric or (budgets[0].metric if budgets else "bitops")
+    costs = Costs(space, supernet.bits, latency)
+    for name in [metric] + [b.metric for b in budgets]:
+        if name not in METRICS + ((LATENCY,) if latency else ()):
+            raise BudgetError(f"unknown metric {name!r}; valid: {', '.join(METRICS)}")
+    costs.check(budgets)
+    if metric == LATENCY and all(b.metric != LATENCY for b in budgets):
+        # Latency is known only for the table's architectures: keep the search among them.
+        budgets = [*budgets, Budget(LATENCY, max(latency.values()))]
+    # Calibration subset seeded as `prepare_subnet(..., seed=seed)`: the front's numbers are reproducible.
+    scorer = Scorer(supernet, data_cfg, splits, calib_images, val_images, seed)
+    problem = _ArchProblem(space, costs, budgets)
+    predictor, predicted, extra = None, set(), list(pairs or [])
+
+    def refit():
+        archs = extra + list(scorer.scores.items())
+        return Predictor.fit([a for a, _ in archs], [s for _, s in archs], space) if len(archs) >= 8 else None
+
+    def score(pop) -> None:
+        F, G = [], []
+        for x in pop.get("X"):
+            arch = decode(x, space)
+            c = costs(arch)
+            G.append(problem.violations(c))
+            if max(G[-1], default=0.0) > 0:
+                # Never evaluated: NSGA-II ranks an infeasible candidate by its violation alone.
+                F.append([0.0, c.get(metric, 0.0)])
+            elif arch in scorer.scores or predictor is None:
+                F.append([-scorer(arch), c[metric]])
+            else:
+                predicted.add(arch)
+                F.append([-float(predictor.predict([arch])[0]), c[metric]])
+        Evaluator().eval(StaticProblem(problem, F=np.array(F), G=np.array(G).reshape(len(F), -1)), pop)
+
+    algorithm = NSGA2(pop_size=population, sampling=_FeasibleSampling(), crossover=UniformCrossover(),
+                      mutation=_ResetMutation(), repair=_Canonical(), eliminate_duplicates=True)
+    algorithm.setup(problem, termination=("n_gen", generations + 1), seed=seed)
+    if use_predictor:
+        predictor = refit()
+    gen = 0
+    while algorithm.has_next():
+        pop = algorithm.ask()
+        score(pop)
+        algorithm.tell(infills=pop)
+        if use_predictor:  # confirm the current front by real evaluation, then refit
+            for ind in algorithm.opt:
+                arch = decode(ind.X, space)
+                if arch not in scorer.scores and problem.feasible(arch):
+                    ind.set("F", np.array([-scorer(arch), ind.F[1]]))
+            predictor = refit()
+        best = max(scorer.scores.values(), default=float("nan"))
+        log(f"generation {gen}/{generations}: {len(scorer.scores)} evaluated, "
+            f"{len(predicted - set(scorer.scores))} predicted only, best val top-1 {best:.2f}%")
+        gen += 1
+    # Only candidates within budget are ever evaluated, so every evaluated point may be on the front.
+    evaluated = [{"arch": a.to_str(), **costs(a), "val_top1": s} for a, s in scorer.scores.items()]
+    idx = pareto_indices(np.array([p["val_top1"] for p in evaluated]), np.array([p[metric] for p in evaluated]))
+    front = [dict(evaluated[i]) for i in idx]
+    if test:
+        for p in front:
+            p["test_top1"] = scorer.test_top1(Arch.parse(p["arch"]))
+    settings = {"population": population, "generations": generations, "seed": seed, "calib_images": calib_images,
+                "val_images": val_images, "predictor": use_predictor}
+    return SearchResult(metric, supernet.bits, list(budgets), front, evaluated,
+                        len(predicted - set(scorer.scores)), time.time() - start, settings)
+
+
+# --- outputs ----------------------------------------------------------------------------------
+def _write_json(path: str, obj) -> None:
+    checkpoint.atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
+
+
+def plot(result: SearchResult, path: str) -> None:
+    """The front over every evaluated point, cost on a log axis, budgets as dashed lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = result.metric
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.scatter([p[m] for p in result.evaluated], [p["val_top1"] for p in result.evaluated], s=12,
+               c="0.6", label=f"evaluated ({result.evaluations})")
+    ax.plot([p[m] for p in result.front], [p["val_top1"] for p in result.front], "o-", c="C3", ms=5,
+            drawstyle="steps-post", label=f"Pareto front ({len(result.front)})")
+    for b in result.budgets:
+        if b.metric == m:
+            ax.axvline(b.limit, ls="--", c="k", lw=1, label=str(b))
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{m} ({result.bits}-bit)")
+    ax.set_ylabel("val top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    checkpoint.atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    plt.close(fig)
+
+
+def write_outputs(result: SearchResult, out_dir: str) -> None:
+    """pareto.json (front, settings), evaluated.json (every point), pareto.png."""
+    summary = {"metric": result.metric, "bits": result.bits, "budgets": [asdict(b) for b in result.budgets],
+               "evaluations": result.evaluations, "predicted": result.predicted,
+               "seconds": round(result.seconds, 2), **result.settings, "front": result.front}
+    _write_json(os.path.join(out_dir, "pareto.json"), summary)
+    _write_json(os.path.join(out_dir, "evaluated.json"), result.evaluated)
+    plot(result, os.path.join(out_dir, "pareto.png"))

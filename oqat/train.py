@@ -1,0 +1,381 @@
+"""Supernet training: one stage at one bit-width (METHOD.md "Supernet training").
+
+A step is the sandwich rule: the largest subnet learns from the labels, the smallest and
+`sandwich_random` random subnets from the largest's soft predictions (in-place
+distillation); gradients add up over the subnets, then one SGD step. The step's
+resolution and random subnets come from a generator seeded by (seed, step) and the data
+order from (seed, epoch, batch), so a run resumed from `last.pt` replays exactly the
+steps an uninterrupted run takes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from . import checkpoint, config, distributed
+from .data import eval_batches, load_splits, num_train_batches, train_batches
+from .evaluate import evaluate, prepare_subnet, resize
+from .inherit import REINIT_KEY
+from .layers import QConv2d
+from .quant import FULL_PRECISION, check_bits, init_step
+from .space import get_space
+from .supernet import FORMAT as SUPERNET_FORMAT
+from .supernet import Supernet
+
+if TYPE_CHECKING:
+    from .experiment import ExperimentConfig
+
+FORMAT = "oqat-train"
+STEP_EPS = 1e-6  # smallest |step| kept after an SGD update; a zero step would divide by zero in LSQ
+
+
+class DivergedError(ValueError):
+    """The loss went non-finite; the message names the step and the subnet."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3  # passes over the training split
+    lr: float = 0.2  # peak lr (SGD, batch 128): best of 0.03-0.4 in a 1-epoch 4-bit FMNIST run; cosine to zero
+    warmup: float = 0.3  # linear warm-up length in epochs (fractions allowed)
+    momentum: float = 0.9  # SGD momentum (nesterov), OFA's choice
+    weight_decay: float = 4e-5  # on conv and linear weights only: not BN, biases, steps, kernel matrices
+    label_smoothing: float = 0.1  # for the largest subnet's label loss
+    sandwich_random: int = 2  # random subnets per step besides the largest and the smallest
+    distill: bool = True  # the other subnets learn from the largest's soft predictions (else labels)
+    bits: int = 4  # weight and activation bits of this stage; 32 = full precision
+    init_from: str | None = None  # supernet file to start from (e.g. the previous stage's, or an inherited one)
+    reinit_steps: bool | None = None  # LSQ steps from data at the start; None: only if init_from has no steps at these bits
+    checkpoint_every: int = 200  # also write last.pt every N steps (0: only at epoch ends)
+    calib_images: int = 2000  # training images for BN recalibration before each validation
+    log_every: int = 20  # steps between metrics.jsonl / TensorBoard entries
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # NHWC layout: 2-3x faster depthwise convs on CPU
+    seed: int = 0  # weights init, subnet and resolution draws, dropout
+    grad_clip: float = 5.0  # max global gradient norm (0: off); low-bit BN can spike gradients after inheritance
+
+    def __post_init__(self):
+        check_bits(self.bits)
+        for name in ("epochs", "calib_images", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup", "weight_decay", "sandwich_random", "checkpoint_every", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not (0 <= self.momentum < 1 and 0 <= self.label_smoothing < 1):
+            raise ValueError("momentum and label_smoothing must be in [0, 1)")
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over `warmup` steps (never zero), then cosine to zero at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def param_groups(net: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv and linear weights only. Not on BN, biases or steps (as OFA),
+    nor on the kernel-transform matrices, which start at identity: decay would pull every
+    smaller kernel toward zero."""
+    decay = [m.weight for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    ids = {id(p) for p in decay}
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": [p for p in net.parameters() if id(p) not in ids], "weight_decay": 0.0}]
+
+
+class Trainer:
+    """One training stage; `run()` trains to the end (resuming from last.pt if there is one)."""
+
+    def __init__(self, cfg: ExperimentConfig, dist: distributed.Dist | None = None):
+        self.cfg, self.dist, t = cfg, dist or distributed.Dist(), cfg.train
+        self.dir = cfg.run.dir
+        self.last = os.path.join(self.dir, "checkpoints", "last.pt")
+        torch.manual_seed(t.seed)  # same on every rank: identical init and dropout draws
+        self.splits = load_splits(cfg.data)
+        space = get_space(cfg.model.space).with_data(self.splits.in_channels, self.splits.num_classes)
+        self.net, self.reinit = self._build(space)
+        self.space = self.net.space
+        self.net.to(self.dist.device)
+        if t.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.qconvs = [m for m in self.net.modules() if isinstance(m, QConv2d)]
+        self.steps = [q.step for q in self.net.quantizers()] if t.bits != FULL_PRECISION else []
+        self.opt = torch.optim.SGD(param_groups(self.net, t.weight_decay), lr=t.lr, momentum=t.momentum,
+                                   nesterov=t.momentum > 0)
+        self.per_epoch = num_train_batches(self.splits.train, cfg.data, self.dist.world)
+        if self.per_epoch == 0:
+            raise ValueError(f"data.batch_size={cfg.data.batch_size} is larger than the "
+                             f"{len(self.splits.train)} training images")
+        warm, total = round(t.warmup * self.per_epoch), t.epochs * self.per_epoch
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, warm, total))
+        self.step = self.epoch = self.batch = 0
+        self.health = {"step_clamps": 0, "step_flips": 0}
+        self.meter = [0.0, 0.0, 0]  # epoch sums: largest's loss, mean distillation loss, steps
+        self.val: dict = {}
+        self.autocast = torch.autocast(self.dist.device.type, dtype=torch.bfloat16,
+                                       enabled=t.amp and self.dist.device.type == "cuda")
+
+    def _build(self, space) -> tuple[Supernet, bool]:
+        """The supernet to train and whether its steps are to be set from data."""
+        t = self.cfg.train
+        if t.init_from is None:
+            return Supernet(space, t.bits), t.reinit_steps is not False
+        ckpt = checkpoint.load(t.init_from, SUPERNET_FORMAT, FORMAT)
+        if ckpt["format"] == FORMAT:  # a training checkpoint: its model, in a supernet's shape
+            ckpt = {"space": ckpt["space"], "bits": ckpt["bits"], "state_dict": ckpt["model"]}
+        net = Supernet.from_checkpoint(ckpt)
+        if net.space != space:
+            raise ValueError(f"train.init_from '{t.init_from}' holds a '{net.space.name}' supernet for "
+                             f"{net.space.in_channels}-channel, {net.space.num_classes}-class data; this run "
+                             f"is '{space.name}' on {space.in_channels} channels, {space.num_classes} classes")
+        has_steps = ckpt["bits"] == t.bits and not ckpt.get(REINIT_KEY, False)
+        net.set_bits(t.bits)
+        return net, (not has_steps) if t.reinit_steps is None else t.reinit_steps
+
+    # --- checkpoints ------------------------------------------------------------------
+    def save(self) -> None:
+        rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint.save(self.last, {
+            "format": FORMAT, "space": self.space.to_dict(), "bits": self.cfg.train.bits,
+            "config": config.to_dict(self.cfg), "model": self.net.state_dict(),
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "step": self.step, "epoch": self.epoch, "batch": self.batch, "rng": rng,
+            "health": dict(self.health), "meter": list(self.meter), "val": dict(self.val)})
+
+    def resume(self) -> bool:
+        if not os.path.exists(self.last):
+            return False
+        ck = checkpoint.load(self.last, FORMAT)
+        if ck["bits"] != self.cfg.train.bits or ck["space"] != self.space.to_dict():
+            raise checkpoint.CheckpointError(
+                f"'{self.last}' is a {ck['bits']}-bit '{ck['space']['name']}' run, this config trains "
+                f"{self.cfg.train.bits}-bit '{self.space.name}'; use another run.dir")
+        self.net.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        self.step, self.epoch, self.batch = ck["step"], ck["epoch"], ck["batch"]
+        random.setstate(ck["rng"]["python"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        if "cuda" in ck["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+        self.health, self.meter, self.val = ck["health"], ck["meter"], ck["val"]
+        return True
+
+    # --- the step ---------------------------------------------------------------------
+    @torch.no_grad()
+    def init_steps(self, x: torch.Tensor) -> None:
+        """LSQ init at the stage start: weight steps from the full weights, activation
+        steps from one forward of the largest subnet on the first batch; averaged over ranks."""
+        bits = self.cfg.train.bits
+        for q in self.qconvs:
+            q.wq.step.copy_(init_step(q.weight, bits, q.wq.signed))
+            q.aq.init_pending = True
+        self.net.set_arch(self.space.largest())
+        with self.autocast:
+            self.net(self._input(x, self.space.largest().r))
+        for q in self.qconvs:  # every conv runs in the largest subnet; be safe all the same
+            q.aq.init_pending = False
+        distributed.all_reduce_mean_([p.data for p in self.steps], self.dist.world)
+
+    def _input(self, x: torch.Tensor, r: int) -> torch.Tensor:
+        x = resize(x, r)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
+
+    def archs(self, step: int) -> list:
+        """The sandwich of `step`: largest, smallest, then n random, all at one drawn resolution."""
+        rng = random.Random(f"oqat-train/{self.cfg.train.seed}/{step}")
+        r = rng.choice(self.space.resolutions)
+        drawn = [self.space.sample(rng) for _ in range(self.cfg.train.sandwich_random)]
+        return [replace(a, r=r) for a in [self.space.largest(), self.space.smallest(), *drawn]]
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One sandwich step; returns the per-subnet losses (averaged over ranks)."""
+        t = self.cfg.train
+        archs = self.archs(self.step)
+        x = self._input(x, archs[0].r)
+        self.opt.zero_grad(set_to_none=True)
+        losses, soft = [], None
+        for arch in archs:
+            self.net.set_arch(arch)
+            with self.autocast:
+                logits = self.net(x)
+                loss = (F.cross_entropy(logits, y, label_smoothing=t.label_smoothing) if soft is None
+                        else F.cross_entropy(logits.float(), soft))
+            if t.distill and soft is None:
+                soft = logits.detach().float().softmax(1)
+            loss.backward()
+            losses.append(loss.detach().float())
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        losses = torch.stack(losses)
+        # One collective for gradients and losses: a NaN on any rank reaches every rank.
+        distributed.all_reduce_mean_(grads + [losses], self.dist.world)
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            raise DivergedError(f"non-finite loss at step {self.step} in subnet {archs[int(bad[0])]} "
+                                f"({t.bits}-bit); last good checkpoint: {self.last}")
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(grads, t.grad_clip)
+        before = self._step_values()
+        self.opt.step()
+        self.sched.step()
+        self.guard_steps(before)
+        return losses
+
+    @torch.no_grad()
+    def _step_values(self) -> torch.Tensor:
+        return torch.cat([p.reshape(1) for p in self.steps]) if self.steps else torch.zeros(0)
+
+    @torch.no_grad()
+    def guard_steps(self, before: torch.Tensor) -> None:
+        """Keep every |step| >= STEP_EPS with its sign; count clamps and sign changes since
+        `before`. LSQ quantizes with |s|, so a flip is harmless to the forward but means an
+        update jumped across zero: worth seeing in the log."""
+        if not self.steps:
+            return
+        s = self._step_values()
+        sign = torch.where(s < 0, -1.0, 1.0)
+        self.health["step_flips"] += int((sign != torch.where(before < 0, -1.0, 1.0)).sum())
+        small = s.abs() < STEP_EPS
+        if small.any():
+            self.health["step_clamps"] += int(small.sum())
+            for p, fix in zip(self.steps, torch.where(small, sign * STEP_EPS, s)):
+                p.fill_(fix)
+
+    # --- the loop ---------------------------------------------------------------------
+    def run(self) -> dict:
+        t, main = self.cfg.train, self.dist.main
+        resumed = self.resume()
+        distributed.broadcast_([p.data for p in self.net.parameters()]
+                               + [b for b in self.net.buffers() if b.is_floating_point()], self.dist.world)
+        log = RunLog(self.dir, self.step, resumed) if main else None
+        if main:
+            config.dump(self.cfg, os.path.join(self.dir, "config.yaml"))
+        try:
+            for epoch in range(self.epoch, t.epochs):
+                self._epoch(epoch, log)
+            final = {"epoch": self.epoch, "step": self.step, **self.health, **self.val}
+            if main:
+                self.net.save(os.path.join(self.dir, "supernet.pt"), {
+                    "data": config.to_dict(self.cfg.data), "config": config.to_dict(self.cfg), "val": final})
+            return final
+        finally:
+            if log:
+                log.close()
+
+    def _epoch(self, epoch: int, log: RunLog | None) -> None:
+        t, world = self.cfg.train, self.dist.world
+        start = self.batch
+        bar = tqdm(total=self.per_epoch, initial=start, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
+                   disable=self.cfg.run.quiet or log is None, dynamic_ncols=True)
+        tick, seen = time.perf_counter(), 0
+        self.net.train()
+        batches = train_batches(self.splits.train, self.cfg.data, epoch, self.dist.rank, world, start)
+        for self.batch, (x, y) in enumerate(batches, start):
+            x, y = x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
+            if self.step == 0 and self.reinit and self.steps:
+                self.init_steps(x)
+            lr = self.opt.param_groups[0]["lr"]
+            losses = self.train_step(x, y).tolist()
+            self.step += 1
+            seen += len(y) * world
+            distill = sum(losses[1:]) / max(1, len(losses) - 1)
+            self.meter = [self.meter[0] + losses[0], self.meter[1] + distill, self.meter[2] + 1]
+            bar.update(1)
+            if self.step % t.log_every == 0 or self.batch + 1 == self.per_epoch:
+                rate = seen / (time.perf_counter() - tick)
+                tick, seen = time.perf_counter(), 0
+                bar.set_postfix(loss=f"{losses[0]:.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.0f}")
+                if log:
+                    log.write({"kind": "step", "step": self.step, "epoch": epoch + (self.batch + 1) / self.per_epoch,
+                               "loss": losses[0], "loss_distill": distill, "lr": lr, "img_s": rate, **self.health})
+            if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.batch + 1 < self.per_epoch:
+                self.batch += 1  # the next batch to run
+                if log:
+                    self.save()
+        bar.close()
+        self._end_epoch(epoch, log)
+
+    def _end_epoch(self, epoch: int, log: RunLog | None) -> None:
+        # Ranks saw different data: average BN running stats so rank 0's file stands for all.
+        distributed.all_reduce_mean_([b for b in self.net.buffers() if b.is_floating_point()], self.dist.world)
+        self.epoch, self.batch = epoch + 1, 0
+        loss, distill, n = self.meter
+        self.meter = [0.0, 0.0, 0]
+        if log is None:
+            return
+        self.val = self.validate()
+        record = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "loss": loss / max(n, 1),
+                  "loss_distill": distill / max(n, 1), "lr": self.opt.param_groups[0]["lr"], **self.val,
+                  **self.health}
+        log.write(record)
+        flips = f", step sign flips {self.health['step_flips']}, clamps {self.health['step_clamps']}" \
+            if any(self.health.values()) else ""
+        tqdm.write(f"epoch {self.epoch}/{self.cfg.train.epochs}  step {self.step}  loss {record['loss']:.4f}  "
+                   f"val top-1 largest {self.val['val_top1_largest']:.2f}  smallest "
+                   f"{self.val['val_top1_smallest']:.2f}{flips}")
+        self.save()
+
+    def validate(self) -> dict:
+        """Val top-1 of the largest and smallest subnet, each after BN recalibration."""
+        out = {}
+        for name, arch in (("largest", self.space.largest()), ("smallest", self.space.smallest())):
+            sub = prepare_subnet(self.net, arch, self.cfg.data, self.splits, self.cfg.train.calib_images,
+                                 self.cfg.data.seed)
+            with self.autocast:
+                res = evaluate(sub, eval_batches(self.splits.val, self.cfg.data), arch.r)
+            out[f"val_top1_{name}"], out[f"val_loss_{name}"] = res["top1"], res["loss"]
+        return out
+
+
+class RunLog:
+    """metrics.jsonl and TensorBoard events of rank 0. On resume, entries past the resumed
+    step (written after the last checkpoint by the killed run) are dropped from both."""
+
+    def __init__(self, folder: str, step: int, resumed: bool):
+        from torch.utils.tensorboard import SummaryWriter
+        self.path = os.path.join(folder, "metrics.jsonl")
+        os.makedirs(folder, exist_ok=True)
+        kept = []
+        if resumed and os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        checkpoint.atomic_write(self.path, lambda f: f.write("".join(kept).encode()))
+        self.file = open(self.path, "a", encoding="utf-8")
+        self.tb = SummaryWriter(os.path.join(folder, "tb"), purge_step=step + 1 if resumed else None)
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        self.tb.close()
+
+
+def train(cfg: ExperimentConfig) -> dict:
+    """Train one stage as `cfg` says (resuming from `run.dir`); returns the final metrics.
+    Under torchrun, every rank calls this; only rank 0 writes files."""
+    dist = distributed.init()
+    try:
+        final = Trainer(cfg, dist).run()
+        distributed.barrier(dist)  # the other ranks return once rank 0 has written supernet.pt
+        return final
+    finally:
+        distributed.close(dist)

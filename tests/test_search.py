@@ -1,0 +1,132 @@
+import json
+import random
+
+import numpy as np
+import pytest
+from test_evaluate import DATA, TINY, one_thread, run_cli, tiny_run  # noqa: F401 (one_thread: autouse fixture)
+
+from oqat import search as S
+from oqat.cost import METRICS, cost
+from oqat.data import load_splits
+from oqat.evaluate import load_supernet
+from oqat.space import Arch
+
+
+def median_bitops() -> float:
+    rng = random.Random(0)
+    return float(np.median([cost(TINY.sample(rng), TINY, 4)["bitops"] for _ in range(200)]))
+
+
+def non_dominated(points: list[dict], metric: str) -> bool:
+    return S.dominated(points, points, metric) == 0
+
+
+def test_genome_round_trip_and_canonical_form():
+    rng = random.Random(0)
+    for _ in range(20):
+        arch = TINY.sample(rng)
+        assert S.decode(S.encode(arch, TINY), TINY) == arch
+    x = S.encode(Arch.parse("evaltiny:r12:k3e2-k3e2"), TINY)
+    y = x.copy()
+    y[1] = 1  # kernel of the inactive second block of stage 1: same network
+    assert S.decode(y, TINY) == S.decode(x, TINY) and not np.array_equal(x, y)
+    assert np.array_equal(S.encode(S.decode(y, TINY), TINY), x)
+
+
+def test_smallest_architecture_minimises_every_metric():
+    least = cost(TINY.smallest(), TINY, 4)
+    rng = random.Random(1)
+    for arch in [TINY.sample(rng) for _ in range(100)] + [TINY.largest()]:
+        c = cost(arch, TINY, 4)
+        assert all(least[m] <= c[m] for m in METRICS)
+
+
+def test_search_front_is_feasible_non_dominated_and_nothing_is_evaluated_twice(monkeypatch):
+    calls = []
+    real_evaluate = S.evaluate
+    monkeypatch.setattr(S, "evaluate", lambda *a, **k: calls.append(1) or real_evaluate(*a, **k))
+    net, _ = load_supernet(tiny_run())
+    limit = median_bitops()
+    budgets = [S.parse_budget(f"bitops<={limit}"), S.parse_budget("params<=1e9")]
+    result = S.search(net, DATA, load_splits(DATA), budgets, population=8, generations=4, seed=0,
+                      calib_images=128, log=lambda _: None)
+    archs = [p["arch"] for p in result.evaluated]
+    assert len(archs) == len(set(archs)) == result.evaluations
+    assert 8 <= result.evaluations <= 8 * 5
+    assert len(calls) == result.evaluations + len(result.front)  # + one test evaluation per front member
+    assert all(p["bitops"] <= limit for p in result.evaluated)  # over-budget candidates are never evaluated
+    assert result.front and all("test_top1" in p and p["bitops"] <= limit for p in result.front)
+    assert non_dominated(result.front, "bitops")
+    front = {p["arch"] for p in result.front}
+    rest = [p for p in result.evaluated if p["arch"] not in front]
+    assert S.dominated(result.front, rest, "bitops") == len(rest)  # duplicates of front values aside
+    assert [p["bitops"] for p in result.front] == sorted(p["bitops"] for p in result.front)
+    assert result.front[0]["arch"] == TINY.smallest().to_str()  # seeded into the first population
+    again = S.search(net, DATA, load_splits(DATA), budgets, population=8, generations=4, seed=0,
+                     calib_images=128, test=False, log=lambda _: None)
+    assert [p["arch"] for p in again.evaluated] == archs  # seeded: the same search
+
+
+def test_search_with_predictor_confirms_the_front(monkeypatch):
+    net, _ = load_supernet(tiny_run())
+    result = S.search(net, DATA, load_splits(DATA), [], population=8, generations=3, seed=1,
+                      calib_images=128, use_predictor=True, test=False, log=lambda _: None)
+    assert result.predicted > 0 and result.metric == "bitops"
+    really = {p["arch"] for p in result.evaluated}
+    assert all(p["arch"] in really for p in result.front)
+    assert non_dominated(result.front, "bitops")
+
+
+def test_budget_errors():
+    least = cost(TINY.smallest(), TINY, 4)["bitops"]
+    costs = S.Costs(TINY, 4)
+    with pytest.raises(S.BudgetError, match=rf"smallest achievable bitops is {least:g} \(evaltiny:r12:k3e2-k3e2"):
+        costs.check([S.parse_budget(f"bitops<={least - 1}")])
+    costs.check([S.parse_budget(f"bitops<={least}")])
+    with pytest.raises(S.BudgetError, match="unknown budget metric 'flops'; valid: macs, params, bitops, "
+                                            "flops_q, size_bits .latency needs --latency-table"):
+        S.parse_budget("flops<=3")
+    assert S.parse_budget("latency <= 2.5", latency=True) == S.Budget("latency", 2.5)
+    for bad in ("bitops=3", "bitops<=x", "bitops<=0"):
+        with pytest.raises(S.BudgetError, match="bitops"):
+            S.parse_budget(bad)
+
+
+def test_latency_table(tmp_path):
+    small, big = TINY.smallest(), TINY.largest()
+    path = tmp_path / "lat.json"
+    path.write_text(json.dumps({small.to_str(): 1.5, big.to_str(): 4.0}))
+    table = S.read_latency_table(str(path), TINY)
+    costs = S.Costs(TINY, 4, table)
+    assert costs(big)["latency"] == 4.0 and "latency" not in costs(TINY.sample(random.Random(3)))
+    with pytest.raises(S.BudgetError, match=r"smallest achievable latency is 1.5 \(evaltiny:r12"):
+        costs.check([S.Budget("latency", 1.0)])
+    archs = [TINY.sample(random.Random(i)) for i in range(6)]
+    path.write_text(json.dumps({a.to_str(): float(i + 1) for i, a in enumerate(archs)}))
+    net, _ = load_supernet(tiny_run())
+    result = S.search(net, DATA, load_splits(DATA), [], population=4, generations=2, metric="latency",
+                      calib_images=64, latency=S.read_latency_table(str(path), TINY), test=False, log=lambda _: None)
+    assert result.evaluated and {p["arch"] for p in result.evaluated} <= {a.to_str() for a in archs}
+    assert result.front[0]["latency"] == min(p["latency"] for p in result.evaluated)
+    path.write_text(json.dumps({"mini:r28:k3e2-k3e2-k3e2-k3e2": 1.0}))
+    with pytest.raises(ValueError, match="from space 'mini'; the supernet's space is 'evaltiny'"):
+        S.read_latency_table(str(path), TINY)
+
+
+def test_search_cli_outputs_and_errors(capsys, tmp_path):
+    out = tmp_path / "s"
+    code, stdout, _ = run_cli(capsys, "search", tiny_run(), "--budget", f"bitops<={median_bitops()}",
+                              "--population", 6, "--generations", 1, "--calib-images", 64, "--out", out)
+    assert code == 0 and "pareto.json" in stdout
+    pareto = json.loads((out / "pareto.json").read_text())
+    evaluated = json.loads((out / "evaluated.json").read_text())
+    assert pareto["metric"] == "bitops" and pareto["evaluations"] == len(evaluated) > 0
+    assert pareto["front"] and all({"arch", "bitops", "macs", "val_top1", "test_top1"} <= set(p)
+                                   for p in pareto["front"])
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, _, err = run_cli(capsys, "search", tiny_run(), "--budget", "bitops<=10", "--out", out)
+    assert code == 2 and "smallest achievable bitops is" in err
+    code, _, err = run_cli(capsys, "search", tiny_run(), "--budget", "latency<=10", "--out", out)
+    assert code == 2 and "valid: macs, params, bitops, flops_q, size_bits" in err
+    code, _, err = run_cli(capsys, "search", tiny_run(), "--metric", "energy", "--out", out)
+    assert code == 2 and "unknown budget metric 'energy'" in err

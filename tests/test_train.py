@@ -1,0 +1,136 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from oqat import checkpoint, config
+from oqat.checkpoint import CheckpointError
+from oqat.cli import main
+from oqat.data import train_batches
+from oqat.experiment import ExperimentConfig
+from oqat.quant import init_step
+from oqat.supernet import Supernet
+from oqat.train import STEP_EPS, Trainer, lr_factor, param_groups, train
+
+# 192 synthetic training images in batches of 16: 12 steps an epoch, a second or two on one core.
+TINY = ["data.name=synthetic", "data.val_size=32", "data.synthetic_train=224", "data.batch_size=16",
+        "data.eval_batch_size=64", "train.calib_images=32", "train.sandwich_random=1", "train.log_every=4"]
+
+
+def tiny(tmp_path, *overrides) -> ExperimentConfig:
+    return config.load(ExperimentConfig, None, [*TINY, f"run.dir={tmp_path}", "run.quiet=true", *overrides])
+
+
+def cli(*args, env=None, **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "oqat.cli", "train", *args, "--quiet"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def weights(path) -> dict:
+    return checkpoint.load(str(path), "oqat-supernet")["state_dict"]
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
+    args = [*TINY, "train.epochs=2", "train.checkpoint_every=3"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    ref = cli(*args, f"run.dir={whole}")
+    victim = cli(*args, f"run.dir={killed}")
+    last = killed / "checkpoints" / "last.pt"
+    deadline = time.time() + 60
+    while not last.exists() and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert ref.wait(timeout=120) == 0, ref.stderr.read()
+    state = checkpoint.load(str(last), "oqat-train")
+    assert 0 < state["batch"] and state["epoch"] == 0 and state["step"] % 3 == 0  # killed mid-epoch
+    assert not (killed / "supernet.pt").exists()
+    resumed = cli(*args, f"run.dir={killed}")
+    out, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    a, b = weights(whole / "supernet.pt"), weights(killed / "supernet.pt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # The metrics of the killed run past its checkpoint were dropped: each step logged once.
+    steps = [json.loads(line)["step"] for line in open(killed / "metrics.jsonl")
+             if json.loads(line)["kind"] == "step"]
+    assert steps == sorted(set(steps)) and steps[-1] == 24
+    saved = checkpoint.load(str(killed / "supernet.pt"), "oqat-supernet")
+    assert saved["data"]["name"] == "synthetic" and saved["config"]["train"]["epochs"] == 2
+    assert "val_top1_largest" in saved["val"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign"])
+def test_bad_checkpoint_is_an_error_and_is_kept(tmp_path, damage):
+    cfg = tiny(tmp_path, "train.epochs=1")
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True)
+    if damage == "foreign":
+        Supernet(Trainer(cfg).space, 4).save(str(last))
+    else:
+        good = tmp_path / "good.pt"
+        torch.save({"format": "oqat-train", "x": torch.zeros(1000)}, good)
+        raw = good.read_bytes()
+        last.write_bytes(b"not a checkpoint at all" if damage == "garbage" else raw[:len(raw) // 2])
+    before = last.read_bytes()
+    with pytest.raises(CheckpointError, match="last.pt"):
+        train(cfg)
+    assert last.read_bytes() == before
+
+
+def test_nonfinite_loss_stops_naming_step_and_subnet(tmp_path, capsys):
+    code = main(["train", *TINY, f"run.dir={tmp_path}", "train.lr=1e30", "train.warmup=0",
+                 "train.checkpoint_every=1", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "non-finite loss at step" in err and "subnet mini:r" in err
+    failed = int(err.split("at step ")[1].split()[0])
+    kept = checkpoint.load(str(tmp_path / "checkpoints" / "last.pt"), "oqat-train")
+    assert 0 < kept["step"] == failed  # the last good step's checkpoint
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+def test_config_show_and_unknown_field(capsys):
+    assert main(["config", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "sandwich_random: 2  #" in out and "space: mini  #" in out and "dir: runs/default  #" in out
+    assert main(["train", "train.sandwhich_random=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown field 'train.sandwhich_random'" in err and "sandwich_random" in err
+    assert main(["train", "train.bits=9"]) == 2
+    assert "bits" in capsys.readouterr().err
+
+
+def test_step_init_weight_decay_groups_and_step_guard(tmp_path):
+    t = Trainer(tiny(tmp_path))
+    x, _ = next(iter(train_batches(t.splits.train, t.cfg.data, 0)))
+    t.init_steps(x)
+    conv = t.qconvs[3]
+    assert torch.allclose(conv.wq.step, init_step(conv.weight, 4, True))
+    assert all(q.aq.step.item() != 1.0 and not q.aq.init_pending for q in t.qconvs)
+    decay, rest = param_groups(t.net, 4e-5)
+    names = {id(p): n for n, p in t.net.named_parameters()}
+    assert all(n.endswith("weight") and "bn" not in n for n in map(names.get, map(id, decay["params"])))
+    assert any(n.endswith("step") for n in map(names.get, map(id, rest["params"])))
+    assert rest["weight_decay"] == 0
+    before = t._step_values()
+    conv.wq.step.data.fill_(-1e-9)  # a flip through zero that would also collapse
+    t.guard_steps(before)
+    assert conv.wq.step.item() == pytest.approx(-STEP_EPS) and t.health == {"step_clamps": 1, "step_flips": 1}
+
+
+def test_reinit_semantics_and_lr_schedule(tmp_path):
+    net = Supernet(Trainer(tiny(tmp_path / "a")).space, 4)
+    net.save(str(tmp_path / "b4.pt"))
+    assert not Trainer(tiny(tmp_path / "a", f"train.init_from={tmp_path / 'b4.pt'}")).reinit
+    assert Trainer(tiny(tmp_path / "a", f"train.init_from={tmp_path / 'b4.pt'}", "train.bits=3")).reinit
+    assert Trainer(tiny(tmp_path / "a", f"train.init_from={tmp_path / 'b4.pt'}",
+                        "train.reinit_steps=true")).reinit
+    assert Trainer(tiny(tmp_path / "a")).reinit
+    assert lr_factor(0, 4, 20) == 0.25 and lr_factor(3, 4, 20) == 1.0 and lr_factor(20, 4, 20) == 0.0
