@@ -24,11 +24,11 @@ from tqdm import tqdm
 
 from . import checkpoint, config, distributed
 from .data import eval_batches, load_splits, num_train_batches, train_batches
-from .evaluate import evaluate, prepare_subnet, resize
+from .evaluate import check_space, evaluate, prepare_subnet, resize
 from .inherit import REINIT_KEY
 from .layers import QConv2d
 from .quant import FULL_PRECISION, check_bits, init_step
-from .space import get_space
+from .space import Arch, get_space
 from .supernet import FORMAT as SUPERNET_FORMAT
 from .supernet import Supernet
 
@@ -62,6 +62,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # NHWC layout: 2-3x faster depthwise convs on CPU
     seed: int = 0  # weights init, subnet and resolution draws, dropout
+    arch: str | None = None  # train only this architecture, on labels (no sandwich): a standalone baseline
     grad_clip: float = 5.0  # max global gradient norm (0: off); low-bit BN can spike gradients after inheritance
 
     def __post_init__(self):
@@ -107,6 +108,7 @@ class Trainer:
         space = get_space(cfg.model.space).with_data(self.splits.in_channels, self.splits.num_classes)
         self.net, self.reinit = self._build(space)
         self.space = self.net.space
+        self.fixed = check_space(Arch.parse(t.arch), self.space) if t.arch else None
         self.net.to(self.dist.device)
         if t.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -197,6 +199,8 @@ class Trainer:
 
     def archs(self, step: int) -> list:
         """The sandwich of `step`: largest, smallest, then n random, all at one drawn resolution."""
+        if self.cfg.train.arch:
+            return [self.fixed]
         rng = random.Random(f"oqat-train/{self.cfg.train.seed}/{step}")
         r = rng.choice(self.space.resolutions)
         drawn = [self.space.sample(rng) for _ in range(self.cfg.train.sandwich_random)]
@@ -324,15 +328,17 @@ class Trainer:
         log.write(record)
         flips = f", step sign flips {self.health['step_flips']}, clamps {self.health['step_clamps']}" \
             if any(self.health.values()) else ""
+        vals = "  ".join(f"{k.removeprefix('val_top1_')} {v:.2f}" for k, v in self.val.items() if k.startswith("val_top1_"))
         tqdm.write(f"epoch {self.epoch}/{self.cfg.train.epochs}  step {self.step}  loss {record['loss']:.4f}  "
-                   f"val top-1 largest {self.val['val_top1_largest']:.2f}  smallest "
-                   f"{self.val['val_top1_smallest']:.2f}{flips}")
+                   f"val top-1 {vals}{flips}")
         self.save()
 
     def validate(self) -> dict:
         """Val top-1 of the largest and smallest subnet, each after BN recalibration."""
         out = {}
-        for name, arch in (("largest", self.space.largest()), ("smallest", self.space.smallest())):
+        named = (("arch", self.fixed),) if self.cfg.train.arch else (
+            ("largest", self.space.largest()), ("smallest", self.space.smallest()))
+        for name, arch in named:
             sub = prepare_subnet(self.net, arch, self.cfg.data, self.splits, self.cfg.train.calib_images,
                                  self.cfg.data.seed)
             with self.autocast:

@@ -1,0 +1,26 @@
+"""The shipped configs load and validate (no training)."""
+import os
+
+import pytest
+
+from oqat import config
+from oqat.experiment import ExperimentConfig
+from oqat.space import get_space
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(CONFIGS)))
+def test_config_loads_and_describes_a_valid_pipeline(name):
+    cfg = config.load(ExperimentConfig, os.path.join(CONFIGS, name))
+    get_space(cfg.model.space)
+    bits = [s.bits for s in cfg.stages]
+    assert bits and all(b <= a for a, b in zip(bits, bits[1:])), "stages must not raise bits"
+    assert config.to_dict(config.from_dict(ExperimentConfig, config.to_dict(cfg))) == config.to_dict(cfg)
+
+
+def test_imagenet_recipe_is_the_papers_setting():
+    cfg = config.load(ExperimentConfig, os.path.join(CONFIGS, "imagenet-mbv3.yaml"))
+    assert (cfg.data.name, cfg.model.space) == ("imagefolder", "mbv3")
+    assert [s.bits for s in cfg.stages] == [4, 3, 2] and all(s.init == "previous" for s in cfg.stages)
+    assert cfg.train.calib_images == 2000 and cfg.train.sandwich_random >= 1 and cfg.train.distill
