@@ -14,6 +14,7 @@ from oqat.cli import main
 from oqat.data import train_batches
 from oqat.experiment import ExperimentConfig
 from oqat.quant import init_step
+from oqat.space import get_space
 from oqat.supernet import Supernet
 from oqat.train import STEP_EPS, Trainer, lr_factor, param_groups, train
 
@@ -134,3 +135,15 @@ def test_reinit_semantics_and_lr_schedule(tmp_path):
                         "train.reinit_steps=true")).reinit
     assert Trainer(tiny(tmp_path / "a")).reinit
     assert lr_factor(0, 4, 20) == 0.25 and lr_factor(3, 4, 20) == 1.0 and lr_factor(20, 4, 20) == 0.0
+
+
+def test_fixed_arch_trains_only_that_subnet(tmp_path):
+    arch = "mini:r28:k5e3-k3e2.k3e2-k3e2-k7e4"
+    result = train(tiny(tmp_path, f"train.arch={arch}", "train.bits=2", "train.epochs=1"))
+    assert {k for k in result if k.startswith("val_top1_")} == {"val_top1_arch"}
+    after = weights(tmp_path / "supernet.pt")
+    torch.manual_seed(0)  # the trainer's seed: the same initial weights
+    init = Supernet(get_space("mini"), 2).state_dict()
+    # Stage 0 runs one block: its second block never gets a gradient, the first one learns.
+    assert torch.equal(after["blocks.1.expand.conv.weight"], init["blocks.1.expand.conv.weight"])
+    assert not torch.equal(after["blocks.0.expand.conv.weight"], init["blocks.0.expand.conv.weight"])
