@@ -3,6 +3,7 @@
 Every oqat file is a plain dict with a "format" tag, loaded with weights_only=True (no
 arbitrary unpickling), and carries what is needed to rebuild its model (space, bits, ...).
 """
+import json
 import os
 import tempfile
 import zipfile
@@ -23,6 +24,7 @@ def atomic_write(path: str, write) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-" + os.path.basename(path))
     try:
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the user's group
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -32,6 +34,22 @@ def atomic_write(path: str, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def read_json(path: str, what: str):
+    """A JSON file a user gave us; missing or malformed: one line naming it as `what`."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{what} '{path}' not found") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} '{path}' is not valid JSON: {err}") from None
 
 
 def save(path: str, obj: dict) -> None:

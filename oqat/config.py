@@ -36,6 +36,8 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from .checkpoint import atomic_write
+
 T = TypeVar("T")
 
 
@@ -252,27 +254,8 @@ def load(cls: type[T], path: str | None, overrides: Iterable[str] = ()) -> T:
 
 def dump(cfg: Any, path: str) -> None:
     """Write ``cfg`` as YAML atomically: a reader sees the old file or the whole new one."""
-    path = os.path.abspath(os.fspath(path))
-    folder, name = os.path.split(path)
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-    # Same folder so os.replace is a rename; os.open (not mkstemp) so the umask sets the mode.
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    atomic_write(os.fspath(path), lambda f: f.write(text.encode("utf-8")))
 
 
 @functools.lru_cache(maxsize=None)

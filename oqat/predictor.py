@@ -87,13 +87,7 @@ def save_pairs(path: str, points: list[dict]) -> None:
 
 def load_pairs(path: str, space: SearchSpace | None = None) -> list[tuple[Arch, float]]:
     """(arch, val top-1) pairs from a file written by `oqat sample` or a search's evaluated.json."""
-    try:
-        with open(path) as f:
-            points = json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"pairs file '{path}' not found") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"pairs file '{path}' is not valid JSON: {err}") from None
+    points = checkpoint.read_json(path, "pairs file")
     if not isinstance(points, list) or not all(isinstance(p, dict) and "arch" in p and "val_top1" in p
                                                  for p in points):
         raise ValueError(f"pairs file '{path}' must be a JSON list of objects with 'arch' and 'val_top1'")

@@ -101,13 +101,7 @@ class Costs:
 
 def read_latency_table(path: str, space: SearchSpace) -> dict[str, float]:
     """A JSON object mapping architecture strings to measured latency in ms."""
-    try:
-        with open(path) as f:
-            table = json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"latency table '{path}' not found") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"latency table '{path}' is not valid JSON: {err}") from None
+    table = checkpoint.read_json(path, "latency table")
     if not isinstance(table, dict) or not table:
         raise ValueError(f"latency table '{path}' must be a non-empty JSON object {{arch string: ms}}")
     out = {}
