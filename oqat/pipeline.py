@@ -63,7 +63,7 @@ def stage_dir(run_dir: str, i: int, bits: int) -> str:
     return os.path.join(run_dir, "stages", f"{i}-{'fp' if bits == FULL_PRECISION else f'{bits}bit'}")
 
 
-def _log(cfg, text: str) -> None:
+def _log(text: str) -> None:
     print(f"[oqat run] {text}", flush=True)
 
 
@@ -85,7 +85,7 @@ def run_stages(cfg) -> list[dict]:
                 reinit = True if st.reinit_steps else None
             elif st.reinit_steps:
                 reinit = True
-            _log(cfg, f"stage {i}: {st.bits}-bit supernet, {st.epochs} epoch(s)"
+            _log(f"stage {i}: {st.bits}-bit supernet, {st.epochs} epoch(s)"
                       f"{f' from {os.path.relpath(init, cfg.run.dir)}' if init else ' from scratch'}")
             train_cfg = dataclasses.replace(cfg.train, bits=st.bits, epochs=st.epochs, lr=st.lr or cfg.train.lr,
                                             init_from=init, reinit_steps=reinit)
@@ -114,7 +114,7 @@ def run_search(cfg, supernets: dict[int, str]) -> dict[int, dict]:
         out = os.path.join(cfg.run.dir, "search", f"{bits}bit")
         pareto = os.path.join(out, "pareto.json")
         if not os.path.isfile(pareto):
-            _log(cfg, f"search: {bits}-bit supernet, population {cfg.search.population}, "
+            _log(f"search: {bits}-bit supernet, population {cfg.search.population}, "
                       f"{cfg.search.generations} generations")
             net, data_cfg = load_supernet(path)
             splits = data.load_splits(data_cfg or cfg.data)
@@ -141,7 +141,7 @@ def run_export(cfg, supernets: dict[int, str], searches: dict[int, dict]) -> dic
         facts_file = os.path.join(out, "facts.json")
         if not os.path.isfile(facts_file):
             best = best_of(searches[bits]["front"])
-            _log(cfg, f"export: best {bits}-bit subnet {best['arch']}")
+            _log(f"export: best {bits}-bit subnet {best['arch']}")
             net, data_cfg = load_supernet(path)
             data_cfg = data_cfg or cfg.data
             splits = data.load_splits(data_cfg)
@@ -167,7 +167,7 @@ def run_pipeline(cfg) -> dict:
     exported = run_export(cfg, supernets, searches) if supernets and cfg.export.enabled else {}
     from .report import write_report
     results = write_report(cfg, stages, searches, exported, time.time() - start)
-    _log(cfg, f"done: results in {os.path.abspath(cfg.run.dir)} (report.md, results.json)")
+    _log(f"done: results in {os.path.abspath(cfg.run.dir)} (report.md, results.json)")
     return results
 
 
