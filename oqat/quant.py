@@ -53,15 +53,17 @@ class _LSQFunction(torch.autograd.Function):
         else:
             grad_v = torch.ops.aten.hardtanh_backward(grad, v, qn * a.item(), qp * a.item())
         # d v_hat / d|s| is q - v/|s| inside the range and q (= Qn or Qp) outside it.
-        grad_a = (torch.dot(_flat(grad), _flat(out)) - torch.dot(_flat(grad_v), _flat(v))) / a
+        grad_a = (_dot(grad, out) - _dot(grad_v, v)) / a
         grad_step = (grad_a * grad_scale * step.sign()).reshape(1).to(step.dtype)
         return grad_v, grad_step, None, None, None, None
 
 
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    """t flattened in NHWC order for 4-d tensors: a view for channels-last tensors (the
-    fast layout for depthwise convs), and the same element order whatever the layout."""
-    return (t.permute(0, 2, 3, 1) if t.dim() == 4 else t).reshape(-1)
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Sum of a * b over same-shaped tensors without copies: flattened in memory order when
+    both are contiguous, in NHWC order otherwise (a view for channels-last tensors)."""
+    if a.dim() == 4 and not (a.is_contiguous() and b.is_contiguous()):
+        a, b = a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)
+    return torch.dot(a.reshape(-1), b.reshape(-1))
 
 
 def lsq(v: torch.Tensor, step: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
