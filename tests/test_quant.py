@@ -88,25 +88,8 @@ def test_gradient_zero_exactly_at_the_clipping_bounds():
     assert v.grad.tolist() == [0.0, 1.0, 0.0, 1.0]
 
 
-# --- the authors' autograd formulation, as a reference ---------------------------------
-def gradscale(x, scale):
-    return (x - x * scale).detach() + x * scale
-
-
-def roundpass(x):
-    return (x.round() - x).detach() + x
-
-
-def signpass(x):
-    return (x.sign() - x).detach() + x
-
-
-def authors_quantize(v, s, bits, is_activation):
-    qn, qp = qrange(bits, not is_activation)
-    s = gradscale(s, 1.0 / math.sqrt(v.numel() * qp))
-    v = F.hardtanh(v / s.abs(), qn, qp)
-    vbar = signpass(v) if bits == 1 and not is_activation else roundpass(v)
-    return vbar * s.abs()
+# The authors' autograd formulation (gradscale / roundpass / hardtanh), as a reference.
+from oqa_reference import quantize as authors_quantize  # noqa: E402
 
 
 @pytest.mark.parametrize("bits", [4, 2, 1])
