@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from oqat.quant import LSQ, check_bits, init_step, inherit_step, lsq, qrange
 
