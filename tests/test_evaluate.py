@@ -29,13 +29,7 @@ DATA = DataConfig(name="synthetic", val_size=64, batch_size=32, eval_batch_size=
                   synthetic_size=16, synthetic_train=320, synthetic_test=64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: extra threads only contend on the shared 2-core machine (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.lru_cache(maxsize=None)

@@ -21,13 +21,7 @@ from oqat.supernet import Supernet
 ARCH = Arch.parse("mini:r24:k3e2-k5e3.k3e4-k5e2-k3e3")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy 2-core machine, two threads contending make tiny nets 100x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_subnet(bits: int, arch: Arch = ARCH, seed: int = 0, calib: torch.Tensor | None = None) -> Subnet:

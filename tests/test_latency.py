@@ -2,12 +2,14 @@ import json
 import time
 
 import pytest
-from test_export import ARCH, make_subnet, one_thread  # noqa: F401  (one_thread: autouse fixture)
+from test_export import ARCH, make_subnet
 
 from oqat import export, latency
 from oqat.cli import main
 from oqat.search import read_latency_table
 from oqat.space import MINI, Arch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_median_ms_times_runs_after_warmup():

@@ -2,10 +2,12 @@ import os
 
 import pytest
 import torch
-from test_export import make_subnet, one_thread  # noqa: F401  (one_thread: autouse fixture)
+from test_export import make_subnet
 
 from oqat import checkpoint, export, packed
 from oqat.quant import qrange
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_codes_are_packed_little_endian_at_their_width():

@@ -3,10 +3,12 @@ import random
 
 import numpy as np
 import pytest
-from test_evaluate import TINY, one_thread, run_cli, tiny_run  # noqa: F401 (one_thread: autouse fixture)
+from test_evaluate import TINY, run_cli, tiny_run
 
 from oqat.predictor import Predictor, features, fit_and_score, load_pairs, quality
 from oqat.space import MINI
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pairs(n: int, seed: int, noise: float = 0.3) -> list:

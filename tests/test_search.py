@@ -3,13 +3,15 @@ import random
 
 import numpy as np
 import pytest
-from test_evaluate import DATA, TINY, one_thread, run_cli, tiny_run  # noqa: F401 (one_thread: autouse fixture)
+from test_evaluate import DATA, TINY, run_cli, tiny_run
 
 from oqat import search as S
 from oqat.cost import METRICS, cost
 from oqat.data import load_splits
 from oqat.evaluate import load_supernet
 from oqat.space import Arch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def median_bitops() -> float:
