@@ -92,12 +92,12 @@ class ElasticMBConv(nn.Module):
         self.expand = None
         if max(expand_ratios) > 1:
             self.expand = ConvBNAct(ElasticPointwise(c_in, mid_max, 1, bits=bits),
-                                    ElasticBatchNorm2d(mid_max, *bn[::-1]), act)
+                                    ElasticBatchNorm2d(mid_max, momentum=bn[0], eps=bn[1]), act)
         self.dw = ConvBNAct(ElasticDepthwise(mid_max, kernel_sizes, stride, bits),
-                            ElasticBatchNorm2d(mid_max, *bn[::-1]), act)
+                            ElasticBatchNorm2d(mid_max, momentum=bn[0], eps=bn[1]), act)
         self.se = ElasticSE(mid_max) if se else None
         self.project = ConvBNAct(ElasticPointwise(mid_max, c_out, 1, bits=bits),
-                                 ElasticBatchNorm2d(c_out, *bn[::-1]), None)
+                                 ElasticBatchNorm2d(c_out, momentum=bn[0], eps=bn[1]), None)
         self.residual = stride == 1 and c_in == c_out
         self.bn = bn
 
