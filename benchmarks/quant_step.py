@@ -1,67 +1,91 @@
-"""Training-step cost of the 4-bit mbv3 supernet against the same supernet at 32 bits.
+"""What quantization adds to a training step: the 4-bit sandwich step against the same step at 32 bits.
 
-One full step (forward, backward, SGD step) at batch 32, resolution 128, on CPU, for the
-largest, a middle and the smallest subnet; both bit-widths timed interleaved in one run so
-machine noise hits them alike. Target: 4-bit / 32-bit <= 1.15.
+One sandwich step (the largest, a middle and the smallest subnet, each forward and backward,
+the middle and smallest distilled from the largest, then one SGD step and the step guard),
+in the training layout (channels-last), for mbv3 (batch 32, r128, 3 channels, 1000 classes)
+and mini (batch 128, 28 px, 1 channel, 10 classes). Both bit-widths run interleaved in one
+process, alternating which goes first, so machine noise hits them alike; the ratio of the
+medians and of the best times is printed with the load average. Target: <= 1.10 on both.
 
-    python benchmarks/quant_step.py [--iters 6] [--batch 32] [--res 128]
+    python benchmarks/quant_step.py [--space mbv3 mini] [--repeats 15] [--bits 4]
 """
 import argparse
-import random
+import os
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
-from oqat.space import MBV3, Arch
+from oqat.quant import guard_steps_, set_bits_, step_values
+from oqat.space import SPACES, SearchSpace
 from oqat.supernet import Supernet
+from oqat.train import sandwich_step
+
+SETTINGS = {"mbv3": (32, 128), "mini": (128, 28)}  # batch, resolution
 
 
-def middle_arch(r: int) -> Arch:
-    n = MBV3.num_blocks
-    return Arch(ks=[5] * n, e=[4] * n, d=[3] * len(MBV3.stages), r=r, space="mbv3")
+def middle_arch(space: SearchSpace, r: int):
+    mid = lambda choices: sorted(choices)[len(choices) // 2]  # noqa: E731
+    n = space.num_blocks
+    return replace(space.largest(), ks=(mid(space.kernel_sizes),) * n, e=(mid(space.expand_ratios),) * n,
+                   d=(mid(space.depths),) * len(space.stages), r=r)
 
 
-def step_time(net, opt, x, y) -> float:
-    t = time.perf_counter()
+def build(space: SearchSpace, bits: int, x: torch.Tensor):
+    torch.manual_seed(0)
+    net = Supernet(space).train().to(memory_format=torch.channels_last)
+    set_bits_(net, bits)
+    if bits != 32:
+        net.init_steps_(x)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+    return net, opt
+
+
+def step(net, opt, archs, x, y) -> float:
+    start = time.perf_counter()
     opt.zero_grad(set_to_none=True)
-    torch.nn.functional.cross_entropy(net(x), y).backward()
+    sandwich_step(net, archs, x, y)
+    before = step_values(net)
     opt.step()
-    return time.perf_counter() - t
+    guard_steps_(net, before)
+    return time.perf_counter() - start
+
+
+def run(name: str, bits: int, repeats: int) -> dict:
+    space = SPACES[name]
+    batch, r = SETTINGS[name]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, space.in_channels, r, r, generator=gen).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, space.num_classes, (batch,), generator=gen)
+    archs = [replace(space.largest(), r=r), middle_arch(space, r), replace(space.smallest(), r=r)]
+    nets = {b: build(space, b, x) for b in (32, bits)}
+    times = {b: [] for b in nets}
+    for b, (net, opt) in nets.items():
+        step(net, opt, archs, x, y)  # warm-up (and, on CPU, the quantizer's one-off compile)
+    for i in range(repeats):
+        for b in (list(nets) if i % 2 == 0 else list(nets)[::-1]):
+            times[b].append(step(*nets[b], archs, x, y))
+    fp, q = times[32], times[bits]
+    return {"fp32 median ms": statistics.median(fp) * 1e3, f"{bits}-bit median ms": statistics.median(q) * 1e3,
+            "ratio (medians)": statistics.median(q) / statistics.median(fp), "ratio (best)": min(q) / min(fp)}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--iters", type=int, default=6)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--res", type=int, default=128)
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="NHWC layout (2-3x faster depthwise convs on CPU)")
+    p.add_argument("--space", nargs="+", default=["mbv3", "mini"], choices=list(SETTINGS))
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--bits", type=int, default=4)
     args = p.parse_args()
-    torch.manual_seed(0)
-    random.seed(0)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    nets = {bits: Supernet(MBV3, bits=bits).train().to(memory_format=fmt) for bits in (32, 4)}
-    opts = {b: torch.optim.SGD(n.parameters(), lr=1e-3, momentum=0.9, nesterov=True) for b, n in nets.items()}
-    x = torch.randn(args.batch, 3, args.res, args.res).contiguous(memory_format=fmt)
-    y = torch.randint(0, 1000, (args.batch,))
-    archs = {"largest": MBV3.largest(), "middle": middle_arch(args.res), "smallest": MBV3.smallest()}
-    print(f"threads={torch.get_num_threads()} batch={args.batch} res={args.res} channels_last={args.channels_last}")
-    print(f"{'subnet':<10}{'fp32 ms':>10}{'4-bit ms':>10}{'ratio':>8}")
-    ratios = []
-    for name, arch in archs.items():
-        arch = Arch(ks=arch.ks, e=arch.e, d=arch.d, r=args.res, space="mbv3")
-        times = {32: [], 4: []}
-        for bits, net in nets.items():
-            net.set_arch(arch)
-            step_time(net, opts[bits], x, y)  # warm-up
-        for _ in range(args.iters):
-            for bits, net in nets.items():
-                times[bits].append(step_time(net, opts[bits], x, y))
-        fp, q = statistics.median(times[32]), statistics.median(times[4])
-        ratios.append(q / fp)
-        print(f"{name:<10}{fp * 1e3:>10.1f}{q * 1e3:>10.1f}{q / fp:>8.3f}")
-    print(f"mean ratio 4-bit/fp32: {statistics.mean(ratios):.3f} (target <= 1.15)")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    print(f"threads={torch.get_num_threads()} channels_last, sandwich = largest + middle + smallest, "
+          f"{args.repeats} interleaved repeats; load average before: {os.getloadavg()[0]:.2f}")
+    for name in args.space:
+        res = run(name, args.bits, args.repeats)
+        batch, r = SETTINGS[name]
+        print(f"{name:<5} batch {batch} r{r}: " + "  ".join(f"{k} {v:.3f}" if "ratio" in k else f"{k} {v:.0f}"
+                                                          for k, v in res.items()))
+    print(f"load average after: {os.getloadavg()[0]:.2f} (target: ratio <= 1.10)")
 
 
 if __name__ == "__main__":

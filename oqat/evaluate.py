@@ -29,45 +29,50 @@ def _device(net: nn.Module) -> torch.device:
     return next(net.parameters(), torch.empty(0)).device
 
 
-def _inputs(net: nn.Module, x: torch.Tensor, r: int) -> torch.Tensor:
+def inputs(net: nn.Module, x: torch.Tensor, r: int) -> torch.Tensor:
+    """A batch ready for `net`: on its device, at r x r pixels, and channels-last when the
+    net is (2-3x faster depthwise convs on CPU)."""
     x = resize(x.to(_device(net)), r)
-    # Channels-last input for a channels-last net (2-3x faster depthwise convs on CPU).
     conv = next((p for p in net.parameters() if p.dim() == 4), None)
     if conv is not None and conv.is_contiguous(memory_format=torch.channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def recalibrate_bn(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Set every BN's running mean/var to the batch-size-weighted average of the per-batch
-    mean and biased variance of its input over `batches` (forwarded in train mode, quantizers
-    on, at `net.arch.r`). BNs that see fewer channels than they hold (the supernet's elastic
-    BNs) update only the channels they see. The modules' modes are restored."""
-    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    mean and biased variance of its input over `batches` (forwarded at `net.arch.r` with
+    quantizers on, each BN normalising with its batch's statistics as in training). BNs that
+    see fewer channels than they hold (the supernet's elastic BNs) update only the channels
+    they see. An inference pass: the statistics come from the pass that normalises with
+    them, nothing records autograd state, the modules' modes are untouched."""
     sums: dict[nn.Module, list] = {}  # bn -> [sum of n * mean, sum of n * var, n]
 
-    def record(bn, inputs):
-        x = inputs[0]
-        mean = x.mean((0, 2, 3))
-        var = x.var((0, 2, 3), unbiased=False)
-        n = x.shape[0]
-        acc = sums.setdefault(bn, [0.0, 0.0, 0])
-        acc[0], acc[1], acc[2] = acc[0] + n * mean, acc[1] + n * var, acc[2] + n
+    def batch_stats_forward(bn: nn.BatchNorm2d):
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            n, c = x.shape[0], x.shape[1]
+            # Training-mode BN with momentum 1 leaves the batch's mean and unbiased variance
+            # in its buffers: one fused kernel, 10-20x faster on CPU than torch.var_mean.
+            mean, var = x.new_zeros(c), x.new_ones(c)
+            out = F.batch_norm(x, mean, var, bn.weight[:c], bn.bias[:c], True, 1.0, bn.eps)
+            m = x.numel() // c
+            acc = sums.setdefault(bn, [0.0, 0.0, 0])
+            acc[0], acc[1], acc[2] = acc[0] + n * mean, acc[1] + n * var * ((m - 1) / m), acc[2] + n
+            return out
+        return forward
 
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     modes = {m: m.training for m in net.modules()}
-    hooks = [bn.register_forward_pre_hook(record) for bn in bns]
-    tracked = {bn: bn.num_batches_tracked.clone() for bn in bns if bn.num_batches_tracked is not None}
     try:
-        net.train()
-        for m in net.modules():
-            if isinstance(m, nn.Dropout):
-                m.eval()  # no effect on BN inputs; keeps the global RNG untouched
+        net.eval()  # dropout off; BN normalises as in training through its stand-in forward
+        for bn in bns:
+            bn.forward = batch_stats_forward(bn)
         for x, _ in batches:
-            net(_inputs(net, x, net.arch.r))
+            net(inputs(net, x, net.arch.r))
     finally:
-        for h in hooks:
-            h.remove()
+        for bn in bns:
+            del bn.forward
         for m, training in modes.items():
             m.training = training
     if not sums:
@@ -76,11 +81,9 @@ def recalibrate_bn(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.T
         c = mean_sum.shape[0]
         bn.running_mean[:c] = mean_sum / n
         bn.running_var[:c] = var_sum / n
-    for bn, count in tracked.items():  # the train-mode forwards counted batches: undo that
-        bn.num_batches_tracked.copy_(count)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
              resolution: int | None = None) -> dict:
     """{top1, top5 (percent), loss (mean cross-entropy), n} of `net` in eval mode, inputs
@@ -88,21 +91,21 @@ def evaluate(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]
     r = resolution or net.arch.r
     training = net.training
     net.eval()
-    correct1 = correct5 = loss = n = 0
+    totals, n = None, 0
     try:
         for x, y in batches:
-            logits = net(_inputs(net, x, r)).float()
+            logits = net(inputs(net, x, r)).float()
             y = y.to(logits.device)
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            hits = top == y[:, None]
-            correct1 += hits[:, 0].sum().item()
-            correct5 += hits.any(1).sum().item()
-            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]
+            batch = torch.stack([hits[:, 0].sum().double(), hits.any(1).sum().double(),
+                                 F.cross_entropy(logits, y, reduction="sum").double()])
+            totals = batch if totals is None else totals + batch
             n += len(y)
     finally:
         net.train(training)
     if n == 0:
         raise ValueError("evaluate got no batches")
+    correct1, correct5, loss = totals.tolist()  # one host sync for the whole pass
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss / n, "n": n}
 
 

@@ -6,7 +6,7 @@ one it learned. The ablation re-initialises the steps per LSQ from data instead 
 next training stage does that, as it needs data): the file is marked for it.
 """
 from . import checkpoint
-from .quant import FULL_PRECISION, inherit_step
+from .quant import FULL_PRECISION, inherit_step, set_bits_
 from .supernet import FORMAT, Supernet
 
 REINIT_KEY = "reinit_steps"  # set in a supernet file whose steps the next stage must init from data
@@ -21,7 +21,7 @@ def inherit(net: Supernet, bits: int) -> Supernet:
         raise ValueError(f"--bits must be lower than the source's {net.bits} bits, got {bits}")
     for q in net.quantizers():
         q.step.data.copy_(inherit_step(q.step.data, net.bits, bits))
-    net.set_bits(bits)
+    set_bits_(net, bits)
     return net
 
 

@@ -69,12 +69,13 @@ class QConv2d(nn.Conv2d):
         self.wq = LSQ(signed=True, bits=bits)
         self.aq = LSQ(signed=False, bits=bits)
 
-    def qconv(self, x: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+    def qconv(self, x: torch.Tensor, weight: torch.Tensor, groups: int, relu: bool = False) -> torch.Tensor:
+        """The conv of the quantized relu(x) if `relu`, else of the quantized x."""
         k = weight.shape[-1]
-        return F.conv2d(self.aq(x), self.wq(weight), None, self.stride, k // 2, 1, groups)
+        return F.conv2d(self.aq(x, relu), self.wq(weight), None, self.stride, k // 2, 1, groups)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.qconv(x, self.weight, self.groups)
+    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        return self.qconv(x, self.weight, self.groups, relu)
 
 
 class ConvBNAct(nn.Module):
@@ -87,11 +88,13 @@ class ConvBNAct(nn.Module):
         self.bn = bn
         self.act = make_act(act)
 
-    def forward(self, x: torch.Tensor, *conv_args) -> torch.Tensor:
-        x = self.conv(x, *conv_args)
+    def forward(self, x: torch.Tensor, *conv_args, relu_in: bool = False, act: bool = True) -> torch.Tensor:
+        """`relu_in`: x still needs a ReLU, which the conv's quantizer applies; `act=False`:
+        leave out the activation (the next conv's quantizer applies it)."""
+        x = self.conv(x, *conv_args, relu=True) if relu_in else self.conv(x, *conv_args)
         if self.bn is not None:
             x = self.bn(x)
-        return x if self.act is None else self.act(x)
+        return x if self.act is None or not act else self.act(x)
 
 
 def se_forward(x, w_reduce, b_reduce, w_expand, b_expand):
@@ -124,6 +127,28 @@ def batch_norm(c: int, momentum: float, eps: float) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(c, eps=eps, momentum=momentum)
 
 
+def folds_relu(block: nn.Module) -> bool:
+    """Whether a block's ReLUs are left to the quantizers of the convs they feed: ReLU then an
+    unsigned LSQ equals the LSQ alone (its clamp at 0 is the ReLU, forward and backward), so
+    the ReLU's own two passes are saved. The block input is a linear BN output plus the
+    shortcut, and stays as it is: the expand conv quantizes it unsigned, clipping it at 0
+    (the authors' quirk), but nothing is folded there."""
+    return isinstance(block.dw.act, nn.ReLU) and block.dw.conv.aq.bits != FULL_PRECISION
+
+
+def mbconv_forward(block: nn.Module, x: torch.Tensor, expand_args=(), dw_args=(), project_args=()) -> torch.Tensor:
+    """[1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project [+ x], for the static and the
+    elastic block alike (the args select the elastic block's active width and kernel)."""
+    fold = folds_relu(block)
+    h = x if block.expand is None else block.expand(x, *expand_args, act=not fold)
+    # An SE reads the ReLU's output itself, so the depthwise ReLU folds only without SE.
+    h = block.dw(h, *dw_args, relu_in=fold and block.expand is not None, act=not (fold and block.se is None))
+    if block.se is not None:
+        h = block.se(h)
+    h = block.project(h, *project_args, relu_in=fold and block.se is None)
+    return x + h if block.residual else h
+
+
 class MBConv(nn.Module):
     """Inverted residual: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project, all convs quantized."""
 
@@ -139,12 +164,7 @@ class MBConv(nn.Module):
         self.residual = stride == 1 and c_in == c_out
 
     def forward(self, x):
-        h = x if self.expand is None else self.expand(x)
-        h = self.dw(h)
-        if self.se is not None:
-            h = self.se(h)
-        h = self.project(h)
-        return x + h if self.residual else h
+        return mbconv_forward(self, x)
 
     @staticmethod
     def cost(c_in: int, c_out: int, mid: int, k: int, stride: int, se: bool, h: int) -> tuple[Cost, int]:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 FULL_PRECISION = 32  # bits meaning "quantizer off"
+STEP_EPS = 1e-6  # smallest |step| kept after an update; a zero step would divide by zero
 
 
 def qrange(bits: int, signed: bool) -> tuple[int, int]:
@@ -30,7 +31,9 @@ class _LSQFunction(torch.autograd.Function):
     mask, via hardtanh's own backward kernel, which is also what the authors' hardtanh
     gave) plus two dot products, using sum(g * q) = <g, v_hat> / |s| and
     sum(g_v * x) = <g_v, v> / |s| so that neither q nor v / |s| is materialised again.
-    About 3x faster than the autograd chain of detach tricks."""
+    About 3x faster than the autograd chain of detach tricks. (torch.compile'd one-pass
+    kernels measured no faster in the training step on CPU: its per-call overhead ate the
+    saved passes.)"""
 
     @staticmethod
     def forward(ctx, v, step, qn, qp, grad_scale, use_sign):
@@ -46,6 +49,7 @@ class _LSQFunction(torch.autograd.Function):
     def backward(ctx, grad):
         v, out, step = ctx.saved_tensors
         qn, qp, grad_scale = ctx.consts
+        v = v.to(grad.dtype)  # under autocast v may be bf16 while v_hat (and its gradient) are float32
         a = step.abs()
         # Inside the clipping range (strictly, as hardtanh's gradient) v passes straight through.
         if v.is_cuda:  # tensor bounds: no host sync per quantizer
@@ -88,7 +92,8 @@ class LSQ(nn.Module):
     """One learned step for one tensor (a conv's weight or its input); off at 32 bits.
 
     `bits` is a plain attribute, not state: the network's bit-width lives in its checkpoint
-    metadata, as in the authors' release, whose state dicts hold only the steps.
+    metadata, as in the authors' release, whose state dicts hold only the steps. Set it for
+    a whole network with `set_bits_`.
     """
 
     def __init__(self, signed: bool, bits: int = FULL_PRECISION):
@@ -98,14 +103,63 @@ class LSQ(nn.Module):
         self.step = nn.Parameter(torch.ones(1))
         self.init_pending = False  # when set, the next forward sets the step from its input
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, v: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        """v_hat of v; with `relu`, of relu(v) (unsigned only), for which the clamp at 0 does
+        the ReLU in both passes: a ReLU before the quantizer is then one pass each way for nothing."""
         if self.bits == FULL_PRECISION:
-            return v
+            return v.relu_() if relu else v
+        if relu and self.signed:
+            raise ValueError("a ReLU folds only into an unsigned quantizer")
         if self.init_pending:
             with torch.no_grad():
-                self.step.copy_(init_step(v, self.bits, self.signed))
+                self.step.copy_(init_step(v.relu() if relu else v, self.bits, self.signed))
             self.init_pending = False
         return lsq(v, self.step, self.bits, self.signed)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}"
+
+
+def set_bits_(net: nn.Module, bits: int) -> nn.Module:
+    """Every quantizer of `net` to `bits` (32: off), in place, as torchao's `quantize_`."""
+    check_bits(bits)
+    for m in net.modules():
+        if isinstance(m, LSQ):
+            m.bits = bits
+    return net
+
+
+def bits_of(net: nn.Module) -> int:
+    """The bit-width of `net`'s quantizers (32 when it has none)."""
+    return next((m.bits for m in net.modules() if isinstance(m, LSQ)), FULL_PRECISION)
+
+
+def steps_of(net: nn.Module) -> list[nn.Parameter]:
+    """The learned steps of `net`'s quantizers that are on."""
+    return [m.step for m in net.modules() if isinstance(m, LSQ) and m.bits != FULL_PRECISION]
+
+
+@torch.no_grad()
+def step_values(net: nn.Module) -> torch.Tensor:
+    """A copy of every step of `net` (the state `guard_steps_` compares against)."""
+    steps = steps_of(net)
+    return torch.cat([p.reshape(1) for p in steps]) if steps else torch.zeros(0)
+
+
+@torch.no_grad()
+def guard_steps_(net: nn.Module, before: torch.Tensor) -> tuple[int, int]:
+    """Keep every |step| >= STEP_EPS with its sign, in place, after an optimizer update;
+    returns (steps clamped, sign changes since `before`). LSQ quantizes with |s|, so a flip
+    is harmless to the forward but means an update jumped across zero: worth logging."""
+    steps = steps_of(net)
+    if not steps:
+        return 0, 0
+    s = torch.cat([p.reshape(1) for p in steps])
+    sign = torch.where(s < 0, -1.0, 1.0)
+    flips = int((sign != torch.where(before < 0, -1.0, 1.0)).sum())
+    small = s.abs() < STEP_EPS
+    clamps = int(small.sum())
+    if clamps:
+        for p, fix in zip(steps, torch.where(small, sign * STEP_EPS, s)):
+            p.fill_(fix)
+    return clamps, flips

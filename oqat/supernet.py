@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint
-from .layers import ConvBNAct, MBConv, QConv2d, se_forward, se_mid
-from .quant import FULL_PRECISION, LSQ, check_bits
+from .layers import ConvBNAct, MBConv, QConv2d, mbconv_forward, se_forward, se_mid
+from .quant import FULL_PRECISION, LSQ, bits_of, init_step, set_bits_
 from .space import Arch, SearchSpace
 from .subnet import Subnet, head_forward, make_head, make_stem
 
@@ -35,8 +35,8 @@ class ElasticBatchNorm2d(nn.BatchNorm2d):
 class ElasticPointwise(QConv2d):
     """1x1 quantized conv over the first in/out channels of its weight."""
 
-    def forward(self, x, out_channels: int):
-        return self.qconv(x, self.weight[:out_channels, :x.shape[1]], 1)
+    def forward(self, x, out_channels: int, relu: bool = False):
+        return self.qconv(x, self.weight[:out_channels, :x.shape[1]], 1, relu)
 
 
 class ElasticDepthwise(QConv2d):
@@ -60,9 +60,9 @@ class ElasticDepthwise(QConv2d):
             w = F.linear(centre, self.transforms[f"{big}to{small}"]).reshape(channels, 1, small, small)
         return w
 
-    def forward(self, x, k: int):
+    def forward(self, x, k: int, relu: bool = False):
         c = x.shape[1]
-        return self.qconv(x, self.active_weight(c, k), c)
+        return self.qconv(x, self.active_weight(c, k), c, relu)
 
 
 class ElasticSE(nn.Module):
@@ -102,12 +102,7 @@ class ElasticMBConv(nn.Module):
         self.bn = bn
 
     def forward(self, x, k: int, e: int):
-        h = x if self.expand is None else self.expand(x, SearchSpace.mid_channels(self.c_in, e))
-        h = self.dw(h, k)
-        if self.se is not None:
-            h = self.se(h)
-        h = self.project(h, self.c_out)
-        return x + h if self.residual else h
+        return mbconv_forward(self, x, (SearchSpace.mid_channels(self.c_in, e),), (k,), (self.c_out,))
 
     def extract(self, k: int, e: int, bits: int) -> MBConv:
         mid = SearchSpace.mid_channels(self.c_in, e)
@@ -158,8 +153,7 @@ class Supernet(nn.Module):
         self.final_expand, self.feature_mix, self.classifier = make_head(space, bits)
         self.dropout = nn.Dropout(space.dropout)
         init_weights(self)
-        self.bits = FULL_PRECISION
-        self.set_bits(bits)
+        set_bits_(self, bits)
         self.set_arch(space.largest())
 
     def set_arch(self, arch: Arch) -> None:
@@ -168,13 +162,31 @@ class Supernet(nn.Module):
         self.arch = arch
         self._active = [(self.blocks[i], k, e) for _, i, k, e in arch.active_blocks()]
 
-    def set_bits(self, bits: int) -> None:
-        self.bits = check_bits(bits)
-        for m in self.quantizers():
-            m.bits = bits
+    @property
+    def bits(self) -> int:
+        """The quantizers' bit-width: they own it; `quant.set_bits_` changes it."""
+        return bits_of(self)
 
     def quantizers(self) -> list[LSQ]:
         return [m for m in self.modules() if isinstance(m, LSQ)]
+
+    @torch.no_grad()
+    def init_steps_(self, x: torch.Tensor) -> None:
+        """LSQ's data-driven init, in place: each weight step from its whole weight, each
+        activation step from its input in one forward of the largest subnet on `x` (whose
+        resolution is the caller's choice). The active architecture is kept."""
+        arch = self.arch
+        convs = [m for m in self.modules() if isinstance(m, QConv2d)]
+        for conv in convs:
+            conv.wq.step.copy_(init_step(conv.weight, conv.wq.bits, conv.wq.signed))
+            conv.aq.init_pending = True
+        try:
+            self.set_arch(self.space.largest())
+            self(x)
+        finally:
+            for conv in convs:  # every conv runs in the largest subnet; be safe all the same
+                conv.aq.init_pending = False
+            self.set_arch(arch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.first_block(self.stem(x), 3, 1)

@@ -9,6 +9,7 @@ steps an uninterrupted run takes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,8 +27,7 @@ from . import checkpoint, config, distributed
 from .data import eval_batches, load_splits, num_train_batches, train_batches
 from .evaluate import check_space, evaluate, prepare_subnet, resize
 from .inherit import REINIT_KEY
-from .layers import QConv2d
-from .quant import FULL_PRECISION, check_bits, init_step
+from .quant import FULL_PRECISION, check_bits, guard_steps_, set_bits_, step_values, steps_of
 from .space import Arch, get_space
 from .supernet import FORMAT as SUPERNET_FORMAT
 from .supernet import Supernet
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from .experiment import ExperimentConfig
 
 FORMAT = "oqat-train"
-STEP_EPS = 1e-6  # smallest |step| kept after an SGD update; a zero step would divide by zero in LSQ
 
 
 class DivergedError(ValueError):
@@ -96,6 +95,25 @@ def param_groups(net: nn.Module, weight_decay: float) -> list[dict]:
             {"params": [p for p in net.parameters() if id(p) not in ids], "weight_decay": 0.0}]
 
 
+def sandwich_step(net: Supernet, archs: list[Arch], x: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.1,
+                  distill: bool = True, autocast=contextlib.nullcontext()) -> torch.Tensor:
+    """Forward and backward of each subnet in `archs` on x, gradients adding up: the first
+    learns from the labels, the others from its soft predictions (in-place distillation)
+    or, without `distill`, from the labels too. Returns the per-subnet losses."""
+    losses, soft = [], None
+    for arch in archs:
+        net.set_arch(arch)
+        with autocast:
+            logits = net(x)
+            loss = (F.cross_entropy(logits, y, label_smoothing=label_smoothing) if soft is None
+                    else F.cross_entropy(logits.float(), soft))
+        if distill and soft is None:
+            soft = logits.detach().float().softmax(1)
+        loss.backward()
+        losses.append(loss.detach().float())
+    return torch.stack(losses)
+
+
 class Trainer:
     """One training stage; `run()` trains to the end (resuming from last.pt if there is one)."""
 
@@ -112,8 +130,6 @@ class Trainer:
         self.net.to(self.dist.device)
         if t.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        self.qconvs = [m for m in self.net.modules() if isinstance(m, QConv2d)]
-        self.steps = [q.step for q in self.net.quantizers()] if t.bits != FULL_PRECISION else []
         self.opt = torch.optim.SGD(param_groups(self.net, t.weight_decay), lr=t.lr, momentum=t.momentum,
                                    nesterov=t.momentum > 0)
         self.per_epoch = num_train_batches(self.splits.train, cfg.data, self.dist.world)
@@ -143,7 +159,7 @@ class Trainer:
                              f"{net.space.in_channels}-channel, {net.space.num_classes}-class data; this run "
                              f"is '{space.name}' on {space.in_channels} channels, {space.num_classes} classes")
         has_steps = ckpt["bits"] == t.bits and not ckpt.get(REINIT_KEY, False)
-        net.set_bits(t.bits)
+        set_bits_(net, t.bits)
         return net, (not has_steps) if t.reinit_steps is None else t.reinit_steps
 
     # --- checkpoints ------------------------------------------------------------------
@@ -180,18 +196,11 @@ class Trainer:
     # --- the step ---------------------------------------------------------------------
     @torch.no_grad()
     def init_steps(self, x: torch.Tensor) -> None:
-        """LSQ init at the stage start: weight steps from the full weights, activation
-        steps from one forward of the largest subnet on the first batch; averaged over ranks."""
-        bits = self.cfg.train.bits
-        for q in self.qconvs:
-            q.wq.step.copy_(init_step(q.weight, bits, q.wq.signed))
-            q.aq.init_pending = True
-        self.net.set_arch(self.space.largest())
+        """LSQ init at the stage start (the supernet's `init_steps_` on the first batch at
+        the largest resolution), averaged over ranks."""
         with self.autocast:
-            self.net(self._input(x, self.space.largest().r))
-        for q in self.qconvs:  # every conv runs in the largest subnet; be safe all the same
-            q.aq.init_pending = False
-        distributed.all_reduce_mean_([p.data for p in self.steps], self.dist.world)
+            self.net.init_steps_(self._input(x, self.space.largest().r))
+        distributed.all_reduce_mean_([p.data for p in steps_of(self.net)], self.dist.world)
 
     def _input(self, x: torch.Tensor, r: int) -> torch.Tensor:
         x = resize(x, r)
@@ -210,21 +219,10 @@ class Trainer:
         """One sandwich step; returns the per-subnet losses (averaged over ranks)."""
         t = self.cfg.train
         archs = self.archs(self.step)
-        x = self._input(x, archs[0].r)
         self.opt.zero_grad(set_to_none=True)
-        losses, soft = [], None
-        for arch in archs:
-            self.net.set_arch(arch)
-            with self.autocast:
-                logits = self.net(x)
-                loss = (F.cross_entropy(logits, y, label_smoothing=t.label_smoothing) if soft is None
-                        else F.cross_entropy(logits.float(), soft))
-            if t.distill and soft is None:
-                soft = logits.detach().float().softmax(1)
-            loss.backward()
-            losses.append(loss.detach().float())
+        losses = sandwich_step(self.net, archs, self._input(x, archs[0].r), y, t.label_smoothing, t.distill,
+                               self.autocast)
         grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-        losses = torch.stack(losses)
         # One collective for gradients and losses: a NaN on any rank reaches every rank.
         distributed.all_reduce_mean_(grads + [losses], self.dist.world)
         bad = (~torch.isfinite(losses)).nonzero()
@@ -233,31 +231,13 @@ class Trainer:
                                 f"({t.bits}-bit); last good checkpoint: {self.last}")
         if t.grad_clip:
             torch.nn.utils.clip_grad_norm_(grads, t.grad_clip)
-        before = self._step_values()
+        before = step_values(self.net)
         self.opt.step()
         self.sched.step()
-        self.guard_steps(before)
+        clamps, flips = guard_steps_(self.net, before)
+        self.health["step_clamps"] += clamps
+        self.health["step_flips"] += flips
         return losses
-
-    @torch.no_grad()
-    def _step_values(self) -> torch.Tensor:
-        return torch.cat([p.reshape(1) for p in self.steps]) if self.steps else torch.zeros(0)
-
-    @torch.no_grad()
-    def guard_steps(self, before: torch.Tensor) -> None:
-        """Keep every |step| >= STEP_EPS with its sign; count clamps and sign changes since
-        `before`. LSQ quantizes with |s|, so a flip is harmless to the forward but means an
-        update jumped across zero: worth seeing in the log."""
-        if not self.steps:
-            return
-        s = self._step_values()
-        sign = torch.where(s < 0, -1.0, 1.0)
-        self.health["step_flips"] += int((sign != torch.where(before < 0, -1.0, 1.0)).sum())
-        small = s.abs() < STEP_EPS
-        if small.any():
-            self.health["step_clamps"] += int(small.sum())
-            for p, fix in zip(self.steps, torch.where(small, sign * STEP_EPS, s)):
-                p.fill_(fix)
 
     # --- the loop ---------------------------------------------------------------------
     def run(self) -> dict:
@@ -290,7 +270,7 @@ class Trainer:
         batches = train_batches(self.splits.train, self.cfg.data, epoch, self.dist.rank, world, start)
         for self.batch, (x, y) in enumerate(batches, start):
             x, y = x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
-            if self.step == 0 and self.reinit and self.steps:
+            if self.step == 0 and self.reinit and t.bits != FULL_PRECISION:
                 self.init_steps(x)
             lr = self.opt.param_groups[0]["lr"]
             losses = self.train_step(x, y).tolist()

@@ -1,11 +1,13 @@
+import dataclasses
 import random
 
 import pytest
 import torch
 
+from oqat import layers
 from oqat import supernet as elastic
 from oqat.layers import MBConv, QConv2d
-from oqat.quant import LSQ
+from oqat.quant import LSQ, set_bits_
 from oqat.space import MBV3, MINI, Arch, SearchSpace, Stage, register_space
 from oqat.subnet import Subnet
 from oqat.supernet import Supernet
@@ -68,7 +70,7 @@ def test_mbv3_extract_matches_supernet():
     x = torch.randn(2, 3, 128, 128)
     archs = [MBV3.smallest(), MBV3.sample(rng)]
     for bits in (4, 2, 32):
-        net.set_bits(bits)
+        set_bits_(net, bits)
         for arch in archs:
             assert max_diff(net, arch, x) <= 1e-5, (bits, arch)
 
@@ -82,7 +84,7 @@ def test_extraction_exercises_quantization():
     net.set_arch(arch)
     with torch.no_grad():
         q = net(x)
-        net.set_bits(32)
+        set_bits_(net, 32)
         fp = net(x)
     assert (q - fp).abs().max() > 1e-2
 
@@ -201,11 +203,11 @@ def test_training_bn_updates_only_the_active_channels():
 def test_bits_apply_to_the_whole_net():
     net = Supernet(MINI, 4)
     assert {q.bits for q in net.quantizers()} == {4}
-    net.set_bits(2)
+    set_bits_(net, 2)
     assert {q.bits for q in net.quantizers()} == {2} and net.bits == 2
     assert {m.bits for m in net.extract(MINI.smallest()).modules() if isinstance(m, LSQ)} == {2}
     with pytest.raises(ValueError, match="bits"):
-        net.set_bits(0)
+        set_bits_(net, 0)
 
 
 def test_space_mismatch_is_refused():
@@ -239,3 +241,38 @@ def test_mbconv_residual_only_when_shapes_allow():
         block.project.bn.weight.zero_()
         block.project.bn.bias.zero_()
         assert torch.allclose(block(x), x)
+
+
+def forward_backward(net, x):
+    torch.manual_seed(0)  # the same dropout mask
+    net.zero_grad(set_to_none=True)
+    out = net(x)
+    out.square().sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("space", [MINI, MBV3])
+def test_relu_folded_into_the_next_quantizer_changes_nothing(space, monkeypatch):
+    """ReLU then the unsigned quantizer = the quantizer alone, bit for bit: the step init,
+    the outputs and every gradient, for the supernet and an extracted subnet."""
+    r = min(space.resolutions)
+    x = torch.randn(4, space.in_channels, r, r, generator=torch.Generator().manual_seed(0))
+    arch = dataclasses.replace(space.sample(random.Random(2)), r=r)
+    results = []
+    for fold in (True, False):
+        if not fold:
+            monkeypatch.setattr(layers, "folds_relu", lambda block: False)
+        torch.manual_seed(1)
+        net = Supernet(space, 4).train()
+        net.init_steps_(x)
+        net.set_arch(arch)
+        results.append((torch.cat([q.step for q in net.quantizers()]), *forward_backward(net, x),
+                        *forward_backward(net.extract(), x)))
+    assert sum(layers.folds_relu(b) for b in net.blocks) == 0  # the reference run really did not fold
+    monkeypatch.undo()
+    assert sum(layers.folds_relu(b) for b in net.blocks) > 0
+    for folded, plain in zip(*results):
+        if isinstance(folded, dict):
+            assert folded.keys() == plain.keys() and all(torch.equal(folded[k], plain[k]) for k in folded)
+        else:
+            assert torch.equal(folded, plain)

@@ -13,10 +13,11 @@ from oqat.checkpoint import CheckpointError
 from oqat.cli import main
 from oqat.data import train_batches
 from oqat.experiment import ExperimentConfig
-from oqat.quant import init_step
+from oqat.layers import QConv2d
+from oqat.quant import STEP_EPS, guard_steps_, init_step, step_values
 from oqat.space import get_space
 from oqat.supernet import Supernet
-from oqat.train import STEP_EPS, Trainer, lr_factor, param_groups, train
+from oqat.train import Trainer, lr_factor, param_groups, train
 
 # 192 synthetic training images in batches of 16: 12 steps an epoch, a second or two on one core.
 TINY = ["data.name=synthetic", "data.val_size=32", "data.synthetic_train=224", "data.batch_size=16",
@@ -112,18 +113,19 @@ def test_step_init_weight_decay_groups_and_step_guard(tmp_path):
     t = Trainer(tiny(tmp_path))
     x, _ = next(iter(train_batches(t.splits.train, t.cfg.data, 0)))
     t.init_steps(x)
-    conv = t.qconvs[3]
+    qconvs = [m for m in t.net.modules() if isinstance(m, QConv2d)]
+    conv = qconvs[3]
     assert torch.allclose(conv.wq.step, init_step(conv.weight, 4, True))
-    assert all(q.aq.step.item() != 1.0 and not q.aq.init_pending for q in t.qconvs)
+    assert all(q.aq.step.item() != 1.0 and not q.aq.init_pending for q in qconvs)
     decay, rest = param_groups(t.net, 4e-5)
     names = {id(p): n for n, p in t.net.named_parameters()}
     assert all(n.endswith("weight") and "bn" not in n for n in map(names.get, map(id, decay["params"])))
     assert any(n.endswith("step") for n in map(names.get, map(id, rest["params"])))
     assert rest["weight_decay"] == 0
-    before = t._step_values()
+    before = step_values(t.net)
     conv.wq.step.data.fill_(-1e-9)  # a flip through zero that would also collapse
-    t.guard_steps(before)
-    assert conv.wq.step.item() == pytest.approx(-STEP_EPS) and t.health == {"step_clamps": 1, "step_flips": 1}
+    assert guard_steps_(t.net, before) == (1, 1)
+    assert conv.wq.step.item() == pytest.approx(-STEP_EPS)
 
 
 def test_reinit_semantics_and_lr_schedule(tmp_path):
