@@ -335,6 +335,20 @@ def search(supernet: Supernet, data_cfg: DataConfig, splits: Splits, budgets: li
                         len(predicted - set(scorer.scores)), time.time() - start, settings)
 
 
+FAMILY = ("S", "M", "L")
+
+
+def family(front: list[dict], largest_bitops: float, fractions: list[float]) -> dict[str, dict | None]:
+    """The paper's OQATNets: for each budget, a fraction of the largest subnet's BitOPs
+    (S, M, L by increasing budget), the most accurate front member (on val) within it;
+    None where no front member fits."""
+    out = {}
+    for name, fraction in zip(FAMILY, fractions):
+        within = [p for p in front if p["bitops"] <= fraction * largest_bitops]
+        out[name] = max(within, key=lambda p: p["val_top1"]) if within else None
+    return out
+
+
 # --- outputs ----------------------------------------------------------------------------------
 def _write_json(path: str, obj) -> None:
     checkpoint.atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))

@@ -17,6 +17,9 @@ import os
 import random
 import re
 from dataclasses import dataclass
+from typing import Literal
+
+ArchField = Literal["ks", "e", "d", "r"]  # the fields of an `Arch` a training stage can hold fixed or vary
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:

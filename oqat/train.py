@@ -14,6 +14,7 @@ import math
 import os
 import random
 import time
+import dataclasses
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,7 @@ from .evaluate import check_space, evaluate, prepare_subnet, resize
 from .inherit import REINIT_KEY
 from .layers import QConv2d
 from .quant import FULL_PRECISION, check_bits, init_step
-from .space import Arch, get_space
+from .space import Arch, ArchField, get_space
 from .supernet import FORMAT as SUPERNET_FORMAT
 from .supernet import Supernet
 
@@ -64,6 +65,7 @@ class TrainConfig:
     seed: int = 0  # weights init, subnet and resolution draws, dropout
     arch: str | None = None  # train only this architecture, on labels (no sandwich): a standalone baseline
     grad_clip: float = 5.0  # max global gradient norm (0: off); low-bit BN can spike gradients after inheritance
+    elastic: list[ArchField] = dataclasses.field(default_factory=lambda: ["ks", "e", "d", "r"])  # Arch fields the sandwich varies; the others stay the largest's ([] trains the largest alone: OFA's progressive shrinking starts so)
 
     def __post_init__(self):
         check_bits(self.bits)
@@ -198,13 +200,19 @@ class Trainer:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
 
     def archs(self, step: int) -> list:
-        """The sandwich of `step`: largest, smallest, then n random, all at one drawn resolution."""
-        if self.cfg.train.arch:
+        """The sandwich of `step`: largest, smallest, then n random, all at one drawn resolution.
+        Fields not in `train.elastic` keep the largest's value (progressive shrinking), and a
+        subnet that occurs twice (e.g. largest = smallest when nothing is elastic) runs once."""
+        t = self.cfg.train
+        if t.arch:
             return [self.fixed]
-        rng = random.Random(f"oqat-train/{self.cfg.train.seed}/{step}")
-        r = rng.choice(self.space.resolutions)
-        drawn = [self.space.sample(rng) for _ in range(self.cfg.train.sandwich_random)]
-        return [replace(a, r=r) for a in [self.space.largest(), self.space.smallest(), *drawn]]
+        rng = random.Random(f"oqat-train/{t.seed}/{step}")
+        largest = self.space.largest()
+        fixed = {name: getattr(largest, name) for name in ("ks", "e", "d", "r") if name not in t.elastic}
+        r = fixed.get("r", rng.choice(self.space.resolutions))
+        drawn = [self.space.sample(rng) for _ in range(t.sandwich_random)]
+        archs = [replace(a, **{**fixed, "r": r}) for a in [largest, self.space.smallest(), *drawn]]
+        return list(dict.fromkeys(archs))
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One sandwich step; returns the per-subnet losses (averaged over ranks)."""
