@@ -123,13 +123,6 @@ def prepare_subnet(supernet: Supernet, arch: Arch, data_cfg: DataConfig, splits:
     return calibrated_subnet(supernet, arch, data.calib_batches(splits.train, data_cfg, n, seed))
 
 
-def check_space(arch: Arch, space: SearchSpace) -> Arch:
-    if arch.space != space.name:
-        raise ValueError(f"architecture {arch} is from space '{arch.space}'; the supernet's space is "
-                         f"'{space.name}'")
-    return arch
-
-
 def load_supernet(path: str) -> tuple[Supernet, DataConfig | None]:
     """A supernet file and the data config of its run (None when the file has none)."""
     ckpt = checkpoint.load(path, FORMAT)

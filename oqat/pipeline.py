@@ -145,7 +145,7 @@ def run_export(cfg, supernets: dict[int, str], searches: dict[int, dict]) -> dic
             net, data_cfg = load_supernet(path)
             data_cfg = data_cfg or cfg.data
             splits = data.load_splits(data_cfg)
-            arch = Arch.parse(best["arch"])
+            arch = Arch.parse(best["arch"], net.space)
             sub = prepare_subnet(net, arch, data_cfg, splits, cfg.search.calib_images, cfg.search.seed)
             sub = sub.to(memory_format=torch.contiguous_format)
             test = data.subset(splits.test, min(cfg.export.test_images, len(splits.test)), 0)

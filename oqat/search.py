@@ -2,8 +2,8 @@
 top-1 against a cost metric, under budgets such as `bitops<=2e8`.
 
 The genome is one choice index per field of an `Arch` (kernel and expand per block, depth
-per stage, resolution); a repair maps it to its canonical form (genes of blocks beyond a
-stage's depth reset, as `Arch` does), so equal networks have equal genomes and pymoo's
+per elastic stage, resolution); a repair maps it to its canonical form (genes of blocks beyond
+a stage's depth reset, as `space.check` does), so equal networks have equal genomes and pymoo's
 duplicate elimination applies. Scores are cached by `Arch`: no architecture is evaluated
 twice. Costs are analytical, so a candidate over budget is never evaluated at all (NSGA-II
 ranks infeasible candidates by constraint violation alone). Only the validation split is
@@ -31,7 +31,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from . import checkpoint, data
 from .cost import METRICS, cost
 from .data import DataConfig, Splits
-from .evaluate import calibrated_subnet, check_space, evaluate
+from .evaluate import calibrated_subnet, evaluate
 from .predictor import Predictor
 from .space import Arch, SearchSpace
 from .supernet import Supernet
@@ -106,7 +106,7 @@ def read_latency_table(path: str, space: SearchSpace) -> dict[str, float]:
         raise ValueError(f"latency table '{path}' must be a non-empty JSON object {{arch string: ms}}")
     out = {}
     for text, ms in table.items():
-        arch = check_space(Arch.parse(text), space)
+        arch = Arch.parse(text, space)
         if isinstance(ms, bool) or not isinstance(ms, (int, float)):
             raise ValueError(f"latency table '{path}': {text} maps to {ms!r}, expected milliseconds")
         out[arch.to_str()] = float(ms)
@@ -154,10 +154,10 @@ def sample_points(scorer: Scorer, n: int, seed: int) -> list[dict]:
 
 # --- genome and pymoo operators -----------------------------------------------------------
 def choices(space: SearchSpace) -> list[tuple[int, ...]]:
-    """The allowed values of each gene: ks per block, e per block, d per stage, r."""
+    """The allowed values of each gene: ks per block, e per block, d per elastic stage, r."""
     n = space.num_blocks
-    return [space.kernel_sizes] * n + [space.expand_ratios] * n + [space.depths] * len(space.stages) + \
-        [space.resolutions]
+    return [space.kernel_sizes] * n + [space.expand_ratios] * n + \
+        [space.depths] * len(space.elastic_stages) + [space.resolutions]
 
 
 def encode(arch: Arch, space: SearchSpace) -> np.ndarray:
@@ -167,8 +167,8 @@ def encode(arch: Arch, space: SearchSpace) -> np.ndarray:
 
 def decode(x: np.ndarray, space: SearchSpace) -> Arch:
     v = [c[int(i)] for c, i in zip(choices(space), np.asarray(x).round().astype(int))]
-    n, s = space.num_blocks, len(space.stages)
-    return Arch(ks=v[:n], e=v[n:2 * n], d=v[2 * n:2 * n + s], r=v[-1], space=space.name)
+    n = space.num_blocks
+    return space.arch(ks=v[:n], e=v[n:2 * n], d=v[2 * n:-1], r=v[-1])
 
 
 class _Canonical(Repair):
@@ -328,7 +328,7 @@ def search(supernet: Supernet, data_cfg: DataConfig, splits: Splits, budgets: li
     front = [dict(evaluated[i]) for i in idx]
     if test:
         for p in front:
-            p["test_top1"] = scorer.test_top1(Arch.parse(p["arch"]))
+            p["test_top1"] = scorer.test_top1(Arch.parse(p["arch"], supernet.space))
     settings = {"population": population, "generations": generations, "seed": seed, "calib_images": calib_images,
                 "val_images": val_images, "predictor": use_predictor}
     return SearchResult(metric, supernet.bits, list(budgets), front, evaluated,

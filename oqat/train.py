@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from . import checkpoint, config, distributed
 from .data import eval_batches, load_splits, num_train_batches, train_batches
-from .evaluate import check_space, evaluate, prepare_subnet, resize
+from .evaluate import evaluate, prepare_subnet, resize
 from .inherit import REINIT_KEY
 from .layers import QConv2d
 from .quant import FULL_PRECISION, check_bits, init_step
@@ -108,7 +108,7 @@ class Trainer:
         space = get_space(cfg.model.space).with_data(self.splits.in_channels, self.splits.num_classes)
         self.net, self.reinit = self._build(space)
         self.space = self.net.space
-        self.fixed = check_space(Arch.parse(t.arch), self.space) if t.arch else None
+        self.fixed = Arch.parse(t.arch, self.space) if t.arch else None
         self.net.to(self.dist.device)
         if t.channels_last:
             self.net.to(memory_format=torch.channels_last)

@@ -28,7 +28,7 @@ def test_genome_round_trip_and_canonical_form():
     for _ in range(20):
         arch = TINY.sample(rng)
         assert S.decode(S.encode(arch, TINY), TINY) == arch
-    x = S.encode(Arch.parse("evaltiny:r12:k3e2-k3e2"), TINY)
+    x = S.encode(Arch.parse("evaltiny:r12:k3e2-k3e2", TINY), TINY)
     y = x.copy()
     y[1] = 1  # kernel of the inactive second block of stage 1: same network
     assert S.decode(y, TINY) == S.decode(x, TINY) and not np.array_equal(x, y)

@@ -10,12 +10,12 @@ from oqat.space import MBV3, MINI, Arch, get_space, make_divisible
 def mbv3(**changes):
     fields = dict(ks=[3] * 20, e=[3] * 20, d=[2] * 5, r=128)
     fields.update(changes)
-    return Arch(**fields)
+    return MBV3.check(Arch(**fields))
 
 
 def test_keyword_construction_from_package():
-    arch = oqat.Arch(ks=[7] * 20, e=[6] * 20, d=[4] * 5, r=224)
-    assert arch == MBV3.largest()
+    arch = MBV3.check(oqat.Arch(ks=[7] * 20, e=[6] * 20, d=[4] * 5, r=224))
+    assert arch == MBV3.largest() == MBV3.arch(ks=[7] * 20, e=[6] * 20, d=[4] * 5, r=224)
     assert arch.space == "mbv3"
 
 
@@ -42,12 +42,12 @@ def test_validation_names_field_and_allowed_values(changes, field, allowed):
 
 def test_mini_resolution_error_lists_the_grid():
     with pytest.raises(ValueError, match=r"'r'.*24, 28, 32"):
-        Arch(ks=[3] * 12, e=[2] * 12, d=[1] * 4, r=30, space="mini")
+        MINI.arch(ks=[3] * 12, e=[2] * 12, d=[1] * 4, r=30)
 
 
 def test_unknown_space():
-    with pytest.raises(ValueError, match="unknown search space 'nope'.*mbv3, mini"):
-        Arch(ks=[3], e=[3], d=[2], r=128, space="nope")
+    with pytest.raises(ValueError, match="unknown search space 'nope'.*mbv3, proxyless, mini"):
+        Arch.parse("nope:r128:k3e3")
     with pytest.raises(ValueError, match="unknown search space"):
         get_space("resnet")
 
@@ -127,10 +127,11 @@ def test_largest_and_smallest(space):
 
 def test_active_blocks():
     arch = mbv3(ks=[5] * 20, e=[4] * 20, d=[2, 3, 4, 2, 3])
-    blocks = arch.active_blocks()
-    assert len(blocks) == 14
-    assert [b[1] for b in blocks[:5]] == [0, 1, 4, 5, 6]
-    assert all(k == 5 and e == 4 for _, _, k, e in blocks)
+    blocks = MBV3.active_blocks(arch)
+    assert blocks[0] == (0, 3, 1)  # the fixed first block
+    assert len(blocks) == 15
+    assert [b[0] for b in blocks[1:6]] == [1, 2, 5, 6, 7]
+    assert all(k == 5 and e == 4 for _, k, e in blocks[1:])
 
 
 def test_mbv3_space_matches_the_paper():
