@@ -61,7 +61,7 @@ def measure(supernets: dict[int, Supernet], archs: list[Arch], data_cfg, splits,
                "top1": {}, "bitops": {}}
         for bits, net in supernets.items():
             sub = prepare_subnet(net, arch, data_cfg, splits, cfg.calib_images, cfg.seed)
-            row["top1"][bits] = evaluate(sub, data.eval_batches(val, data_cfg))["top1"]
+            row["top1"][bits] = evaluate(sub, data.eval_batches(val, data_cfg, arch.r))["top1"]
             row["bitops"][bits] = cost(arch, space, bits)["bitops"]
         rows.append(row)
         if progress:

@@ -243,7 +243,7 @@ def cmd_eval(args):
     net, data_cfg, splits = _open_supernet(args)
     arch = Arch.parse(args.arch, net.space)
     sub = prepare_subnet(net, arch, data_cfg, splits, args.calib_images, args.seed)
-    result = evaluate(sub, eval_batches(getattr(splits, args.split), data_cfg))
+    result = evaluate(sub, eval_batches(getattr(splits, args.split), data_cfg, arch.r))
     result = {"arch": arch.to_str(), "bits": net.bits, "split": args.split, **result,
               **cost(arch, net.space, net.bits)}
     if args.json:

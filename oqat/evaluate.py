@@ -120,7 +120,7 @@ def prepare_subnet(supernet: Supernet, arch: Arch, data_cfg: DataConfig, splits:
     """The subnet of `arch`, its BN recalibrated on a fixed seeded subset of the training
     split (at most the whole split), in eval mode on the supernet's device."""
     n = min(calib_images, len(splits.train))
-    return calibrated_subnet(supernet, arch, data.calib_batches(splits.train, data_cfg, n, seed))
+    return calibrated_subnet(supernet, arch, data.calib_batches(splits.train, data_cfg, n, seed, arch.r))
 
 
 def load_supernet(path: str) -> tuple[Supernet, DataConfig | None]:

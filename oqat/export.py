@@ -249,7 +249,7 @@ def export_checkpoint(path: str, arch: Arch | None, out_dir: str, calib_images: 
         net = prepare_subnet(supernet, arch, data_cfg, splits, calib_images)
     test = None
     if splits is not None and test_images > 0:
-        pairs = list(eval_batches(subset(splits.test, min(test_images, len(splits.test)), 0), data_cfg))
+        pairs = list(eval_batches(subset(splits.test, min(test_images, len(splits.test)), 0), data_cfg, net.arch.r))
         test = resize(torch.cat([x for x, _ in pairs]), net.arch.r), torch.cat([y for _, y in pairs])
     return export(net, out_dir, test, splits and splits.mean, splits and splits.std, os.path.basename(path))
 

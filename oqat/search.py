@@ -14,7 +14,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -120,23 +120,35 @@ class Scorer:
     def __init__(self, supernet: Supernet, data_cfg: DataConfig, splits: Splits, calib_images: int = 2000,
                  val_images: int | None = None, calib_seed: int = 0):
         self.supernet = supernet.eval()
-        n = min(calib_images, len(splits.train))
-        self.calib = data.calib_batches(splits.train, data_cfg, n, calib_seed)
-        val = splits.val if val_images is None else data.subset(splits.val, min(val_images, len(splits.val)), 0)
-        self.val = list(data.eval_batches(val, data_cfg))
+        self.n_calib, self.calib_seed = min(calib_images, len(splits.train)), calib_seed
+        self.val = splits.val if val_images is None else data.subset(splits.val, min(val_images, len(splits.val)), 0)
         self.data_cfg, self.splits = data_cfg, splits
+        # In-memory images are the same at every resolution (the network's input resizes them):
+        # their batches are made once. Image folders are decoded anew at each subnet's resolution.
+        self.fixed = None
+        if not isinstance(splits.train, data.FolderSubset):
+            calib, val = self.batches(None)
+            self.fixed = calib, list(val)
         self.scores: dict[Arch, float] = {}  # every real evaluation, in order
+
+    def batches(self, r: int | None) -> tuple[list, Iterable]:
+        """(BN calibration batches, validation batches) at resolution r."""
+        if self.fixed is not None:
+            return self.fixed
+        calib = data.calib_batches(self.splits.train, self.data_cfg, self.n_calib, self.calib_seed, r)
+        return calib, data.eval_batches(self.val, self.data_cfg, r)
 
     def __call__(self, arch: Arch) -> float:
         if arch not in self.scores:
-            self.scores[arch] = evaluate(self.subnet(arch), self.val)["top1"]
+            calib, val = self.batches(arch.r)
+            self.scores[arch] = evaluate(calibrated_subnet(self.supernet, arch, calib), val)["top1"]
         return self.scores[arch]
 
     def subnet(self, arch: Arch):
-        return calibrated_subnet(self.supernet, arch, self.calib)
+        return calibrated_subnet(self.supernet, arch, self.batches(arch.r)[0])
 
     def test_top1(self, arch: Arch) -> float:
-        return evaluate(self.subnet(arch), data.eval_batches(self.splits.test, self.data_cfg))["top1"]
+        return evaluate(self.subnet(arch), data.eval_batches(self.splits.test, self.data_cfg, arch.r))["top1"]
 
 
 def sample_points(scorer: Scorer, n: int, seed: int) -> list[dict]:

@@ -287,7 +287,10 @@ class Trainer:
                    disable=self.cfg.run.quiet or log is None, dynamic_ncols=True)
         tick, seen = time.perf_counter(), 0
         self.net.train()
-        batches = train_batches(self.splits.train, self.cfg.data, epoch, self.dist.rank, world, start)
+        # Image folders crop each batch straight to its step's resolution, as the authors do.
+        first = self.step
+        batches = train_batches(self.splits.train, self.cfg.data, epoch, self.dist.rank, world, start,
+                                sizes=lambda b: self.archs(first + b - start)[0].r)
         for self.batch, (x, y) in enumerate(batches, start):
             x, y = x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
             if self.step == 0 and self.reinit and self.steps:
@@ -342,7 +345,7 @@ class Trainer:
             sub = prepare_subnet(self.net, arch, self.cfg.data, self.splits, self.cfg.train.calib_images,
                                  self.cfg.data.seed)
             with self.autocast:
-                res = evaluate(sub, eval_batches(self.splits.val, self.cfg.data), arch.r)
+                res = evaluate(sub, eval_batches(self.splits.val, self.cfg.data, arch.r), arch.r)
             out[f"val_top1_{name}"], out[f"val_loss_{name}"] = res["top1"], res["loss"]
         return out
 
