@@ -116,7 +116,7 @@ class SearchSpace:
         if len(set(names)) != len(names) or _RESERVED & set(names) or not all(n.isidentifier() for n in names):
             raise ValueError(f"space {self.name}: head conv names must be distinct identifiers other than "
                              f"{', '.join(sorted(_RESERVED))}; got {', '.join(names)}")
-        if list(h.pooled for h in self.head) != sorted(h.pooled for h in self.head):
+        if [h.pooled for h in self.head] != sorted(h.pooled for h in self.head):
             raise ValueError(f"space {self.name}: pooled head convs must come after the unpooled ones")
         # Every active mid must fit in its block's widest buffer.
         for b in self.blocks:
@@ -177,6 +177,10 @@ class SearchSpace:
         return out
 
     mid_channels = staticmethod(mid_channels)
+
+    def head_layers(self) -> list[HeadConv | None]:
+        """The head in order: its convs, None where the global average pooling runs."""
+        return [h for h in self.head if not h.pooled] + [None] + [h for h in self.head if h.pooled]
 
     # --- architectures ------------------------------------------------------------------
     def check(self, arch: "Arch") -> "Arch":

@@ -33,14 +33,8 @@ def add_head(net: nn.Module, space: SearchSpace, bits: int) -> None:
 
 
 def head_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Head convs before pooling, global average pooling, the pooled head convs, classifier."""
-    pooled = False
-    for h in net.space.head:
-        if h.pooled and not pooled:
-            x, pooled = x.mean((2, 3), keepdim=True), True
-        x = getattr(net, h.name)(x)
-    if not pooled:
-        x = x.mean((2, 3), keepdim=True)
+    for h in net.space.head_layers():
+        x = x.mean((2, 3), keepdim=True) if h is None else getattr(net, h.name)(x)
     return net.classifier(net.dropout(x.flatten(1)))
 
 
@@ -52,8 +46,11 @@ def stem_cost(space: SearchSpace, r: int) -> tuple[Cost, int]:
 
 def head_cost(space: SearchSpace, h: int) -> Cost:
     total, c = Cost(), space.stages[-1].width
-    for conv in space.head:
-        total = total + conv_cost(c, conv.width, 1, 1, 1 if conv.pooled else h, quantized=True)[0]
+    for conv in space.head_layers():
+        if conv is None:  # global pooling
+            h = 1
+            continue
+        total = total + conv_cost(c, conv.width, 1, 1, h, quantized=True)[0]
         total = total + (bn_cost(conv.width) if conv.bn else Cost())
         c = conv.width
     return total + Cost(macs_fp=c * space.num_classes, params_fp=(c + 1) * space.num_classes)

@@ -11,13 +11,17 @@ import pytest
 import torch
 from torch import nn
 
+from oqat import export
 from oqat.cost import cost
 from oqat.layers import QConv2d
 from oqat.space import MINI_PROXYLESS, PROXYLESS, Arch
 from oqat.supernet import Supernet
 from test_cost import check_against_hooks
 from test_e2e import FMNIST, _has_fmnist, _oqat
+from test_export import assert_parity, make_subnet
 from test_supernet import max_diff, prepared
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # MACs and parameters that once-for-all's own counter gives for these architectures:
 # OFAProxylessNASNets(n_classes=1000, bn_param=(0.1, 1e-3), dropout_rate=0.1, width_mult=1.0,
@@ -62,7 +66,7 @@ def test_space_is_ofa_proxyless():
     arch = sp.arch(ks=[3] * 20 + [7], e=[3] * 20 + [6], d=[2] * 5, r=128)
     assert sp.active_blocks(arch)[-1] == (21, 7, 6)
     assert arch.to_str().endswith("-k7e6") and Arch.parse(arch.to_str()) == arch
-    with pytest.raises(ValueError, match="must have 1 block"):
+    with pytest.raises(ValueError, match="has more than 1 block"):
         Arch.parse(arch.to_str()[:-len("-k7e6")] + "-k7e6.k3e3")
 
 
@@ -105,6 +109,16 @@ def test_small_variant_extract_matches_supernet(bits):
     for arch in [MINI_PROXYLESS.largest(), MINI_PROXYLESS.smallest()] + [MINI_PROXYLESS.sample(rng) for _ in range(6)]:
         x = torch.randn(3, 1, arch.r, arch.r)
         assert max_diff(net, arch, x) <= 1e-5, arch
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_onnx_export_matches_pytorch(bits):
+    """relu6 exports as Clip(0, 6), and the feature mix (with BN) runs before the pooling."""
+    net = make_subnet(bits, Arch.parse("mini-proxyless:r28:k3e2.k5e4-k7e3-k3e2.k5e3.k3e4-k5e4"))
+    model = export.build_onnx(net)
+    assert [n.op_type for n in model.graph.node].count("Clip") >= 10
+    x = torch.randn(1000, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    assert_parity(export.parity(net, export.onnx_session(model), x))
 
 
 @pytest.mark.skipif(not _has_fmnist(), reason="Fashion-MNIST not installed (scripts/setup.sh installs it)")

@@ -168,3 +168,33 @@ def test_bad_strings(text, match):
 def test_json_must_be_an_object():
     with pytest.raises(ValueError, match="must be an object"):
         Arch.from_json("[1, 2]")
+
+
+def test_reading_a_file_registers_no_space(tmp_path):
+    from oqat.space import SPACES, SearchSpace, Stage, mbv3_head
+    from oqat.supernet import Supernet
+
+    tiny = SearchSpace(name="tiny-file", stem_width=8, stem_stride=2, first_block=Stage(8, 1, "relu", False),
+                       stages=(Stage(16, 2, "relu", False),), kernel_sizes=(3,), expand_ratios=(2,), depths=(1,),
+                       resolutions=(16,), head=mbv3_head(16, 32), in_channels=1, num_classes=3)
+    Supernet(tiny, 4).save(str(tmp_path / "s.pt"))
+    before = dict(SPACES)
+    net = Supernet.load(str(tmp_path / "s.pt"))
+    assert SPACES == before and net.space == tiny
+    arch = Arch.parse("tiny-file:r16:k3e2", net.space)
+    assert net.extract(arch).arch == arch
+    with pytest.raises(ValueError, match="unknown search space 'tiny-file'"):
+        Arch.parse("tiny-file:r16:k3e2")
+    # Files written before the head was data name its two convs' widths.
+    legacy = {k: v for k, v in MBV3.to_dict().items() if k != "head"} | {"final_expand": 960, "feature_mix": 1280}
+    assert SearchSpace.from_dict(legacy) == MBV3
+
+
+def test_block_list_is_the_one_layout():
+    blocks = MBV3.blocks
+    assert len(blocks) == 21 and (blocks[0].c_in, blocks[0].c_out, blocks[0].kernel_sizes, blocks[0].expand_ratios) \
+        == (16, 16, (3,), (1,))
+    assert [(b.c_in, b.c_out, b.stride) for b in blocks[1:6]] == [(16, 24, 2), (24, 24, 1), (24, 24, 1), (24, 24, 1),
+                                                                  (24, 40, 2)]
+    assert blocks[5].se and blocks[5].act == "relu" and blocks[9].act == "h_swish"
+    assert blocks[5].mid_max == 24 * 6
