@@ -78,8 +78,8 @@ class DataConfig:
     synthetic_channels: int = 1  # channels of synthetic images
     synthetic_train: int = 512  # synthetic training images, val included; small for tests
     synthetic_test: int = 128  # synthetic test images
-    image_size: int | None = None  # imagefolder decode size where no resolution is given (None: 224); others: native size or None
-    calib_augment: bool = False  # imagefolder: BN recalibration images with the training augmentation (the authors: true)
+    image_size: int | None = None  # imagefolder size where no resolution is given (None: 224); others: native or None
+    calib_augment: bool = False  # imagefolder: BN recalibration with the training augmentation (the authors: true)
     calib_batch_size: int | None = None  # BN recalibration batch (None: batch_size; the authors: 100)
 
     def __post_init__(self):

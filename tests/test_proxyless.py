@@ -27,24 +27,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # OFAProxylessNASNets(n_classes=1000, bn_param=(0.1, 1e-3), dropout_rate=0.1, width_mult=1.0,
 # ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4]),
 # set_active_subnet(ks, e, d + [1]), get_active_subnet(), then ofa.utils.pytorch_utils
-# count_net_flops(subnet, (1, 3, r, r)) and count_parameters(subnet); mit-han-lab/once-for-all
+# count_net_flops(subnet, (1, 3, r, r)) and count_parameters(subnet) (architectures written here
+# in oqat's compact form, with d + [1] the d given to OFA); mit-han-lab/once-for-all
 # at its newest stored snapshot, run on 2026-11-29. OFA's counter adds MACs in float32, so
 # its totals are compared after rounding ours to float32.
 OFA_COUNTS = [
-    ({"ks": [7] * 21, "e": [6] * 21, "d": [4] * 5, "r": 224}, 606590720, 5103336),
-    ({"ks": [3] * 21, "e": [3] * 21, "d": [2] * 5, "r": 128}, 51200000, 2500632),
-    ({"ks": [5, 5, 3, 5, 7, 5, 5, 5, 5, 5, 7, 3, 7, 3, 5, 3, 3, 7, 5, 7, 7],
-      "e": [6, 3, 4, 3, 6, 3, 6, 4, 4, 6, 3, 4, 4, 4, 6, 6, 3, 6, 4, 4, 6], "d": [3, 2, 4, 2, 2], "r": 220},
-     276883872, 3359704),
-    ({"ks": [5, 7, 7, 7, 3, 7, 5, 5, 3, 7, 5, 7, 3, 3, 7, 3, 3, 3, 7, 5, 3],
-      "e": [3, 4, 6, 4, 3, 4, 6, 4, 6, 3, 6, 4, 6, 3, 6, 6, 6, 4, 4, 3, 6], "d": [3, 3, 4, 2, 3], "r": 148},
-     160257728, 3589088),
-    ({"ks": [3, 3, 3, 7, 7, 5, 5, 3, 3, 7, 3, 3, 3, 3, 7, 7, 7, 5, 7, 7, 5],
-      "e": [6, 3, 3, 6, 6, 4, 6, 4, 4, 4, 6, 6, 6, 4, 3, 4, 6, 3, 4, 6, 6], "d": [3, 2, 2, 2, 4], "r": 160},
-     145987200, 3901784),
-    ({"ks": [3, 7, 3, 5, 3, 5, 5, 3, 3, 3, 7, 3, 3, 7, 7, 7, 7, 7, 3, 3, 3],
-      "e": [6, 3, 6, 6, 3, 4, 3, 4, 3, 3, 6, 3, 3, 3, 6, 3, 4, 3, 6, 3, 6], "d": [2, 4, 3, 4, 2], "r": 160},
-     146394400, 3236136),
+    ("proxyless:r224:k7e6.k7e6.k7e6.k7e6-k7e6.k7e6.k7e6.k7e6-k7e6.k7e6.k7e6.k7e6-k7e6.k7e6.k7e6.k7e6-k7e6.k7e6.k7e6.k7e6-k7e6", 606590720, 5103336),
+    ("proxyless:r128:k3e3.k3e3-k3e3.k3e3-k3e3.k3e3-k3e3.k3e3-k3e3.k3e3-k3e3", 51200000, 2500632),
+    ("proxyless:r220:k5e6.k5e3.k3e4-k7e6.k5e3-k5e4.k5e6.k7e3.k3e4-k7e4.k3e4-k3e3.k7e6-k7e6", 276883872, 3359704),
+    ("proxyless:r148:k5e3.k7e4.k7e6-k3e3.k7e4.k5e6-k3e6.k7e3.k5e6.k7e4-k3e6.k3e3-k3e6.k3e4.k7e4-k3e6", 160257728, 3589088),
+    ("proxyless:r160:k3e6.k3e3.k3e3-k7e6.k5e4-k3e4.k7e4-k3e6.k3e4-k7e6.k5e3.k7e4.k7e6-k5e6", 145987200, 3901784),
+    ("proxyless:r160:k3e6.k7e3-k3e3.k5e4.k5e3.k3e4-k3e3.k3e3.k7e6-k3e3.k7e3.k7e6.k7e3-k7e4.k7e3-k3e6", 146394400, 3236136),
 ]
 
 
@@ -82,7 +75,7 @@ def test_the_supernet_class_builds_it(supernet):
 
 @pytest.mark.parametrize("arch,macs,params", OFA_COUNTS)
 def test_costs_equal_ofas_counter(arch, macs, params):
-    got = cost(PROXYLESS.arch(**arch), PROXYLESS, 32)
+    got = cost(Arch.parse(arch), PROXYLESS, 32)
     assert np.float32(got["macs"]) == np.float32(macs) and abs(got["macs"] - macs) <= 16
     assert got["params"] == params
 
