@@ -13,7 +13,7 @@ from torch import nn
 
 from . import checkpoint, config, data
 from .data import DataConfig, Splits
-from .space import Arch, SearchSpace
+from .space import Arch
 from .subnet import Subnet
 from .supernet import FORMAT, Supernet
 

@@ -60,7 +60,6 @@ def mbv3_head(final_expand: int, feature_mix: int) -> tuple[HeadConv, ...]:
 class Block:
     """One MBConv slot of the supernet; the supernet, the subnet and the cost walk all read
     the space's block list, so each block's shape is decided here only."""
-    stage: int  # index into the space's stages; -1 for the fixed first block
     c_in: int
     c_out: int
     stride: int
@@ -125,32 +124,27 @@ class SearchSpace:
                     raise ValueError(f"space {self.name}: width {b.c_in} x {e} does not fit its buffer")
 
     # --- the block list -----------------------------------------------------------------
-    def stage_depths(self) -> list[tuple[int, ...]]:
-        """Each stage's depth choices."""
-        return [self.depths if s.fixed_depth is None else (s.fixed_depth,) for s in self.stages]
-
     @functools.cached_property
-    def blocks(self) -> tuple[Block, ...]:
-        """Every MBConv of the supernet: the fixed first block, then each stage's max-depth
-        blocks (the first takes the previous width and the stride, the others keep both)."""
-        fb = self.first_block
-        out = [Block(-1, self.stem_width, fb.width, fb.stride, fb.act, fb.se, (3,), (1,))]
-        c_in = fb.width
-        for s, (st, depths) in enumerate(zip(self.stages, self.stage_depths())):
-            for j in range(max(depths)):
-                out.append(Block(s, c_in, st.width, st.stride if j == 0 else 1, st.act, st.se,
-                                 self.kernel_sizes, self.expand_ratios))
-                c_in = st.width
+    def layout(self) -> tuple[tuple[int, int, int | None], ...]:
+        """Per stage: (index of its first elastic block, its most blocks, its entry in arch.d or
+        None for a fixed depth)."""
+        out, i, nd = [], 0, 0
+        for st in self.stages:
+            m = max(self.depths) if st.fixed_depth is None else st.fixed_depth
+            out.append((i, m, nd if st.fixed_depth is None else None))
+            i, nd = i + m, nd + (st.fixed_depth is None)
         return tuple(out)
 
     @functools.cached_property
-    def _layout(self) -> tuple[tuple[int, int, int | None], ...]:
-        """Per stage: (first elastic block index, max depth, index into arch.d or None if fixed)."""
-        out, i, nd = [], 0, 0
-        for st, depths in zip(self.stages, self.stage_depths()):
-            out.append((i, max(depths), nd if st.fixed_depth is None else None))
-            i += max(depths)
-            nd += st.fixed_depth is None
+    def blocks(self) -> tuple[Block, ...]:
+        """Every MBConv of the supernet: the fixed first block, then each stage's most blocks
+        (the first takes the previous width and the stride, the others keep both)."""
+        fb = self.first_block
+        out = [Block(self.stem_width, fb.width, fb.stride, fb.act, fb.se, (3,), (1,))]
+        for st, (_, m, _) in zip(self.stages, self.layout):
+            for j in range(m):
+                out.append(Block(out[-1].c_out, st.width, st.stride if j == 0 else 1, st.act, st.se,
+                                 self.kernel_sizes, self.expand_ratios))
         return tuple(out)
 
     @property
@@ -161,19 +155,16 @@ class SearchSpace:
     @property
     def elastic_stages(self) -> list[int]:
         """Stages without a fixed depth: one entry each in an architecture's d."""
-        return [s for s, (_, _, di) in enumerate(self._layout) if di is not None]
-
-    def depth_of(self, arch: "Arch", s: int) -> int:
-        start, m, di = self._layout[s]
-        return m if di is None else arch.d[di]
+        return [s for s, (_, _, di) in enumerate(self.layout) if di is not None]
 
     def active_blocks(self, arch: "Arch") -> list[tuple[int, int, int]]:
         """(index into `blocks`, kernel, expand) of every block `arch` runs, first block included."""
         if arch.space != self.name:
             raise ValueError(f"architecture is from space '{arch.space}', not '{self.name}'")
         out = [(0, 3, 1)]
-        for s, (start, _, _) in enumerate(self._layout):
-            out += [(start + j + 1, arch.ks[start + j], arch.e[start + j]) for j in range(self.depth_of(arch, s))]
+        for start, m, di in self.layout:
+            out += [(start + j + 1, arch.ks[start + j], arch.e[start + j])
+                    for j in range(m if di is None else arch.d[di])]
         return out
 
     mid_channels = staticmethod(mid_channels)
@@ -211,8 +202,7 @@ class SearchSpace:
         ks, e = [min(self.kernel_sizes)] * n, [min(self.expand_ratios)] * n
         for i, k, x in self.active_blocks(arch)[1:]:
             ks[i - 1], e[i - 1] = k, x
-        runs = tuple((start, self.depth_of(arch, s)) for s, (start, _, _) in enumerate(self._layout))
-        return dataclasses.replace(arch, ks=tuple(ks), e=tuple(e), runs=runs)
+        return dataclasses.replace(arch, ks=tuple(ks), e=tuple(e), layout=self.layout)
 
     def arch(self, ks, e, d, r) -> "Arch":
         return self.check(Arch(ks=ks, e=e, d=d, r=r, space=self.name))
@@ -331,9 +321,10 @@ class Arch:
     d: tuple[int, ...]
     r: int
     space: str = "mbv3"
-    # (first ks index, depth run) per stage, set by `space.check`: lets a checked arch of any
-    # space print itself; not part of its value.
-    runs: tuple[tuple[int, int], ...] | None = dataclasses.field(default=None, compare=False, repr=False)
+    # The space's stage layout, set by `space.check`: lets a checked arch of any space print
+    # itself (and stays right under dataclasses.replace); not part of its value.
+    layout: tuple[tuple[int, int, int | None], ...] | None = dataclasses.field(default=None, compare=False,
+                                                                                repr=False)
 
     def __post_init__(self):
         for name in ("ks", "e", "d"):
@@ -341,9 +332,10 @@ class Arch:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def to_str(self) -> str:
-        runs = self.runs or get_space(self.space).check(self).runs
-        stages = [".".join(f"k{self.ks[i]}e{self.e[i]}" for i in range(start, start + depth))
-                  for start, depth in runs]
+        layout = self.layout or get_space(self.space).layout
+        stages = [".".join(f"k{self.ks[i]}e{self.e[i]}"
+                           for i in range(start, start + (m if di is None else self.d[di])))
+                  for start, m, di in layout]
         return f"{self.space}:r{self.r}:{'-'.join(stages)}"
 
     __str__ = to_str
@@ -360,21 +352,20 @@ class Arch:
             raise ValueError(f"architecture string {text!r} has {len(stages)} stages; "
                              f"space '{sp.name}' has {len(sp.stages)}")
         ks, e, d = [], [], []
-        for s, (stage, depths) in enumerate(zip(stages, sp.stage_depths())):
+        for stage, (_, most, di) in zip(stages, sp.layout):
             blocks = [re.fullmatch(r"k(\d+)e(\d+)", b) for b in stage.split(".")]
             if not all(blocks):
                 raise ValueError(f"architecture string {text!r}: stage {stage!r} is not kKeE.kKeE...")
-            if len(blocks) > max(depths):
-                raise ValueError(f"architecture string {text!r}: stage {stage!r} has more than "
-                                 f"{max(depths)} blocks")
-            pad = max(depths) - len(blocks)
+            if len(blocks) > most:
+                raise ValueError(f"architecture string {text!r}: stage {stage!r} has more than {most} blocks")
+            if di is None and len(blocks) != most:
+                raise ValueError(f"architecture string {text!r}: stage {stage!r} must have {most} "
+                                 f"blocks in space '{sp.name}'")
+            pad = most - len(blocks)
             ks += [int(b.group(1)) for b in blocks] + [min(sp.kernel_sizes)] * pad
             e += [int(b.group(2)) for b in blocks] + [min(sp.expand_ratios)] * pad
-            if s in sp.elastic_stages:
+            if di is not None:
                 d.append(len(blocks))
-            elif len(blocks) != max(depths):
-                raise ValueError(f"architecture string {text!r}: stage {stage!r} must have {max(depths)} "
-                                 f"block(s) in space '{sp.name}'")
         return sp.check(cls(ks=ks, e=e, d=d, r=int(m.group(2)), space=sp.name))
 
     def to_dict(self) -> dict:

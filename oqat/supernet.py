@@ -1,6 +1,7 @@
 """The elastic quantized supernet: one set of weights for every architecture of a space.
 
-`set_arch(arch)` is the only way to choose the active subnet; the forward passes each
+Its modules follow the space's block list (`space.blocks`) and head. `set_arch(arch)`
+(checked by the space) is the only way to choose the active subnet; the forward passes each
 block its kernel and expand ratio explicitly. Every quantized conv owns one weight step
 and one activation step, used by every subnet. `extract(arch)` returns the static
 `Subnet` with the sliced (and kernel-transformed) weights and the shared steps.
@@ -107,8 +108,8 @@ class ElasticMBConv(nn.Module):
         h = self.project(h, self.block.c_out)
         return x + h if self.residual else h
 
-    def extract(self, block: MBConv, k: int) -> MBConv:
-        """`block` (the static MBConv of this block at kernel k) loaded with the active weights."""
+    def extract(self, block: MBConv, k: int) -> None:
+        """Load `block` (the static MBConv of this block at kernel k) with the active weights."""
         mid = block.dw.conv.out_channels
         source = self.state_dict()
         with torch.no_grad():
@@ -119,7 +120,6 @@ class ElasticMBConv(nn.Module):
                 else:  # every other tensor is the leading slice of the elastic one
                     state[key] = source[key][tuple(slice(0, n) for n in target.shape)]
             block.load_state_dict(state)
-        return block
 
 
 def init_weights(net: nn.Module) -> None:

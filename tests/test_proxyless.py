@@ -3,8 +3,6 @@ class builds it, extraction matches the supernet, and its costs are OFA's."""
 import json
 import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest

@@ -198,3 +198,6 @@ def test_block_list_is_the_one_layout():
                                                                   (24, 40, 2)]
     assert blocks[5].se and blocks[5].act == "relu" and blocks[9].act == "h_swish"
     assert blocks[5].mid_max == 24 * 6
+    # A checked arch prints itself through the space's layout, also after a field is replaced.
+    import dataclasses
+    assert dataclasses.replace(MBV3.largest(), d=(2,) * 5).to_str().count("k") == 10
