@@ -202,7 +202,7 @@ class SearchSpace:
         ks, e = [min(self.kernel_sizes)] * n, [min(self.expand_ratios)] * n
         for i, k, x in self.active_blocks(arch)[1:]:
             ks[i - 1], e[i - 1] = k, x
-        return dataclasses.replace(arch, ks=tuple(ks), e=tuple(e), layout=self.layout)
+        return dataclasses.replace(arch, ks=tuple(ks), e=tuple(e), r=int(arch.r), layout=self.layout)
 
     def arch(self, ks, e, d, r) -> "Arch":
         return self.check(Arch(ks=ks, e=e, d=d, r=r, space=self.name))
