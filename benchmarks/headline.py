@@ -29,8 +29,8 @@ from oqat.space import Arch, SearchSpace
 
 def uniform_within(space: SearchSpace, budget: float, bits: int) -> Arch:
     """The uniform architecture (one k, e, d everywhere) with the highest BitOPs <= budget."""
-    n, stages = space.num_blocks, len(space.stages)
-    archs = [Arch(ks=[k] * n, e=[e] * n, d=[d] * stages, r=r, space=space.name)
+    n, stages = space.num_blocks, len(space.elastic_stages)
+    archs = [space.arch([k] * n, [e] * n, [d] * stages, r)
              for k, e, d, r in itertools.product(space.kernel_sizes, space.expand_ratios, space.depths,
                                                  space.resolutions)]
     within = [(cost(a, space, bits)["bitops"], a.to_str(), a) for a in archs]

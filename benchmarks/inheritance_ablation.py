@@ -33,8 +33,8 @@ VARIANTS = ("inherit, steps doubled", "inherit, steps from data", "scratch, same
 
 def middle(space) -> Arch:
     n, pick = space.num_blocks, lambda xs: sorted(xs)[len(xs) // 2]
-    return Arch(ks=[pick(space.kernel_sizes)] * n, e=[pick(space.expand_ratios)] * n,
-                d=[pick(space.depths)] * len(space.stages), r=pick(space.resolutions), space=space.name)
+    return space.arch([pick(space.kernel_sizes)] * n, [pick(space.expand_ratios)] * n,
+                      [pick(space.depths)] * len(space.elastic_stages), pick(space.resolutions))
 
 
 def stages_run(cfg: ExperimentConfig, stages, seed: int, folder: str) -> str:

@@ -164,11 +164,11 @@ def run_export(cfg, supernets: dict[int, str], searches: dict[int, dict]) -> dic
                 net, data_cfg = load_supernet(path)
                 data_cfg = data_cfg or cfg.data
                 splits = data.load_splits(data_cfg)
-                arch = Arch.parse(member["arch"])
+                arch = Arch.parse(member["arch"], net.space)
                 sub = prepare_subnet(net, arch, data_cfg, splits, cfg.search.calib_images, cfg.search.seed)
                 sub = sub.to(memory_format=torch.contiguous_format)
                 test = data.subset(splits.test, min(cfg.export.test_images, len(splits.test)), 0)
-                xs, ys = zip(*data.eval_batches(test, data_cfg))
+                xs, ys = zip(*data.eval_batches(test, data_cfg, arch.r))
                 images = resize(torch.cat(xs), arch.r)
                 facts = export(sub, out, (images, torch.cat(ys)), splits.mean, splits.std,
                                source=os.path.relpath(path, cfg.run.dir))

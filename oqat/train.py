@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import checkpoint, config, distributed
 from .data import eval_batches, load_splits, num_train_batches, train_batches
-from .evaluate import check_space, evaluate, prepare_subnet, resize
+from .evaluate import evaluate, prepare_subnet, resize
 from .inherit import REINIT_KEY
 from .layers import QConv2d
 from .quant import FULL_PRECISION, check_bits, init_step
@@ -110,7 +110,7 @@ class Trainer:
         space = get_space(cfg.model.space).with_data(self.splits.in_channels, self.splits.num_classes)
         self.net, self.reinit = self._build(space)
         self.space = self.net.space
-        self.fixed = check_space(Arch.parse(t.arch), self.space) if t.arch else None
+        self.fixed = Arch.parse(t.arch, self.space) if t.arch else None
         self.net.to(self.dist.device)
         if t.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -211,7 +211,7 @@ class Trainer:
         fixed = {name: getattr(largest, name) for name in ("ks", "e", "d", "r") if name not in t.elastic}
         r = fixed.get("r", rng.choice(self.space.resolutions))
         drawn = [self.space.sample(rng) for _ in range(t.sandwich_random)]
-        archs = [replace(a, **{**fixed, "r": r}) for a in [largest, self.space.smallest(), *drawn]]
+        archs = [self.space.check(replace(a, **{**fixed, "r": r})) for a in [largest, self.space.smallest(), *drawn]]
         return list(dict.fromkeys(archs))
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -295,7 +295,10 @@ class Trainer:
                    disable=self.cfg.run.quiet or log is None, dynamic_ncols=True)
         tick, seen = time.perf_counter(), 0
         self.net.train()
-        batches = train_batches(self.splits.train, self.cfg.data, epoch, self.dist.rank, world, start)
+        # Image folders crop each batch straight to its step's resolution, as the authors do.
+        first = self.step
+        batches = train_batches(self.splits.train, self.cfg.data, epoch, self.dist.rank, world, start,
+                                sizes=lambda b: self.archs(first + b - start)[0].r)
         for self.batch, (x, y) in enumerate(batches, start):
             x, y = x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
             if self.step == 0 and self.reinit and self.steps:
@@ -350,7 +353,7 @@ class Trainer:
             sub = prepare_subnet(self.net, arch, self.cfg.data, self.splits, self.cfg.train.calib_images,
                                  self.cfg.data.seed)
             with self.autocast:
-                res = evaluate(sub, eval_batches(self.splits.val, self.cfg.data), arch.r)
+                res = evaluate(sub, eval_batches(self.splits.val, self.cfg.data, arch.r), arch.r)
             out[f"val_top1_{name}"], out[f"val_loss_{name}"] = res["top1"], res["loss"]
         return out
 
