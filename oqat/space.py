@@ -70,6 +70,7 @@ class Block:
     se: bool
     kernel_sizes: tuple[int, ...]
     expand_ratios: tuple[int, ...]
+    signed_input: bool = False  # its expand conv's input (the previous block's linear output) is quantized signed
 
     @property
     def mid_max(self) -> int:
@@ -102,6 +103,9 @@ class SearchSpace:
     dropout: float = 0.1  # before the classifier, training only
     bn_momentum: float = 0.1
     bn_eps: float = 1e-5
+    # Quantize the linear inputs (a block's output, which can be negative) of every expand conv
+    # and of the first head conv as signed. False is the authors' rule: unsigned, clipping them at 0.
+    signed_inputs: bool = False
 
     def __post_init__(self):
         def stage(s):
@@ -147,7 +151,7 @@ class SearchSpace:
         for st, (_, m, _) in zip(self.stages, self.layout):
             for j in range(m):
                 out.append(Block(out[-1].c_out, st.width, st.stride if j == 0 else 1, st.act, st.se,
-                                 self.kernel_sizes, self.expand_ratios))
+                                 self.kernel_sizes, self.expand_ratios, self.signed_inputs))
         return tuple(out)
 
     @property
@@ -285,6 +289,7 @@ MINI = SearchSpace(
     resolutions=(24, 28, 32),
     head=mbv3_head(256, 512),
     in_channels=1, num_classes=10,
+    signed_inputs=True,  # +1.9 points (4-bit largest, 1 epoch) over the authors' unsigned rule
 )
 
 # proxyless sized like mini: the same widths ratio, relu6, the one-block last stage and the
@@ -298,7 +303,7 @@ MINI_PROXYLESS = SearchSpace(
     kernel_sizes=(3, 5, 7), expand_ratios=(2, 3, 4), depths=(1, 2, 3),
     resolutions=(24, 28, 32),
     head=(HeadConv("feature_mix", 256, True, "relu6", False),),
-    in_channels=1, num_classes=10, bn_eps=1e-3,
+    in_channels=1, num_classes=10, bn_eps=1e-3, signed_inputs=True,
 )
 
 # The built-in spaces, by name. Spaces read from files are never added here: whoever reads
