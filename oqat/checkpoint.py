@@ -10,7 +10,7 @@ import zipfile
 
 import torch
 
-from .space import SearchSpace, register_space
+from .space import SearchSpace
 
 
 class CheckpointError(ValueError):
@@ -75,7 +75,6 @@ def load(path: str, *formats: str) -> dict:
 
 
 def space_of(ckpt: dict) -> SearchSpace:
-    """The checkpoint's search space, registered so its architectures validate."""
-    space = SearchSpace.from_dict(ckpt["space"])
-    register_space(space)
-    return space
+    """The checkpoint's search space (never added to the built-in ones: whoever reads the file
+    passes it on, e.g. to `Arch.parse(text, space)`)."""
+    return SearchSpace.from_dict(ckpt["space"])

@@ -42,10 +42,8 @@ def add_cost(sub):
 def cmd_cost(args):
     from .cost import cost
     from .space import Arch, get_space
-    arch = Arch.parse(args.arch)
-    space = get_space(args.space or arch.space)
-    if arch.space != space.name:
-        raise ValueError(f"architecture is from space '{arch.space}', not '{space.name}'")
+    space = get_space(args.space) if args.space else None
+    arch = Arch.parse(args.arch, space)
     result = cost(arch, space, args.bits)
     if args.json:
         print(json.dumps(result))
@@ -240,12 +238,12 @@ def add_eval(sub):
 def cmd_eval(args):
     from .cost import cost
     from .data import eval_batches
-    from .evaluate import check_space, evaluate, prepare_subnet
+    from .evaluate import evaluate, prepare_subnet
     from .space import Arch
     net, data_cfg, splits = _open_supernet(args)
-    arch = check_space(Arch.parse(args.arch), net.space)
+    arch = Arch.parse(args.arch, net.space)
     sub = prepare_subnet(net, arch, data_cfg, splits, args.calib_images, args.seed)
-    result = evaluate(sub, eval_batches(getattr(splits, args.split), data_cfg))
+    result = evaluate(sub, eval_batches(getattr(splits, args.split), data_cfg, arch.r))
     result = {"arch": arch.to_str(), "bits": net.bits, "split": args.split, **result,
               **cost(arch, net.space, net.bits)}
     if args.json:
@@ -318,7 +316,7 @@ def cmd_sample(args):
     print(f"wrote {args.out} ({len(points)} pairs)")
     if len(points) >= 4:
         from .space import Arch
-        _, q = fit_and_score([(Arch.parse(p["arch"]), p["val_top1"]) for p in points], net.space, seed=args.seed)
+        _, q = fit_and_score([(Arch.parse(p["arch"], net.space), p["val_top1"]) for p in points], net.space, seed=args.seed)
         print(f"  predictor on {q['n']} held-out pairs: Kendall tau {q['kendall_tau']:.3f}, RMSE {q['rmse']:.2f} points")
 
 

@@ -65,12 +65,12 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _quantize_input(g: _Graph, x: str, conv: QConv2d, name: str) -> str:
-    bits = conv.aq.bits
-    qn, qp = qrange(bits, signed=False)
+    bits, signed = conv.aq.bits, conv.aq.signed
+    qn, qp = qrange(bits, signed)
     scale = conv.aq.step.detach().abs().float().reshape(())
     lo, hi = (np.float32(v) * scale.numpy() for v in (qn, qp))
     x = g.node("Clip", [x, g.const(f"{name}.a_min", lo), g.const(f"{name}.a_max", hi)], f"{name}.a_clip")
-    s, z = g.const(f"{name}.a_scale", scale.numpy()), g.const(f"{name}.a_zero", np.uint8(0))
+    s, z = g.const(f"{name}.a_scale", scale.numpy()), g.const(f"{name}.a_zero", np.int8(0) if signed else np.uint8(0))
     x = g.node("QuantizeLinear", [x, s, z], f"{name}.a_q")
     return g.node("DequantizeLinear", [x, s, z], f"{name}.a_dq")
 
@@ -98,7 +98,10 @@ def _conv_bn_act(g: _Graph, x: str, m: ConvBNAct, name: str) -> str:
         x = g.node("BatchNormalization", [x] + [g.const(f"{name}.bn.{k}", _np(getattr(bn, k))) for k in
                                                 ("weight", "bias", "running_mean", "running_var")],
                    f"{name}.bn", epsilon=bn.eps)
-    if m.act is not None:
+    if isinstance(m.act, nn.ReLU6):  # Clip takes its bounds as inputs
+        x = g.node("Clip", [x, g.const(f"{name}.act_min", np.float32(0)), g.const(f"{name}.act_max", np.float32(6))],
+                   f"{name}.act")
+    elif m.act is not None:
         x = g.node(ACT_OPS[type(m.act)], [x], f"{name}.act")
     return x
 
@@ -126,9 +129,8 @@ def build_onnx(net: Subnet) -> onnx.ModelProto:
     x = _conv_bn_act(g, "input", net.stem, "stem")
     for i, block in enumerate(net.blocks):
         x = _mbconv(g, x, block, f"blocks.{i}")
-    x = _conv_bn_act(g, x, net.final_expand, "final_expand")
-    x = g.node("GlobalAveragePool", [x], "pool")
-    x = _conv_bn_act(g, x, net.feature_mix, "feature_mix")
+    for h in net.space.head_layers():
+        x = g.node("GlobalAveragePool", [x], "pool") if h is None else _conv_bn_act(g, x, getattr(net, h.name), h.name)
     x = g.node("Flatten", [x], "flatten")
     c = net.classifier
     g.node("Gemm", [x, g.const("classifier.weight", _np(c.weight)), g.const("classifier.bias", _np(c.bias))],
@@ -249,7 +251,7 @@ def export_checkpoint(path: str, arch: Arch | None, out_dir: str, calib_images: 
         net = prepare_subnet(supernet, arch, data_cfg, splits, calib_images)
     test = None
     if splits is not None and test_images > 0:
-        pairs = list(eval_batches(subset(splits.test, min(test_images, len(splits.test)), 0), data_cfg))
+        pairs = list(eval_batches(subset(splits.test, min(test_images, len(splits.test)), 0), data_cfg, net.arch.r))
         test = resize(torch.cat([x for x, _ in pairs]), net.arch.r), torch.cat([y for _, y in pairs])
     return export(net, out_dir, test, splits and splits.mean, splits and splits.std, os.path.basename(path))
 

@@ -19,7 +19,7 @@ class Cost:
     macs_q: int = 0  # MACs of quantized convs
     macs_fp: int = 0  # MACs of full-precision layers
     params_q: int = 0  # quantized weights
-    params_fp: int = 0  # every other trainable parameter (BN, biases, steps, fp layers)
+    params_fp: int = 0  # every other trainable parameter but the steps (BN, biases, fp layers)
 
     def __add__(self, other: "Cost") -> "Cost":
         return Cost(self.macs_q + other.macs_q, self.macs_fp + other.macs_fp,
@@ -38,7 +38,7 @@ def conv_cost(c_in: int, c_out: int, k: int, stride: int, h: int, groups: int = 
     weights = c_out * c_in // groups * k * k
     extra = c_out if bias else 0
     if quantized:
-        return Cost(macs_q=macs, params_q=weights, params_fp=extra + 2), h_out  # + 2 steps
+        return Cost(macs_q=macs, params_q=weights, params_fp=extra), h_out
     return Cost(macs_fp=macs, params_fp=weights + extra), h_out
 
 
@@ -46,7 +46,7 @@ def bn_cost(c: int) -> Cost:
     return Cost(params_fp=2 * c)
 
 
-ACTIVATIONS = {"relu": nn.ReLU, "h_swish": nn.Hardswish}
+ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "h_swish": nn.Hardswish}
 
 
 def make_act(name: str | None) -> nn.Module | None:
@@ -64,10 +64,10 @@ class QConv2d(nn.Conv2d):
     """
 
     def __init__(self, c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1,
-                 bits: int = FULL_PRECISION):
+                 bits: int = FULL_PRECISION, signed_input: bool = False):
         super().__init__(c_in, c_out, k, stride, k // 2, groups=groups, bias=False)
         self.wq = LSQ(signed=True, bits=bits)
-        self.aq = LSQ(signed=False, bits=bits)
+        self.aq = LSQ(signed=signed_input, bits=bits)
 
     def qconv(self, x: torch.Tensor, weight: torch.Tensor, groups: int, relu: bool = False) -> torch.Tensor:
         """The conv of the quantized relu(x) if `relu`, else of the quantized x."""
@@ -153,11 +153,12 @@ class MBConv(nn.Module):
     """Inverted residual: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project, all convs quantized."""
 
     def __init__(self, c_in: int, c_out: int, mid: int, k: int, stride: int, act: str, se: bool,
-                 bits: int, bn=(0.1, 1e-5)):
+                 bits: int, bn=(0.1, 1e-5), signed_input: bool = False):
         super().__init__()
         self.expand = None
         if mid != c_in:
-            self.expand = ConvBNAct(QConv2d(c_in, mid, 1, bits=bits), batch_norm(mid, *bn), act)
+            self.expand = ConvBNAct(QConv2d(c_in, mid, 1, bits=bits, signed_input=signed_input),
+                                    batch_norm(mid, *bn), act)
         self.dw = ConvBNAct(QConv2d(mid, mid, k, stride, groups=mid, bits=bits), batch_norm(mid, *bn), act)
         self.se = SqueezeExcite(mid) if se else None
         self.project = ConvBNAct(QConv2d(mid, c_out, 1, bits=bits), batch_norm(c_out, *bn), None)

@@ -79,7 +79,8 @@ def save(net: Subnet, path: str, extra: dict | None = None) -> None:
 def load(path: str) -> Subnet:
     """The subnet in a packed file, in eval mode, computing exactly what the saved one did."""
     ckpt = checkpoint.load(path, FORMAT)
-    net = Subnet(checkpoint.space_of(ckpt), Arch.from_dict(ckpt["arch"]), ckpt["bits"])
+    space = checkpoint.space_of(ckpt)
+    net = Subnet(space, Arch.from_dict(ckpt["arch"], space), ckpt["bits"])
     state = dict(ckpt["state_dict"])
     convs = quantized_convs(net)
     if set(ckpt["packed"]) != set(convs):

@@ -1,13 +1,14 @@
 """`oqat run`: the whole pipeline a config describes, resumable stage by stage.
 
     stages (e.g. 4-bit supernet, inherit to 3 bits and train, inherit to 2 bits and train)
-    -> search of each bit-width's final supernet -> export of the best subnets -> report
+    -> search of each bit-width's final supernet (its S/M/L family named from the front)
+    -> export of the family -> report
 
 Layout of a run directory:
     config.yaml                  the resolved config
     stages/{i}-{bits}bit/        one training stage (checkpoints/, metrics.jsonl, tb/, supernet.pt)
     search/{bits}bit/            pareto.json, evaluated.json, pareto.png
-    export/{bits}bit/            model.onnx, weights.oqpk, arch.json, MODEL_CARD.md
+    export/{bits}bit-{S,M,L}/    model.onnx, weights.oqpk, arch.json, MODEL_CARD.md
     report.md, results.json, *.png
 Each step is skipped when its output exists, so running again resumes at the first
 unfinished step (and a training stage resumes from its last checkpoint).
@@ -24,6 +25,7 @@ from . import checkpoint, config, data
 from .evaluate import load_supernet, prepare_subnet, resize
 from .inherit import inherit_file
 from .quant import FULL_PRECISION, check_bits
+from .space import ArchField
 
 
 @dataclass
@@ -33,6 +35,7 @@ class StageConfig:
     lr: float | None = None  # peak learning rate; None: train.lr
     init: str = "previous"  # "previous": start from the last stage (bit inheritance when bits drop); "scratch"
     reinit_steps: bool = False  # ablation: LSQ steps from data instead of inherited (doubled) ones
+    elastic: list[ArchField] | None = None  # Arch fields the sandwich varies in this stage (see train.elastic); None: train.elastic
 
     def __post_init__(self):
         check_bits(self.bits)
@@ -51,11 +54,17 @@ class SearchSettings:
     calib_images: int = 500  # BN recalibration images per candidate
     seed: int = 0  # seeds the search
     predictor: bool = False  # pre-screen candidates with the accuracy predictor
+    family: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # S, M, L budgets: fractions of the largest subnet's BitOPs (the paper's OQATNets)
+
+    def __post_init__(self):
+        f = self.family
+        if len(f) != 3 or not all(a < b for a, b in zip([0.0, *f], f)) or f[-1] > 1:
+            raise ValueError(f"family must be 3 increasing fractions in (0, 1] (S, M, L), got {f}")
 
 
 @dataclass
 class ExportSettings:
-    enabled: bool = True  # export the most accurate front subnet of each bit-width
+    enabled: bool = True  # export the S/M/L family of each bit-width
     test_images: int = 1000  # test images for the model card's accuracy and ONNX parity
 
 
@@ -88,7 +97,8 @@ def run_stages(cfg) -> list[dict]:
             _log(f"stage {i}: {st.bits}-bit supernet, {st.epochs} epoch(s)"
                       f"{f' from {os.path.relpath(init, cfg.run.dir)}' if init else ' from scratch'}")
             train_cfg = dataclasses.replace(cfg.train, bits=st.bits, epochs=st.epochs, lr=st.lr or cfg.train.lr,
-                                            init_from=init, reinit_steps=reinit)
+                                            init_from=init, reinit_steps=reinit,
+                                            elastic=cfg.train.elastic if st.elastic is None else st.elastic)
             stage_cfg = dataclasses.replace(cfg, train=train_cfg, run=dataclasses.replace(cfg.run, dir=out))
             start = time.time()
             train(stage_cfg)
@@ -107,7 +117,9 @@ def final_supernets(cfg, stages: list[dict]) -> dict[int, str]:
 
 
 def run_search(cfg, supernets: dict[int, str]) -> dict[int, dict]:
-    from .search import parse_budget, search, write_outputs
+    """Each bit-width's search (pareto.json), with its S/M/L family named from the front."""
+    from .cost import cost
+    from .search import family, parse_budget, search, write_outputs
     results = {}
     budgets = [parse_budget(b) for b in cfg.search.budgets]
     for bits, path in sorted(supernets.items(), reverse=True):
@@ -125,35 +137,43 @@ def run_search(cfg, supernets: dict[int, str]) -> dict[int, dict]:
                             log=lambda text: None if cfg.run.quiet else print(f"  {text}", flush=True))
             write_outputs(result, out)
         results[bits] = _read_json(pareto)
+        space = checkpoint.space_of(checkpoint.load(path, "oqat-supernet"))
+        largest = cost(space.largest(), space, bits)["bitops"]
+        results[bits]["family"] = family(results[bits]["front"], largest, cfg.search.family)
     return results
 
 
-def best_of(front: list[dict]) -> dict:
-    return max(front, key=lambda p: p["val_top1"])
-
-
 def run_export(cfg, supernets: dict[int, str], searches: dict[int, dict]) -> dict[int, dict]:
+    """ONNX and packed weights of each family member (S, M, L) of each bit-width, in
+    export/{bits}bit-{name}; a subnet named twice (e.g. M = L) is exported once."""
     from .export import export
     from .space import Arch
     exported = {}
     for bits, path in sorted(supernets.items(), reverse=True):
-        out = os.path.join(cfg.run.dir, "export", f"{bits}bit")
-        facts_file = os.path.join(out, "facts.json")
-        if not os.path.isfile(facts_file):
-            best = best_of(searches[bits]["front"])
-            _log(f"export: best {bits}-bit subnet {best['arch']}")
-            net, data_cfg = load_supernet(path)
-            data_cfg = data_cfg or cfg.data
-            splits = data.load_splits(data_cfg)
-            arch = Arch.parse(best["arch"])
-            sub = prepare_subnet(net, arch, data_cfg, splits, cfg.search.calib_images, cfg.search.seed)
-            sub = sub.to(memory_format=torch.contiguous_format)
-            test = data.subset(splits.test, min(cfg.export.test_images, len(splits.test)), 0)
-            xs, ys = zip(*data.eval_batches(test, data_cfg))
-            images = resize(torch.cat(xs), arch.r)
-            facts = export(sub, out, (images, torch.cat(ys)), splits.mean, splits.std, source=os.path.relpath(path, cfg.run.dir))
-            _write_json(facts_file, facts)
-        exported[bits] = _read_json(facts_file)
+        exported[bits], done = {}, {}
+        for name, member in searches[bits]["family"].items():
+            if member is None:
+                continue
+            if member["arch"] in done:
+                exported[bits][name] = done[member["arch"]]
+                continue
+            out = os.path.join(cfg.run.dir, "export", f"{bits}bit-{name}")
+            facts_file = os.path.join(out, "facts.json")
+            if not os.path.isfile(facts_file):
+                _log(f"export: {bits}-bit {name} {member['arch']}")
+                net, data_cfg = load_supernet(path)
+                data_cfg = data_cfg or cfg.data
+                splits = data.load_splits(data_cfg)
+                arch = Arch.parse(member["arch"], net.space)
+                sub = prepare_subnet(net, arch, data_cfg, splits, cfg.search.calib_images, cfg.search.seed)
+                sub = sub.to(memory_format=torch.contiguous_format)
+                test = data.subset(splits.test, min(cfg.export.test_images, len(splits.test)), 0)
+                xs, ys = zip(*data.eval_batches(test, data_cfg, arch.r))
+                images = resize(torch.cat(xs), arch.r)
+                facts = export(sub, out, (images, torch.cat(ys)), splits.mean, splits.std,
+                               source=os.path.relpath(path, cfg.run.dir))
+                _write_json(facts_file, {**facts, "dir": os.path.relpath(out, cfg.run.dir)})
+            exported[bits][name] = done[member["arch"]] = _read_json(facts_file)
     return exported
 
 

@@ -20,7 +20,7 @@ from .space import Arch, SearchSpace
 
 def features(arch: Arch, space: SearchSpace) -> np.ndarray:
     parts = []
-    active = {i for _, i, _, _ in arch.active_blocks()}
+    active = {i - 1 for i, _, _ in space.active_blocks(arch)[1:]}  # elastic block indices
     for i in range(space.num_blocks):
         on = i in active
         parts += [on and arch.ks[i] == k for k in space.kernel_sizes]
@@ -91,9 +91,7 @@ def load_pairs(path: str, space: SearchSpace | None = None) -> list[tuple[Arch, 
     if not isinstance(points, list) or not all(isinstance(p, dict) and "arch" in p and "val_top1" in p
                                                  for p in points):
         raise ValueError(f"pairs file '{path}' must be a JSON list of objects with 'arch' and 'val_top1'")
-    pairs = [(Arch.parse(p["arch"]), float(p["val_top1"])) for p in points]
-    for arch, _ in pairs:
-        if space is not None and arch.space != space.name:
-            raise ValueError(f"pairs file '{path}' holds architectures of space '{arch.space}'; "
-                             f"the supernet's space is '{space.name}'")
-    return pairs
+    try:
+        return [(Arch.parse(p["arch"], space), float(p["val_top1"])) for p in points]
+    except ValueError as err:
+        raise ValueError(f"pairs file '{path}': {err}") from None

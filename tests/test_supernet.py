@@ -8,7 +8,7 @@ from oqat import layers
 from oqat import supernet as elastic
 from oqat.layers import MBConv, QConv2d
 from oqat.quant import LSQ, set_bits_
-from oqat.space import MBV3, MINI, Arch, SearchSpace, Stage, register_space
+from oqat.space import MBV3, MINI, Arch, SearchSpace, Stage, mbv3_head
 from oqat.subnet import Subnet
 from oqat.supernet import Supernet
 
@@ -122,16 +122,28 @@ def test_supernet_save_load_round_trip(tmp_path):
         assert torch.equal(net(x), again(x))
 
 
-def test_one_weight_step_and_one_activation_step_per_conv():
-    net = Supernet(MINI, 4)
+@pytest.mark.parametrize("space", [MINI, dataclasses.replace(MINI, signed_inputs=False)], ids=["signed", "authors"])
+def test_one_weight_step_and_one_activation_step_per_conv(space):
+    net = Supernet(space, 4)
     convs = [m for m in net.modules() if isinstance(m, QConv2d)]
     # 3 per elastic block, 2 in the first block (no expand), final expand and feature mix
-    assert len(convs) == 3 * MINI.num_blocks + 2 + 2
+    assert len(convs) == 3 * space.num_blocks + 2 + 2
+    # Signed inputs: exactly the convs that read a block's linear output (expands, final expand).
+    linear_in = {id(b.expand.conv) for b in net.blocks} | {id(net.final_expand.conv)}
     for conv in convs:
         lsqs = [m for m in conv.modules() if isinstance(m, LSQ)]
-        assert len(lsqs) == 2 and conv.wq.signed and not conv.aq.signed
+        assert len(lsqs) == 2 and conv.wq.signed
+        assert conv.aq.signed == (space.signed_inputs and id(conv) in linear_in)
         assert conv.wq.step.shape == conv.aq.step.shape == (1,)
     assert len(net.quantizers()) == 2 * len(convs)
+    sub = net.extract(space.sample(random.Random(1)))
+    assert [m.aq.signed for m in sub.modules() if isinstance(m, QConv2d)].count(True) == \
+        (sum(b.expand is not None for b in sub.blocks) + 1) * space.signed_inputs
+
+
+def test_the_authors_space_quantizes_every_input_unsigned():
+    assert not MBV3.signed_inputs
+    assert not any(m.aq.signed for m in Supernet(MBV3, 4).modules() if isinstance(m, QConv2d))
 
 
 def test_steps_are_shared_by_every_subnet():
@@ -159,7 +171,7 @@ def test_kernel_transform_identity_uses_centre_of_the_7x7():
     torch.manual_seed(0)
     net = Supernet(MINI, 4)
     ks = [3, 5] + [7] * 10
-    arch = Arch(ks=ks, e=[4] * 12, d=[3] * 4, r=28, space="mini")
+    arch = MINI.arch(ks=ks, e=[4] * 12, d=[3] * 4, r=28)
     sub = net.extract(arch)
     w = net.blocks[0].dw.conv.weight
     mid = MINI.mid_channels(16, 4)
@@ -180,9 +192,9 @@ def test_kernel_transform_matrices_apply_in_sequence():
     w = net.blocks[0].dw.conv.weight[:mid]
     w5 = (w[:, :, 1:6, 1:6].reshape(mid, 25) @ m75.T).reshape(mid, 1, 5, 5)
     w3 = (w5[:, :, 1:4, 1:4].reshape(mid, 9) @ m53.T).reshape(mid, 1, 3, 3)
-    arch = Arch(ks=[3] + [7] * 11, e=[2] * 12, d=[1] * 4, r=28, space="mini")
+    arch = MINI.arch(ks=[3] + [7] * 11, e=[2] * 12, d=[1] * 4, r=28)
     assert torch.allclose(net.extract(arch).blocks[1].dw.conv.weight, w3, atol=1e-5)
-    arch5 = Arch(ks=[5] + [7] * 11, e=[2] * 12, d=[1] * 4, r=28, space="mini")
+    arch5 = MINI.arch(ks=[5] + [7] * 11, e=[2] * 12, d=[1] * 4, r=28)
     assert torch.allclose(net.extract(arch5).blocks[1].dw.conv.weight, w5, atol=1e-5)
 
 
@@ -222,8 +234,7 @@ def test_a_new_space_needs_no_new_class():
     tiny = SearchSpace(name="tiny-test", stem_width=8, stem_stride=2, first_block=Stage(8, 1, "relu", False),
                        stages=(Stage(16, 2, "relu", True), Stage(24, 2, "h_swish", True)),
                        kernel_sizes=(3, 5), expand_ratios=(2, 3), depths=(1, 2), resolutions=(16, 20),
-                       final_expand=32, feature_mix=48, in_channels=2, num_classes=5)
-    register_space(tiny)
+                       head=mbv3_head(32, 48), in_channels=2, num_classes=5)
     net = prepared(tiny, 3, seed=7, r=20)
     for arch in [tiny.largest(), tiny.smallest(), tiny.sample(random.Random(7))]:
         x = torch.randn(2, 2, arch.r, arch.r)
