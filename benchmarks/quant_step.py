@@ -2,7 +2,7 @@
 
 One sandwich step (the largest, a middle and the smallest subnet, each forward and backward,
 the middle and smallest distilled from the largest, then one SGD step and the step guard),
-in the training layout (channels-last), for mbv3 (batch 32, r128, 3 channels, 1000 classes)
+in the training layout (channels-last) and allocator setting (`keep_freed_memory`), for mbv3 (batch 32, r128, 3 channels, 1000 classes)
 and mini (batch 128, 28 px, 1 channel, 10 classes). Both bit-widths run interleaved in one
 process, alternating which goes first, so machine noise hits them alike; the ratio of the
 medians and of the best times is printed with the load average. Target: <= 1.10 on both.
@@ -20,7 +20,7 @@ import torch
 from oqat.quant import guard_steps_, set_bits_, step_values
 from oqat.space import SPACES, SearchSpace
 from oqat.supernet import Supernet
-from oqat.train import sandwich_step
+from oqat.train import keep_freed_memory, sandwich_step
 
 SETTINGS = {"mbv3": (32, 128), "mini": (128, 28)}  # batch, resolution
 
@@ -78,6 +78,7 @@ def main():
     p.add_argument("--bits", type=int, default=4)
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    keep_freed_memory()  # as the Trainer does on CPU
     print(f"threads={torch.get_num_threads()} channels_last, sandwich = largest + middle + smallest, "
           f"{args.repeats} interleaved repeats; load average before: {os.getloadavg()[0]:.2f}")
     for name in args.space:

@@ -1,0 +1,55 @@
+"""Images/s of the demo's training step (configs/fashion-mnist.yaml) at each stage's bits.
+
+Runs `Trainer.train_step` (the sandwich of the demo: largest + smallest + 1 random subnet,
+a resolution drawn per step, distillation, SGD) on the demo's data and batch for a few
+steps per bit-width, after one warm-up step, and prints the median images/s of each. To
+compare two checkouts side by side, alternate them in one shell loop, e.g.
+
+    for i in 1 2 3; do for tree in /tmp/before $PWD; do
+        PYTHONPATH=$tree python benchmarks/demo_rate.py --steps 6; done; done
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+from oqat import config
+from oqat.data import train_batches
+from oqat.experiment import ExperimentConfig
+from oqat.train import Trainer
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--bits", type=int, nargs="+", default=[4, 3, 2])
+    p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "fashion-mnist.yaml"))
+    args = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for bits in args.bits:
+            cfg = config.load(ExperimentConfig, args.config, [f"run.dir={tmp}", f"train.bits={bits}"])
+            t = Trainer(cfg)
+            t.net.train()
+            batches = train_batches(t.splits.train, cfg.data, 0)
+            x, y = next(batches)
+            t.init_steps(x)
+            t.train_step(x, y)  # warm-up
+            times = []
+            for t.step in range(1, args.steps + 1):
+                x, y = next(batches)
+                start = time.perf_counter()
+                t.train_step(x, y)
+                times.append(time.perf_counter() - start)
+            rates[bits] = len(y) / statistics.median(times)
+    print(f"{sys.modules['oqat'].__file__.rsplit('/oqat/', 1)[0]}: " +
+          "  ".join(f"{b}-bit {r:.0f} img/s" for b, r in rates.items()) + f"  (load {os.getloadavg()[0]:.1f})")
+
+
+if __name__ == "__main__":
+    main()
