@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from oqat.quant import LSQ, check_bits, init_step, inherit_step, lsq, qrange
+from oqat.quant import LSQ, _backward_on_device, check_bits, init_step, inherit_step, lsq, qrange
 
 
 def t(*values):
@@ -151,3 +151,19 @@ def test_bits_validation(bad):
 @pytest.mark.parametrize("good", [1, 2, 3, 4, 5, 8, 32])
 def test_bits_accepted(good):
     assert check_bits(good) == good
+
+
+@pytest.mark.parametrize("bits,signed", [(4, False), (4, True), (2, False), (1, True)])
+def test_accelerator_backward_matches_closed_form_in_float32(bits, signed):
+    """The CUDA backward's formula, run on CPU float32 tensors: 1e-6 relative, what
+    benchmarks/gpu_check.py demands of it on a GPU."""
+    gen = torch.Generator().manual_seed(bits)
+    v = torch.randn(8, 32, 16, 16, generator=gen) * 1.5
+    g = torch.randn(8, 32, 16, 16, generator=gen)
+    s = 0.3
+    qn, qp = qrange(bits, signed)
+    out = lsq(v, torch.tensor([s]), bits, signed)
+    grad_v, grad_a = _backward_on_device(g, v, out, torch.tensor([s]), qn, qp)
+    want_v, want_s = closed_form(v.double(), s, g.double(), bits, signed)
+    assert torch.equal(grad_v, want_v.float())
+    assert (grad_a / math.sqrt(v.numel() * qp)).item() == pytest.approx(want_s.item(), rel=1e-6)

@@ -1,0 +1,77 @@
+"""Where a demo training step goes: torch.profiler over a few steps of the demo's 4-bit
+stage (configs/fashion-mnist.yaml), time grouped by kind of work.
+
+Each op's self time goes to the group of its nearest ancestor (or itself) that has one:
+convs, quantizers (LSQ forward/backward with everything they call), BN, activations,
+slicing and kernel transforms, the optimizer; wall time the profiler sees in no op is Python
+and framework overhead. Wall time (the profiler's clock): on a shared machine run it when quiet.
+
+    python benchmarks/profile_step.py [--steps 4] [--bits 4]
+"""
+import argparse
+import collections
+import os
+import tempfile
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from oqat import config
+from oqat.data import train_batches
+from oqat.experiment import ExperimentConfig
+from oqat.train import Trainer
+
+GROUPS = [  # (group, substrings of op names), first match wins
+    ("quantizers", ("_LSQFunction",)),
+    ("optimizer", ("Optimizer.", "clip_grad", "_foreach")),
+    ("convs", ("convolution", "conv2d", "mkldnn_conv")),
+    ("BN", ("batch_norm",)),
+    ("activations", ("relu", "hardswish", "hardsigmoid", "threshold_backward", "sigmoid")),
+    ("slicing / kernel transforms", ("slice", "linear", "addmm", "mm", "as_strided", "t_", "Transpose",
+                                     "Reshape", "View", "Permute", "index")),
+    ("loss / distillation", ("cross_entropy", "log_softmax", "nll_loss", "softmax")),
+]
+
+
+def group(name: str) -> str | None:
+    return next((g for g, keys in GROUPS if any(k.lower() in name.lower() for k in keys)), None)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "fashion-mnist.yaml"))
+    args = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = config.load(ExperimentConfig, args.config, [f"run.dir={tmp}", f"train.bits={args.bits}"])
+        t = Trainer(cfg)
+        t.net.train()
+        batches = train_batches(t.splits.train, cfg.data, 0)
+        x, y = next(batches)
+        t.init_steps(x)
+        t.train_step(x, y)  # warm-up
+        steps = [next(batches) for _ in range(args.steps)]
+        wall = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for t.step, (x, y) in enumerate(steps, 1):
+                t.train_step(x, y)
+        wall = (time.perf_counter() - wall) / args.steps * 1e3
+    totals = collections.Counter()
+    for e in prof.events():
+        node, g = e, None
+        while node is not None and g is None:
+            g, node = group(node.name), node.cpu_parent
+        totals[g or "other ops"] += e.self_cpu_time_total / 1e3 / args.steps
+    ops = sum(totals.values())
+    print(f"demo step, {args.bits}-bit, batch {cfg.data.batch_size}, sandwich of {2 + cfg.train.sandwich_random}: "
+          f"{wall:.0f} ms per step (profiled; {ops:.0f} ms inside ops)")
+    for g, ms in totals.most_common():
+        print(f"  {g:<30}{ms:8.1f} ms {100 * ms / wall:5.1f}%")
+    print(f"  {'Python / framework overhead':<30}{wall - ops:8.1f} ms {100 * (wall - ops) / wall:5.1f}%")
+
+
+if __name__ == "__main__":
+    main()
