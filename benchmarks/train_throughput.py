@@ -49,7 +49,7 @@ def main():
         plain.archs = lambda step: [largest]
         x, y = next(iter(train_batches(plain.splits.train, plain.cfg.data, 0)))
         for t in runs.values():
-            if t.steps:
+            if t.cfg.train.bits != 32:
                 t.init_steps(x)
             t.train_step(x, y)  # warm-up
         times = {name: [] for name in runs}

@@ -64,10 +64,10 @@ class QConv2d(nn.Conv2d):
     """
 
     def __init__(self, c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1,
-                 bits: int = FULL_PRECISION, signed_input: bool = False):
+                 signed_input: bool = False):
         super().__init__(c_in, c_out, k, stride, k // 2, groups=groups, bias=False)
-        self.wq = LSQ(signed=True, bits=bits)
-        self.aq = LSQ(signed=signed_input, bits=bits)
+        self.wq = LSQ(signed=True)  # off until `quant.set_bits_` sets the network's bits
+        self.aq = LSQ(signed=signed_input)
 
     def qconv(self, x: torch.Tensor, weight: torch.Tensor, groups: int, relu: bool = False) -> torch.Tensor:
         """The conv of the quantized relu(x) if `relu`, else of the quantized x."""
@@ -153,15 +153,15 @@ class MBConv(nn.Module):
     """Inverted residual: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project, all convs quantized."""
 
     def __init__(self, c_in: int, c_out: int, mid: int, k: int, stride: int, act: str, se: bool,
-                 bits: int, bn=(0.1, 1e-5), signed_input: bool = False):
+                 bn=(0.1, 1e-5), signed_input: bool = False):
         super().__init__()
         self.expand = None
         if mid != c_in:
-            self.expand = ConvBNAct(QConv2d(c_in, mid, 1, bits=bits, signed_input=signed_input),
+            self.expand = ConvBNAct(QConv2d(c_in, mid, 1, signed_input=signed_input),
                                     batch_norm(mid, *bn), act)
-        self.dw = ConvBNAct(QConv2d(mid, mid, k, stride, groups=mid, bits=bits), batch_norm(mid, *bn), act)
+        self.dw = ConvBNAct(QConv2d(mid, mid, k, stride, groups=mid), batch_norm(mid, *bn), act)
         self.se = SqueezeExcite(mid) if se else None
-        self.project = ConvBNAct(QConv2d(mid, c_out, 1, bits=bits), batch_norm(c_out, *bn), None)
+        self.project = ConvBNAct(QConv2d(mid, c_out, 1), batch_norm(c_out, *bn), None)
         self.residual = stride == 1 and c_in == c_out
 
     def forward(self, x):

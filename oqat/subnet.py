@@ -8,7 +8,7 @@ from torch import nn
 
 from . import checkpoint
 from .layers import ConvBNAct, Cost, MBConv, QConv2d, batch_norm, bn_cost, conv_cost
-from .quant import FULL_PRECISION, check_bits
+from .quant import FULL_PRECISION, bits_of, set_bits_
 from .space import Arch, Block, SearchSpace, mid_channels
 
 FORMAT = "oqat-subnet"
@@ -20,7 +20,7 @@ def make_stem(space: SearchSpace) -> ConvBNAct:
     return ConvBNAct(conv, batch_norm(space.stem_width, *bn), space.stem_act)
 
 
-def add_head(net: nn.Module, space: SearchSpace, bits: int) -> None:
+def add_head(net: nn.Module, space: SearchSpace) -> None:
     """The space's head convs (quantized 1x1, optional BN, activation) as modules of `net`
     under their names, then dropout and the full-precision classifier."""
     c = space.stages[-1].width
@@ -28,7 +28,7 @@ def add_head(net: nn.Module, space: SearchSpace, bits: int) -> None:
         bn = batch_norm(h.width, space.bn_momentum, space.bn_eps) if h.bn else None
         # The first head conv reads the last block's linear output.
         signed = i == 0 and space.signed_inputs
-        net.add_module(h.name, ConvBNAct(QConv2d(c, h.width, 1, bits=bits, signed_input=signed), bn, h.act))
+        net.add_module(h.name, ConvBNAct(QConv2d(c, h.width, 1, signed_input=signed), bn, h.act))
         c = h.width
     net.dropout = nn.Dropout(space.dropout)
     net.classifier = nn.Linear(c, space.num_classes)
@@ -58,20 +58,26 @@ def head_cost(space: SearchSpace, h: int) -> Cost:
     return total + Cost(macs_fp=c * space.num_classes, params_fp=(c + 1) * space.num_classes)
 
 
-def make_block(block: Block, k: int, e: int, bits: int, space: SearchSpace) -> MBConv:
+def make_block(block: Block, k: int, e: int, space: SearchSpace) -> MBConv:
     return MBConv(block.c_in, block.c_out, mid_channels(block.c_in, e), k, block.stride, block.act, block.se,
-                  bits, (space.bn_momentum, space.bn_eps), block.signed_input)
+                  (space.bn_momentum, space.bn_eps), block.signed_input)
 
 
 class Subnet(nn.Module):
     def __init__(self, space: SearchSpace, arch: Arch, bits: int = FULL_PRECISION):
         """`arch`: an architecture checked by `space` (`space.check`)."""
         super().__init__()
-        self.space, self.arch, self.bits = space, arch, check_bits(bits)
+        self.space, self.arch = space, arch
         self.stem = make_stem(space)
-        self.blocks = nn.Sequential(*[make_block(space.blocks[i], k, e, bits, space)
+        self.blocks = nn.Sequential(*[make_block(space.blocks[i], k, e, space)
                                       for i, k, e in space.active_blocks(arch)])
-        add_head(self, space, bits)
+        add_head(self, space)
+        set_bits_(self, bits)
+
+    @property
+    def bits(self) -> int:
+        """The quantizers' bit-width: they own it; `quant.set_bits_` changes it."""
+        return bits_of(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return head_forward(self, self.blocks(self.stem(x)))

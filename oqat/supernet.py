@@ -44,8 +44,8 @@ class ElasticDepthwise(QConv2d):
     """Depthwise quantized conv with OFA's elastic kernel: a smaller kernel is the centre
     of the next larger one passed through a learned (identity-initialised) k^2 x k^2 matrix."""
 
-    def __init__(self, channels: int, kernel_sizes: tuple[int, ...], stride: int, bits: int):
-        super().__init__(channels, channels, max(kernel_sizes), stride, groups=channels, bits=bits)
+    def __init__(self, channels: int, kernel_sizes: tuple[int, ...], stride: int):
+        super().__init__(channels, channels, max(kernel_sizes), stride, groups=channels)
         self.kernel_sizes = tuple(sorted(kernel_sizes))
         self.transforms = nn.ParameterDict({
             f"{big}to{small}": nn.Parameter(torch.eye(small * small))
@@ -85,18 +85,18 @@ class ElasticMBConv(nn.Module):
     """MBConv with elastic kernel and expand ratio; module names mirror `MBConv` so that
     extraction is a key-by-key copy."""
 
-    def __init__(self, block: Block, bits: int, bn: tuple[float, float]):
+    def __init__(self, block: Block, bn: tuple[float, float]):
         super().__init__()
         self.block, self.bn = block, bn
         c_in, c_out, mid_max = block.c_in, block.c_out, block.mid_max
         self.expand = None
         if max(block.expand_ratios) > 1:
-            self.expand = ConvBNAct(ElasticPointwise(c_in, mid_max, 1, bits=bits, signed_input=block.signed_input),
+            self.expand = ConvBNAct(ElasticPointwise(c_in, mid_max, 1, signed_input=block.signed_input),
                                     ElasticBatchNorm2d(mid_max, momentum=bn[0], eps=bn[1]), block.act)
-        self.dw = ConvBNAct(ElasticDepthwise(mid_max, block.kernel_sizes, block.stride, bits),
+        self.dw = ConvBNAct(ElasticDepthwise(mid_max, block.kernel_sizes, block.stride),
                             ElasticBatchNorm2d(mid_max, momentum=bn[0], eps=bn[1]), block.act)
         self.se = ElasticSE(mid_max) if block.se else None
-        self.project = ConvBNAct(ElasticPointwise(mid_max, c_out, 1, bits=bits),
+        self.project = ConvBNAct(ElasticPointwise(mid_max, c_out, 1),
                                  ElasticBatchNorm2d(c_out, momentum=bn[0], eps=bn[1]), None)
         self.residual = block.stride == 1 and c_in == c_out
 
@@ -140,11 +140,11 @@ class Supernet(nn.Module):
         bn = (space.bn_momentum, space.bn_eps)
         self.stem = make_stem(space)
         # The fixed first block keeps its own name: the authors' checkpoints keep it apart too.
-        self.first_block, *blocks = [ElasticMBConv(b, bits, bn) for b in space.blocks]
+        self.first_block, *blocks = [ElasticMBConv(b, bn) for b in space.blocks]
         self.blocks = nn.ModuleList(blocks)
-        add_head(self, space, bits)
+        add_head(self, space)
         init_weights(self)
-        set_bits_(self, bits)
+        set_bits_(self, bits)  # the quantizers own the bit-width from here on
         self.set_arch(space.largest())
 
     def _block(self, i: int) -> ElasticMBConv:

@@ -13,6 +13,7 @@ from oqat.config import to_dict
 from oqat.data import DataConfig, eval_batches, load_splits, subset
 from oqat.evaluate import recalibrate_bn, resize
 from oqat.layers import QConv2d
+from oqat.quant import set_bits_
 from oqat.space import MINI, Arch, get_space
 from oqat.subnet import Subnet
 from oqat.supernet import Supernet
@@ -77,7 +78,7 @@ def test_onnx_quantizes_every_conv_with_an_explicit_b_bit_range():
 def test_onnx_activation_quantizer_computes_exactly_what_lsq_does(step):
     """Values at and one float either side of k + 0.5 steps, and beyond the clip; a power-of-two
     step makes the ties exact, another one checks that x / s is a division, as in LSQ."""
-    conv = QConv2d(1, 1, 1, bits=4)
+    conv = set_bits_(QConv2d(1, 1, 1), 4)
     conv.aq.step.data.fill_(-step)  # the sign of a step is ignored
     s = np.float32(step)
     ks = np.arange(-2, 20, dtype=np.float32) + np.float32(0.5)

@@ -243,11 +243,11 @@ def test_a_new_space_needs_no_new_class():
 
 
 def test_mbconv_residual_only_when_shapes_allow():
-    assert MBConv(16, 16, 32, 3, 1, "relu", False, 4).residual
-    assert not MBConv(16, 24, 32, 3, 1, "relu", False, 4).residual
-    assert not MBConv(16, 16, 32, 3, 2, "relu", False, 4).residual
+    assert MBConv(16, 16, 32, 3, 1, "relu", False).residual
+    assert not MBConv(16, 24, 32, 3, 1, "relu", False).residual
+    assert not MBConv(16, 16, 32, 3, 2, "relu", False).residual
     x = torch.randn(1, 16, 8, 8)
-    block = MBConv(16, 16, 32, 3, 1, "relu", False, 32).eval()
+    block = MBConv(16, 16, 32, 3, 1, "relu", False).eval()
     with torch.no_grad():
         block.project.bn.weight.zero_()
         block.project.bn.bias.zero_()
