@@ -17,7 +17,8 @@ import os
 
 from oqat import config, data
 from oqat.cost import cost
-from oqat.evaluate import evaluate, load_supernet, prepare_subnet
+from oqat.evaluate import evaluate, prepare_subnet
+from oqat.files import load_supernet
 from oqat.experiment import ExperimentConfig
 from oqat.space import Arch
 from oqat.train import train
@@ -47,7 +48,8 @@ def main():
     best = results["best"][str(args.bits)]
     epochs = sum(s.epochs for s in cfg.stages if s.bits == args.bits)
     lr = next(s.lr for s in cfg.stages if s.bits == args.bits) or cfg.train.lr
-    supernet, data_cfg = load_supernet(os.path.join(args.run_dir, results["stages"][-1]["supernet"]))
+    supernet, ckpt = load_supernet(os.path.join(args.run_dir, results["stages"][-1]["supernet"]))
+    data_cfg = ckpt["data"]
     space = supernet.space
     hand = hand_designed(space, best["bitops"], args.bits)
     folder = os.path.join(args.run_dir, "baseline", hand.to_str().replace(":", "_"))

@@ -16,7 +16,8 @@ import statistics
 import sys
 
 from oqat import config, data
-from oqat.evaluate import evaluate, load_supernet, prepare_subnet
+from oqat.evaluate import evaluate, prepare_subnet
+from oqat.files import load_supernet
 from oqat.experiment import ExperimentConfig
 from oqat.inherit import inherit_file
 from oqat.space import Arch
@@ -56,7 +57,8 @@ def main():
         variants[name] = os.path.join(folder, "supernet.pt")
     rows = {}
     for name, path in variants.items():
-        net, data_cfg = load_supernet(path)
+        net, ckpt = load_supernet(path)
+        data_cfg = ckpt["data"]
         splits = data.load_splits(data_cfg)
         archs = {"largest": net.space.largest(), "middle": middle(net.space), "smallest": net.space.smallest()}
         rows[name] = {k: evaluate(prepare_subnet(net, a, data_cfg, splits, cfg.search.calib_images, 0),

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from oqat.evaluate import open_supernet
+from oqat.files import open_supernet
 from oqat.search import Scorer, dominated, parse_budget, sample_points, search
 
 

@@ -308,6 +308,9 @@ def _describe_lines(cfg: Any, indent: str) -> list[str]:
     return lines
 
 
-def describe(cls: type) -> str:
-    """YAML text of the defaults of ``cls``, each field followed by its comment."""
-    return "\n".join(_describe_lines(_build(cls, {}, ""), "")) + "\n"
+def describe(cfg: Any) -> str:
+    """YAML text of a config (a dataclass instance, or a class: its defaults), each field
+    followed by its comment."""
+    if isinstance(cfg, type):
+        cfg = _build(cfg, {}, "")
+    return "\n".join(_describe_lines(cfg, "")) + "\n"

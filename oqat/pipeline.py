@@ -16,47 +16,16 @@ import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass, field
 
-import torch
-
-from . import checkpoint, config, data
-from .evaluate import load_supernet, prepare_subnet, resize
+from . import checkpoint, config, data, files
+from .experiment import ExperimentConfig
+from .export import export_checkpoint
 from .inherit import inherit_file
-from .quant import FULL_PRECISION, check_bits
-
-
-@dataclass
-class StageConfig:
-    bits: int = 4  # weight and activation bits; 32 = full precision
-    epochs: int = 1  # training epochs of this stage
-    lr: float | None = None  # peak learning rate; None: train.lr
-    init: str = "previous"  # "previous": start from the last stage (bit inheritance when bits drop); "scratch"
-    reinit_steps: bool = False  # ablation: LSQ steps from data instead of inherited (doubled) ones
-
-    def __post_init__(self):
-        check_bits(self.bits)
-        if self.init not in ("previous", "scratch"):
-            raise ValueError(f"init must be 'previous' or 'scratch', got {self.init!r}")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-
-
-@dataclass
-class SearchSettings:
-    budgets: list[str] = field(default_factory=list)  # e.g. ["bitops<=3e7"]; empty: the whole front
-    population: int = 16  # NSGA-II population
-    generations: int = 4  # offspring rounds after the first population
-    val_images: int | None = 2000  # val images scoring each candidate (None: the whole val split)
-    calib_images: int = 500  # BN recalibration images per candidate
-    seed: int = 0  # seeds the search
-    predictor: bool = False  # pre-screen candidates with the accuracy predictor
-
-
-@dataclass
-class ExportSettings:
-    enabled: bool = True  # export the most accurate front subnet of each bit-width
-    test_images: int = 1000  # test images for the model card's accuracy and ONNX parity
+from .quant import FULL_PRECISION
+from .report import write_report
+from .search import parse_budget, search, write_outputs
+from .space import Arch
+from .train import train
 
 
 def stage_dir(run_dir: str, i: int, bits: int) -> str:
@@ -67,8 +36,7 @@ def _log(text: str) -> None:
     print(f"[oqat run] {text}", flush=True)
 
 
-def run_stages(cfg) -> list[dict]:
-    from .train import train
+def run_stages(cfg: ExperimentConfig) -> list[dict]:
     done, previous = [], None
     for i, st in enumerate(cfg.stages):
         out = stage_dir(cfg.run.dir, i, st.bits)
@@ -76,7 +44,7 @@ def run_stages(cfg) -> list[dict]:
         if not os.path.isfile(final):
             init, reinit = None, None
             if st.init == "previous" and previous is not None:
-                prev_bits = checkpoint.load(previous, "oqat-supernet")["bits"]
+                prev_bits = files.load_supernet(previous)[0].bits
                 init = previous
                 if prev_bits != FULL_PRECISION and st.bits < prev_bits:
                     init = os.path.join(out, "inherited.pt")
@@ -106,8 +74,7 @@ def final_supernets(cfg, stages: list[dict]) -> dict[int, str]:
     return {s["bits"]: os.path.join(cfg.run.dir, s["supernet"]) for s in stages if s["bits"] != FULL_PRECISION}
 
 
-def run_search(cfg, supernets: dict[int, str]) -> dict[int, dict]:
-    from .search import parse_budget, search, write_outputs
+def run_search(cfg: ExperimentConfig, supernets: dict[int, str]) -> dict[int, dict]:
     results = {}
     budgets = [parse_budget(b) for b in cfg.search.budgets]
     for bits, path in sorted(supernets.items(), reverse=True):
@@ -116,11 +83,12 @@ def run_search(cfg, supernets: dict[int, str]) -> dict[int, dict]:
         if not os.path.isfile(pareto):
             _log(f"search: {bits}-bit supernet, population {cfg.search.population}, "
                       f"{cfg.search.generations} generations")
-            net, data_cfg = load_supernet(path)
-            splits = data.load_splits(data_cfg or cfg.data)
+            net, ckpt = files.load_supernet(path)
+            data_cfg = ckpt["data"] or cfg.data
+            splits = data.load_splits(data_cfg)
             s = cfg.search
-            result = search(net, data_cfg or cfg.data, splits, budgets, population=s.population,
-                            generations=s.generations, seed=s.seed, calib_images=s.calib_images,
+            result = search(net, data_cfg, splits, budgets, population=s.population,
+                            generations=s.generations, seed=s.seed, metric=s.metric, calib_images=s.calib_images,
                             val_images=s.val_images, use_predictor=s.predictor,
                             log=lambda text: None if cfg.run.quiet else print(f"  {text}", flush=True))
             write_outputs(result, out)
@@ -132,9 +100,7 @@ def best_of(front: list[dict]) -> dict:
     return max(front, key=lambda p: p["val_top1"])
 
 
-def run_export(cfg, supernets: dict[int, str], searches: dict[int, dict]) -> dict[int, dict]:
-    from .export import export
-    from .space import Arch
+def run_export(cfg: ExperimentConfig, supernets: dict[int, str], searches: dict[int, dict]) -> dict[int, dict]:
     exported = {}
     for bits, path in sorted(supernets.items(), reverse=True):
         out = os.path.join(cfg.run.dir, "export", f"{bits}bit")
@@ -142,22 +108,16 @@ def run_export(cfg, supernets: dict[int, str], searches: dict[int, dict]) -> dic
         if not os.path.isfile(facts_file):
             best = best_of(searches[bits]["front"])
             _log(f"export: best {bits}-bit subnet {best['arch']}")
-            net, data_cfg = load_supernet(path)
-            data_cfg = data_cfg or cfg.data
-            splits = data.load_splits(data_cfg)
-            arch = Arch.parse(best["arch"])
-            sub = prepare_subnet(net, arch, data_cfg, splits, cfg.search.calib_images, cfg.search.seed)
-            sub = sub.to(memory_format=torch.contiguous_format)
-            test = data.subset(splits.test, min(cfg.export.test_images, len(splits.test)), 0)
-            xs, ys = zip(*data.eval_batches(test, data_cfg))
-            images = resize(torch.cat(xs), arch.r)
-            facts = export(sub, out, (images, torch.cat(ys)), splits.mean, splits.std, source=os.path.relpath(path, cfg.run.dir))
+            facts = export_checkpoint(path, Arch.parse(best["arch"]), out, cfg.search.calib_images,
+                                      cfg.export.test_images, seed=cfg.search.seed,
+                                      source=os.path.relpath(path, cfg.run.dir))
             _write_json(facts_file, facts)
         exported[bits] = _read_json(facts_file)
     return exported
 
 
-def run_pipeline(cfg) -> dict:
+def run_pipeline(cfg: ExperimentConfig) -> dict:
+    data.check_source(cfg.data)  # the config itself was checked as it loaded: nothing runs on a bad one
     os.makedirs(cfg.run.dir, exist_ok=True)
     config.dump(cfg, os.path.join(cfg.run.dir, "config.yaml"))
     start = time.time()
@@ -165,7 +125,6 @@ def run_pipeline(cfg) -> dict:
     supernets = final_supernets(cfg, stages)
     searches = run_search(cfg, supernets) if supernets else {}
     exported = run_export(cfg, supernets, searches) if supernets and cfg.export.enabled else {}
-    from .report import write_report
     results = write_report(cfg, stages, searches, exported, time.time() - start)
     _log(f"done: results in {os.path.abspath(cfg.run.dir)} (report.md, results.json)")
     return results

@@ -31,7 +31,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from . import checkpoint, data
 from .cost import METRICS, cost
 from .data import DataConfig, Splits
-from .evaluate import calibrated_subnet, check_space, evaluate
+from .evaluate import calibrated_subnet, evaluate
 from .predictor import Predictor
 from .space import Arch, SearchSpace
 from .supernet import Supernet
@@ -97,20 +97,6 @@ class Costs:
             if least > b.limit:
                 raise BudgetError(f"budget {b} cannot be met: the smallest achievable {b.metric} is "
                                   f"{least:g} ({where}, {self.bits}-bit)")
-
-
-def read_latency_table(path: str, space: SearchSpace) -> dict[str, float]:
-    """A JSON object mapping architecture strings to measured latency in ms."""
-    table = checkpoint.read_json(path, "latency table")
-    if not isinstance(table, dict) or not table:
-        raise ValueError(f"latency table '{path}' must be a non-empty JSON object {{arch string: ms}}")
-    out = {}
-    for text, ms in table.items():
-        arch = check_space(Arch.parse(text), space)
-        if isinstance(ms, bool) or not isinstance(ms, (int, float)):
-            raise ValueError(f"latency table '{path}': {text} maps to {ms!r}, expected milliseconds")
-        out[arch.to_str()] = float(ms)
-    return out
 
 
 # --- scoring ----------------------------------------------------------------------------

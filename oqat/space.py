@@ -18,6 +18,8 @@ import random
 import re
 from dataclasses import dataclass
 
+from .checkpoint import read_json
+
 
 def make_divisible(v: float, divisor: int = 8) -> int:
     """OFA's rounding of channel counts (never more than 10% below v)."""
@@ -160,8 +162,12 @@ SPACES: dict[str, SearchSpace] = {s.name: s for s in (MBV3, MINI)}
 
 
 def get_space(space: "str | SearchSpace") -> SearchSpace:
+    """A space, given as itself or by name."""
     if isinstance(space, SearchSpace):
         return space
+    if not isinstance(space, str):
+        raise TypeError(f"a search space is a SearchSpace or its name ({', '.join(SPACES)}), "
+                        f"got {type(space).__name__}")
     if space not in SPACES:
         raise ValueError(f"unknown search space '{space}' (known: {', '.join(SPACES)})")
     return SPACES[space]
@@ -285,8 +291,11 @@ class Arch:
         if text.startswith("{"):
             return cls.from_json(text)
         if text.endswith(".json") or os.path.isfile(text):
-            if not os.path.isfile(text):
-                raise ValueError(f"architecture file '{text}' not found")
-            with open(text) as f:
-                return cls.from_json(f.read())
+            data = read_json(text, "architecture file")
+            if not isinstance(data, dict):
+                raise ValueError(f"architecture file '{text}' must hold a JSON object with keys ks, e, d, r")
+            try:
+                return cls.from_dict(data)
+            except ValueError as err:
+                raise ValueError(f"architecture file '{text}': {err}") from None
         return cls.from_str(text)

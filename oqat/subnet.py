@@ -50,8 +50,11 @@ def head_cost(space: SearchSpace, h: int) -> Cost:
 
 
 class Subnet(nn.Module):
-    def __init__(self, space: SearchSpace, arch: Arch, bits: int = FULL_PRECISION):
+    def __init__(self, space: SearchSpace | str, arch: Arch, bits: int = FULL_PRECISION):
         super().__init__()
+        space = get_space(space)
+        if not isinstance(arch, Arch):
+            raise TypeError(f"arch must be an Arch (see Arch.parse), got {type(arch).__name__}")
         if arch.space != space.name:
             raise ValueError(f"architecture is from space '{arch.space}', the network from '{space.name}'")
         self.space, self.arch, self.bits = space, arch, check_bits(bits)
@@ -73,15 +76,3 @@ class Subnet(nn.Module):
     def save(self, path: str, extra: dict | None = None) -> None:
         checkpoint.save(path, {"format": FORMAT, "space": self.space.to_dict(), "arch": self.arch.to_dict(),
                                "bits": self.bits, "state_dict": self.state_dict(), **(extra or {})})
-
-    @classmethod
-    def load(cls, path: str) -> "Subnet":
-        ckpt = checkpoint.load(path, FORMAT)
-        net = cls.from_checkpoint(ckpt)
-        net.load_state_dict(ckpt["state_dict"])
-        return net.eval()
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: dict) -> "Subnet":
-        space = checkpoint.space_of(ckpt)
-        return cls(space, Arch.from_dict(ckpt["arch"]), ckpt["bits"])

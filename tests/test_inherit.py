@@ -3,6 +3,7 @@ import torch
 
 from oqat import checkpoint
 from oqat.cli import main
+from oqat.files import load_supernet
 from oqat.inherit import REINIT_KEY, inherit
 from oqat.space import MINI
 from oqat.supernet import Supernet
@@ -22,7 +23,7 @@ def test_inherit_copies_everything_and_scales_steps_per_bit(tmp_path):
     net, path = _supernet(tmp_path)
     assert main(["inherit", str(path), "--bits", "2", "--out", str(tmp_path / "s2.pt")]) == 0
     ckpt = checkpoint.load(str(tmp_path / "s2.pt"), "oqat-supernet")
-    low = Supernet.load(str(tmp_path / "s2.pt"))
+    low = load_supernet(str(tmp_path / "s2.pt"))[0]
     assert low.bits == 2 and all(q.bits == 2 for q in low.quantizers())
     src, dst = net.state_dict(), low.state_dict()
     for key, value in src.items():

@@ -8,7 +8,7 @@ from test_evaluate import DATA, TINY, run_cli, tiny_run
 from oqat import search as S
 from oqat.cost import METRICS, cost
 from oqat.data import load_splits
-from oqat.evaluate import load_supernet
+from oqat.files import load_latency_table, load_supernet
 from oqat.space import Arch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -98,7 +98,7 @@ def test_latency_table(tmp_path):
     small, big = TINY.smallest(), TINY.largest()
     path = tmp_path / "lat.json"
     path.write_text(json.dumps({small.to_str(): 1.5, big.to_str(): 4.0}))
-    table = S.read_latency_table(str(path), TINY)
+    table = load_latency_table(str(path), TINY)
     costs = S.Costs(TINY, 4, table)
     assert costs(big)["latency"] == 4.0 and "latency" not in costs(TINY.sample(random.Random(3)))
     with pytest.raises(S.BudgetError, match=r"smallest achievable latency is 1.5 \(evaltiny:r12"):
@@ -107,12 +107,12 @@ def test_latency_table(tmp_path):
     path.write_text(json.dumps({a.to_str(): float(i + 1) for i, a in enumerate(archs)}))
     net, _ = load_supernet(tiny_run())
     result = S.search(net, DATA, load_splits(DATA), [], population=4, generations=2, metric="latency",
-                      calib_images=64, latency=S.read_latency_table(str(path), TINY), test=False, log=lambda _: None)
+                      calib_images=64, latency=load_latency_table(str(path), TINY), test=False, log=lambda _: None)
     assert result.evaluated and {p["arch"] for p in result.evaluated} <= {a.to_str() for a in archs}
     assert result.front[0]["latency"] == min(p["latency"] for p in result.evaluated)
     path.write_text(json.dumps({"mini:r28:k3e2-k3e2-k3e2-k3e2": 1.0}))
     with pytest.raises(ValueError, match="from space 'mini'; the supernet's space is 'evaltiny'"):
-        S.read_latency_table(str(path), TINY)
+        load_latency_table(str(path), TINY)
 
 
 def test_search_cli_outputs_and_errors(capsys, tmp_path):

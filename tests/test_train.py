@@ -94,7 +94,7 @@ def test_nonfinite_loss_stops_naming_step_and_subnet(tmp_path, capsys):
     failed = int(err.split("at step ")[1].split()[0])
     kept = checkpoint.load(str(tmp_path / "checkpoints" / "last.pt"), "oqat-train")
     assert 0 < kept["step"] == failed  # the last good step's checkpoint
-    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
 
 
 def test_config_show_and_unknown_field(capsys):
