@@ -81,24 +81,25 @@ def _listed(items: list[str], n: int = 8) -> str:
     return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
 
 
-def state_problems(state: dict, expected: dict) -> list[str]:
-    """What keeps `state` from loading into a module whose state dict is `expected`."""
+def state_problems(state: dict, expected: dict, names: dict | None = None) -> list[str]:
+    """What keeps `state` from loading into a module whose state dict is `expected`; keys
+    of `state` are shown as `names` gives them (default: as they are)."""
+    shown = (names or {}).get
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})" for k, v in state.items()
-             if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
-    wrong += [f"{k} {v.dtype} (expected {expected[k].dtype})" for k, v in state.items()
-              if k in expected and v.is_floating_point() != expected[k].is_floating_point()]
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    unexpected = [shown(k, k) for k in state if k not in expected]
+    common = [k for k in state if k in expected]
+    shapes = [f"{shown(k, k)} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})" for k in common
+              if tuple(state[k].shape) != tuple(expected[k].shape)]
+    types = [f"{shown(k, k)} {state[k].dtype} (expected {expected[k].dtype})" for k in common
+             if state[k].is_floating_point() != expected[k].is_floating_point()]
+    bad = [shown(k, k) for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} keys ({_listed(missing)})")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} keys ({_listed(unexpected)})")
-    if wrong:
-        problems.append(f"wrong shapes or types: {_listed(wrong)}")
-    if bad:
-        problems.append(f"non-finite values in {_listed(bad)}")
+    for what, keys in (("missing {} keys", missing), ("unexpected {} keys", unexpected)):
+        if keys:
+            problems.append(f"{what.format(len(keys))} ({_listed(keys)})")
+    for what, items in (("wrong shapes", shapes), ("wrong types", types), ("non-finite values in", bad)):
+        if items:
+            problems.append(f"{what}: {_listed(items)}")
     return problems
 
 
@@ -234,15 +235,16 @@ def load_oqa_checkpoint(path: str, bits: int, num_classes: int = 1000) -> Supern
         raise CheckpointError(f"'{path}' holds no state_dict of tensors")
     net = Supernet(MBV3.with_data(3, num_classes), bits)
     ours = net.state_dict()
-    mapped, foreign = {}, []
+    mapped, names, foreign = {}, {}, []
     for key, value in state.items():
         new = oqa_key(str(key))
         if new is None or new not in ours:
             foreign.append(str(key))
         else:
-            mapped[new] = value
-    problems = state_problems(mapped, ours) + ([f"unexpected {len(foreign)} keys ({_listed(foreign)})"]
-                                               if foreign else [])
+            mapped[new], names[new] = value, str(key)
+    problems = state_problems(mapped, ours, names)  # named by the authors' keys, as their file holds them
+    if foreign:
+        problems.append(f"unexpected {len(foreign)} keys ({_listed(foreign)})")
     if problems:
         raise CheckpointError(f"'{path}' is not an OQA mbv3 checkpoint: " + "; ".join(problems))
     net.load_state_dict(mapped, strict=False)

@@ -3,6 +3,8 @@ import torch
 
 from oqat import checkpoint
 from oqat.cli import main
+from oqat.config import to_dict
+from oqat.data import DataConfig
 from oqat.files import load_supernet
 from oqat.inherit import REINIT_KEY, inherit
 from oqat.space import MINI
@@ -15,7 +17,7 @@ def _supernet(tmp_path, bits=4):
     for i, q in enumerate(net.quantizers()):
         q.step.data.fill_(0.01 * (i + 1))
     path = tmp_path / f"s{bits}.pt"
-    net.save(str(path), {"data": {"name": "synthetic"}})
+    net.save(str(path), {"data": {"name": "synthetic", "val_size": 100}})
     return net, path
 
 
@@ -31,7 +33,7 @@ def test_inherit_copies_everything_and_scales_steps_per_bit(tmp_path):
             assert torch.allclose(dst[key], value * 4)  # 4 -> 2 bits: x 2^2
         else:
             assert torch.equal(dst[key], value)  # weights, BN statistics, kernel matrices
-    assert ckpt["data"] == {"name": "synthetic"} and ckpt["inherited_from"]["bits"] == 4
+    assert ckpt["data"] == to_dict(DataConfig(name="synthetic", val_size=100)) and ckpt["inherited_from"]["bits"] == 4
     assert REINIT_KEY not in ckpt
 
 
