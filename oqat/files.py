@@ -24,6 +24,7 @@ from . import config, data
 from .checkpoint import CheckpointError, read_json, read_torch
 from .checkpoint import load as read
 from .data import DataConfig, Splits
+from .evaluate import check_space
 from .oqa import oqa_key
 from .packed import FORMAT as PACKED, quantized_convs, unpack
 from .quant import check_bits
@@ -280,10 +281,6 @@ def load_pairs(path: str, space: SearchSpace | None = None) -> list[tuple[Arch, 
 def _arch_in(text: str, space: SearchSpace | None, where: str) -> Arch:
     try:
         arch = Arch.from_str(text)
+        return arch if space is None else check_space(arch, space)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
-    if space is not None and arch.space != space.name:
-        raise ValueError(f"{where} holds architectures of space '{arch.space}'; the supernet's space is "
-                         f"'{space.name}'")
-    return arch
-
