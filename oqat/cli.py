@@ -159,8 +159,8 @@ def add_train(sub):
 
 
 def cmd_train(args):
+    cfg = _load_experiment(args, ["run.quiet=true"] if args.quiet else [])  # before the heavy imports: fast errors
     from .train import train
-    cfg = _load_experiment(args, ["run.quiet=true"] if args.quiet else [])
     final = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {os.path.join(cfg.run.dir, 'supernet.pt')}  " + json.dumps(
@@ -292,8 +292,9 @@ def add_search(sub):
 
 
 def cmd_search(args):
+    from .experiment import parse_budget
     from .files import load_latency_table, load_pairs
-    from .search import parse_budget, search, write_outputs
+    from .search import search, write_outputs
     s = settings(args).search
     latency = args.latency_table is not None
     budgets = [parse_budget(b, latency) for b in s.budgets]
@@ -380,8 +381,9 @@ def add_run(sub):
 
 
 def cmd_run(args):
+    cfg = _load_experiment(args, ["run.quiet=true"] if args.quiet else [])  # before the heavy imports: fast errors
     from .pipeline import run_pipeline
-    run_pipeline(_load_experiment(args, ["run.quiet=true"] if args.quiet else []))
+    run_pipeline(cfg)
 
 
 PARSERS = [add_run, add_cost, add_convert_oqa, add_inherit, add_analyze, add_train, add_config, add_export, add_latency, add_eval, add_search, add_sample]

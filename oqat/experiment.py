@@ -12,6 +12,7 @@ no workflow module (train, pipeline, search...): they import it.
 """
 from dataclasses import dataclass, field
 
+from .cost import METRICS
 from .data import DataConfig
 from .quant import FULL_PRECISION, check_bits
 from .space import Arch, get_space
@@ -22,6 +23,40 @@ def _at_least(obj, minimum, *names: str) -> None:
         value = getattr(obj, name)
         if value is not None and value < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+LATENCY = "latency"  # a budget metric read from a measured latency table (ms)
+
+
+class BudgetError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Budget:
+    metric: str  # one of cost.METRICS, or "latency" with a latency table
+    limit: float  # the largest allowed value
+
+    def __str__(self) -> str:
+        return f"{self.metric}<={self.limit:g}"
+
+
+def parse_budget(text: str, latency: bool = False) -> Budget:
+    """`metric<=value`, e.g. `bitops<=2e8`; `latency` only when a latency table is given."""
+    valid = METRICS + ((LATENCY,) if latency else ())
+    metric, sep, value = text.replace(" ", "").partition("<=")
+    if not sep:
+        raise BudgetError(f"budget {text!r} must look like METRIC<=VALUE, e.g. bitops<=2e8")
+    if metric not in valid:
+        hint = "" if latency else f" ({LATENCY} needs --latency-table)"
+        raise BudgetError(f"unknown budget metric {metric!r}; valid: {', '.join(valid)}{hint}")
+    try:
+        limit = float(value)
+    except ValueError:
+        raise BudgetError(f"budget {text!r}: {value!r} is not a number") from None
+    if not limit > 0:
+        raise BudgetError(f"budget {text!r}: the limit must be a positive number")
+    return Budget(metric, limit)
 
 
 @dataclass
@@ -99,11 +134,12 @@ class SearchSettings:
     predictor: bool = False  # pre-screen candidates with the accuracy predictor
 
     def __post_init__(self):
-        from .search import parse_budget  # pymoo is loaded only once a search section is built
+        # Latency budgets need a measured table, which only `oqat search --latency-table` gives;
+        # `oqat run` checks its budgets without latency before it starts.
         for budget in self.budgets:
-            parse_budget(budget)
+            parse_budget(budget, latency=True)
         if self.metric is not None:
-            parse_budget(f"{self.metric}<=1")  # the same check and message as a budget's metric
+            parse_budget(f"{self.metric}<=1", latency=True)  # the same check and message as a budget's metric
         _at_least(self, 2, "population")
         _at_least(self, 0, "generations")
         _at_least(self, 1, "val_images", "calib_images")

@@ -18,12 +18,12 @@ import os
 import time
 
 from . import checkpoint, config, data, files
-from .experiment import ExperimentConfig
+from .experiment import ExperimentConfig, parse_budget
 from .export import export_checkpoint
 from .inherit import inherit_file
 from .quant import FULL_PRECISION
 from .report import write_report
-from .search import parse_budget, search, write_outputs
+from .search import search, write_outputs
 from .space import Arch
 from .train import train
 
@@ -117,7 +117,10 @@ def run_export(cfg: ExperimentConfig, supernets: dict[int, str], searches: dict[
 
 
 def run_pipeline(cfg: ExperimentConfig) -> dict:
-    data.check_source(cfg.data)  # the config itself was checked as it loaded: nothing runs on a bad one
+    # The config was checked as it loaded; what it needs from outside is checked before any work.
+    data.check_source(cfg.data)
+    for budget in cfg.search.budgets + ([f"{cfg.search.metric}<=1"] if cfg.search.metric else []):
+        parse_budget(budget)  # no latency table in a run
     os.makedirs(cfg.run.dir, exist_ok=True)
     config.dump(cfg, os.path.join(cfg.run.dir, "config.yaml"))
     start = time.time()
