@@ -1,77 +1,102 @@
-"""The paper's headline comparison at our scale: the best 2-bit OQAT subnet of a run
-against a hand-designed net of similar cost from the same space, trained alone at 2 bits
-with LSQ for the same number of 2-bit epochs.
+"""The paper's headline at our scale: each OQATNet (S, M, L) of a finished `oqat run`
+against the uniform MobileNetV3-like network of the same space with the highest BitOPs
+within the same budget, trained alone.
 
-The hand-designed net is MobileNetV3-like: the same kernel, expand ratio and depth in
-every stage, preferring the space's largest blocks, scaled (depth, resolution, then
-blocks) to the BitOPs of the OQAT subnet.
+OQAT's subnet is the run's family member as it is: taken from the supernet, BN
+recalibrated, not retrained (one training for all three). The baseline has one kernel,
+expand ratio and depth everywhere; it is trained alone, on labels, with LSQ through the
+run's own stage sequence (same bit-widths, epochs, lr and inheritance per stage), once
+per seed. Both are scored on the whole test split.
 
-    python benchmarks/headline.py runs/fashion-mnist [--bits 2]
+    python benchmarks/headline.py RUN_DIR [--bits 2] [--seeds 0 1]
 """
 import argparse
 import dataclasses
 import itertools
 import json
-import math
 import os
+import statistics
+
+import torch
 
 from oqat import config, data
 from oqat.cost import cost
 from oqat.evaluate import evaluate, prepare_subnet
-from oqat.files import load_supernet
 from oqat.experiment import ExperimentConfig
-from oqat.space import Arch
-from oqat.train import train
+from oqat.files import load_supernet
+from oqat.pipeline import run_stages
+from oqat.space import Arch, SearchSpace
 
 
-def hand_designed(space, target_bitops: float, bits: int) -> Arch:
-    """The uniform architecture closest in BitOPs to the target, larger blocks first on ties."""
-    best, key = None, None
-    for k, e, d, r in itertools.product(space.kernel_sizes, space.expand_ratios, space.depths, space.resolutions):
-        n = space.num_blocks
-        arch = Arch(ks=[k] * n, e=[e] * n, d=[d] * len(space.stages), r=r, space=space.name)
-        gap = abs(math.log(cost(arch, space, bits)["bitops"] / target_bitops))
-        candidate = (round(gap, 2), -k * e, -r)
-        if key is None or candidate < key:
-            best, key = arch, candidate
-    return best
+def uniform_within(space: SearchSpace, budget: float, bits: int) -> Arch:
+    """The uniform architecture (one k, e, d everywhere) with the highest BitOPs <= budget."""
+    n, stages = space.num_blocks, len(space.elastic_stages)
+    archs = [space.arch([k] * n, [e] * n, [d] * stages, r)
+             for k, e, d, r in itertools.product(space.kernel_sizes, space.expand_ratios, space.depths,
+                                                 space.resolutions)]
+    within = [(cost(a, space, bits)["bitops"], a.to_str(), a) for a in archs]
+    within = [w for w in within if w[0] <= budget]
+    if not within:
+        raise SystemExit(f"no uniform architecture within {budget:g} BitOPs")
+    return max(within)[2]
+
+
+def train_alone(cfg: ExperimentConfig, arch: Arch, seed: int, folder: str) -> str:
+    """The run's stages with only `arch` trained (labels, no sandwich); the last supernet file."""
+    tcfg = dataclasses.replace(cfg.train, arch=arch.to_str(), seed=seed)
+    stages = run_stages(dataclasses.replace(cfg, train=tcfg, run=dataclasses.replace(cfg.run, dir=folder, quiet=True)))
+    return os.path.join(folder, stages[-1]["supernet"])
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
     p.add_argument("--bits", type=int, default=2)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = p.parse_args()
+    torch.manual_seed(0)
     cfg = config.load(ExperimentConfig, os.path.join(args.run_dir, "config.yaml"))
+    if cfg.stages[-1].bits != args.bits:
+        raise SystemExit(f"the run's last stage is {cfg.stages[-1].bits}-bit, not {args.bits}-bit")
     with open(os.path.join(args.run_dir, "results.json")) as f:
         results = json.load(f)
-    best = results["best"][str(args.bits)]
-    epochs = sum(s.epochs for s in cfg.stages if s.bits == args.bits)
-    lr = next(s.lr for s in cfg.stages if s.bits == args.bits) or cfg.train.lr
+    family = results["family"][str(args.bits)]
     supernet, ckpt = load_supernet(os.path.join(args.run_dir, results["stages"][-1]["supernet"]))
     data_cfg = ckpt["data"]
-    space = supernet.space
-    hand = hand_designed(space, best["bitops"], args.bits)
-    folder = os.path.join(args.run_dir, "baseline", hand.to_str().replace(":", "_"))
-    if not os.path.isfile(os.path.join(folder, "supernet.pt")):
-        # From scratch at the target bits with LSQ step init, like the paper's 2-bit MobileNetV3.
-        tcfg = dataclasses.replace(cfg.train, bits=args.bits, epochs=epochs, lr=lr, arch=hand.to_str(),
-                                   init_from=None, reinit_steps=None)
-        train(dataclasses.replace(cfg, train=tcfg, run=dataclasses.replace(cfg.run, dir=folder, quiet=True)))
-    trained, _ = load_supernet(os.path.join(folder, "supernet.pt"))
-    splits = data.load_splits(data_cfg)
-    sub = prepare_subnet(trained, hand, data_cfg, splits, cfg.search.calib_images, 0)
-    hand_top1 = evaluate(sub, data.eval_batches(splits.test, data_cfg))["top1"]
-    hand_cost = cost(hand, space, args.bits)
-    rows = [("OQAT best (" + best["arch"] + ")", best["test_top1"], best["bitops"], best["macs"]),
-            ("hand-designed (" + hand.to_str() + ")", hand_top1, hand_cost["bitops"], hand_cost["macs"])]
-    print(f"{args.bits}-bit, {epochs} epoch(s) at {args.bits} bits; test top-1 on {len(splits.test)} images")
-    for name, top1, bitops, macs in rows:
-        print(f"  {top1:6.2f}%  {bitops / 1e6:8.2f} M BitOPs  {macs / 1e6:6.2f} M MACs  {name}")
-    print(f"  OQAT - hand-designed: {rows[0][1] - rows[1][1]:+.2f} points at "
-          f"{100 * (rows[0][2] / rows[1][2] - 1):+.0f}% BitOPs")
-    with open(os.path.join(args.run_dir, "baseline", "headline.json"), "w") as f:
-        json.dump({"oqat": rows[0], "hand": rows[1], "epochs": epochs, "bits": args.bits}, f, indent=1)
+    space, splits = supernet.space, data.load_splits(data_cfg)
+    largest = cost(space.largest(), space, args.bits)["bitops"]
+    rows = []
+    for (name, member), fraction in zip(family.items(), cfg.search.family):
+        budget = fraction * largest
+        base = uniform_within(space, budget, args.bits)
+        tops = []
+        for seed in args.seeds:
+            folder = os.path.join(args.run_dir, "baseline", f"{base.to_str().replace(':', '_')}-seed{seed}")
+            trained, _ = load_supernet(train_alone(cfg, base, seed, folder))
+            sub = prepare_subnet(trained, base, data_cfg, splits, cfg.train.calib_images, 0)
+            tops.append(evaluate(sub, data.eval_batches(splits.test, data_cfg))["top1"])
+        rows.append({"net": name, "budget_bitops": budget,
+                     "oqat": None if member is None else {k: member[k] for k in ("arch", "bitops", "macs", "test_top1")},
+                     "baseline": {"arch": base.to_str(), "bitops": cost(base, space, args.bits)["bitops"],
+                                  "macs": cost(base, space, args.bits)["macs"], "seeds": args.seeds,
+                                  "test_top1": tops, "mean": statistics.mean(tops),
+                                  "spread": max(tops) - min(tops)}})
+    epochs = " -> ".join(f"{'fp' if s.bits == 32 else s.bits}:{s.epochs}" for s in cfg.stages)
+    print(f"{args.bits}-bit, test top-1 on {len(splits.test)} images; stages (bits:epochs) {epochs}; "
+          f"baseline seeds {args.seeds}")
+    print("| net | budget (M BitOPs) | OQAT subnet | BitOPs (M) | test top-1 | uniform baseline | BitOPs (M) "
+          "| test top-1 (mean ± spread/2) | OQAT - baseline |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        o, b = r["oqat"], r["baseline"]
+        oqat = ("none", "-", float("nan")) if o is None else (f"`{o['arch']}`", f"{o['bitops'] / 1e6:.1f}", o["test_top1"])
+        print(f"| {r['net']} | {r['budget_bitops'] / 1e6:.1f} | {oqat[0]} | {oqat[1]} | {oqat[2]:.2f} | "
+              f"`{b['arch']}` | {b['bitops'] / 1e6:.1f} | {b['mean']:.2f} ± {b['spread'] / 2:.2f} | "
+              f"{oqat[2] - b['mean']:+.2f} |")
+    out = os.path.join(args.run_dir, "baseline", "headline.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"bits": args.bits, "stages": config.to_dict(cfg)["stages"], "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,75 +1,118 @@
-"""Bit inheritance ablation: is a 2-bit supernet better inherited (4 -> 3 -> 2, steps
-doubled) than re-initialised (same inherited weights, LSQ steps from data) or trained
-from scratch at 2 bits, with the same number of 2-bit epochs and the same seeds?
+"""Bit inheritance, measured fairly: the 2-bit supernet of a finished `oqat run`
+(stages ... -> 3 -> 2 bits) obtained four ways, each for every seed:
 
-    python benchmarks/inheritance_ablation.py runs/fashion-mnist [--out runs/fashion-mnist/ablation]
+- inherit, steps doubled: the 3-bit supernet, every step x2 (the paper), then the 2-bit stage;
+- inherit, steps from data: the same weights, LSQ steps re-initialised from data;
+- scratch, same epochs: a new supernet trained at 2 bits for the 2-bit stage's epochs;
+- scratch, chain's epochs: as many 2-bit epochs as the whole chain has epochs.
 
-Reads a finished `oqat run` directory whose stages end ... -> 3 -> 2 bits, trains the two
-alternatives beside it, and prints the test top-1 of the largest, a middle and the
-smallest subnet of each (BN recalibrated per subnet).
+Scratch runs take the best of `--lrs` (picked on the validation split with the first seed,
+at the short length; the long runs use the same lr), with the run's warm-up and clipping.
+Seed 0 reuses the run's own stages up to 3 bits when the run was trained with seed 0;
+other seeds train that chain again. Test top-1 of the largest, middle and smallest subnet
+(BN recalibrated), mean and spread over seeds.
+
+    python benchmarks/inheritance_ablation.py RUN_DIR [--seeds 0 1] [--lrs 0.05 0.1 0.2]
 """
 import argparse
 import dataclasses
 import json
 import os
 import statistics
-import sys
+
+import torch
 
 from oqat import config, data
 from oqat.evaluate import evaluate, prepare_subnet
-from oqat.files import load_supernet
 from oqat.experiment import ExperimentConfig
-from oqat.inherit import inherit_file
+from oqat.files import load_supernet
+from oqat.pipeline import run_stages, stage_dir
 from oqat.space import Arch
-from oqat.train import train
+
+VARIANTS = ("inherit, steps doubled", "inherit, steps from data", "scratch, same epochs", "scratch, chain's epochs")
 
 
 def middle(space) -> Arch:
     n, pick = space.num_blocks, lambda xs: sorted(xs)[len(xs) // 2]
-    return Arch(ks=[pick(space.kernel_sizes)] * n, e=[pick(space.expand_ratios)] * n,
-                d=[pick(space.depths)] * len(space.stages), r=pick(space.resolutions), space=space.name)
+    return space.arch([pick(space.kernel_sizes)] * n, [pick(space.expand_ratios)] * n,
+                      [pick(space.depths)] * len(space.elastic_stages), pick(space.resolutions))
+
+
+def stages_run(cfg: ExperimentConfig, stages, seed: int, folder: str) -> str:
+    """`stages` trained in `folder` with `seed` (resumable); the last supernet file."""
+    run = dataclasses.replace(cfg, stages=stages, train=dataclasses.replace(cfg.train, seed=seed),
+                              run=dataclasses.replace(cfg.run, dir=folder, quiet=True))
+    return os.path.join(folder, run_stages(run)[-1]["supernet"])
+
+
+def scores(path: str, split: str, calib: int) -> dict[str, float]:
+    net, ckpt = load_supernet(path)
+    data_cfg = ckpt["data"]
+    splits = data.load_splits(data_cfg)
+    archs = {"largest": net.space.largest(), "middle": middle(net.space), "smallest": net.space.smallest()}
+    return {k: evaluate(prepare_subnet(net, a, data_cfg, splits, calib, 0),
+                        data.eval_batches(getattr(splits, split), data_cfg))["top1"] for k, a in archs.items()}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
-    p.add_argument("--out", default=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--lrs", type=float, nargs=3, default=[0.05, 0.1, 0.2])
     args = p.parse_args()
+    torch.manual_seed(0)
     cfg = config.load(ExperimentConfig, os.path.join(args.run_dir, "config.yaml"))
     bits = [s.bits for s in cfg.stages]
-    if len(bits) < 2 or bits[-1] != 2:
-        sys.exit("the run's last stage must be 2-bit, after a higher-bit stage")
-    last = len(bits) - 1
-    stage = lambda i: os.path.join(args.run_dir, "stages", f"{i}-{bits[i]}bit")
-    out = args.out or os.path.join(args.run_dir, "ablation")
+    if len(bits) < 2 or bits[-2:] != [3, 2]:
+        raise SystemExit("the run's stages must end 3 -> 2 bits")
+    out = os.path.join(args.run_dir, "ablation")
     two = cfg.stages[-1]
-    variants = {"inherit (steps x2 per bit)": os.path.join(stage(last), "supernet.pt")}
-    for name, init, reinit in (("inherit, steps re-initialised", "reinit", True), ("scratch at 2 bits", None, None)):
-        folder = os.path.join(out, init or "scratch")
-        if init:
-            init = os.path.join(folder, "inherited.pt")
-            if not os.path.isfile(init):
-                inherit_file(os.path.join(stage(last - 1), "supernet.pt"), 2, init, reinit_steps=True)
-        if not os.path.isfile(os.path.join(folder, "supernet.pt")):
-            tcfg = dataclasses.replace(cfg.train, bits=2, epochs=two.epochs, lr=two.lr or cfg.train.lr,
-                                       init_from=init, reinit_steps=reinit)
-            train(dataclasses.replace(cfg, train=tcfg, run=dataclasses.replace(cfg.run, dir=folder, quiet=True)))
-        variants[name] = os.path.join(folder, "supernet.pt")
-    rows = {}
-    for name, path in variants.items():
-        net, ckpt = load_supernet(path)
-        data_cfg = ckpt["data"]
-        splits = data.load_splits(data_cfg)
-        archs = {"largest": net.space.largest(), "middle": middle(net.space), "smallest": net.space.smallest()}
-        rows[name] = {k: evaluate(prepare_subnet(net, a, data_cfg, splits, cfg.search.calib_images, 0),
-                                  data.eval_batches(splits.test, data_cfg))["top1"] for k, a in archs.items()}
-    print(f"2-bit supernets, {two.epochs} epoch(s) at 2 bits each; test top-1 (%)")
-    print(f"{'variant':<32}{'largest':>9}{'middle':>9}{'smallest':>9}{'mean':>8}")
-    for name, r in rows.items():
-        print(f"{name:<32}{r['largest']:>9.2f}{r['middle']:>9.2f}{r['smallest']:>9.2f}{statistics.mean(r.values()):>8.2f}")
-    os.makedirs(out, exist_ok=True)
+    chain_epochs = sum(s.epochs for s in cfg.stages)
+    calib = cfg.train.calib_images
+    inherit = [dataclasses.replace(two, reinit_steps=False), dataclasses.replace(two, reinit_steps=True)]
+    scratch = lambda lr, epochs: [dataclasses.replace(two, lr=lr, epochs=epochs, init="scratch", reinit_steps=True)]
+
+    # The scratch lr: the best of three on val (mean of the three subnets), first seed, short length.
+    s0 = args.seeds[0]
+    by_lr = {lr: statistics.mean(scores(stages_run(cfg, scratch(lr, two.epochs), s0,
+                                                   os.path.join(out, f"seed{s0}", f"scratch-lr{lr:g}")),
+                                        "val", calib).values()) for lr in args.lrs}
+    lr = max(by_lr, key=by_lr.get)
+    print(f"scratch lr on val (mean of largest, middle, smallest): "
+          + ", ".join(f"{k:g}: {v:.2f}" for k, v in by_lr.items()) + f" -> {lr:g}")
+
+    rows = {v: [] for v in VARIANTS}
+    for seed in args.seeds:
+        folder = os.path.join(out, f"seed{seed}")
+        if seed == cfg.train.seed:  # the run's own chain up to 3 bits
+            three = os.path.join(stage_dir(args.run_dir, len(bits) - 2, 3), "supernet.pt")
+        else:
+            three = stages_run(cfg, cfg.stages[:-1], seed, os.path.join(folder, "chain"))
+        for name, stage in zip(VARIANTS[:2], inherit):
+            sub = os.path.join(folder, "inherit-reinit" if stage.reinit_steps else "inherit-doubled")
+            # The 3-bit supernet as the chain's first stage (one epoch, never run: its file is there).
+            os.makedirs(stage_dir(sub, 0, 3), exist_ok=True)
+            link = os.path.join(stage_dir(sub, 0, 3), "supernet.pt")
+            if not os.path.exists(link):
+                os.symlink(os.path.abspath(three), link)
+            rows[name].append(scores(stages_run(cfg, [cfg.stages[-2], stage], seed, sub), "test", calib))
+        rows[VARIANTS[2]].append(scores(stages_run(cfg, scratch(lr, two.epochs), seed,
+                                                   os.path.join(folder, f"scratch-lr{lr:g}")), "test", calib))
+        rows[VARIANTS[3]].append(scores(stages_run(cfg, scratch(lr, chain_epochs), seed,
+                                                   os.path.join(folder, f"scratch-long-lr{lr:g}")), "test", calib))
+
+    print(f"2-bit supernets: test top-1 (%), mean ± spread/2 over seeds {args.seeds}; 2-bit stage "
+          f"{two.epochs} epoch(s), chain {chain_epochs} epoch(s), scratch lr {lr:g}")
+    print("| variant | largest | middle | smallest | mean |")
+    print("|---|---|---|---|---|")
+    summary = {}
+    for name, runs in rows.items():
+        cols = {k: [r[k] for r in runs] for k in ("largest", "middle", "smallest")}
+        cols["mean"] = [statistics.mean(r.values()) for r in runs]
+        summary[name] = {k: {"values": v, "mean": statistics.mean(v), "spread": max(v) - min(v)} for k, v in cols.items()}
+        print(f"| {name} | " + " | ".join(f"{s['mean']:.2f} ± {s['spread'] / 2:.2f}" for s in summary[name].values()) + " |")
     with open(os.path.join(out, "ablation.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+        json.dump({"seeds": args.seeds, "scratch_lr_by_val": by_lr, "scratch_lr": lr, "rows": summary}, f, indent=1)
 
 
 if __name__ == "__main__":

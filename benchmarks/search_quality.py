@@ -15,7 +15,8 @@ import time
 import numpy as np
 
 from oqat.files import open_supernet
-from oqat.search import Scorer, dominated, parse_budget, sample_points, search
+from oqat.experiment import parse_budget
+from oqat.search import Scorer, dominated, sample_points, search
 
 
 def margin(front: list[dict], point: dict, metric: str) -> float:

@@ -19,16 +19,17 @@ from . import checkpoint, data, files
 from .cost import cost
 from .evaluate import evaluate, prepare_subnet
 from .experiment import AnalysisConfig
-from .space import Arch
+from .space import Arch, SearchSpace
 from .supernet import Supernet
 
 TRAITS = ("depth", "mean_expand", "mean_kernel", "resolution")
 
 
-def traits(arch: Arch) -> dict[str, float]:
-    active = arch.active_blocks()
-    return {"depth": float(sum(arch.d)), "mean_expand": float(np.mean([e for *_, e in active])),
-            "mean_kernel": float(np.mean([k for _, _, k, _ in active])), "resolution": float(arch.r)}
+def traits(arch: Arch, space: SearchSpace) -> dict[str, float]:
+    """Depth, mean expand ratio and kernel of the elastic blocks that run, and resolution."""
+    active = space.active_blocks(arch)[1:]
+    return {"depth": float(len(active)), "mean_expand": float(np.mean([e for *_, e in active])),
+            "mean_kernel": float(np.mean([k for _, k, _ in active])), "resolution": float(arch.r)}
 
 
 def sample_archs(space, n: int, seed: int) -> list[Arch]:
@@ -45,13 +46,14 @@ def measure(supernets: dict[int, Supernet], archs: list[Arch], data_cfg, splits,
             progress=None) -> list[dict]:
     """One row per architecture: traits, MACs, and val top-1 and BitOPs at each bit-width."""
     val = data.subset(splits.val, min(cfg.val_images, len(splits.val)), cfg.seed)
-    rows = []
+    rows, space = [], next(iter(supernets.values())).space
     for i, arch in enumerate(archs):
-        row = {"arch": arch.to_str(), **traits(arch), "macs": cost(arch, bits=32)["macs"], "top1": {}, "bitops": {}}
+        row = {"arch": arch.to_str(), **traits(arch, space), "macs": cost(arch, space, 32)["macs"],
+               "top1": {}, "bitops": {}}
         for bits, net in supernets.items():
             sub = prepare_subnet(net, arch, data_cfg, splits, cfg.calib_images, cfg.seed)
-            row["top1"][bits] = evaluate(sub, data.eval_batches(val, data_cfg))["top1"]
-            row["bitops"][bits] = cost(arch, bits=bits)["bitops"]
+            row["top1"][bits] = evaluate(sub, data.eval_batches(val, data_cfg, arch.r))["top1"]
+            row["bitops"][bits] = cost(arch, space, bits)["bitops"]
         rows.append(row)
         if progress:
             progress(i + 1, len(archs))

@@ -82,10 +82,8 @@ def add_cost(sub):
 def cmd_cost(args):
     from .cost import cost
     from .space import Arch, get_space
-    arch = Arch.parse(args.arch)
-    space = get_space(args.space or arch.space)
-    if arch.space != space.name:
-        raise ValueError(f"architecture is from space '{arch.space}', not '{space.name}'")
+    space = get_space(args.space) if args.space else None
+    arch = Arch.parse(args.arch, space)
     result = cost(arch, space, args.bits)
     if args.json:
         print(json.dumps(result))
@@ -183,11 +181,10 @@ def cmd_export(args):
     from .config import load
     from .experiment import ExperimentConfig
     from .export import export_checkpoint
-    from .space import Arch
     data_cfg = load(ExperimentConfig, args.data_config).data if args.data_config is not None else None
     cfg = settings(args)
-    facts = export_checkpoint(args.checkpoint, Arch.parse(args.arch) if args.arch else None, args.out,
-                              cfg.search.calib_images, cfg.export.test_images, data_cfg, cfg.search.seed)
+    facts = export_checkpoint(args.checkpoint, args.arch, args.out, cfg.search.calib_images,
+                              cfg.export.test_images, data_cfg, cfg.search.seed)
     sizes, test = facts["sizes"], facts.get("test")
     print(f"wrote {args.out}: {facts['arch']} at {facts['bits']} bits; packed {sizes['packed']:,} bytes "
           f"(fp32 state dict {sizes['fp32_state_dict']:,}), onnx {sizes['onnx']:,}" +
@@ -213,15 +210,14 @@ def add_latency(sub):
 
 def cmd_latency(args):
     from .latency import device_name, load_for_latency, measure, update_table
-    from .space import Arch
     batches = sorted({1, *(args.batch or [])})
     if batches[0] < 1 or args.threads < 1:
         raise ValueError(f"--batch and --threads must be >= 1, got batches {batches}, threads {args.threads}")
-    net, onnx_path = load_for_latency(args.source, Arch.parse(args.arch) if args.arch else None)
+    net, onnx_path = load_for_latency(args.source, args.arch)
     result = measure(net, batches, args.runs, args.warmup, args.threads, onnx_path)
     arch = net.arch.to_str()
     if args.table:
-        update_table(args.table, arch, result["onnxruntime"][1])
+        update_table(args.table, arch, result["onnxruntime"][1], net.space)
     if args.json:
         print(json.dumps({"arch": arch, "bits": net.bits, "device": device_name(), "threads": args.threads,
                           "ms": result}))
@@ -264,13 +260,13 @@ def add_eval(sub):
 def cmd_eval(args):
     from .cost import cost
     from .data import eval_batches
-    from .evaluate import check_space, evaluate, prepare_subnet
+    from .evaluate import evaluate, prepare_subnet
     from .space import Arch
     s = settings(args).search
     net, data_cfg, splits = _open_supernet(args)
-    arch = check_space(Arch.parse(args.arch), net.space)
+    arch = Arch.parse(args.arch, net.space)
     sub = prepare_subnet(net, arch, data_cfg, splits, s.calib_images, s.seed)
-    result = evaluate(sub, eval_batches(getattr(splits, args.split), data_cfg))
+    result = evaluate(sub, eval_batches(getattr(splits, args.split), data_cfg, arch.r))
     result = {"arch": arch.to_str(), "bits": net.bits, "split": args.split, **result,
               **cost(arch, net.space, net.bits)}
     if args.json:
@@ -336,7 +332,7 @@ def cmd_sample(args):
     print(f"wrote {args.out} ({len(points)} pairs)")
     if len(points) >= 4:
         from .space import Arch
-        _, q = fit_and_score([(Arch.parse(p["arch"]), p["val_top1"]) for p in points], net.space, seed=s.seed)
+        _, q = fit_and_score([(Arch.parse(p["arch"], net.space), p["val_top1"]) for p in points], net.space, seed=s.seed)
         print(f"  predictor on {q['n']} held-out pairs: Kendall tau {q['kendall_tau']:.3f}, RMSE {q['rmse']:.2f} points")
 
 

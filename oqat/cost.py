@@ -1,6 +1,6 @@
 """Cost of an architecture, computed analytically (no network is built).
 
-The walk mirrors `Subnet`'s construction and adds the formulas that sit next to each
+The walk reads the space's block list, as `Subnet` does, and adds the formulas that sit next to each
 layer (`layers.py`, `subnet.py`). Block costs are memoised, so costing 10,000
 architectures takes well under a second.
 """
@@ -8,7 +8,7 @@ from functools import lru_cache
 
 from .layers import Cost, MBConv
 from .quant import FULL_PRECISION, check_bits
-from .space import Arch, SearchSpace, get_space
+from .space import Arch, SearchSpace, get_space, mid_channels
 from .subnet import head_cost, stem_cost
 
 METRICS = ("macs", "params", "bitops", "flops_q", "size_bits")
@@ -20,19 +20,14 @@ def _block_costs(space: SearchSpace):
     dataclass) once per architecture rather than once per block halves the cost of costing."""
     @lru_cache(maxsize=None)
     def block_cost(i: int, k: int, e: int, h: int) -> tuple[Cost, int]:
-        c_in, stride = space.block_input(i)
-        st = space.stages[i // space.max_depth]
-        return MBConv.cost(c_in, st.width, space.mid_channels(c_in, e), k, stride, st.se, h)
+        b = space.blocks[i]
+        return MBConv.cost(b.c_in, b.c_out, mid_channels(b.c_in, e), k, b.stride, b.se, h)
     return block_cost
 
 
 @lru_cache(maxsize=None)
-def _fixed_cost(space: SearchSpace, r: int) -> tuple[Cost, int]:
-    """Stem and first block at resolution r, and the size they leave."""
-    total, h = stem_cost(space, r)
-    fb = space.first_block
-    block, h = MBConv.cost(space.stem_width, fb.width, space.stem_width, 3, fb.stride, fb.se, h)
-    return total + block, h
+def _stem_cost(space: SearchSpace, r: int) -> tuple[Cost, int]:
+    return stem_cost(space, r)
 
 
 @lru_cache(maxsize=None)
@@ -41,14 +36,13 @@ def _head_cost(space: SearchSpace, h: int) -> Cost:
 
 
 def layer_cost(arch: Arch, space: SearchSpace | str | None = None) -> Cost:
-    """MACs and parameters of `arch`, split into quantized and full-precision parts."""
+    """MACs and parameters of `arch` (checked by its space), split into quantized and
+    full-precision parts. `space`: the arch's space (default: the built-in one it names)."""
     space = get_space(space or arch.space)
-    if arch.space != space.name:
-        raise ValueError(f"architecture is from space '{arch.space}', not '{space.name}'")
-    total, h = _fixed_cost(space, arch.r)
+    total, h = _stem_cost(space, arch.r)
     mq, mf, pq, pf = total.macs_q, total.macs_fp, total.params_q, total.params_fp
     block_cost = _block_costs(space)
-    for _, i, k, e in arch.active_blocks():  # plain ints: this loop is the hot path of search
+    for i, k, e in space.active_blocks(arch):  # plain ints: this loop is the hot path of search
         block, h = block_cost(i, k, e, h)
         mq, mf, pq, pf = mq + block.macs_q, mf + block.macs_fp, pq + block.params_q, pf + block.params_fp
     return Cost(mq, mf, pq, pf) + _head_cost(space, h)

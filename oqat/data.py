@@ -16,12 +16,13 @@ import codecs
 import gzip
 import hashlib
 import logging
+import math
 import os
 import pickle
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
@@ -77,7 +78,9 @@ class DataConfig:
     synthetic_channels: int = 1  # channels of synthetic images
     synthetic_train: int = 512  # synthetic training images, val included; small for tests
     synthetic_test: int = 128  # synthetic test images
-    image_size: int | None = None  # imagefolder crop size (None: 224); others: native size or None
+    image_size: int | None = None  # imagefolder size where no resolution is given (None: 224); others: native or None
+    calib_augment: bool = False  # imagefolder: BN recalibration with the training augmentation (the authors: true)
+    calib_batch_size: int | None = None  # BN recalibration batch (None: batch_size; the authors: 100)
 
     def __post_init__(self):
         if self.name not in get_args(DatasetName):
@@ -89,7 +92,7 @@ class DataConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "eval_batch_size", "synthetic_classes", "synthetic_size",
-                     "synthetic_channels", "synthetic_train", "train_size", "image_size"):
+                     "synthetic_channels", "synthetic_train", "train_size", "image_size", "calib_batch_size"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
@@ -113,23 +116,43 @@ class ArrayDataset:
         return ArrayDataset(self.images[index], self.labels[index], self.mean, self.std, self.pad)
 
 
-class FolderSubset(torch.utils.data.Dataset):
-    """Some samples of a torchvision ImageFolder, with their own transform."""
+def folder_transform(size: int, augment: bool):
+    """The authors' ImageNet preprocessing (OFA's provider in their release) at `size` pixels.
+    Training: random-resized-crop straight to `size` (scale 0.08-1), flip, OFA's "tf" colour
+    jitter. Evaluation: resize to ceil(size / 0.875), centre-crop `size` (224 from 256)."""
+    from torchvision import transforms as t
 
-    def __init__(self, folder, indices: Tensor, transform, eval_transform):
-        self.folder, self.indices = folder, indices
-        self.transform, self.eval_transform = transform, eval_transform
+    norm = [t.ToTensor(), t.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if augment:
+        return t.Compose([t.RandomResizedCrop(size, scale=(0.08, 1.0)), t.RandomHorizontalFlip(),
+                          t.ColorJitter(brightness=32 / 255, saturation=0.5), *norm])
+    return t.Compose([t.Resize(math.ceil(size / 0.875)), t.CenterCrop(size), *norm])
+
+
+class FolderSubset(torch.utils.data.Dataset):
+    """Some samples of a torchvision ImageFolder, decoded at `size` pixels by `folder_transform`.
+    An item may also be (index, size): a training batch decoded straight at its drawn resolution."""
+
+    def __init__(self, folder, indices: Tensor, size: int, augment: bool):
+        self.folder, self.indices, self.size, self.augment = folder, indices, size, augment
+        self._transforms: dict[int, object] = {}
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, item):
+        i, size = item if isinstance(item, tuple) else (item, self.size)
+        if size not in self._transforms:
+            self._transforms[size] = folder_transform(size, self.augment)
         path, label = self.folder.samples[int(self.indices[i])]
-        return self.transform(self.folder.loader(path)), label
+        return self._transforms[size](self.folder.loader(path)), label
 
     def take(self, index: Tensor, evaluation: bool = False) -> FolderSubset:
-        transform = self.eval_transform if evaluation else self.transform
-        return FolderSubset(self.folder, self.indices[index], transform, self.eval_transform)
+        return FolderSubset(self.folder, self.indices[index], self.size, self.augment and not evaluation)
+
+    def at(self, size: int, augment: bool | None = None) -> FolderSubset:
+        """The same samples decoded at `size` (augmented or not; default: as now)."""
+        return FolderSubset(self.folder, self.indices, size, self.augment if augment is None else augment)
 
 
 Dataset = ArrayDataset | FolderSubset
@@ -354,21 +377,15 @@ def _check_folders(cfg: DataConfig) -> str:
 
 
 def _load_folders(cfg: DataConfig) -> tuple[FolderSubset, FolderSubset]:
-    from torchvision import datasets, transforms
+    from torchvision import datasets
 
     root, size = _check_folders(cfg), cfg.image_size or 224
-    t = transforms
-    norm = [t.ToTensor(), t.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    train_tf = t.Compose([t.RandomResizedCrop(size), t.RandomHorizontalFlip(), *norm])
-    # 0.875 is the usual ImageNet crop ratio (224 from 256).
-    eval_tf = t.Compose([t.Resize(int(size / 0.875)), t.CenterCrop(size), *norm])
     train = datasets.ImageFolder(os.path.join(root, "train"))
     test = datasets.ImageFolder(os.path.join(root, "val"))
     if test.classes != train.classes:
         raise DataError(f"imagefolder: val/ classes differ from train/ classes in '{root}'")
-    everything = torch.arange(len(train.samples))
-    return (FolderSubset(train, everything, train_tf if cfg.augment else eval_tf, eval_tf),
-            FolderSubset(test, torch.arange(len(test.samples)), eval_tf, eval_tf))
+    return (FolderSubset(train, torch.arange(len(train.samples)), size, cfg.augment),
+            FolderSubset(test, torch.arange(len(test.samples)), size, False))
 
 
 # ---------------------------------------------------------------- splits
@@ -473,7 +490,7 @@ def _epoch_batches(ds: Dataset, cfg: DataConfig, epoch: int, rank: int, world: i
 
 
 def train_batches(ds: Dataset, cfg: DataConfig, epoch: int, rank: int = 0, world: int = 1,
-                  start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+                  start: int = 0, sizes: Callable[[int], int] | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """Shuffled, augmented, normalized training batches of rank ``rank`` out of ``world``.
 
     Each rank gets ``cfg.batch_size // world`` images per batch and the same number of
@@ -481,10 +498,13 @@ def train_batches(ds: Dataset, cfg: DataConfig, epoch: int, rank: int = 0, world
     times ``world``. ``start`` skips batches already done, for exact resume. Augmentation
     of in-memory data is drawn per (seed, epoch, batch) for the whole global batch, so it
     does not depend on ``world`` or ``start``. For imagefolder the order is exact but the
-    crops come from the DataLoader workers' RNG.
+    crops come from the DataLoader workers' RNG, and ``sizes(b)``, the resolution batch ``b``
+    will run at, is what its images are cropped to (the authors' random-resized-crop straight
+    at the sampled resolution); in-memory batches come at their native size.
     """
     if isinstance(ds, FolderSubset):
-        batches = [idx.tolist() for _, _, idx in _epoch_batches(ds, cfg, epoch, rank, world, start)]
+        batches = [[(i, sizes(b)) if sizes else i for i in idx.tolist()]
+                   for b, _, idx in _epoch_batches(ds, cfg, epoch, rank, world, start)]
         yield from torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=cfg.workers,
                                                pin_memory=torch.cuda.is_available())
         return
@@ -500,10 +520,12 @@ def train_batches(ds: Dataset, cfg: DataConfig, epoch: int, rank: int = 0, world
         yield _normalize(x, ds), ds.labels[mine]
 
 
-def eval_batches(ds: Dataset, cfg: DataConfig) -> Iterator[tuple[Tensor, Tensor]]:
-    """Every sample in order, unaugmented, normalized, ``cfg.eval_batch_size`` at a time."""
+def eval_batches(ds: Dataset, cfg: DataConfig, resolution: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """Every sample in order, normalized, ``cfg.eval_batch_size`` at a time; image folders
+    decoded at ``resolution`` (default: their size), in-memory images at their native size."""
     size = cfg.eval_batch_size
     if isinstance(ds, FolderSubset):
+        ds = ds if resolution is None else ds.at(resolution)
         yield from torch.utils.data.DataLoader(ds, batch_size=size, num_workers=cfg.workers,
                                                pin_memory=torch.cuda.is_available())
         return
@@ -511,12 +533,16 @@ def eval_batches(ds: Dataset, cfg: DataConfig) -> Iterator[tuple[Tensor, Tensor]
         yield _normalize(ds.images[i:i + size], ds), ds.labels[i:i + size]
 
 
-def calib_batches(ds: Dataset, cfg: DataConfig, n: int, seed: int) -> list[tuple[Tensor, Tensor]]:
-    """A fixed seeded ``n`` training samples, unaugmented, in batches of ``cfg.batch_size``.
-
-    Used to re-estimate BatchNorm statistics of a sub-network.
+def calib_batches(ds: Dataset, cfg: DataConfig, n: int, seed: int,
+                  resolution: int | None = None) -> list[tuple[Tensor, Tensor]]:
+    """A fixed seeded ``n`` training samples in batches of ``cfg.calib_batch_size`` (default
+    ``cfg.batch_size``), to re-estimate the BatchNorm statistics of a sub-network. Image
+    folders are decoded at ``resolution``, with the training augmentation if
+    ``cfg.calib_augment`` (as the authors: 2000 images, batch 100), its draws seeded by ``seed``.
     """
     picked = subset(ds, n, seed)
     if isinstance(picked, FolderSubset):
-        picked = picked.take(torch.arange(len(picked)), evaluation=True)
-    return list(eval_batches(picked, replace(cfg, eval_batch_size=cfg.batch_size)))
+        picked = picked.at(resolution or picked.size, augment=cfg.calib_augment)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return list(eval_batches(picked, replace(cfg, eval_batch_size=cfg.calib_batch_size or cfg.batch_size)))

@@ -13,7 +13,7 @@ from torch import nn
 
 from . import data
 from .data import DataConfig, Splits
-from .space import Arch, SearchSpace
+from .space import Arch
 from .subnet import Subnet
 from .supernet import Supernet
 
@@ -120,11 +120,4 @@ def prepare_subnet(supernet: Supernet, arch: Arch, data_cfg: DataConfig, splits:
     """The subnet of `arch`, its BN recalibrated on a fixed seeded subset of the training
     split (at most the whole split), in eval mode on the supernet's device."""
     n = min(calib_images, len(splits.train))
-    return calibrated_subnet(supernet, arch, data.calib_batches(splits.train, data_cfg, n, seed))
-
-
-def check_space(arch: Arch, space: SearchSpace) -> Arch:
-    if arch.space != space.name:
-        raise ValueError(f"architecture {arch} is from space '{arch.space}'; the supernet's space is "
-                         f"'{space.name}'")
-    return arch
+    return calibrated_subnet(supernet, arch, data.calib_batches(splits.train, data_cfg, n, seed, arch.r))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .cost import METRICS
 from .data import DataConfig
 from .quant import FULL_PRECISION, check_bits
-from .space import Arch, get_space
+from .space import Arch, ArchField, get_space
 
 
 def _at_least(obj, minimum, *names: str) -> None:
@@ -94,6 +94,7 @@ class TrainConfig:
     seed: int = 0  # weights init, subnet and resolution draws, dropout
     arch: str | None = None  # train only this architecture, on labels (no sandwich): a standalone baseline
     grad_clip: float = 5.0  # max global gradient norm (0: off); low-bit BN can spike gradients after inheritance
+    elastic: list[ArchField] = field(default_factory=lambda: ["ks", "e", "d", "r"])  # Arch fields the sandwich varies; the others stay the largest's ([] trains the largest alone: OFA's progressive shrinking starts so)
 
     def __post_init__(self):
         check_bits(self.bits)
@@ -112,6 +113,7 @@ class StageConfig:
     lr: float | None = None  # peak learning rate; None: train.lr
     init: str = "previous"  # "previous": start from the last stage (bit inheritance when bits drop); "scratch"
     reinit_steps: bool = False  # ablation: LSQ steps from data instead of inherited (doubled) ones
+    elastic: list[ArchField] | None = None  # Arch fields the sandwich varies in this stage (see train.elastic); None: train.elastic
 
     def __post_init__(self):
         check_bits(self.bits)
@@ -132,8 +134,12 @@ class SearchSettings:
     calib_images: int = 500  # BN recalibration images per subnet (search, eval, sample and export alike)
     seed: int = 0  # seeds the search and the calibration subset
     predictor: bool = False  # pre-screen candidates with the accuracy predictor
+    family: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # S, M, L budgets: fractions of the largest subnet's BitOPs (the paper's OQATNets)
 
     def __post_init__(self):
+        f = self.family
+        if len(f) != 3 or not all(a < b for a, b in zip([0.0, *f], f)) or f[-1] > 1:
+            raise ValueError(f"family must be 3 increasing fractions in (0, 1] (S, M, L), got {f}")
         # Latency budgets need a measured table, which only `oqat search --latency-table` gives;
         # `oqat run` checks its budgets without latency before it starts.
         for budget in self.budgets:
@@ -147,7 +153,7 @@ class SearchSettings:
 
 @dataclass
 class ExportSettings:
-    enabled: bool = True  # export the most accurate front subnet of each bit-width
+    enabled: bool = True  # export the S/M/L family of each bit-width
     test_images: int = 1000  # test images for the model card's accuracy and ONNX parity
 
     def __post_init__(self):

@@ -32,7 +32,7 @@ from torch import nn
 from . import checkpoint, files, packed
 from .cost import cost
 from .data import DataConfig, eval_batches, load_splits, subset
-from .evaluate import check_space, prepare_subnet, resize
+from .evaluate import prepare_subnet, resize
 from .layers import ConvBNAct, MBConv, QConv2d, SqueezeExcite
 from .quant import FULL_PRECISION, qrange
 from .space import Arch
@@ -97,7 +97,10 @@ def _conv_bn_act(g: _Graph, x: str, m: ConvBNAct, name: str) -> str:
         x = g.node("BatchNormalization", [x] + [g.const(f"{name}.bn.{k}", _np(getattr(bn, k))) for k in
                                                 ("weight", "bias", "running_mean", "running_var")],
                    f"{name}.bn", epsilon=bn.eps)
-    if m.act is not None:
+    if isinstance(m.act, nn.ReLU6):  # Clip takes its bounds as inputs
+        x = g.node("Clip", [x, g.const(f"{name}.act_min", np.float32(0)), g.const(f"{name}.act_max", np.float32(6))],
+                   f"{name}.act")
+    elif m.act is not None:
         x = g.node(ACT_OPS[type(m.act)], [x], f"{name}.act")
     return x
 
@@ -125,9 +128,8 @@ def build_onnx(net: Subnet) -> onnx.ModelProto:
     x = _conv_bn_act(g, "input", net.stem, "stem")
     for i, block in enumerate(net.blocks):
         x = _mbconv(g, x, block, f"blocks.{i}")
-    x = _conv_bn_act(g, x, net.final_expand, "final_expand")
-    x = g.node("GlobalAveragePool", [x], "pool")
-    x = _conv_bn_act(g, x, net.feature_mix, "feature_mix")
+    for h in net.space.head_layers():
+        x = g.node("GlobalAveragePool", [x], "pool") if h is None else _conv_bn_act(g, x, getattr(net, h.name), h.name)
     x = g.node("Flatten", [x], "flatten")
     c = net.classifier
     g.node("Gemm", [x, g.const("classifier.weight", _np(c.weight)), g.const("classifier.bias", _np(c.bias))],
@@ -214,14 +216,16 @@ def export(net: Subnet, out_dir: str, test: tuple[torch.Tensor, torch.Tensor] | 
     return facts
 
 
-def export_checkpoint(path: str, arch: Arch | None, out_dir: str, calib_images: int, test_images: int,
+def export_checkpoint(path: str, arch: str | None, out_dir: str, calib_images: int, test_images: int,
                       data_cfg: DataConfig | None = None, seed: int = 0, source: str | None = None) -> dict:
     """The one path from a trained file to an export folder, for `oqat export` and `oqat run`:
-    a supernet file's subnet of `arch` is extracted and its BN recalibrated on `calib_images`
+    a supernet file's subnet of `arch` (any form `Arch.parse` reads, checked against the
+    file's space) is extracted and its BN recalibrated on `calib_images`
     training images (the seeded subset a search with `seed` uses, so the export is the front's
     subnet), a subnet file's is taken as it is; then it is exported with its test top-1 on
     `test_images` test images. Data: `data_cfg`, else the file's own data config."""
     model, ckpt = files.load_model(path)
+    arch = Arch.parse(arch, model.space) if arch is not None else None
     data_cfg = data_cfg or ckpt["data"]
     splits = load_splits(data_cfg) if data_cfg is not None else None
     if isinstance(model, Supernet):
@@ -229,7 +233,7 @@ def export_checkpoint(path: str, arch: Arch | None, out_dir: str, calib_images: 
             raise ValueError(f"'{path}' is a supernet: give --arch to choose the subnet")
         if splits is None:
             raise ValueError(f"'{path}' holds no data config, needed to recalibrate BN: give --data-config")
-        net = prepare_subnet(model, check_space(arch, model.space), data_cfg, splits, calib_images, seed)
+        net = prepare_subnet(model, arch, data_cfg, splits, calib_images, seed)
     else:
         if arch is not None and arch != model.arch:
             raise ValueError(f"--arch {arch} differs from the subnet in '{path}' ({model.arch})")
@@ -237,7 +241,7 @@ def export_checkpoint(path: str, arch: Arch | None, out_dir: str, calib_images: 
     net = net.to(memory_format=torch.contiguous_format)
     test = None
     if splits is not None and test_images > 0:
-        pairs = list(eval_batches(subset(splits.test, min(test_images, len(splits.test)), 0), data_cfg))
+        pairs = list(eval_batches(subset(splits.test, min(test_images, len(splits.test)), 0), data_cfg, net.arch.r))
         test = resize(torch.cat([x for x, _ in pairs]), net.arch.r), torch.cat([y for _, y in pairs])
     return export(net, out_dir, test, splits and splits.mean, splits and splits.std,
                   source or os.path.basename(path))

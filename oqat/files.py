@@ -24,11 +24,10 @@ from . import config, data
 from .checkpoint import CheckpointError, read_json, read_torch
 from .checkpoint import load as read
 from .data import DataConfig, Splits
-from .evaluate import check_space
 from .oqa import oqa_key
 from .packed import FORMAT as PACKED, quantized_convs, unpack
 from .quant import check_bits
-from .space import MBV3, Arch, SearchSpace, register_space
+from .space import MBV3, Arch, SearchSpace
 from .subnet import FORMAT as SUBNET, Subnet
 from .supernet import FORMAT as SUPERNET, Supernet
 
@@ -45,13 +44,18 @@ def _field(ckpt: dict, path: str, name: str, kind, what: str):
 
 
 def _space(ckpt: dict, path: str) -> SearchSpace:
-    """The file's search space, type-checked field by field, registered so its architectures validate."""
+    """The file's search space, type-checked field by field (older layouts read as
+    `SearchSpace.from_dict` reads them). It is passed on, never added to the built-in spaces."""
+    fields = _field(ckpt, path, "space", dict, "a mapping")
     try:
-        space = config.from_dict(SearchSpace, _field(ckpt, path, "space", dict, "a mapping"), "space")
-        register_space(space)
+        space = SearchSpace.from_dict(fields)
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise CheckpointError(f"'{path}': field 'space' is not a search space ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    try:
+        return config.from_dict(SearchSpace, space.to_dict(), "space")
     except ValueError as err:
         raise CheckpointError(f"'{path}': {err}") from None
-    return space
 
 
 def _bits(ckpt: dict, path: str) -> int:
@@ -62,9 +66,9 @@ def _bits(ckpt: dict, path: str) -> int:
         raise CheckpointError(f"'{path}': {err}") from None
 
 
-def _arch(ckpt: dict, path: str) -> Arch:
+def _arch(ckpt: dict, path: str, space: SearchSpace) -> Arch:
     try:
-        return Arch.from_dict(_field(ckpt, path, "arch", dict, "a mapping"))
+        return Arch.from_dict(_field(ckpt, path, "arch", dict, "a mapping"), space)
     except ValueError as err:
         raise CheckpointError(f"'{path}': {err}") from None
 
@@ -150,7 +154,8 @@ def load_model(path: str, *formats: str) -> tuple[Supernet | Subnet, dict]:
     ckpt = read(path, *(formats or (SUPERNET, SUBNET)))
     if ckpt["format"] == SUPERNET:
         return load_supernet(path)
-    space, bits, arch = _space(ckpt, path), _bits(ckpt, path), _arch(ckpt, path)
+    space, bits = _space(ckpt, path), _bits(ckpt, path)
+    arch = _arch(ckpt, path, space)
     net = _build(path, lambda: Subnet(space, arch, bits))
     _load_state(net, ckpt.get("state_dict"), path)
     return net.eval(), {**ckpt, "data": _run_data(ckpt, path)}
@@ -202,7 +207,8 @@ def load_training(path: str) -> dict:
 def load_packed(path: str) -> Subnet:
     """The subnet in a packed file, in eval mode, computing exactly what the saved one did."""
     ckpt = read(path, PACKED)
-    space, bits, arch = _space(ckpt, path), _bits(ckpt, path), _arch(ckpt, path)
+    space, bits = _space(ckpt, path), _bits(ckpt, path)
+    arch = _arch(ckpt, path, space)
     net = _build(path, lambda: Subnet(space, arch, bits))
     state = dict(_tensors(_field(ckpt, path, "state_dict", dict, "a mapping"), path, "state_dict"))
     entries = _field(ckpt, path, "packed", dict, "a mapping")
@@ -280,7 +286,6 @@ def load_pairs(path: str, space: SearchSpace | None = None) -> list[tuple[Arch, 
 
 def _arch_in(text: str, space: SearchSpace | None, where: str) -> Arch:
     try:
-        arch = Arch.from_str(text)
-        return arch if space is None else check_space(arch, space)
+        return Arch.from_str(text, space)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None

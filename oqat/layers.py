@@ -19,7 +19,7 @@ class Cost:
     macs_q: int = 0  # MACs of quantized convs
     macs_fp: int = 0  # MACs of full-precision layers
     params_q: int = 0  # quantized weights
-    params_fp: int = 0  # every other trainable parameter (BN, biases, steps, fp layers)
+    params_fp: int = 0  # every other trainable parameter but the steps (BN, biases, fp layers)
 
     def __add__(self, other: "Cost") -> "Cost":
         return Cost(self.macs_q + other.macs_q, self.macs_fp + other.macs_fp,
@@ -38,7 +38,7 @@ def conv_cost(c_in: int, c_out: int, k: int, stride: int, h: int, groups: int = 
     weights = c_out * c_in // groups * k * k
     extra = c_out if bias else 0
     if quantized:
-        return Cost(macs_q=macs, params_q=weights, params_fp=extra + 2), h_out  # + 2 steps
+        return Cost(macs_q=macs, params_q=weights, params_fp=extra), h_out
     return Cost(macs_fp=macs, params_fp=weights + extra), h_out
 
 
@@ -46,7 +46,7 @@ def bn_cost(c: int) -> Cost:
     return Cost(params_fp=2 * c)
 
 
-ACTIVATIONS = {"relu": nn.ReLU, "h_swish": nn.Hardswish}
+ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "h_swish": nn.Hardswish}
 
 
 def make_act(name: str | None) -> nn.Module | None:

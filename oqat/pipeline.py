@@ -1,13 +1,14 @@
 """`oqat run`: the whole pipeline a config describes, resumable stage by stage.
 
     stages (e.g. 4-bit supernet, inherit to 3 bits and train, inherit to 2 bits and train)
-    -> search of each bit-width's final supernet -> export of the best subnets -> report
+    -> search of each bit-width's final supernet (its S/M/L family named from the front)
+    -> export of the family -> report
 
 Layout of a run directory:
     config.yaml                  the resolved config
     stages/{i}-{bits}bit/        one training stage (checkpoints/, metrics.jsonl, tb/, supernet.pt)
     search/{bits}bit/            pareto.json, evaluated.json, pareto.png
-    export/{bits}bit/            model.onnx, weights.oqpk, arch.json, MODEL_CARD.md
+    export/{bits}bit-{S,M,L}/    model.onnx, weights.oqpk, arch.json, MODEL_CARD.md
     report.md, results.json, *.png
 Each step is skipped when its output exists, so running again resumes at the first
 unfinished step (and a training stage resumes from its last checkpoint).
@@ -18,13 +19,13 @@ import os
 import time
 
 from . import checkpoint, config, data, files
+from .cost import cost
 from .experiment import ExperimentConfig, parse_budget
 from .export import export_checkpoint
 from .inherit import inherit_file
 from .quant import FULL_PRECISION
 from .report import write_report
-from .search import search, write_outputs
-from .space import Arch
+from .search import family, search, write_outputs
 from .train import train
 
 
@@ -56,7 +57,8 @@ def run_stages(cfg: ExperimentConfig) -> list[dict]:
             _log(f"stage {i}: {st.bits}-bit supernet, {st.epochs} epoch(s)"
                       f"{f' from {os.path.relpath(init, cfg.run.dir)}' if init else ' from scratch'}")
             train_cfg = dataclasses.replace(cfg.train, bits=st.bits, epochs=st.epochs, lr=st.lr or cfg.train.lr,
-                                            init_from=init, reinit_steps=reinit)
+                                            init_from=init, reinit_steps=reinit,
+                                            elastic=cfg.train.elastic if st.elastic is None else st.elastic)
             stage_cfg = dataclasses.replace(cfg, train=train_cfg, run=dataclasses.replace(cfg.run, dir=out))
             start = time.time()
             train(stage_cfg)
@@ -69,50 +71,55 @@ def run_stages(cfg: ExperimentConfig) -> list[dict]:
     return done
 
 
-def final_supernets(cfg, stages: list[dict]) -> dict[int, str]:
+def final_supernets(cfg: ExperimentConfig, stages: list[dict]) -> dict[int, str]:
     """The last quantized supernet of each bit-width (full precision is not searched)."""
     return {s["bits"]: os.path.join(cfg.run.dir, s["supernet"]) for s in stages if s["bits"] != FULL_PRECISION}
 
 
 def run_search(cfg: ExperimentConfig, supernets: dict[int, str]) -> dict[int, dict]:
+    """Each bit-width's search (pareto.json), with its S/M/L family named from the front."""
     results = {}
     budgets = [parse_budget(b) for b in cfg.search.budgets]
     for bits, path in sorted(supernets.items(), reverse=True):
         out = os.path.join(cfg.run.dir, "search", f"{bits}bit")
         pareto = os.path.join(out, "pareto.json")
+        net, ckpt = files.load_supernet(path)
         if not os.path.isfile(pareto):
             _log(f"search: {bits}-bit supernet, population {cfg.search.population}, "
                       f"{cfg.search.generations} generations")
-            net, ckpt = files.load_supernet(path)
             data_cfg = ckpt["data"] or cfg.data
-            splits = data.load_splits(data_cfg)
             s = cfg.search
-            result = search(net, data_cfg, splits, budgets, population=s.population,
+            result = search(net, data_cfg, data.load_splits(data_cfg), budgets, population=s.population,
                             generations=s.generations, seed=s.seed, metric=s.metric, calib_images=s.calib_images,
                             val_images=s.val_images, use_predictor=s.predictor,
                             log=lambda text: None if cfg.run.quiet else print(f"  {text}", flush=True))
             write_outputs(result, out)
         results[bits] = _read_json(pareto)
+        largest = cost(net.space.largest(), net.space, bits)["bitops"]
+        results[bits]["family"] = family(results[bits]["front"], largest, cfg.search.family)
     return results
 
 
-def best_of(front: list[dict]) -> dict:
-    return max(front, key=lambda p: p["val_top1"])
-
-
 def run_export(cfg: ExperimentConfig, supernets: dict[int, str], searches: dict[int, dict]) -> dict[int, dict]:
+    """ONNX and packed weights of each family member (S, M, L) of each bit-width, in
+    export/{bits}bit-{name}; a subnet named twice (e.g. M = L) is exported once."""
     exported = {}
     for bits, path in sorted(supernets.items(), reverse=True):
-        out = os.path.join(cfg.run.dir, "export", f"{bits}bit")
-        facts_file = os.path.join(out, "facts.json")
-        if not os.path.isfile(facts_file):
-            best = best_of(searches[bits]["front"])
-            _log(f"export: best {bits}-bit subnet {best['arch']}")
-            facts = export_checkpoint(path, Arch.parse(best["arch"]), out, cfg.search.calib_images,
-                                      cfg.export.test_images, seed=cfg.search.seed,
-                                      source=os.path.relpath(path, cfg.run.dir))
-            _write_json(facts_file, facts)
-        exported[bits] = _read_json(facts_file)
+        exported[bits], done = {}, {}
+        for name, member in searches[bits]["family"].items():
+            if member is None:
+                continue
+            if member["arch"] in done:
+                exported[bits][name] = done[member["arch"]]
+                continue
+            out = os.path.join(cfg.run.dir, "export", f"{bits}bit-{name}")
+            facts_file = os.path.join(out, "facts.json")
+            if not os.path.isfile(facts_file):
+                _log(f"export: {bits}-bit {name} {member['arch']}")
+                facts = export_checkpoint(path, member["arch"], out, cfg.search.calib_images, cfg.export.test_images,
+                                          seed=cfg.search.seed, source=os.path.relpath(path, cfg.run.dir))
+                _write_json(facts_file, {**facts, "dir": os.path.relpath(out, cfg.run.dir)})
+            exported[bits][name] = done[member["arch"]] = _read_json(facts_file)
     return exported
 
 

@@ -20,7 +20,7 @@ from .space import Arch, SearchSpace
 
 def features(arch: Arch, space: SearchSpace) -> np.ndarray:
     parts = []
-    active = {i for _, i, _, _ in arch.active_blocks()}
+    active = {i - 1 for i, _, _ in space.active_blocks(arch)[1:]}  # elastic block indices
     for i in range(space.num_blocks):
         on = i in active
         parts += [on and arch.ks[i] == k for k in space.kernel_sizes]

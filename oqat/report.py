@@ -70,9 +70,9 @@ def write_report(cfg, stages: list[dict], searches: dict, exported: dict, wall_s
     if stages:
         _plot_training(run, stages, os.path.join(run, "training.png"))
         plots.append("training.png")
-    best = {bits: max(s["front"], key=lambda p: p["val_top1"]) for bits, s in searches.items()}
     results = {"config": config.to_dict(cfg), "wall_s_this_invocation": wall_s, "stages": stages,
-               "best": best, "fronts": {b: s["front"] for b, s in searches.items()},
+               "family": {b: s["family"] for b, s in searches.items()},
+               "fronts": {b: s["front"] for b, s in searches.items()},
                "export": exported, "plots": plots}
     checkpoint.atomic_write(os.path.join(run, "results.json"),
                             lambda f: f.write(json.dumps(results, indent=1, default=float).encode()))
@@ -90,26 +90,34 @@ def markdown(r: dict) -> str:
         fmt = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "-"
         lines.append(f"| {s['index']} | {s['bits']} | {s['epochs']} | {fmt(s.get('wall_s'))} | "
                      f"{fmt(m.get('val_top1_largest'))} | {fmt(m.get('val_top1_smallest'))} |")
-    if r["best"]:
-        lines += ["", "## Best subnet per bit-width (most accurate on the front, chosen on val; test top-1 reported)",
-                  "", "| bits | architecture | val top-1 | test top-1 | MACs | BitOPs | FLOPs_q | size (KiB) |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for bits, b in sorted(r["best"].items(), key=lambda kv: -int(kv[0])):
-            c = b  # a front point holds its costs beside arch and accuracies
-            lines.append(f"| {bits} | `{b['arch']}` | {b['val_top1']:.2f} | {b.get('test_top1', float('nan')):.2f} | "
-                         f"{c['macs'] / 1e6:.2f} M | {c['bitops'] / 1e6:.1f} M | {c['flops_q'] / 1e6:.2f} M | "
-                         f"{c['size_bits'] / 8192:.1f} |")
+    if r["family"]:
+        budgets = r["config"]["search"]["family"]
+        lines += ["", "## OQATNets: the S, M, L family of each bit-width",
+                  "", "The most accurate front subnet (chosen on val; test top-1 reported) within "
+                  + ", ".join(f"{name} {100 * f:g}%" for name, f in zip("SML", budgets))
+                  + " of the largest subnet's BitOPs.",
+                  "", "| bits | net | architecture | val top-1 | test top-1 | MACs | BitOPs | FLOPs_q | size (KiB) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for bits, fam in sorted(r["family"].items(), key=lambda kv: -int(kv[0])):
+            for name, b in fam.items():
+                if b is None:
+                    lines.append(f"| {bits} | {name} | none on the front within budget | | | | | | |")
+                    continue
+                lines.append(f"| {bits} | {name} | `{b['arch']}` | {b['val_top1']:.2f} | {b.get('test_top1', float('nan')):.2f} | "
+                             f"{b['macs'] / 1e6:.2f} M | {b['bitops'] / 1e6:.1f} M | {b['flops_q'] / 1e6:.2f} M | "
+                             f"{b['size_bits'] / 8192:.1f} |")
         lines += ["", "## Pareto fronts", ""]
         for bits, front in sorted(r["fronts"].items(), key=lambda kv: -int(kv[0])):
             lines.append(f"- {bits}-bit: " + ", ".join(f"{p['bitops'] / 1e6:.1f} M BitOPs -> "
                                                        f"{p['val_top1']:.2f}%" for p in front))
     if r["export"]:
         lines += ["", "## Exported (ONNX with QDQ, packed weights)", "",
-                  "| bits | folder | packed size (B) | fp32 state dict (B) | onnxruntime top-1 | agreement with PyTorch |",
-                  "|---|---|---|---|---|---|"]
-        for bits, f in sorted(r["export"].items(), key=lambda kv: -int(kv[0])):
-            t = f.get("test") or {}
-            lines.append(f"| {bits} | export/{bits}bit | {f['sizes']['packed']:,} | {f['sizes']['fp32_state_dict']:,} | "
-                         f"{t.get('onnx_top1', float('nan')):.2f} | {t.get('top1_agreement', float('nan')):.2f}% |")
+                  "| bits | net | folder | packed size (B) | fp32 state dict (B) | onnxruntime top-1 | agreement with PyTorch |",
+                  "|---|---|---|---|---|---|---|"]
+        for bits, members in sorted(r["export"].items(), key=lambda kv: -int(kv[0])):
+            for name, f in members.items():
+                t = f.get("test") or {}
+                lines.append(f"| {bits} | {name} | {f['dir']} | {f['sizes']['packed']:,} | {f['sizes']['fp32_state_dict']:,} | "
+                             f"{t.get('onnx_top1', float('nan')):.2f} | {t.get('top1_agreement', float('nan')):.2f}% |")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r["plots"]]
     return "\n".join(lines) + "\n"

@@ -2,8 +2,8 @@
 top-1 against a cost metric, under budgets such as `bitops<=2e8`.
 
 The genome is one choice index per field of an `Arch` (kernel and expand per block, depth
-per stage, resolution); a repair maps it to its canonical form (genes of blocks beyond a
-stage's depth reset, as `Arch` does), so equal networks have equal genomes and pymoo's
+per elastic stage, resolution); a repair maps it to its canonical form (genes of blocks beyond
+a stage's depth reset, as `space.check` does), so equal networks have equal genomes and pymoo's
 duplicate elimination applies. Scores are cached by `Arch`: no architecture is evaluated
 twice. Costs are analytical, so a candidate over budget is never evaluated at all (NSGA-II
 ranks infeasible candidates by constraint violation alone). Only the validation split is
@@ -14,7 +14,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -74,23 +74,35 @@ class Scorer:
     def __init__(self, supernet: Supernet, data_cfg: DataConfig, splits: Splits, calib_images: int = 2000,
                  val_images: int | None = None, calib_seed: int = 0):
         self.supernet = supernet.eval()
-        n = min(calib_images, len(splits.train))
-        self.calib = data.calib_batches(splits.train, data_cfg, n, calib_seed)
-        val = splits.val if val_images is None else data.subset(splits.val, min(val_images, len(splits.val)), 0)
-        self.val = list(data.eval_batches(val, data_cfg))
+        self.n_calib, self.calib_seed = min(calib_images, len(splits.train)), calib_seed
+        self.val = splits.val if val_images is None else data.subset(splits.val, min(val_images, len(splits.val)), 0)
         self.data_cfg, self.splits = data_cfg, splits
+        # In-memory images are the same at every resolution (the network's input resizes them):
+        # their batches are made once. Image folders are decoded anew at each subnet's resolution.
+        self.fixed = None
+        if not isinstance(splits.train, data.FolderSubset):
+            calib, val = self.batches(None)
+            self.fixed = calib, list(val)
         self.scores: dict[Arch, float] = {}  # every real evaluation, in order
+
+    def batches(self, r: int | None) -> tuple[list, Iterable]:
+        """(BN calibration batches, validation batches) at resolution r."""
+        if self.fixed is not None:
+            return self.fixed
+        calib = data.calib_batches(self.splits.train, self.data_cfg, self.n_calib, self.calib_seed, r)
+        return calib, data.eval_batches(self.val, self.data_cfg, r)
 
     def __call__(self, arch: Arch) -> float:
         if arch not in self.scores:
-            self.scores[arch] = evaluate(self.subnet(arch), self.val)["top1"]
+            calib, val = self.batches(arch.r)
+            self.scores[arch] = evaluate(calibrated_subnet(self.supernet, arch, calib), val)["top1"]
         return self.scores[arch]
 
     def subnet(self, arch: Arch):
-        return calibrated_subnet(self.supernet, arch, self.calib)
+        return calibrated_subnet(self.supernet, arch, self.batches(arch.r)[0])
 
     def test_top1(self, arch: Arch) -> float:
-        return evaluate(self.subnet(arch), data.eval_batches(self.splits.test, self.data_cfg))["top1"]
+        return evaluate(self.subnet(arch), data.eval_batches(self.splits.test, self.data_cfg, arch.r))["top1"]
 
 
 def sample_points(scorer: Scorer, n: int, seed: int) -> list[dict]:
@@ -108,10 +120,10 @@ def sample_points(scorer: Scorer, n: int, seed: int) -> list[dict]:
 
 # --- genome and pymoo operators -----------------------------------------------------------
 def choices(space: SearchSpace) -> list[tuple[int, ...]]:
-    """The allowed values of each gene: ks per block, e per block, d per stage, r."""
+    """The allowed values of each gene: ks per block, e per block, d per elastic stage, r."""
     n = space.num_blocks
-    return [space.kernel_sizes] * n + [space.expand_ratios] * n + [space.depths] * len(space.stages) + \
-        [space.resolutions]
+    return [space.kernel_sizes] * n + [space.expand_ratios] * n + \
+        [space.depths] * len(space.elastic_stages) + [space.resolutions]
 
 
 def encode(arch: Arch, space: SearchSpace) -> np.ndarray:
@@ -121,8 +133,8 @@ def encode(arch: Arch, space: SearchSpace) -> np.ndarray:
 
 def decode(x: np.ndarray, space: SearchSpace) -> Arch:
     v = [c[int(i)] for c, i in zip(choices(space), np.asarray(x).round().astype(int))]
-    n, s = space.num_blocks, len(space.stages)
-    return Arch(ks=v[:n], e=v[n:2 * n], d=v[2 * n:2 * n + s], r=v[-1], space=space.name)
+    n = space.num_blocks
+    return space.arch(ks=v[:n], e=v[n:2 * n], d=v[2 * n:-1], r=v[-1])
 
 
 class _Canonical(Repair):
@@ -282,11 +294,25 @@ def search(supernet: Supernet, data_cfg: DataConfig, splits: Splits, budgets: li
     front = [dict(evaluated[i]) for i in idx]
     if test:
         for p in front:
-            p["test_top1"] = scorer.test_top1(Arch.parse(p["arch"]))
+            p["test_top1"] = scorer.test_top1(Arch.parse(p["arch"], supernet.space))
     settings = {"population": population, "generations": generations, "seed": seed, "calib_images": calib_images,
                 "val_images": val_images, "predictor": use_predictor}
     return SearchResult(metric, supernet.bits, list(budgets), front, evaluated,
                         len(predicted - set(scorer.scores)), time.time() - start, settings)
+
+
+FAMILY = ("S", "M", "L")
+
+
+def family(front: list[dict], largest_bitops: float, fractions: list[float]) -> dict[str, dict | None]:
+    """The paper's OQATNets: for each budget, a fraction of the largest subnet's BitOPs
+    (S, M, L by increasing budget), the most accurate front member (on val) within it;
+    None where no front member fits."""
+    out = {}
+    for name, fraction in zip(FAMILY, fractions):
+        within = [p for p in front if p["bitops"] <= fraction * largest_bitops]
+        out[name] = max(within, key=lambda p: p["val_top1"]) if within else None
+    return out
 
 
 # --- outputs ----------------------------------------------------------------------------------

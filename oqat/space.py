@@ -1,24 +1,32 @@
 """Search spaces (pure data) and the architecture value `Arch`.
 
-A space describes a MobileNetV3-style supernet: a fixed stem and first block, elastic
-stages of MBConv blocks (kernel, expand ratio per block; depth per stage), a head, and
-the input resolutions. Adding a space means adding a `SearchSpace` value, not code.
+A space describes a MobileNet-style supernet: a stem, a fixed first block, stages of
+MBConv blocks (kernel, expand ratio per block; depth per stage, elastic or fixed), a head
+of 1x1 convs, and the input resolutions. Its block list (`space.blocks`) is what the
+supernet, the subnet and the cost walk all build from. Adding a space means adding a
+`SearchSpace` value, not code (`mbv3` and `proxyless` are the two published ones).
 
 An `Arch` is an immutable choice within a named space: `ks` and `e` (one per elastic
-block), `d` (one per stage), `r` (resolution). Kernel and expand entries of blocks beyond
-a stage's depth do not change the network, so they are normalised to the space's
-smallest choice: equal networks compare (and hash) equal.
+block), `d` (one per stage with a depth choice), `r` (resolution). The space is the one
+authority on it: `space.check(arch)` validates it and normalises the kernel and expand
+entries of blocks beyond a stage's depth (they do not change the network) to the smallest
+choice, so equal networks compare (and hash) equal. The parsers and samplers return
+checked architectures.
 Compact form: `mbv3:r160:k3e4.k5e6-k7e3.k3e3.k5e4-...`, one `kKeE` per active block,
 stages separated by `-`.
 """
 import dataclasses
+import functools
 import json
 import os
 import random
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from .checkpoint import read_json
+
+ArchField = Literal["ks", "e", "d", "r"]  # the fields of an `Arch` a training stage can hold fixed or vary
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -31,8 +39,51 @@ def make_divisible(v: float, divisor: int = 8) -> int:
 class Stage:
     width: int  # output channels of every block in the stage
     stride: int  # stride of the stage's first block
-    act: str  # "relu" or "h_swish"
+    act: str  # "relu", "relu6" or "h_swish"
     se: bool  # squeeze-and-excite after the depthwise conv
+    fixed_depth: int | None = None  # None: the depth is chosen (an entry of arch.d); else this many blocks
+
+
+@dataclass(frozen=True)
+class HeadConv:
+    """A quantized 1x1 conv of the head. Its name is its module's (the authors' checkpoints
+    call them final_expand and feature_mix); `pooled` convs run after global pooling."""
+    name: str
+    width: int
+    bn: bool
+    act: str
+    pooled: bool
+
+
+def mbv3_head(final_expand: int, feature_mix: int) -> tuple[HeadConv, ...]:
+    """MobileNetV3's head: 1x1 expand + BN + h_swish, pool, 1x1 feature mix + h_swish (no BN)."""
+    return (HeadConv("final_expand", final_expand, True, "h_swish", False),
+            HeadConv("feature_mix", feature_mix, False, "h_swish", True))
+
+
+@dataclass(frozen=True)
+class Block:
+    """One MBConv slot of the supernet; the supernet, the subnet and the cost walk all read
+    the space's block list, so each block's shape is decided here only."""
+    c_in: int
+    c_out: int
+    stride: int
+    act: str
+    se: bool
+    kernel_sizes: tuple[int, ...]
+    expand_ratios: tuple[int, ...]
+
+    @property
+    def mid_max(self) -> int:
+        """Channels of the widest expand buffer (round(in * e_max), as the authors' supernet)."""
+        return round(self.c_in * max(self.expand_ratios))
+
+
+def mid_channels(c_in: int, e: int) -> int:
+    return c_in if e == 1 else make_divisible(round(c_in * e), 8)
+
+
+_RESERVED = {"stem", "first_block", "blocks", "classifier", "dropout"}
 
 
 @dataclass(frozen=True)
@@ -44,10 +95,10 @@ class SearchSpace:
     stages: tuple[Stage, ...]
     kernel_sizes: tuple[int, ...]
     expand_ratios: tuple[int, ...]
-    depths: tuple[int, ...]
+    depths: tuple[int, ...]  # depth choices of every stage without a fixed depth
     resolutions: tuple[int, ...]
-    final_expand: int  # 1x1 conv + BN + h_swish after the last stage
-    feature_mix: int  # 1x1 conv + h_swish after global pooling (no BN)
+    head: tuple[HeadConv, ...]  # quantized 1x1 convs after the last stage, in order
+    stem_act: str = "h_swish"  # activation after the stem's BN
     in_channels: int = 3
     num_classes: int = 1000
     dropout: float = 0.1  # before the classifier, training only
@@ -55,46 +106,111 @@ class SearchSpace:
     bn_eps: float = 1e-5
 
     def __post_init__(self):
-        for name in ("stages", "kernel_sizes", "expand_ratios", "depths", "resolutions"):
-            value = getattr(self, name)
-            if name == "stages":
-                value = tuple(s if isinstance(s, Stage) else Stage(**s) for s in value)
-            object.__setattr__(self, name, tuple(value))
-        if isinstance(self.first_block, dict):
-            object.__setattr__(self, "first_block", Stage(**self.first_block))
+        def stage(s):
+            return s if isinstance(s, Stage) else Stage(**s)
+        object.__setattr__(self, "stages", tuple(stage(s) for s in self.stages))
+        object.__setattr__(self, "first_block", stage(self.first_block))
+        object.__setattr__(self, "head", tuple(h if isinstance(h, HeadConv) else HeadConv(**h) for h in self.head))
+        for name in ("kernel_sizes", "expand_ratios", "depths", "resolutions"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         for k in self.kernel_sizes:
             if k % 2 == 0:
                 raise ValueError(f"space {self.name}: kernel sizes must be odd, got {k}")
-        # The widest expand buffer is round(in * e_max); every active mid must fit in it.
-        for c_in, stage in zip(self.stage_inputs(), self.stages):
-            for c in {c_in, stage.width}:
-                for e in self.expand_ratios:
-                    if self.mid_channels(c, e) > round(c * max(self.expand_ratios)):
-                        raise ValueError(f"space {self.name}: width {c} x {e} does not fit its buffer")
+        names = [h.name for h in self.head]
+        if len(set(names)) != len(names) or _RESERVED & set(names) or not all(n.isidentifier() for n in names):
+            raise ValueError(f"space {self.name}: head conv names must be distinct identifiers other than "
+                             f"{', '.join(sorted(_RESERVED))}; got {', '.join(names)}")
+        if [h.pooled for h in self.head] != sorted(h.pooled for h in self.head):
+            raise ValueError(f"space {self.name}: pooled head convs must come after the unpooled ones")
+        # Every active mid must fit in its block's widest buffer.
+        for b in self.blocks:
+            for e in b.expand_ratios:
+                if mid_channels(b.c_in, e) > b.mid_max:
+                    raise ValueError(f"space {self.name}: width {b.c_in} x {e} does not fit its buffer")
 
-    @property
-    def max_depth(self) -> int:
-        return max(self.depths)
+    # --- the block list -----------------------------------------------------------------
+    @functools.cached_property
+    def layout(self) -> tuple[tuple[int, int, int | None], ...]:
+        """Per stage: (index of its first elastic block, its most blocks, its entry in arch.d or
+        None for a fixed depth)."""
+        out, i, nd = [], 0, 0
+        for st in self.stages:
+            m = max(self.depths) if st.fixed_depth is None else st.fixed_depth
+            out.append((i, m, nd if st.fixed_depth is None else None))
+            i, nd = i + m, nd + (st.fixed_depth is None)
+        return tuple(out)
+
+    @functools.cached_property
+    def blocks(self) -> tuple[Block, ...]:
+        """Every MBConv of the supernet: the fixed first block, then each stage's most blocks
+        (the first takes the previous width and the stride, the others keep both)."""
+        fb = self.first_block
+        out = [Block(self.stem_width, fb.width, fb.stride, fb.act, fb.se, (3,), (1,))]
+        for st, (_, m, _) in zip(self.stages, self.layout):
+            for j in range(m):
+                out.append(Block(out[-1].c_out, st.width, st.stride if j == 0 else 1, st.act, st.se,
+                                 self.kernel_sizes, self.expand_ratios))
+        return tuple(out)
 
     @property
     def num_blocks(self) -> int:
-        return len(self.stages) * self.max_depth
+        """Elastic blocks: entries of an architecture's ks and e."""
+        return len(self.blocks) - 1
 
-    @staticmethod
-    def mid_channels(c_in: int, e: int) -> int:
-        return c_in if e == 1 else make_divisible(round(c_in * e), 8)
+    @property
+    def elastic_stages(self) -> list[int]:
+        """Stages without a fixed depth: one entry each in an architecture's d."""
+        return [s for s, (_, _, di) in enumerate(self.layout) if di is not None]
 
-    def stage_inputs(self) -> list[int]:
-        widths = [self.first_block.width] + [s.width for s in self.stages]
-        return widths[:-1]
+    def active_blocks(self, arch: "Arch") -> list[tuple[int, int, int]]:
+        """(index into `blocks`, kernel, expand) of every block `arch` runs, first block included."""
+        if arch.space != self.name:
+            raise ValueError(f"architecture is from space '{arch.space}', not '{self.name}'")
+        out = [(0, 3, 1)]
+        for start, m, di in self.layout:
+            out += [(start + j + 1, arch.ks[start + j], arch.e[start + j])
+                    for j in range(m if di is None else arch.d[di])]
+        return out
 
-    def block_input(self, i: int) -> tuple[int, int]:
-        """(input channels, stride) of elastic block i: a stage's first block takes the
-        previous width and the stride, the others keep the width and stride 1."""
-        s, j = divmod(i, self.max_depth)
-        if j == 0:
-            return self.stage_inputs()[s], self.stages[s].stride
-        return self.stages[s].width, 1
+    mid_channels = staticmethod(mid_channels)
+
+    def head_layers(self) -> list[HeadConv | None]:
+        """The head in order: its convs, None where the global average pooling runs."""
+        return [h for h in self.head if not h.pooled] + [None] + [h for h in self.head if h.pooled]
+
+    # --- architectures ------------------------------------------------------------------
+    def check(self, arch: "Arch") -> "Arch":
+        """`arch` validated against this space (one-line ValueError naming the field), with the
+        kernel and expand entries of blocks beyond a stage's depth set to the smallest choice,
+        so that equal networks compare equal. The one place an architecture is validated."""
+        if arch.space != self.name:
+            raise ValueError(f"architecture is from space '{arch.space}', not '{self.name}'")
+        n, nd = self.num_blocks, len(self.elastic_stages)
+        for name, length, allowed in (("ks", n, self.kernel_sizes), ("e", n, self.expand_ratios),
+                                      ("d", nd, self.depths)):
+            value = getattr(arch, name)
+            if not isinstance(value, tuple) or not all(isinstance(v, int) for v in value):
+                raise ValueError(f"arch field '{name}' must be a list of {length} integers, got {value!r}")
+            if len(value) != length:
+                raise ValueError(f"arch field '{name}' needs {length} entries for space '{self.name}', "
+                                 f"got {len(value)}")
+            bad = [v for v in value if v not in allowed or isinstance(v, bool)]
+            if bad:
+                raise ValueError(f"arch field '{name}' has {bad[0]!r}, not in space '{self.name}' "
+                                 f"(allowed: {', '.join(map(str, allowed))})")
+        if isinstance(arch.r, bool) or arch.r not in self.resolutions:
+            lo, hi = min(self.resolutions), max(self.resolutions)
+            grid = (", ".join(map(str, self.resolutions)) if len(self.resolutions) <= 8
+                    else f"{lo}..{hi} step {self.resolutions[1] - lo}")
+            raise ValueError(f"arch field 'r' is {arch.r!r}, not a resolution of space '{self.name}' "
+                             f"(allowed: {grid})")
+        ks, e = [min(self.kernel_sizes)] * n, [min(self.expand_ratios)] * n
+        for i, k, x in self.active_blocks(arch)[1:]:
+            ks[i - 1], e[i - 1] = k, x
+        return dataclasses.replace(arch, ks=tuple(ks), e=tuple(e), r=int(arch.r), layout=self.layout)
+
+    def arch(self, ks, e, d, r) -> "Arch":
+        return self.check(Arch(ks=ks, e=e, d=d, r=r, space=self.name))
 
     def with_data(self, in_channels: int, num_classes: int) -> "SearchSpace":
         return dataclasses.replace(self, in_channels=in_channels, num_classes=num_classes)
@@ -104,28 +220,28 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SearchSpace":
+        if "final_expand" in d:  # files written before the head was data
+            d = dict(d)
+            d["head"] = mbv3_head(d.pop("final_expand"), d.pop("feature_mix"))
         return cls(**d)
 
     def largest(self) -> "Arch":
         n = self.num_blocks
-        return self._arch([max(self.kernel_sizes)] * n, [max(self.expand_ratios)] * n,
-                          [self.max_depth] * len(self.stages), max(self.resolutions))
+        return self.arch([max(self.kernel_sizes)] * n, [max(self.expand_ratios)] * n,
+                         [max(self.depths)] * len(self.elastic_stages), max(self.resolutions))
 
     def smallest(self) -> "Arch":
         n = self.num_blocks
-        return self._arch([min(self.kernel_sizes)] * n, [min(self.expand_ratios)] * n,
-                          [min(self.depths)] * len(self.stages), min(self.resolutions))
+        return self.arch([min(self.kernel_sizes)] * n, [min(self.expand_ratios)] * n,
+                         [min(self.depths)] * len(self.elastic_stages), min(self.resolutions))
 
     def sample(self, rng: random.Random) -> "Arch":
         """A uniformly random architecture; `rng` is an explicit, seeded generator."""
         n = self.num_blocks
-        return self._arch([rng.choice(self.kernel_sizes) for _ in range(n)],
-                          [rng.choice(self.expand_ratios) for _ in range(n)],
-                          [rng.choice(self.depths) for _ in self.stages],
-                          rng.choice(self.resolutions))
-
-    def _arch(self, ks, e, d, r) -> "Arch":
-        return Arch(ks=ks, e=e, d=d, r=r, space=self.name)
+        return self.arch([rng.choice(self.kernel_sizes) for _ in range(n)],
+                         [rng.choice(self.expand_ratios) for _ in range(n)],
+                         [rng.choice(self.depths) for _ in self.elastic_stages],
+                         rng.choice(self.resolutions))
 
 
 def _grid(lo: int, hi: int, step: int) -> tuple[int, ...]:
@@ -140,7 +256,22 @@ MBV3 = SearchSpace(
             Stage(112, 1, "h_swish", True), Stage(160, 2, "h_swish", True)),
     kernel_sizes=(3, 5, 7), expand_ratios=(3, 4, 6), depths=(2, 3, 4),
     resolutions=_grid(128, 224, 4),
-    final_expand=960, feature_mix=1280,
+    head=mbv3_head(960, 1280),
+)
+
+# OFA's OFAProxylessNASNets at width 1.0 (ofa/imagenet_classification/elastic_nn/networks/
+# ofa_proxyless.py): relu6 everywhere, no SE, a last stage of one block whose kernel and expand
+# ratio are elastic but whose depth is not, and a feature mix with BN before the pooling.
+PROXYLESS = SearchSpace(
+    name="proxyless",
+    stem_width=32, stem_stride=2, stem_act="relu6",
+    first_block=Stage(16, 1, "relu6", False),
+    stages=(Stage(24, 2, "relu6", False), Stage(40, 2, "relu6", False), Stage(80, 2, "relu6", False),
+            Stage(96, 1, "relu6", False), Stage(192, 2, "relu6", False), Stage(320, 1, "relu6", False, fixed_depth=1)),
+    kernel_sizes=(3, 5, 7), expand_ratios=(3, 4, 6), depths=(2, 3, 4),
+    resolutions=_grid(128, 224, 4),
+    head=(HeadConv("feature_mix", 1280, True, "relu6", False),),
+    bn_eps=1e-3,
 )
 
 # Sized for 28-32 px images on 2 CPU cores: stride-2 stem and two stride-2 stages
@@ -154,11 +285,27 @@ MINI = SearchSpace(
             Stage(64, 1, "h_swish", True)),
     kernel_sizes=(3, 5, 7), expand_ratios=(2, 3, 4), depths=(1, 2, 3),
     resolutions=(24, 28, 32),
-    final_expand=256, feature_mix=512,
+    head=mbv3_head(256, 512),
     in_channels=1, num_classes=10,
 )
 
-SPACES: dict[str, SearchSpace] = {s.name: s for s in (MBV3, MINI)}
+# proxyless sized like mini: the same widths ratio, relu6, the one-block last stage and the
+# pre-pooling feature mix, for 28-32 px single-channel images.
+MINI_PROXYLESS = SearchSpace(
+    name="mini-proxyless",
+    stem_width=16, stem_stride=2, stem_act="relu6",
+    first_block=Stage(8, 1, "relu6", False),
+    stages=(Stage(16, 2, "relu6", False), Stage(24, 2, "relu6", False), Stage(32, 1, "relu6", False),
+            Stage(64, 1, "relu6", False, fixed_depth=1)),
+    kernel_sizes=(3, 5, 7), expand_ratios=(2, 3, 4), depths=(1, 2, 3),
+    resolutions=(24, 28, 32),
+    head=(HeadConv("feature_mix", 256, True, "relu6", False),),
+    in_channels=1, num_classes=10, bn_eps=1e-3,
+)
+
+# The built-in spaces, by name. Spaces read from files are never added here: whoever reads
+# one passes it on.
+SPACES: dict[str, SearchSpace] = {s.name: s for s in (MBV3, PROXYLESS, MINI, MINI_PROXYLESS)}
 
 
 def get_space(space: "str | SearchSpace") -> SearchSpace:
@@ -173,89 +320,62 @@ def get_space(space: "str | SearchSpace") -> SearchSpace:
     return SPACES[space]
 
 
-def register_space(space: SearchSpace) -> None:
-    """Make a space (e.g. one read from a checkpoint) known to `Arch` validation."""
-    known = SPACES.get(space.name)
-    if known is not None and known.with_data(space.in_channels, space.num_classes) != space:
-        raise ValueError(f"a different search space named '{space.name}' is already registered")
-    SPACES.setdefault(space.name, space)
-
-
 @dataclass(frozen=True)
 class Arch:
+    """A choice of kernel and expand ratio per elastic block, depth per elastic stage and
+    resolution, in the space named `space`. Construction only checks types: the space
+    validates (`space.check(arch)`, which the parsers and samplers call)."""
     ks: tuple[int, ...]
     e: tuple[int, ...]
     d: tuple[int, ...]
     r: int
     space: str = "mbv3"
+    # The space's stage layout, set by `space.check`: lets a checked arch of any space print
+    # itself (and stays right under dataclasses.replace); not part of its value.
+    layout: tuple[tuple[int, int, int | None], ...] | None = dataclasses.field(default=None, compare=False,
+                                                                                repr=False)
 
     def __post_init__(self):
-        sp = get_space(self.space)
-        n, nstages = sp.num_blocks, len(sp.stages)
-        fields = {"ks": (self.ks, n, sp.kernel_sizes), "e": (self.e, n, sp.expand_ratios),
-                  "d": (self.d, nstages, sp.depths)}
-        for name, (value, length, allowed) in fields.items():
-            if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
-                raise ValueError(f"arch field '{name}' must be a list of {length} integers, got {value!r}")
-            value = tuple(value)
-            if len(value) != length:
-                raise ValueError(f"arch field '{name}' needs {length} entries for space '{sp.name}', "
-                                 f"got {len(value)}")
-            bad = [v for v in value if v not in allowed or isinstance(v, bool)]
-            if bad:
-                raise ValueError(f"arch field '{name}' has {bad[0]!r}, not in space '{sp.name}' "
-                                 f"(allowed: {', '.join(map(str, allowed))})")
-            object.__setattr__(self, name, tuple(int(v) for v in value))
-        if isinstance(self.r, bool) or self.r not in sp.resolutions:
-            lo, hi = min(sp.resolutions), max(sp.resolutions)
-            raise ValueError(f"arch field 'r' is {self.r!r}, not a resolution of space '{sp.name}' "
-                             f"(allowed: {', '.join(map(str, sp.resolutions)) if len(sp.resolutions) <= 8 else f'{lo}..{hi} step {sp.resolutions[1] - lo}'})")
-        object.__setattr__(self, "r", int(self.r))
-        ks, e = list(self.ks), list(self.e)
-        for i in range(n):
-            if i % sp.max_depth >= self.d[i // sp.max_depth]:
-                ks[i], e[i] = min(sp.kernel_sizes), min(sp.expand_ratios)
-        object.__setattr__(self, "ks", tuple(ks))
-        object.__setattr__(self, "e", tuple(e))
-
-    def active_blocks(self) -> list[tuple[int, int, int, int]]:
-        """(stage, block index within all elastic blocks, kernel, expand) of each running block."""
-        m = get_space(self.space).max_depth
-        return [(s, s * m + j, self.ks[s * m + j], self.e[s * m + j])
-                for s, depth in enumerate(self.d) for j in range(depth)]
+        for name in ("ks", "e", "d"):
+            if isinstance(getattr(self, name), list):  # lists from JSON; tuples keep it hashable
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def to_str(self) -> str:
-        m = get_space(self.space).max_depth
-        stages = [".".join(f"k{self.ks[s * m + j]}e{self.e[s * m + j]}" for j in range(depth))
-                  for s, depth in enumerate(self.d)]
+        layout = self.layout or get_space(self.space).layout
+        stages = [".".join(f"k{self.ks[i]}e{self.e[i]}"
+                           for i in range(start, start + (m if di is None else self.d[di])))
+                  for start, m, di in layout]
         return f"{self.space}:r{self.r}:{'-'.join(stages)}"
 
     __str__ = to_str
 
     @classmethod
-    def from_str(cls, text: str) -> "Arch":
+    def from_str(cls, text: str, space: "SearchSpace | None" = None) -> "Arch":
         m = re.fullmatch(r"\s*([\w.-]+?):r(\d+):([k\de.\-]+)\s*", text)
         if not m:
             raise ValueError(f"architecture string {text!r} is not of the form "
                              "SPACE:rRES:kKeE.kKeE-kKeE... (stages separated by '-')")
-        sp = get_space(m.group(1))
+        sp = _space_for(m.group(1), space)
         stages = m.group(3).split("-")
         if len(stages) != len(sp.stages):
             raise ValueError(f"architecture string {text!r} has {len(stages)} stages; "
                              f"space '{sp.name}' has {len(sp.stages)}")
         ks, e, d = [], [], []
-        for stage in stages:
+        for stage, (_, most, di) in zip(stages, sp.layout):
             blocks = [re.fullmatch(r"k(\d+)e(\d+)", b) for b in stage.split(".")]
             if not all(blocks):
                 raise ValueError(f"architecture string {text!r}: stage {stage!r} is not kKeE.kKeE...")
-            if len(blocks) > sp.max_depth:
-                raise ValueError(f"architecture string {text!r}: stage {stage!r} has more than "
-                                 f"{sp.max_depth} blocks")
-            pad = sp.max_depth - len(blocks)
+            if len(blocks) > most:
+                raise ValueError(f"architecture string {text!r}: stage {stage!r} has more than {most} blocks")
+            if di is None and len(blocks) != most:
+                raise ValueError(f"architecture string {text!r}: stage {stage!r} must have {most} "
+                                 f"blocks in space '{sp.name}'")
+            pad = most - len(blocks)
             ks += [int(b.group(1)) for b in blocks] + [min(sp.kernel_sizes)] * pad
             e += [int(b.group(2)) for b in blocks] + [min(sp.expand_ratios)] * pad
-            d.append(len(blocks))
-        return cls(ks=ks, e=e, d=d, r=int(m.group(2)), space=sp.name)
+            if di is not None:
+                d.append(len(blocks))
+        return sp.check(cls(ks=ks, e=e, d=d, r=int(m.group(2)), space=sp.name))
 
     def to_dict(self) -> dict:
         return {"space": self.space, "ks": list(self.ks), "e": list(self.e), "d": list(self.d), "r": self.r}
@@ -264,38 +384,50 @@ class Arch:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Arch":
-        """Also reads the authors' form {ks, e, d, r} (space mbv3; r may be a one-item list)."""
+    def from_dict(cls, d: dict, space: "SearchSpace | None" = None) -> "Arch":
+        """Also reads the authors' form {ks, e, d, r} (space: `space`, else mbv3; r may be a
+        one-item list)."""
         unknown = set(d) - {"space", "ks", "e", "d", "r"}
         missing = {"ks", "e", "d", "r"} - set(d)
         if unknown or missing:
             raise ValueError(f"architecture JSON needs keys ks, e, d, r (and optionally space); "
                              f"{'unknown: ' + ', '.join(sorted(unknown)) if unknown else 'missing: ' + ', '.join(sorted(missing))}")
+        sp = _space_for(d.get("space", space.name if space else "mbv3"), space)
         r = d["r"][0] if isinstance(d["r"], list) and len(d["r"]) == 1 else d["r"]
-        return cls(ks=d["ks"], e=d["e"], d=d["d"], r=r, space=d.get("space", "mbv3"))
+        return sp.check(cls(ks=d["ks"], e=d["e"], d=d["d"], r=r, space=sp.name))
 
     @classmethod
-    def from_json(cls, text: str) -> "Arch":
+    def from_json(cls, text: str, space: "SearchSpace | None" = None) -> "Arch":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"architecture JSON is not valid JSON: {err}") from None
         if not isinstance(data, dict):
             raise ValueError("architecture JSON must be an object with keys ks, e, d, r")
-        return cls.from_dict(data)
+        return cls.from_dict(data, space)
 
     @classmethod
-    def parse(cls, text: str) -> "Arch":
-        """An architecture from a JSON file path, a JSON string or the compact string."""
+    def parse(cls, text: str, space: "SearchSpace | None" = None) -> "Arch":
+        """An architecture from a JSON file path, a JSON string or the compact string, checked
+        against `space` (default: the built-in space it names)."""
         text = text.strip()
         if text.startswith("{"):
-            return cls.from_json(text)
+            return cls.from_json(text, space)
         if text.endswith(".json") or os.path.isfile(text):
             data = read_json(text, "architecture file")
             if not isinstance(data, dict):
                 raise ValueError(f"architecture file '{text}' must hold a JSON object with keys ks, e, d, r")
             try:
-                return cls.from_dict(data)
+                return cls.from_dict(data, space)
             except ValueError as err:
                 raise ValueError(f"architecture file '{text}': {err}") from None
-        return cls.from_str(text)
+        return cls.from_str(text, space)
+
+
+def _space_for(name: str, space: SearchSpace | None) -> SearchSpace:
+    """`space` if given (the name must match), else the built-in space called `name`."""
+    if space is None:
+        return get_space(name)
+    if name != space.name:
+        raise ValueError(f"architecture is from space '{name}', not '{space.name}'")
+    return space

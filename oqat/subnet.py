@@ -9,7 +9,7 @@ from torch import nn
 from . import checkpoint
 from .layers import ConvBNAct, Cost, MBConv, QConv2d, batch_norm, bn_cost, conv_cost
 from .quant import FULL_PRECISION, check_bits
-from .space import Arch, SearchSpace, get_space
+from .space import Arch, Block, SearchSpace, get_space, mid_channels
 
 FORMAT = "oqat-subnet"
 
@@ -17,21 +17,24 @@ FORMAT = "oqat-subnet"
 def make_stem(space: SearchSpace) -> ConvBNAct:
     bn = (space.bn_momentum, space.bn_eps)
     conv = nn.Conv2d(space.in_channels, space.stem_width, 3, space.stem_stride, 1, bias=False)
-    return ConvBNAct(conv, batch_norm(space.stem_width, *bn), "h_swish")
+    return ConvBNAct(conv, batch_norm(space.stem_width, *bn), space.stem_act)
 
 
-def make_head(space: SearchSpace, bits: int) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """final expand (quantized conv, BN, h_swish), feature mix (quantized conv, h_swish), classifier."""
+def add_head(net: nn.Module, space: SearchSpace, bits: int) -> None:
+    """The space's head convs (quantized 1x1, optional BN, activation) as modules of `net`
+    under their names, then dropout and the full-precision classifier."""
     c = space.stages[-1].width
-    final_expand = ConvBNAct(QConv2d(c, space.final_expand, 1, bits=bits),
-                             batch_norm(space.final_expand, space.bn_momentum, space.bn_eps), "h_swish")
-    feature_mix = ConvBNAct(QConv2d(space.final_expand, space.feature_mix, 1, bits=bits), None, "h_swish")
-    return final_expand, feature_mix, nn.Linear(space.feature_mix, space.num_classes)
+    for h in space.head:
+        bn = batch_norm(h.width, space.bn_momentum, space.bn_eps) if h.bn else None
+        net.add_module(h.name, ConvBNAct(QConv2d(c, h.width, 1, bits=bits), bn, h.act))
+        c = h.width
+    net.dropout = nn.Dropout(space.dropout)
+    net.classifier = nn.Linear(c, space.num_classes)
 
 
 def head_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    x = net.final_expand(x)
-    x = net.feature_mix(x.mean((2, 3), keepdim=True))
+    for h in net.space.head_layers():
+        x = x.mean((2, 3), keepdim=True) if h is None else getattr(net, h.name)(x)
     return net.classifier(net.dropout(x.flatten(1)))
 
 
@@ -42,33 +45,34 @@ def stem_cost(space: SearchSpace, r: int) -> tuple[Cost, int]:
 
 
 def head_cost(space: SearchSpace, h: int) -> Cost:
-    fe = conv_cost(space.stages[-1].width, space.final_expand, 1, 1, h, quantized=True)[0]
-    fm = conv_cost(space.final_expand, space.feature_mix, 1, 1, 1, quantized=True)[0]
-    cls = Cost(macs_fp=space.feature_mix * space.num_classes,
-               params_fp=(space.feature_mix + 1) * space.num_classes)
-    return fe + bn_cost(space.final_expand) + fm + cls
+    total, c = Cost(), space.stages[-1].width
+    for conv in space.head_layers():
+        if conv is None:  # global pooling
+            h = 1
+            continue
+        total = total + conv_cost(c, conv.width, 1, 1, h, quantized=True)[0]
+        total = total + (bn_cost(conv.width) if conv.bn else Cost())
+        c = conv.width
+    return total + Cost(macs_fp=c * space.num_classes, params_fp=(c + 1) * space.num_classes)
+
+
+def make_block(block: Block, k: int, e: int, bits: int, space: SearchSpace) -> MBConv:
+    return MBConv(block.c_in, block.c_out, mid_channels(block.c_in, e), k, block.stride, block.act, block.se,
+                  bits, (space.bn_momentum, space.bn_eps))
 
 
 class Subnet(nn.Module):
     def __init__(self, space: SearchSpace | str, arch: Arch, bits: int = FULL_PRECISION):
+        """`arch`: an architecture checked by `space` (`space.check`)."""
         super().__init__()
         space = get_space(space)
         if not isinstance(arch, Arch):
             raise TypeError(f"arch must be an Arch (see Arch.parse), got {type(arch).__name__}")
-        if arch.space != space.name:
-            raise ValueError(f"architecture is from space '{arch.space}', the network from '{space.name}'")
         self.space, self.arch, self.bits = space, arch, check_bits(bits)
-        bn = (space.bn_momentum, space.bn_eps)
         self.stem = make_stem(space)
-        fb = space.first_block
-        blocks = [MBConv(space.stem_width, fb.width, space.stem_width, 3, fb.stride, fb.act, fb.se, bits, bn)]
-        for s, i, k, e in arch.active_blocks():
-            c_in, stride = space.block_input(i)
-            st = space.stages[s]
-            blocks.append(MBConv(c_in, st.width, space.mid_channels(c_in, e), k, stride, st.act, st.se, bits, bn))
-        self.blocks = nn.Sequential(*blocks)
-        self.final_expand, self.feature_mix, self.classifier = make_head(space, bits)
-        self.dropout = nn.Dropout(space.dropout)
+        self.blocks = nn.Sequential(*[make_block(space.blocks[i], k, e, bits, space)
+                                      for i, k, e in space.active_blocks(arch)])
+        add_head(self, space, bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return head_forward(self, self.blocks(self.stem(x)))

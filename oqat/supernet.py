@@ -1,6 +1,7 @@
 """The elastic quantized supernet: one set of weights for every architecture of a space.
 
-`set_arch(arch)` is the only way to choose the active subnet; the forward passes each
+Its modules follow the space's block list (`space.blocks`) and head. `set_arch(arch)`
+(checked by the space) is the only way to choose the active subnet; the forward passes each
 block its kernel and expand ratio explicitly. Every quantized conv owns one weight step
 and one activation step, used by every subnet. `extract(arch)` returns the static
 `Subnet` with the sliced (and kernel-transformed) weights and the shared steps.
@@ -12,8 +13,8 @@ from torch import nn
 from . import checkpoint
 from .layers import ConvBNAct, MBConv, QConv2d, se_forward, se_mid
 from .quant import FULL_PRECISION, LSQ, check_bits
-from .space import Arch, SearchSpace, get_space
-from .subnet import Subnet, head_forward, make_head, make_stem
+from .space import Arch, Block, SearchSpace, get_space, mid_channels
+from .subnet import Subnet, add_head, head_forward, make_stem
 
 FORMAT = "oqat-supernet"
 
@@ -84,34 +85,32 @@ class ElasticMBConv(nn.Module):
     """MBConv with elastic kernel and expand ratio; module names mirror `MBConv` so that
     extraction is a key-by-key copy."""
 
-    def __init__(self, c_in: int, c_out: int, kernel_sizes, expand_ratios, stride: int, act: str, se: bool,
-                 bits: int, bn=(0.1, 1e-5)):
+    def __init__(self, block: Block, bits: int, bn: tuple[float, float]):
         super().__init__()
-        self.c_in, self.c_out, self.stride, self.act_name, self.use_se = c_in, c_out, stride, act, se
-        mid_max = round(c_in * max(expand_ratios))
+        self.block, self.bn = block, bn
+        c_in, c_out, mid_max = block.c_in, block.c_out, block.mid_max
         self.expand = None
-        if max(expand_ratios) > 1:
+        if max(block.expand_ratios) > 1:
             self.expand = ConvBNAct(ElasticPointwise(c_in, mid_max, 1, bits=bits),
-                                    ElasticBatchNorm2d(mid_max, momentum=bn[0], eps=bn[1]), act)
-        self.dw = ConvBNAct(ElasticDepthwise(mid_max, kernel_sizes, stride, bits),
-                            ElasticBatchNorm2d(mid_max, momentum=bn[0], eps=bn[1]), act)
-        self.se = ElasticSE(mid_max) if se else None
+                                    ElasticBatchNorm2d(mid_max, momentum=bn[0], eps=bn[1]), block.act)
+        self.dw = ConvBNAct(ElasticDepthwise(mid_max, block.kernel_sizes, block.stride, bits),
+                            ElasticBatchNorm2d(mid_max, momentum=bn[0], eps=bn[1]), block.act)
+        self.se = ElasticSE(mid_max) if block.se else None
         self.project = ConvBNAct(ElasticPointwise(mid_max, c_out, 1, bits=bits),
                                  ElasticBatchNorm2d(c_out, momentum=bn[0], eps=bn[1]), None)
-        self.residual = stride == 1 and c_in == c_out
-        self.bn = bn
+        self.residual = block.stride == 1 and c_in == c_out
 
     def forward(self, x, k: int, e: int):
-        h = x if self.expand is None else self.expand(x, SearchSpace.mid_channels(self.c_in, e))
+        h = x if self.expand is None else self.expand(x, mid_channels(self.block.c_in, e))
         h = self.dw(h, k)
         if self.se is not None:
             h = self.se(h)
-        h = self.project(h, self.c_out)
+        h = self.project(h, self.block.c_out)
         return x + h if self.residual else h
 
-    def extract(self, k: int, e: int, bits: int) -> MBConv:
-        mid = SearchSpace.mid_channels(self.c_in, e)
-        block = MBConv(self.c_in, self.c_out, mid, k, self.stride, self.act_name, self.use_se, bits, self.bn)
+    def extract(self, block: MBConv, k: int) -> None:
+        """Load `block` (the static MBConv of this block at kernel k) with the active weights."""
+        mid = block.dw.conv.out_channels
         source = self.state_dict()
         with torch.no_grad():
             state = {}
@@ -121,7 +120,6 @@ class ElasticMBConv(nn.Module):
                 else:  # every other tensor is the leading slice of the elastic one
                     state[key] = source[key][tuple(slice(0, n) for n in target.shape)]
             block.load_state_dict(state)
-        return block
 
 
 def init_weights(net: nn.Module) -> None:
@@ -146,27 +144,22 @@ class Supernet(nn.Module):
         self.space = space = get_space(space)
         bn = (space.bn_momentum, space.bn_eps)
         self.stem = make_stem(space)
-        fb = space.first_block
-        self.first_block = ElasticMBConv(space.stem_width, fb.width, (3,), (1,), fb.stride, fb.act, fb.se, bits, bn)
-        blocks = []
-        for i in range(space.num_blocks):
-            c_in, stride = space.block_input(i)
-            st = space.stages[i // space.max_depth]
-            blocks.append(ElasticMBConv(c_in, st.width, space.kernel_sizes, space.expand_ratios, stride,
-                                        st.act, st.se, bits, bn))
+        # The fixed first block keeps its own name: the authors' checkpoints keep it apart too.
+        self.first_block, *blocks = [ElasticMBConv(b, bits, bn) for b in space.blocks]
         self.blocks = nn.ModuleList(blocks)
-        self.final_expand, self.feature_mix, self.classifier = make_head(space, bits)
-        self.dropout = nn.Dropout(space.dropout)
+        add_head(self, space, bits)
         init_weights(self)
         self.bits = FULL_PRECISION
         self.set_bits(bits)
         self.set_arch(space.largest())
 
+    def _block(self, i: int) -> ElasticMBConv:
+        """Block i of the space's block list."""
+        return self.first_block if i == 0 else self.blocks[i - 1]
+
     def set_arch(self, arch: Arch) -> None:
-        if arch.space != self.space.name:
-            raise ValueError(f"architecture is from space '{arch.space}', the supernet from '{self.space.name}'")
-        self.arch = arch
-        self._active = [(self.blocks[i], k, e) for _, i, k, e in arch.active_blocks()]
+        self.arch = self.space.check(arch)
+        self._active = [(self._block(i), k, e) for i, k, e in self.space.active_blocks(self.arch)]
 
     def set_bits(self, bits: int) -> None:
         self.bits = check_bits(bits)
@@ -177,25 +170,20 @@ class Supernet(nn.Module):
         return [m for m in self.modules() if isinstance(m, LSQ)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.first_block(self.stem(x), 3, 1)
+        x = self.stem(x)
         for block, k, e in self._active:
             x = block(x, k, e)
         return head_forward(self, x)
 
     def extract(self, arch: Arch | None = None) -> Subnet:
         """The static subnet of `arch` (default: the active one), in the supernet's mode."""
-        arch = arch or self.arch
-        if arch.space != self.space.name:
-            raise ValueError(f"architecture is from space '{arch.space}', the supernet from '{self.space.name}'")
+        arch = self.arch if arch is None else self.space.check(arch)
         net = Subnet(self.space, arch, self.bits)
         with torch.no_grad():
-            net.stem.load_state_dict(self.stem.state_dict())
-            blocks = [self.first_block.extract(3, 1, self.bits)]
-            blocks += [self.blocks[i].extract(k, e, self.bits) for _, i, k, e in arch.active_blocks()]
-            for mine, theirs in zip(net.blocks, blocks):
-                mine.load_state_dict(theirs.state_dict())
-            for name in ("final_expand", "feature_mix", "classifier"):
+            for name in ["stem", "classifier"] + [h.name for h in self.space.head]:
                 getattr(net, name).load_state_dict(getattr(self, name).state_dict())
+            for block, (i, k, _) in zip(net.blocks, self.space.active_blocks(arch)):
+                self._block(i).extract(block, k)
         return net.train(self.training)
 
     def save(self, path: str, extra: dict | None = None) -> None:

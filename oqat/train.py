@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import checkpoint, config, distributed, files
 from .data import check_source, eval_batches, load_splits, num_train_batches, train_batches
-from .evaluate import check_space, evaluate, prepare_subnet, resize
+from .evaluate import evaluate, prepare_subnet, resize
 from .experiment import ExperimentConfig
 from .inherit import REINIT_KEY
 from .layers import QConv2d
@@ -69,7 +69,7 @@ class Trainer:
         space = get_space(cfg.model.space).with_data(self.splits.in_channels, self.splits.num_classes)
         self.net, self.reinit = self._build(space)
         self.space = self.net.space
-        self.fixed = check_space(Arch.parse(t.arch), self.space) if t.arch else None
+        self.fixed = Arch.parse(t.arch, self.space) if t.arch else None
         self.net.to(self.dist.device)
         if t.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -163,13 +163,19 @@ class Trainer:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
 
     def archs(self, step: int) -> list:
-        """The sandwich of `step`: largest, smallest, then n random, all at one drawn resolution."""
-        if self.cfg.train.arch:
+        """The sandwich of `step`: largest, smallest, then n random, all at one drawn resolution.
+        Fields not in `train.elastic` keep the largest's value (progressive shrinking), and a
+        subnet that occurs twice (e.g. largest = smallest when nothing is elastic) runs once."""
+        t = self.cfg.train
+        if t.arch:
             return [self.fixed]
-        rng = random.Random(f"oqat-train/{self.cfg.train.seed}/{step}")
-        r = rng.choice(self.space.resolutions)
-        drawn = [self.space.sample(rng) for _ in range(self.cfg.train.sandwich_random)]
-        return [replace(a, r=r) for a in [self.space.largest(), self.space.smallest(), *drawn]]
+        rng = random.Random(f"oqat-train/{t.seed}/{step}")
+        largest = self.space.largest()
+        fixed = {name: getattr(largest, name) for name in ("ks", "e", "d", "r") if name not in t.elastic}
+        r = fixed.get("r", rng.choice(self.space.resolutions))
+        drawn = [self.space.sample(rng) for _ in range(t.sandwich_random)]
+        archs = [self.space.check(replace(a, **{**fixed, "r": r})) for a in [largest, self.space.smallest(), *drawn]]
+        return list(dict.fromkeys(archs))
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One sandwich step; returns the per-subnet losses (averaged over ranks)."""
@@ -252,7 +258,10 @@ class Trainer:
                    disable=self.cfg.run.quiet or log is None, dynamic_ncols=True)
         tick, seen = time.perf_counter(), 0
         self.net.train()
-        batches = train_batches(self.splits.train, self.cfg.data, epoch, self.dist.rank, world, start)
+        # Image folders crop each batch straight to its step's resolution, as the authors do.
+        first = self.step
+        batches = train_batches(self.splits.train, self.cfg.data, epoch, self.dist.rank, world, start,
+                                sizes=lambda b: self.archs(first + b - start)[0].r)
         for self.batch, (x, y) in enumerate(batches, start):
             x, y = x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
             if self.step == 0 and self.reinit and self.steps:
@@ -307,7 +316,7 @@ class Trainer:
             sub = prepare_subnet(self.net, arch, self.cfg.data, self.splits, self.cfg.train.calib_images,
                                  self.cfg.data.seed)
             with self.autocast:
-                res = evaluate(sub, eval_batches(self.splits.val, self.cfg.data), arch.r)
+                res = evaluate(sub, eval_batches(self.splits.val, self.cfg.data, arch.r), arch.r)
             out[f"val_top1_{name}"], out[f"val_loss_{name}"] = res["top1"], res["loss"]
         return out
 

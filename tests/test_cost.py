@@ -7,14 +7,14 @@ from torch import nn
 
 from oqat.cost import METRICS, cost, layer_cost
 from oqat.layers import QConv2d, SqueezeExcite
-from oqat.space import MBV3, MINI, Arch, SearchSpace, Stage, register_space
+from oqat.quant import LSQ
+from oqat.space import MBV3, MINI, Arch, SearchSpace, Stage, mbv3_head
 from oqat.supernet import Supernet
 
 # One stage, one block, one kernel and expand ratio: small enough to count by hand.
 TINY = SearchSpace(name="tiny-cost", stem_width=8, stem_stride=2, first_block=Stage(8, 1, "relu", False),
                    stages=(Stage(16, 2, "relu", False),), kernel_sizes=(3,), expand_ratios=(2,), depths=(1,),
-                   resolutions=(8,), final_expand=16, feature_mix=32, in_channels=1, num_classes=10)
-register_space(TINY)
+                   resolutions=(8,), head=mbv3_head(16, 32), in_channels=1, num_classes=10)
 
 
 def hook_count(net: nn.Module, r: int, in_channels: int) -> dict[str, int]:
@@ -44,7 +44,9 @@ def hook_count(net: nn.Module, r: int, in_channels: int) -> dict[str, int]:
         net.eval()(torch.zeros(1, in_channels, r, r))
     for h in handles:
         h.remove()
-    params = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    # The authors' README counts parameters without the learned step sizes.
+    steps = {id(p) for m in net.modules() if isinstance(m, LSQ) for p in m.parameters()}
+    params = sum(p.numel() for p in net.parameters() if p.requires_grad and id(p) not in steps)
     params_q = sum(m.weight.numel() for m in net.modules() if isinstance(m, QConv2d))
     return {**counts, "params": params, "params_q": params_q}
 
@@ -87,22 +89,22 @@ def test_tiny_space_counted_by_hand():
     """stem 1->8 k3 s2 (8->4 px); first block dw 8 k3 + project 8->8 at 4 px; block: expand
     8->16 at 4 px, dw 16 k3 s2 (-> 2 px), project 16->16; final expand 16->16 at 2 px,
     feature mix 16->32 at 1 px, classifier 32->10."""
-    arch = Arch(ks=[3], e=[2], d=[1], r=8, space=TINY.name)
+    arch = TINY.arch(ks=[3], e=[2], d=[1], r=8)
     macs_q = 8 * 9 * 16 + 8 * 8 * 16 + 8 * 16 * 16 + 16 * 9 * 4 + 16 * 16 * 4 + 16 * 16 * 4 + 16 * 32
     macs_fp = 1 * 8 * 9 * 16 + 32 * 10
     params_q = 72 + 64 + 128 + 144 + 256 + 256 + 512
-    # stem weight + BN; 2 steps per quantized conv (7); BNs of 8, 8, 16, 16, 16, 16 channels; classifier
-    params_fp = 72 + 16 + 2 * 7 + 2 * (8 + 8 + 16 + 16 + 16 + 16) + 330
-    assert (macs_q, macs_fp, params_q, params_fp) == (7360, 1472, 1432, 592)
-    c = layer_cost(arch)
+    # stem weight + BN; BNs of 8, 8, 16, 16, 16, 16 channels; classifier (steps not counted)
+    params_fp = 72 + 16 + 2 * (8 + 8 + 16 + 16 + 16 + 16) + 330
+    assert (macs_q, macs_fp, params_q, params_fp) == (7360, 1472, 1432, 578)
+    c = layer_cost(arch, TINY)
     assert (c.macs_q, c.macs_fp, c.params_q, c.params_fp) == (macs_q, macs_fp, params_q, params_fp)
-    assert cost(arch, TINY, 4) == {"macs": 8832, "params": 2024, "bitops": 7360 * 16,
-                                   "flops_q": 7360 * 16 / 64 + 1472, "size_bits": 1432 * 4 + 592 * 32}
+    assert cost(arch, TINY, 4) == {"macs": 8832, "params": 2010, "bitops": 7360 * 16,
+                                   "flops_q": 7360 * 16 / 64 + 1472, "size_bits": 1432 * 4 + 578 * 32}
     assert cost(arch, TINY, (4, 2))["bitops"] == 7360 * 8
-    assert cost(arch, TINY, 32)["size_bits"] == 2024 * 32
+    assert cost(arch, TINY, 32)["size_bits"] == 2010 * 32
     torch.manual_seed(0)
     counted = hook_count(Supernet(TINY, 4).extract(arch), 8, 1)
-    assert counted == {"macs_q": macs_q, "macs_fp": macs_fp, "params": 2024, "params_q": params_q}
+    assert counted == {"macs_q": macs_q, "macs_fp": macs_fp, "params": 2010, "params_q": params_q}
 
 
 def test_metrics_keys_and_space_argument():
@@ -122,7 +124,7 @@ def test_cost_grows_with_the_architecture():
     small, big = cost(MBV3.smallest()), cost(MBV3.largest())
     assert all(big[k] > small[k] for k in METRICS)
     arch = MBV3.smallest()
-    wider = Arch(ks=arch.ks, e=[6] + list(arch.e[1:]), d=arch.d, r=arch.r)
+    wider = MBV3.arch(ks=arch.ks, e=[6] + list(arch.e[1:]), d=arch.d, r=arch.r)
     assert cost(wider)["macs"] > cost(arch)["macs"]
 
 
@@ -135,3 +137,36 @@ def test_ten_thousand_archs_under_budget():
     elapsed = time.perf_counter() - start
     print(f"costed 10,000 mbv3 archs in {elapsed:.3f} s")
     assert elapsed < 1.5
+
+
+# The 19 Pareto subnets of the authors' README (LaVieEnRoseSMZ/OQA, "Evaluate pareto subnets",
+# 4/3/2 bits): its "FLOPs" and "Params" in millions, with -is, -ks, -es, -d.
+PUBLISHED = [
+    (55.385, 4.230, 128, "3,3,5,3,3,5,5,7,3,5,5,3,5,5,3,5,3,5,7,5", "3,3,4,4,3,4,3,3,3,3,3,4,4,3,6,6,6,4,3,3", "2,2,3,2,3"),
+    (68.360, 3.523, 152, "5,5,5,5,5,3,3,7,5,7,7,5,5,7,5,7,5,3,3,5", "3,3,4,6,3,3,3,3,3,3,4,4,3,3,6,6,4,3,3,6", "2,2,2,2,2"),
+    (82.601, 4.482, 156, "3,5,5,3,5,3,5,3,3,3,7,7,3,5,7,7,7,3,3,7", "3,4,6,6,3,4,4,3,3,3,4,3,4,3,3,4,4,4,6,3", "2,2,2,2,3"),
+    (120.970, 4.084, 188, "7,3,7,5,5,3,5,5,7,5,5,5,5,5,7,7,7,7,3,3", "4,3,3,4,3,3,3,6,4,3,3,6,4,4,6,4,4,4,3,3", "2,2,2,2,3"),
+    (168.057, 5.440, 184, "5,3,7,3,7,3,5,7,7,3,7,3,3,3,5,5,5,5,3,7", "4,3,6,3,4,4,3,6,6,3,4,3,4,4,4,3,6,6,6,6", "2,3,3,3,3"),
+    (222.192, 5.331, 224, "5,3,3,5,3,7,5,3,3,5,3,5,5,3,7,7,7,7,7,3", "4,3,4,3,3,4,6,3,4,4,4,3,4,4,6,4,4,4,6,3", "2,2,2,3,4"),
+    (286.910, 6.338, 216, "5,3,5,3,5,5,7,3,3,7,7,5,7,7,3,3,5,5,3,7", "4,4,3,4,3,3,6,4,3,4,4,4,6,6,4,3,6,4,6,6", "2,4,2,4,4"),
+    (59.499, 3.911, 128, "7,3,5,3,5,3,3,3,5,5,3,3,5,5,5,5,3,7,7,7", "3,4,3,4,3,3,6,6,4,4,6,6,6,4,4,4,3,4,3,6", "2,2,3,2,2"),
+    (73.368, 3.650, 152, "3,3,5,3,3,3,5,5,7,3,5,3,3,7,7,5,3,3,7,3", "3,4,3,4,4,4,3,6,3,3,6,6,6,3,3,6,4,3,4,3", "2,2,2,2,2"),
+    (119.535, 4.281, 172, "5,3,3,5,3,7,7,3,5,7,5,5,5,5,5,3,7,7,3,5", "3,3,3,3,3,4,3,3,4,4,6,6,6,3,4,4,6,4,3,4", "2,2,2,3,2"),
+    (174.790, 5.015, 192, "3,3,7,5,7,5,3,3,3,3,3,3,3,5,5,5,7,7,7,5", "3,3,3,6,4,6,3,6,4,4,3,4,6,4,4,3,3,6,4,3", "2,4,3,3,3"),
+    (219.644, 5.762, 208, "5,5,5,5,5,3,5,5,5,3,7,3,5,5,3,7,3,7,5,3", "3,3,3,3,6,4,4,4,6,4,4,4,6,3,3,4,6,6,6,3", "2,2,4,3,4"),
+    (292.019, 6.280, 212, "7,5,5,3,3,5,5,3,3,5,7,7,7,5,7,5,7,3,3,3", "3,4,4,3,6,4,4,3,6,4,3,4,3,4,4,6,6,6,6,4", "2,4,3,4,4"),
+    (59.499, 3.911, 128, "7,3,5,3,5,3,3,3,5,5,3,3,5,5,5,5,3,7,7,7", "3,4,3,4,3,3,6,6,4,4,6,6,6,4,4,4,3,4,3,6", "2,2,3,2,2"),
+    (87.848, 3.694, 160, "3,5,3,7,5,3,3,3,5,3,5,5,3,5,3,5,3,3,7,7", "4,3,4,4,6,6,3,3,4,4,4,6,6,4,6,4,3,3,4,4", "2,2,2,2,2"),
+    (135.267, 4.078, 188, "7,5,5,5,7,3,5,5,3,3,3,3,3,7,3,5,7,7,5,3", "4,3,3,4,4,6,4,4,6,3,3,4,6,3,6,6,6,4,4,6", "2,2,2,2,2"),
+    (199.504, 5.066, 208, "5,5,5,3,5,5,5,5,3,3,7,3,3,3,7,5,5,5,3,7", "3,3,6,4,6,6,3,3,4,3,3,3,6,3,4,4,6,6,4,4", "2,3,2,3,3"),
+    (289.256, 5.321, 220, "5,5,5,3,3,7,3,5,5,3,3,5,5,7,5,7,7,5,3,3", "3,3,3,4,6,6,4,6,6,3,4,6,4,4,3,3,6,4,6,4", "3,3,4,4,3"),
+    (455.741, 7.406, 224, "5,5,7,5,7,5,5,3,5,5,3,5,3,7,5,5,7,7,3,7", "6,6,4,4,6,4,6,4,6,4,6,6,6,6,6,6,6,6,6,6", "4,4,4,4,4"),
+]
+
+
+@pytest.mark.parametrize("macs,params,r,ks,e,d", PUBLISHED)
+def test_published_rows_of_the_authors_readme(macs, params, r, ks, e, d):
+    arch = MBV3.arch(ks=[int(v) for v in ks.split(",")], e=[int(v) for v in e.split(",")],
+                     d=[int(v) for v in d.split(",")], r=r)
+    got = cost(arch, MBV3, 4)
+    assert f"{got['macs'] / 1e6:.3f}" == f"{macs:.3f}" and f"{got['params'] / 1e6:.3f}" == f"{params:.3f}"

@@ -397,3 +397,40 @@ def test_imagefolder(tmp_path):
     assert torch.equal(calib[0][0], data.calib_batches(splits.train, cfg, n=3, seed=0)[0][0])
     with pytest.raises(DataError, match=r"imagefolder: '.*train/train' not found"):
         data.load_splits(DataConfig(name="imagefolder", root=str(tmp_path / "train")))
+
+
+def test_imagefolder_preprocessing_is_the_authors(tmp_path):
+    """Evaluation at r: resize to ceil(r / 0.875), centre-crop r; training crops straight to
+    each batch's resolution; BN calibration optionally with the training augmentation."""
+    import math
+
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    rng = np.random.default_rng(1)
+    for split, count in (("train", 4), ("val", 1)):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path), val_size=2, batch_size=2, eval_batch_size=2,
+                     calib_batch_size=3)
+    splits = data.load_splits(cfg)
+    (x, _), = data.eval_batches(splits.test, cfg, 12)
+    image = Image.open(splits.test.folder.samples[0][0]).convert("RGB")
+    mean, std = torch.tensor(data.IMAGENET_MEAN)[:, None, None], torch.tensor(data.IMAGENET_STD)[:, None, None]
+
+    def centre(side: int) -> torch.Tensor:
+        return (TF.to_tensor(TF.center_crop(TF.resize(image, side), 12)) - mean) / std
+
+    assert math.ceil(12 / 0.875) == 14 and int(12 / 0.875) == 13
+    assert torch.allclose(x[0], centre(14), atol=1e-6) and not torch.allclose(x[0], centre(13), atol=1e-3)
+    sizes = {0: 8, 1: 16, 2: 12}
+    shapes = [x.shape[-1] for x, _ in data.train_batches(splits.train, cfg, 0, sizes=sizes.__getitem__)]
+    assert shapes == [8, 16, 12]
+    plain = data.calib_batches(splits.train, cfg, n=4, seed=0, resolution=10)
+    assert [len(y) for _, y in plain] == [3, 1] and plain[0][0].shape[-1] == 10
+    aug_cfg = DataConfig(**{**vars(cfg), "calib_augment": True})
+    aug = data.calib_batches(splits.train, aug_cfg, n=4, seed=0, resolution=10)
+    assert torch.equal(aug[0][0], data.calib_batches(splits.train, aug_cfg, n=4, seed=0, resolution=10)[0][0])
+    assert not torch.allclose(aug[0][0], plain[0][0])

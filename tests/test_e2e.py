@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
+from oqat.cost import cost
 from oqat.data import DataConfig, DataError, load_splits
+from oqat.space import get_space
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -43,11 +45,19 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((run / "results.json").read_text())
     assert [s["bits"] for s in results["stages"]] == [4, 2]
-    assert set(results["best"]) == {"4", "2"}
+    assert set(results["family"]) == {"4", "2"}
     for bits in ("4", "2"):
-        best = results["best"][bits]
-        assert 0 <= best["test_top1"] <= 100 and best["bitops"] > 0
-        assert (run / "export" / f"{bits}bit" / "model.onnx").stat().st_size > 10_000
+        fam = results["family"][bits]
+        assert list(fam) == ["S", "M", "L"]
+        largest = cost(get_space("mini").largest(), "mini", int(bits))["bitops"]
+        front_best = max(p["val_top1"] for p in results["fronts"][bits])
+        assert fam["L"]["val_top1"] == front_best  # L: the most accurate within 100% of the largest's BitOPs
+        for name, member in fam.items():
+            if member is not None:
+                assert 0 <= member["test_top1"] <= 100 and member["bitops"] > 0 and member["arch"]
+                assert (run / results["export"][bits][name]["dir"] / "model.onnx").stat().st_size > 10_000
+        for name, fraction in zip("SML", results["config"]["search"]["family"]):
+            assert fam[name] is None or fam[name]["bitops"] <= fraction * largest
     assert (run / "stages" / "1-2bit" / "inherited.pt").is_file()  # 4 -> 2 by bit inheritance
     assert (run / "report.md").read_text().startswith("# OQAT run")
     assert (run / "fronts.png").stat().st_size > 1000

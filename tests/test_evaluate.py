@@ -16,7 +16,7 @@ from oqat.cost import cost
 from oqat.data import DataConfig, eval_batches, load_splits, train_batches
 from oqat.evaluate import evaluate, prepare_subnet, recalibrate_bn, resize
 from oqat.files import load_supernet
-from oqat.space import Arch, SearchSpace, Stage, register_space
+from oqat.space import Arch, SearchSpace, Stage, mbv3_head
 from oqat.supernet import Supernet
 
 # Smaller than `mini`: 16 px inputs, 4 classes, two elastic stages; ~0.1 s per subnet evaluation.
@@ -24,8 +24,7 @@ TINY = SearchSpace(
     name="evaltiny", stem_width=8, stem_stride=2, first_block=Stage(8, 1, "relu", False),
     stages=(Stage(16, 2, "relu", False), Stage(24, 2, "h_swish", True)),
     kernel_sizes=(3, 5), expand_ratios=(2, 3), depths=(1, 2), resolutions=(12, 16),
-    final_expand=32, feature_mix=64, in_channels=1, num_classes=4)
-register_space(TINY)
+    head=mbv3_head(32, 64), in_channels=1, num_classes=4)
 DATA = DataConfig(name="synthetic", val_size=64, batch_size=32, eval_batch_size=64, synthetic_classes=4,
                   synthetic_size=16, synthetic_train=320, synthetic_test=64)
 
@@ -148,7 +147,7 @@ def test_eval_cli_is_deterministic_and_reports_costs(capsys):
     assert code == 0
     first = json.loads(out)
     assert run_cli(capsys, *argv)[1] == out
-    c = cost(Arch.parse(arch), TINY, 4)
+    c = cost(Arch.parse(arch, TINY), TINY, 4)
     assert {k: first[k] for k in c} == c and first["split"] == "val" and first["n"] == DATA.val_size
     test = json.loads(run_cli(capsys, *argv, "--split", "test")[1])
     assert test["n"] == DATA.synthetic_test
@@ -166,7 +165,7 @@ def test_eval_cli_errors(capsys):
 
 def test_recalibrating_the_supernet_equals_recalibrating_the_extracted_subnet():
     net, _ = load_supernet(tiny_run())
-    arch = Arch.parse("evaltiny:r12:k5e2.k3e3-k3e2")
+    arch = Arch.parse("evaltiny:r12:k5e2.k3e3-k3e2", TINY)
     batches = [(torch.randn(8, 1, 16, 16), None), (torch.randn(4, 1, 16, 16), None)]
     sub = net.extract(arch)
     recalibrate_bn(sub, batches)

@@ -14,7 +14,7 @@ from oqat.data import DataConfig, eval_batches, load_splits, subset
 from oqat.evaluate import recalibrate_bn, resize
 from oqat.files import load_packed
 from oqat.layers import QConv2d
-from oqat.space import MINI, Arch
+from oqat.space import MINI, Arch, get_space
 from oqat.subnet import Subnet
 from oqat.supernet import Supernet
 
@@ -29,7 +29,7 @@ def make_subnet(bits: int, arch: Arch = ARCH, seed: int = 0, calib: torch.Tensor
     """A random supernet's subnet with LSQ steps initialised from data and BN recalibrated
     (on `calib`, images at arch.r, else random ones): what an export sees, untrained."""
     torch.manual_seed(seed)
-    sn = Supernet(MINI, bits)
+    sn = Supernet(get_space(arch.space), bits)
     for q in sn.quantizers():
         q.init_pending = True
     sn.set_arch(arch)

@@ -45,7 +45,7 @@ def checkpoints(reference, images, tmp_path_factory):
 
 def archs(seed: int, n: int) -> list[Arch]:
     rng = random.Random(seed)
-    return [Arch(ks=a.ks, e=a.e, d=a.d, r=128) for a in [MBV3.sample(rng) for _ in range(n)]]
+    return [MBV3.arch(ks=a.ks, e=a.e, d=a.d, r=128) for a in [MBV3.sample(rng) for _ in range(n)]]
 
 
 @pytest.mark.parametrize("bits", [4, 2])
@@ -58,7 +58,7 @@ def test_extracted_subnets_match_the_authors_network(bits, reference, images, ch
     diffs = []
     outputs = []
     with torch.no_grad():
-        for arch in archs(bits, 3) + [Arch(ks=[3] * 20, e=[3] * 20, d=[2] * 5, r=128)]:
+        for arch in archs(bits, 3) + [MBV3.arch(ks=[3] * 20, e=[3] * 20, d=[2] * 5, r=128)]:
             want = reference(images, arch.to_dict())
             got = net.extract(arch)(images)
             net.set_arch(arch)

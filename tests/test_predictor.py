@@ -19,7 +19,7 @@ def pairs(n: int, seed: int, noise: float = 0.3) -> list:
     out = []
     for _ in range(n):
         a = MINI.sample(rng)
-        score = 50 + 2 * sum(a.d) + 0.3 * a.r + sum(k for _, _, k, _ in a.active_blocks()) / 5
+        score = 50 + 2 * sum(a.d) + 0.3 * a.r + sum(k for _, k, _ in MINI.active_blocks(a)[1:]) / 5
         out.append((a, score + rng.gauss(0, noise)))
     return out
 
@@ -30,7 +30,7 @@ def test_features_encode_only_active_blocks():
     n = MINI.num_blocks * 6 + len(MINI.stages) * 3 + len(MINI.resolutions) + 1
     assert f.shape == (n,)
     # one kernel and one expand flag per active block, one depth flag per stage, one resolution flag
-    assert f[:-1].sum() == 2 * len(arch.active_blocks()) + len(MINI.stages) + 1
+    assert f[:-1].sum() == 2 * len(MINI.active_blocks(arch)[1:]) + len(MINI.stages) + 1
 
 
 def test_predictor_ranks_held_out_architectures():
@@ -59,7 +59,7 @@ def test_load_pairs_errors(tmp_path):
     with pytest.raises(ValueError, match="'arch' and 'val_top1'"):
         load_pairs(str(path))
     path.write_text(json.dumps([{"arch": MINI.smallest().to_str(), "val_top1": 3}]))
-    with pytest.raises(ValueError, match="space 'mini'; the supernet's space is 'evaltiny'"):
+    with pytest.raises(ValueError, match="p.json': architecture is from space 'mini', not 'evaltiny'"):
         load_pairs(str(path), TINY)
     with pytest.raises(ValueError, match="not found"):
         load_pairs(str(tmp_path / "none.json"))

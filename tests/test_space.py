@@ -10,12 +10,12 @@ from oqat.space import MBV3, MINI, Arch, get_space, make_divisible
 def mbv3(**changes):
     fields = dict(ks=[3] * 20, e=[3] * 20, d=[2] * 5, r=128)
     fields.update(changes)
-    return Arch(**fields)
+    return MBV3.check(Arch(**fields))
 
 
 def test_keyword_construction_from_package():
-    arch = oqat.Arch(ks=[7] * 20, e=[6] * 20, d=[4] * 5, r=224)
-    assert arch == MBV3.largest()
+    arch = MBV3.check(oqat.Arch(ks=[7] * 20, e=[6] * 20, d=[4] * 5, r=224))
+    assert arch == MBV3.largest() == MBV3.arch(ks=[7] * 20, e=[6] * 20, d=[4] * 5, r=224)
     assert arch.space == "mbv3"
 
 
@@ -42,12 +42,12 @@ def test_validation_names_field_and_allowed_values(changes, field, allowed):
 
 def test_mini_resolution_error_lists_the_grid():
     with pytest.raises(ValueError, match=r"'r'.*24, 28, 32"):
-        Arch(ks=[3] * 12, e=[2] * 12, d=[1] * 4, r=30, space="mini")
+        MINI.arch(ks=[3] * 12, e=[2] * 12, d=[1] * 4, r=30)
 
 
 def test_unknown_space():
-    with pytest.raises(ValueError, match="unknown search space 'nope'.*mbv3, mini"):
-        Arch(ks=[3], e=[3], d=[2], r=128, space="nope")
+    with pytest.raises(ValueError, match="unknown search space 'nope'.*mbv3, proxyless, mini"):
+        Arch.parse("nope:r128:k3e3")
     with pytest.raises(ValueError, match="unknown search space"):
         get_space("resnet")
 
@@ -127,10 +127,11 @@ def test_largest_and_smallest(space):
 
 def test_active_blocks():
     arch = mbv3(ks=[5] * 20, e=[4] * 20, d=[2, 3, 4, 2, 3])
-    blocks = arch.active_blocks()
-    assert len(blocks) == 14
-    assert [b[1] for b in blocks[:5]] == [0, 1, 4, 5, 6]
-    assert all(k == 5 and e == 4 for _, _, k, e in blocks)
+    blocks = MBV3.active_blocks(arch)
+    assert blocks[0] == (0, 3, 1)  # the fixed first block
+    assert len(blocks) == 15
+    assert [b[0] for b in blocks[1:6]] == [1, 2, 5, 6, 7]
+    assert all(k == 5 and e == 4 for _, k, e in blocks[1:])
 
 
 def test_mbv3_space_matches_the_paper():
@@ -167,3 +168,37 @@ def test_bad_strings(text, match):
 def test_json_must_be_an_object():
     with pytest.raises(ValueError, match="must be an object"):
         Arch.from_json("[1, 2]")
+
+
+def test_reading_a_file_registers_no_space(tmp_path):
+    from oqat.files import load_supernet
+    from oqat.space import SPACES, SearchSpace, Stage, mbv3_head
+    from oqat.supernet import Supernet
+
+    tiny = SearchSpace(name="tiny-file", stem_width=8, stem_stride=2, first_block=Stage(8, 1, "relu", False),
+                       stages=(Stage(16, 2, "relu", False),), kernel_sizes=(3,), expand_ratios=(2,), depths=(1,),
+                       resolutions=(16,), head=mbv3_head(16, 32), in_channels=1, num_classes=3)
+    Supernet(tiny, 4).save(str(tmp_path / "s.pt"))
+    before = dict(SPACES)
+    net = load_supernet(str(tmp_path / "s.pt"))[0]
+    assert SPACES == before and net.space == tiny
+    arch = Arch.parse("tiny-file:r16:k3e2", net.space)
+    assert net.extract(arch).arch == arch
+    with pytest.raises(ValueError, match="unknown search space 'tiny-file'"):
+        Arch.parse("tiny-file:r16:k3e2")
+    # Files written before the head was data name its two convs' widths.
+    legacy = {k: v for k, v in MBV3.to_dict().items() if k != "head"} | {"final_expand": 960, "feature_mix": 1280}
+    assert SearchSpace.from_dict(legacy) == MBV3
+
+
+def test_block_list_is_the_one_layout():
+    blocks = MBV3.blocks
+    assert len(blocks) == 21 and (blocks[0].c_in, blocks[0].c_out, blocks[0].kernel_sizes, blocks[0].expand_ratios) \
+        == (16, 16, (3,), (1,))
+    assert [(b.c_in, b.c_out, b.stride) for b in blocks[1:6]] == [(16, 24, 2), (24, 24, 1), (24, 24, 1), (24, 24, 1),
+                                                                  (24, 40, 2)]
+    assert blocks[5].se and blocks[5].act == "relu" and blocks[9].act == "h_swish"
+    assert blocks[5].mid_max == 24 * 6
+    # A checked arch prints itself through the space's layout, also after a field is replaced.
+    import dataclasses
+    assert dataclasses.replace(MBV3.largest(), d=(2,) * 5).to_str().count("k") == 10

@@ -7,7 +7,7 @@ from oqat import supernet as elastic
 from oqat.files import load_subnet, load_supernet
 from oqat.layers import MBConv, QConv2d
 from oqat.quant import LSQ
-from oqat.space import MBV3, MINI, Arch, SearchSpace, Stage, register_space
+from oqat.space import MBV3, MINI, Arch, SearchSpace, Stage, mbv3_head
 from oqat.subnet import Subnet
 from oqat.supernet import Supernet
 
@@ -158,7 +158,7 @@ def test_kernel_transform_identity_uses_centre_of_the_7x7():
     torch.manual_seed(0)
     net = Supernet(MINI, 4)
     ks = [3, 5] + [7] * 10
-    arch = Arch(ks=ks, e=[4] * 12, d=[3] * 4, r=28, space="mini")
+    arch = MINI.arch(ks=ks, e=[4] * 12, d=[3] * 4, r=28)
     sub = net.extract(arch)
     w = net.blocks[0].dw.conv.weight
     mid = MINI.mid_channels(16, 4)
@@ -179,9 +179,9 @@ def test_kernel_transform_matrices_apply_in_sequence():
     w = net.blocks[0].dw.conv.weight[:mid]
     w5 = (w[:, :, 1:6, 1:6].reshape(mid, 25) @ m75.T).reshape(mid, 1, 5, 5)
     w3 = (w5[:, :, 1:4, 1:4].reshape(mid, 9) @ m53.T).reshape(mid, 1, 3, 3)
-    arch = Arch(ks=[3] + [7] * 11, e=[2] * 12, d=[1] * 4, r=28, space="mini")
+    arch = MINI.arch(ks=[3] + [7] * 11, e=[2] * 12, d=[1] * 4, r=28)
     assert torch.allclose(net.extract(arch).blocks[1].dw.conv.weight, w3, atol=1e-5)
-    arch5 = Arch(ks=[5] + [7] * 11, e=[2] * 12, d=[1] * 4, r=28, space="mini")
+    arch5 = MINI.arch(ks=[5] + [7] * 11, e=[2] * 12, d=[1] * 4, r=28)
     assert torch.allclose(net.extract(arch5).blocks[1].dw.conv.weight, w5, atol=1e-5)
 
 
@@ -221,8 +221,7 @@ def test_a_new_space_needs_no_new_class():
     tiny = SearchSpace(name="tiny-test", stem_width=8, stem_stride=2, first_block=Stage(8, 1, "relu", False),
                        stages=(Stage(16, 2, "relu", True), Stage(24, 2, "h_swish", True)),
                        kernel_sizes=(3, 5), expand_ratios=(2, 3), depths=(1, 2), resolutions=(16, 20),
-                       final_expand=32, feature_mix=48, in_channels=2, num_classes=5)
-    register_space(tiny)
+                       head=mbv3_head(32, 48), in_channels=2, num_classes=5)
     net = prepared(tiny, 3, seed=7, r=20)
     for arch in [tiny.largest(), tiny.smallest(), tiny.sample(random.Random(7))]:
         x = torch.randn(2, 2, arch.r, arch.r)

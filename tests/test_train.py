@@ -198,3 +198,21 @@ def test_each_step_is_a_sandwich_with_inplace_distillation(tmp_path):
     assert grads.keys() == want.keys()
     for name, g in want.items():
         assert torch.allclose(grads[name], g, rtol=1e-4, atol=1e-6), name
+def test_elastic_fields_limit_what_the_sandwich_varies(tmp_path):
+    space = get_space("mini")
+    largest = space.largest()
+    # Nothing elastic: the largest alone (OFA's progressive shrinking starts so).
+    t = Trainer(tiny(tmp_path / "a", "train.elastic=[]"))
+    assert all(t.archs(step) == [largest] for step in range(5))
+    # Only kernels elastic: depth, expand and resolution stay the largest's, kernels vary.
+    t = Trainer(tiny(tmp_path / "b", "train.elastic=[ks]", "train.sandwich_random=2"))
+    drawn = [a for step in range(5) for a in t.archs(step)]
+    assert all(a.d == largest.d and a.e == largest.e and a.r == largest.r for a in drawn)
+    assert {k for a in drawn for k in a.ks} == set(space.kernel_sizes)
+    # Everything elastic (the default): the largest, the smallest, then random subnets at one resolution.
+    t = Trainer(tiny(tmp_path / "c"))
+    for step in range(5):
+        archs = t.archs(step)
+        assert archs[0] == dataclasses.replace(largest, r=archs[0].r)
+        assert archs[1] == dataclasses.replace(space.smallest(), r=archs[0].r)
+        assert len({a.r for a in archs}) == 1
