@@ -64,12 +64,12 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _quantize_input(g: _Graph, x: str, conv: QConv2d, name: str) -> str:
-    bits = conv.aq.bits
-    qn, qp = qrange(bits, signed=False)
+    bits, signed = conv.aq.bits, conv.aq.signed
+    qn, qp = qrange(bits, signed)
     scale = conv.aq.step.detach().abs().float().reshape(())
     lo, hi = (np.float32(v) * scale.numpy() for v in (qn, qp))
     x = g.node("Clip", [x, g.const(f"{name}.a_min", lo), g.const(f"{name}.a_max", hi)], f"{name}.a_clip")
-    s, z = g.const(f"{name}.a_scale", scale.numpy()), g.const(f"{name}.a_zero", np.uint8(0))
+    s, z = g.const(f"{name}.a_scale", scale.numpy()), g.const(f"{name}.a_zero", np.int8(0) if signed else np.uint8(0))
     x = g.node("QuantizeLinear", [x, s, z], f"{name}.a_q")
     return g.node("DequantizeLinear", [x, s, z], f"{name}.a_dq")
 

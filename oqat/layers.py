@@ -64,10 +64,10 @@ class QConv2d(nn.Conv2d):
     """
 
     def __init__(self, c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1,
-                 bits: int = FULL_PRECISION):
+                 bits: int = FULL_PRECISION, signed_input: bool = False):
         super().__init__(c_in, c_out, k, stride, k // 2, groups=groups, bias=False)
         self.wq = LSQ(signed=True, bits=bits)
-        self.aq = LSQ(signed=False, bits=bits)
+        self.aq = LSQ(signed=signed_input, bits=bits)
 
     def qconv(self, x: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
         k = weight.shape[-1]
@@ -128,11 +128,12 @@ class MBConv(nn.Module):
     """Inverted residual: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project, all convs quantized."""
 
     def __init__(self, c_in: int, c_out: int, mid: int, k: int, stride: int, act: str, se: bool,
-                 bits: int, bn=(0.1, 1e-5)):
+                 bits: int, bn=(0.1, 1e-5), signed_input: bool = False):
         super().__init__()
         self.expand = None
         if mid != c_in:
-            self.expand = ConvBNAct(QConv2d(c_in, mid, 1, bits=bits), batch_norm(mid, *bn), act)
+            self.expand = ConvBNAct(QConv2d(c_in, mid, 1, bits=bits, signed_input=signed_input),
+                                    batch_norm(mid, *bn), act)
         self.dw = ConvBNAct(QConv2d(mid, mid, k, stride, groups=mid, bits=bits), batch_norm(mid, *bn), act)
         self.se = SqueezeExcite(mid) if se else None
         self.project = ConvBNAct(QConv2d(mid, c_out, 1, bits=bits), batch_norm(c_out, *bn), None)

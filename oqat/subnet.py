@@ -24,9 +24,11 @@ def add_head(net: nn.Module, space: SearchSpace, bits: int) -> None:
     """The space's head convs (quantized 1x1, optional BN, activation) as modules of `net`
     under their names, then dropout and the full-precision classifier."""
     c = space.stages[-1].width
-    for h in space.head:
+    for i, h in enumerate(space.head):
         bn = batch_norm(h.width, space.bn_momentum, space.bn_eps) if h.bn else None
-        net.add_module(h.name, ConvBNAct(QConv2d(c, h.width, 1, bits=bits), bn, h.act))
+        # The first head conv reads the last block's linear output.
+        signed = i == 0 and space.signed_inputs
+        net.add_module(h.name, ConvBNAct(QConv2d(c, h.width, 1, bits=bits, signed_input=signed), bn, h.act))
         c = h.width
     net.dropout = nn.Dropout(space.dropout)
     net.classifier = nn.Linear(c, space.num_classes)
@@ -58,7 +60,7 @@ def head_cost(space: SearchSpace, h: int) -> Cost:
 
 def make_block(block: Block, k: int, e: int, bits: int, space: SearchSpace) -> MBConv:
     return MBConv(block.c_in, block.c_out, mid_channels(block.c_in, e), k, block.stride, block.act, block.se,
-                  bits, (space.bn_momentum, space.bn_eps))
+                  bits, (space.bn_momentum, space.bn_eps), block.signed_input)
 
 
 class Subnet(nn.Module):

@@ -91,7 +91,7 @@ class ElasticMBConv(nn.Module):
         c_in, c_out, mid_max = block.c_in, block.c_out, block.mid_max
         self.expand = None
         if max(block.expand_ratios) > 1:
-            self.expand = ConvBNAct(ElasticPointwise(c_in, mid_max, 1, bits=bits),
+            self.expand = ConvBNAct(ElasticPointwise(c_in, mid_max, 1, bits=bits, signed_input=block.signed_input),
                                     ElasticBatchNorm2d(mid_max, momentum=bn[0], eps=bn[1]), block.act)
         self.dw = ConvBNAct(ElasticDepthwise(mid_max, block.kernel_sizes, block.stride, bits),
                             ElasticBatchNorm2d(mid_max, momentum=bn[0], eps=bn[1]), block.act)

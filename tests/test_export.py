@@ -54,18 +54,24 @@ def test_onnx_quantizes_every_conv_with_an_explicit_b_bit_range():
     assert ops.count("QuantizeLinear") == len(convs) and ops.count("DequantizeLinear") == 2 * len(convs)
     se_blocks = sum(b.se is not None for b in net.blocks)
     assert se_blocks > 0 and ops.count("Conv") == len(convs) + 1 + 2 * se_blocks  # stem and SE stay fp32
-    used = set()
+    used, signed_inputs = set(), 0
     for name, conv in convs.items():
         codes = inits[f"{name}.w_codes"]
         assert codes.dtype == np.int8 and codes.min() >= -4 and codes.max() <= 3
         used |= set(codes.ravel().tolist())
         s_a = conv.aq.step.detach().abs().float()
-        assert inits[f"{name}.a_min"] == 0 and inits[f"{name}.a_max"] == np.float32(7) * s_a.numpy()
-        assert inits[f"{name}.a_scale"] == s_a.numpy() and inits[f"{name}.a_zero"].dtype == np.uint8
+        # mini quantizes linear inputs (expand convs, the first head conv) signed, the others unsigned.
+        lo, hi, zero = (-4, 3, np.int8) if conv.aq.signed else (0, 7, np.uint8)
+        assert inits[f"{name}.a_min"] == np.float32(lo) * s_a.numpy()
+        assert inits[f"{name}.a_max"] == np.float32(hi) * s_a.numpy()
+        assert inits[f"{name}.a_scale"] == s_a.numpy() and inits[f"{name}.a_zero"].dtype == zero
+        signed_inputs += conv.aq.signed
         # The DQ weight is exactly what the PyTorch quantizer computes.
         w_hat = torch.tensor(codes).float() * conv.wq.step.detach().abs()
         assert torch.equal(w_hat, conv.wq(conv.weight).detach())
     assert used == set(range(-4, 4))  # the whole 3-bit range occurs
+    expands = sum(b.expand is not None for b in net.blocks)
+    assert signed_inputs == expands + 1 and expands > 0  # + final_expand
 
 
 @pytest.mark.parametrize("step", [0.03125, 0.0371])

@@ -45,7 +45,7 @@ def test_latency_of_an_exported_folder(tmp_path, capsys):
     out = str(tmp_path / "deploy")
     export.export(make_subnet(3), out)
     assert run_json(capsys, out)["arch"] == ARCH.to_str()
-    assert main(["latency", out, "--arch", "mini:r32:k3e2-k3e2-k3e2-k3e2"]) == 2
+    assert main(["latency", out, "--arch", "mini:r20:k3e2-k3e2-k3e2-k3e2"]) == 2
     assert "differs from the subnet in" in capsys.readouterr().err
 
 

@@ -122,6 +122,6 @@ def test_oqat_run_on_fashion_mnist(tmp_path):
                  "search.val_images=100", "search.calib_images=64", "export.test_images=50", "--quiet")
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    best = results["best"]["4"]
-    assert best["arch"].startswith("mini-proxyless:") and 0 <= best["test_top1"] <= 100
-    assert (tmp_path / "export" / "4bit" / "model.onnx").is_file()
+    large = results["family"]["4"]["L"]
+    assert large["arch"].startswith("mini-proxyless:") and 0 <= large["test_top1"] <= 100
+    assert (tmp_path / results["export"]["4"]["L"]["dir"] / "model.onnx").is_file()

@@ -41,7 +41,7 @@ def test_validation_names_field_and_allowed_values(changes, field, allowed):
 
 
 def test_mini_resolution_error_lists_the_grid():
-    with pytest.raises(ValueError, match=r"'r'.*24, 28, 32"):
+    with pytest.raises(ValueError, match=r"'r'.*20, 24, 28"):
         MINI.arch(ks=[3] * 12, e=[2] * 12, d=[1] * 4, r=30)
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import random
 
 import pytest
@@ -121,16 +122,28 @@ def test_supernet_save_load_round_trip(tmp_path):
         assert torch.equal(net(x), again(x))
 
 
-def test_one_weight_step_and_one_activation_step_per_conv():
-    net = Supernet(MINI, 4)
+@pytest.mark.parametrize("space", [MINI, dataclasses.replace(MINI, signed_inputs=False)], ids=["signed", "authors"])
+def test_one_weight_step_and_one_activation_step_per_conv(space):
+    net = Supernet(space, 4)
     convs = [m for m in net.modules() if isinstance(m, QConv2d)]
     # 3 per elastic block, 2 in the first block (no expand), final expand and feature mix
-    assert len(convs) == 3 * MINI.num_blocks + 2 + 2
+    assert len(convs) == 3 * space.num_blocks + 2 + 2
+    # Signed inputs: exactly the convs that read a block's linear output (expands, final expand).
+    linear_in = {id(b.expand.conv) for b in net.blocks} | {id(net.final_expand.conv)}
     for conv in convs:
         lsqs = [m for m in conv.modules() if isinstance(m, LSQ)]
-        assert len(lsqs) == 2 and conv.wq.signed and not conv.aq.signed
+        assert len(lsqs) == 2 and conv.wq.signed
+        assert conv.aq.signed == (space.signed_inputs and id(conv) in linear_in)
         assert conv.wq.step.shape == conv.aq.step.shape == (1,)
     assert len(net.quantizers()) == 2 * len(convs)
+    sub = net.extract(space.sample(random.Random(1)))
+    assert [m.aq.signed for m in sub.modules() if isinstance(m, QConv2d)].count(True) == \
+        (sum(b.expand is not None for b in sub.blocks) + 1) * space.signed_inputs
+
+
+def test_the_authors_space_quantizes_every_input_unsigned():
+    assert not MBV3.signed_inputs
+    assert not any(m.aq.signed for m in Supernet(MBV3, 4).modules() if isinstance(m, QConv2d))
 
 
 def test_steps_are_shared_by_every_subnet():
