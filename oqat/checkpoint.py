@@ -63,7 +63,16 @@ def read_torch(path: str):
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' not found")
     try:
+        # torch records a CRC32 per entry of its zip but does not check it on load: a flipped
+        # bit in tensor data would load as a wrong weight. zipfile checks them.
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+            if bad is not None:
+                raise CheckpointError(f"checkpoint '{path}' is corrupt: checksum mismatch in {bad}")
         return torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint '{path}' is corrupt, truncated or not a safe torch file: {first}") from None

@@ -118,7 +118,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok:
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise ConfigError(f"field '{where}' expects float, got an integer too large for one") from None
     elif tp is str:
         ok = isinstance(value, str)
     else:

@@ -44,16 +44,11 @@ def _field(ckpt: dict, path: str, name: str, kind, what: str):
 
 
 def _space(ckpt: dict, path: str) -> SearchSpace:
-    """The file's search space, type-checked field by field (older layouts read as
-    `SearchSpace.from_dict` reads them). It is passed on, never added to the built-in spaces."""
-    fields = _field(ckpt, path, "space", dict, "a mapping")
+    """The file's search space, every field type-checked; passed on, never added to the built-in ones."""
     try:
-        space = SearchSpace.from_dict(fields)
-    except (TypeError, ValueError, KeyError, AttributeError) as err:
-        raise CheckpointError(f"'{path}': field 'space' is not a search space ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else ''})") from None
-    try:
-        return config.from_dict(SearchSpace, space.to_dict(), "space")
+        return SearchSpace.from_dict(_field(ckpt, path, "space", dict, "a mapping"))
+    except CheckpointError:
+        raise
     except ValueError as err:
         raise CheckpointError(f"'{path}': {err}") from None
 
@@ -102,9 +97,9 @@ def state_problems(state: dict, expected: dict, names: dict | None = None) -> li
     for what, keys in (("missing {} keys", missing), ("unexpected {} keys", unexpected)):
         if keys:
             problems.append(f"{what.format(len(keys))} ({_listed(keys)})")
-    for what, items in (("wrong shapes", shapes), ("wrong types", types), ("non-finite values in", bad)):
+    for what, items in (("wrong shapes: ", shapes), ("wrong types: ", types), ("non-finite values in ", bad)):
         if items:
-            problems.append(f"{what}: {_listed(items)}")
+            problems.append(what + _listed(items))
     return problems
 
 
@@ -217,8 +212,9 @@ def load_packed(path: str) -> Subnet:
         raise CheckpointError(f"'{path}': packed weights do not match the architecture's "
                               f"{len(convs)} quantized convs")
     for name, entry in entries.items():
-        if not (isinstance(entry, dict) and isinstance(entry.get("data"), torch.Tensor)
-                and isinstance(entry.get("shape"), list) and isinstance(entry.get("bits"), int)):
+        if not (isinstance(entry, dict) and set(entry) == {"data", "shape", "bits"}
+                and isinstance(entry["data"], torch.Tensor) and isinstance(entry["shape"], list)
+                and isinstance(entry["bits"], int)):
             raise CheckpointError(f"'{path}': packed entry {name} must hold data (tensor), shape (list), bits (int)")
         if entry["bits"] != convs[name].wq.bits:
             raise CheckpointError(f"'{path}': {name} is packed at {entry['bits']} bits, "

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from . import config
 from .checkpoint import read_json
 
 ArchField = Literal["ks", "e", "d", "r"]  # the fields of an `Arch` a training stage can hold fixed or vary
@@ -224,10 +225,12 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SearchSpace":
-        if "final_expand" in d:  # files written before the head was data
+        """A space from its dict form (as files hold it), every field type-checked first: a
+        wrong one is a one-line ValueError naming it (e.g. "field 'space.stem_width' expects int")."""
+        if isinstance(d, dict) and "final_expand" in d:  # files written before the head was data
             d = dict(d)
-            d["head"] = mbv3_head(d.pop("final_expand"), d.pop("feature_mix"))
-        return cls(**d)
+            d["head"] = [dataclasses.asdict(h) for h in mbv3_head(d.pop("final_expand"), d.pop("feature_mix", None))]
+        return config.from_dict(cls, d, "space")
 
     def largest(self) -> "Arch":
         n = self.num_blocks
@@ -433,6 +436,8 @@ class Arch:
 
 def _space_for(name: str, space: SearchSpace | None) -> SearchSpace:
     """`space` if given (the name must match), else the built-in space called `name`."""
+    if not isinstance(name, str):
+        raise ValueError(f"arch field 'space' must be a space name, got {name!r:.40}")
     if space is None:
         return get_space(name)
     if name != space.name:
