@@ -77,3 +77,48 @@ def test_kill_anywhere_then_rerun_gives_the_uninterrupted_results(tmp_path):
     assert a["family"]["4"]["L"] and a["export"]["4"]
     leftovers = [os.path.join(d, f) for d, _, names in os.walk(killed) for f in names if f.startswith(".tmp-")]
     assert not leftovers  # a kill mid-write leaves no temp file behind once the run is done
+
+
+def _image_folder(root, classes: int = 2, train: int = 6, val: int = 2) -> None:
+    """A few JPEGs per class in ImageNet's layout (train/<class>/, val/<class>/)."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train), ("val", val)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.random((48, 64, 3)) * 80 + 120 * c  # classes apart in brightness
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.jpg", quality=85)
+
+
+def test_the_imagenet_mbv3_config_runs_end_to_end_on_a_tiny_image_folder(tmp_path):
+    """The paper-scale path on every commit: configs/imagenet-mbv3.yaml (mbv3, image folder,
+    4 -> 3 -> 2 bits by inheritance) with one step per stage, then search, export and report."""
+    root, run = tmp_path / "imagenet", tmp_path / "run"
+    _image_folder(root)
+    config = os.path.join(os.path.dirname(__file__), "..", "configs", "imagenet-mbv3.yaml")
+    exe = os.path.join(os.path.dirname(sys.executable), "oqat")
+    done = subprocess.run(
+        [exe, "run", config, f"data.root={root}", f"run.dir={run}", "data.val_size=4", "data.batch_size=8",
+         "data.eval_batch_size=8", "data.workers=0", "train.calib_images=4", "train.checkpoint_every=0",
+         "train.log_every=1", "stages=[{bits: 4, epochs: 1}, {bits: 3, epochs: 1, lr: 0.2}, {bits: 2, epochs: 1, lr: 0.2}]",
+         "search.population=2", "search.generations=0", "search.val_images=4", "search.calib_images=4",
+         "export.test_images=4", "--quiet"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["config"]["model"]["space"] == "mbv3" and results["config"]["data"]["name"] == "imagefolder"
+    assert [s["bits"] for s in results["stages"]] == [4, 3, 2]
+    assert [s["metrics"]["step"] for s in results["stages"]] == [1, 1, 1]  # one step per stage
+    for i, bits in ((1, 3), (2, 2)):  # bit inheritance 4 -> 3 -> 2
+        assert (run / "stages" / f"{i}-{bits}bit" / "inherited.pt").is_file()
+    for bits in ("4", "3", "2"):
+        members = {m["arch"] for m in results["family"][bits].values() if m}
+        assert members and all(a.startswith("mbv3:r") for a in members)
+        for facts in results["export"][bits].values():
+            assert (run / facts["dir"] / "model.onnx").stat().st_size > 100_000
+            r = int(facts["arch"].split(":")[1].removeprefix("r"))
+            assert facts["input"] == [3, r, r] and facts["bits"] == int(bits)
+    assert (run / "report.md").read_text().startswith("# OQAT run")
