@@ -323,7 +323,8 @@ class Trainer:
 
 class RunLog:
     """metrics.jsonl and TensorBoard events of rank 0. On resume, entries past the resumed
-    step (written after the last checkpoint by the killed run) are dropped from both."""
+    step (written after the last checkpoint by the killed run) are dropped from both, and so
+    is a last line that a crash cut short (it has no newline)."""
 
     def __init__(self, folder: str, step: int, resumed: bool):
         from torch.utils.tensorboard import SummaryWriter
@@ -332,7 +333,8 @@ class RunLog:
         kept = []
         if resumed and os.path.exists(self.path):
             with open(self.path, encoding="utf-8") as f:
-                kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+                kept = [line for line in f if line.endswith("\n") and line.strip()
+                        and json.loads(line).get("step", 0) <= step]
         checkpoint.atomic_write(self.path, lambda f: f.write("".join(kept).encode()))
         self.file = open(self.path, "a", encoding="utf-8")
         self.tb = SummaryWriter(os.path.join(folder, "tb"), purge_step=step + 1 if resumed else None)

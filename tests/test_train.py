@@ -20,7 +20,7 @@ from oqat.experiment import ExperimentConfig
 from oqat.quant import init_step
 from oqat.space import get_space
 from oqat.supernet import Supernet
-from oqat.train import STEP_EPS, Trainer, lr_factor, param_groups, train
+from oqat.train import STEP_EPS, RunLog, Trainer, lr_factor, param_groups, train
 
 # 192 synthetic training images in batches of 16: 12 steps an epoch, a second or two on one core.
 TINY = ["data.name=synthetic", "data.val_size=32", "data.synthetic_train=224", "data.batch_size=16",
@@ -216,3 +216,10 @@ def test_elastic_fields_limit_what_the_sandwich_varies(tmp_path):
         assert archs[0] == dataclasses.replace(largest, r=archs[0].r)
         assert archs[1] == dataclasses.replace(space.smallest(), r=archs[0].r)
         assert len({a.r for a in archs}) == 1
+
+
+def test_resume_drops_a_metrics_line_cut_short_by_a_crash(tmp_path):
+    lines = [json.dumps({"kind": "step", "step": s}) + "\n" for s in (2, 4, 6)]
+    (tmp_path / "metrics.jsonl").write_text("".join(lines) + '{"kind": "st')
+    RunLog(str(tmp_path), 4, resumed=True).close()
+    assert (tmp_path / "metrics.jsonl").read_text() == "".join(lines[:2])
