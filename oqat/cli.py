@@ -348,10 +348,10 @@ def add_config(sub):
 
 def cmd_config(args):
     from .config import describe
-    from .data import check_source
+    from .experiment import check_inputs
     cfg = _load_experiment(args)
     if args.action == "check":
-        check_source(cfg.data)
+        check_inputs(cfg)
         print(f"ok: {args.config or 'the defaults'} is a valid config and its data is there")
     else:
         print(describe(cfg), end="")

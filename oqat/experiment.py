@@ -10,10 +10,11 @@ bad config is refused as it is loaded, before any data is read or any step runs.
 Sections are added, never reshaped, so older configs keep loading. This module imports
 no workflow module (train, pipeline, search...): they import it.
 """
+import os
 from dataclasses import dataclass, field
 
 from .cost import METRICS
-from .data import DataConfig
+from .data import DataConfig, check_source
 from .quant import FULL_PRECISION, check_bits
 from .space import Arch, ArchField, get_space
 
@@ -111,7 +112,7 @@ class StageConfig:
     bits: int = 4  # weight and activation bits; 32 = full precision
     epochs: int = 1  # training epochs of this stage
     lr: float | None = None  # peak learning rate; None: train.lr
-    init: str = "previous"  # "previous": start from the last stage (bit inheritance when bits drop); "scratch"
+    init: str = "previous"  # "previous": start from the last stage (the first: train.init_from), inheriting when bits drop; "scratch"
     reinit_steps: bool = False  # ablation: LSQ steps from data instead of inherited (doubled) ones
     elastic: list[ArchField] | None = None  # Arch fields the sandwich varies in this stage (see train.elastic); None: train.elastic
 
@@ -206,3 +207,11 @@ class ExperimentConfig:
                 raise ValueError(f"train.arch: {err}") from None
             if arch.space != self.model.space:
                 raise ValueError(f"train.arch is from space '{arch.space}', model.space is '{self.model.space}'")
+
+
+def check_inputs(cfg: ExperimentConfig) -> None:
+    """What a config needs from outside, checked before any work (`oqat run`, `oqat train`,
+    `oqat config check`): its data is there or can be fetched, its start file exists."""
+    check_source(cfg.data)
+    if cfg.train.init_from is not None and not os.path.isfile(cfg.train.init_from):
+        raise ValueError(f"train.init_from '{cfg.train.init_from}' not found")

@@ -20,7 +20,7 @@ import time
 
 from . import checkpoint, config, data, files
 from .cost import cost
-from .experiment import ExperimentConfig, parse_budget
+from .experiment import ExperimentConfig, check_inputs, parse_budget
 from .export import export_checkpoint
 from .inherit import inherit_file
 from .quant import FULL_PRECISION
@@ -38,7 +38,7 @@ def _log(text: str) -> None:
 
 
 def run_stages(cfg: ExperimentConfig) -> list[dict]:
-    done, previous = [], None
+    done, previous = [], cfg.train.init_from  # the first stage starts from train.init_from, if given
     for i, st in enumerate(cfg.stages):
         out = stage_dir(cfg.run.dir, i, st.bits)
         final = os.path.join(out, "supernet.pt")
@@ -125,7 +125,7 @@ def run_export(cfg: ExperimentConfig, supernets: dict[int, str], searches: dict[
 
 def run_pipeline(cfg: ExperimentConfig) -> dict:
     # The config was checked as it loaded; what it needs from outside is checked before any work.
-    data.check_source(cfg.data)
+    check_inputs(cfg)
     for budget in cfg.search.budgets + ([f"{cfg.search.metric}<=1"] if cfg.search.metric else []):
         parse_budget(budget)  # no latency table in a run
     os.makedirs(cfg.run.dir, exist_ok=True)

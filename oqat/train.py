@@ -22,9 +22,9 @@ from torch import nn
 from tqdm import tqdm
 
 from . import checkpoint, config, distributed, files
-from .data import check_source, eval_batches, load_splits, num_train_batches, train_batches
+from .data import eval_batches, load_splits, num_train_batches, train_batches
 from .evaluate import evaluate, prepare_subnet, resize
-from .experiment import ExperimentConfig
+from .experiment import ExperimentConfig, check_inputs
 from .inherit import REINIT_KEY
 from .layers import QConv2d
 from .quant import FULL_PRECISION, init_step
@@ -354,7 +354,7 @@ class RunLog:
 def train(cfg: ExperimentConfig) -> dict:
     """Train one stage as `cfg` says (resuming from `run.dir`); returns the final metrics.
     Under torchrun, every rank calls this; only rank 0 writes files."""
-    check_source(cfg.data)  # before any process group or data: a missing dataset is a one-line error
+    check_inputs(cfg)  # before any process group or data is set up
     dist = distributed.init()
     try:
         final = Trainer(cfg, dist).run()

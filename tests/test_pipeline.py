@@ -122,3 +122,20 @@ def test_the_imagenet_mbv3_config_runs_end_to_end_on_a_tiny_image_folder(tmp_pat
             r = int(facts["arch"].split(":")[1].removeprefix("r"))
             assert facts["input"] == [3, r, r] and facts["bits"] == int(bits)
     assert (run / "report.md").read_text().startswith("# OQAT run")
+
+
+def test_the_first_stage_starts_from_train_init_from(tmp_path):
+    import torch
+    from oqat import config, files
+    from oqat.experiment import ExperimentConfig
+    from oqat.pipeline import run_stages
+    from oqat.supernet import Supernet
+    torch.set_num_threads(1)
+    start = tmp_path / "s4.pt"
+    Supernet("mini", 4).save(str(start))
+    cfg = config.load(ExperimentConfig, None, [*TINY_RUN[:8], "stages=[{bits: 2, epochs: 1}]", f"train.init_from={start}",
+                                               f"run.dir={tmp_path / 'run'}", "run.quiet=true"])
+    stages = run_stages(cfg)
+    inherited = tmp_path / "run" / "stages" / "0-2bit" / "inherited.pt"  # 4 -> 2 bits by inheritance
+    assert files.load_supernet(str(inherited))[1]["inherited_from"] == {"file": str(start), "bits": 4}
+    assert stages[0]["bits"] == 2 and stages[0]["metrics"]["step"] == 8
