@@ -110,11 +110,12 @@ def _tensors(value, path: str, name: str) -> dict:
     return value
 
 
-def _load_state(net: nn.Module, state, path: str, name: str = "state_dict") -> nn.Module:
-    state = _tensors(state, path, name)
+def load_state(net: nn.Module, state, path: str) -> nn.Module:
+    """`net` with the weights `state` of the file at `path`, once all of them are checked."""
+    state = _tensors(state, path, "state_dict")
     problems = state_problems(state, net.state_dict())
     if problems:
-        raise CheckpointError(f"'{path}': {name} does not fit its network: " + "; ".join(problems))
+        raise CheckpointError(f"'{path}': state_dict does not fit its network: " + "; ".join(problems))
     net.load_state_dict(state, strict=False)  # strict but for num_batches_tracked, which old files may lack
     return net
 
@@ -135,7 +136,7 @@ def load_supernet(path: str, *formats: str) -> tuple[Supernet, dict]:
     ckpt = read(path, *(formats or (SUPERNET,)))
     space, bits = _space(ckpt, path), _bits(ckpt, path)
     net = _build(path, lambda: Supernet(space, bits))
-    _load_state(net, ckpt.get("state_dict"), path)
+    load_state(net, ckpt.get("state_dict"), path)
     return net.eval(), {**ckpt, "data": _run_data(ckpt, path)}
 
 
@@ -152,7 +153,7 @@ def load_model(path: str, *formats: str) -> tuple[Supernet | Subnet, dict]:
     space, bits = _space(ckpt, path), _bits(ckpt, path)
     arch = _arch(ckpt, path, space)
     net = _build(path, lambda: Subnet(space, arch, bits))
-    _load_state(net, ckpt.get("state_dict"), path)
+    load_state(net, ckpt.get("state_dict"), path)
     return net.eval(), {**ckpt, "data": _run_data(ckpt, path)}
 
 
@@ -172,7 +173,7 @@ def open_supernet(path: str, overrides=(), device: str = "cpu") -> tuple[Superne
 # --- training checkpoints --------------------------------------------------------------------
 def load_training(path: str) -> dict:
     """A training checkpoint (last.pt), every field checked; "state_dict" is left for the
-    caller's network (check it with `state_problems`)."""
+    caller's network (`load_state` checks it against that)."""
     ckpt = read(path, TRAINING)
     _space(ckpt, path)
     _bits(ckpt, path)
@@ -219,13 +220,19 @@ def load_packed(path: str) -> Subnet:
         if entry["bits"] != convs[name].wq.bits:
             raise CheckpointError(f"'{path}': {name} is packed at {entry['bits']} bits, "
                                   f"the network has {convs[name].wq.bits}")
-        if entry["shape"] != list(convs[name].weight.shape) or f"{name}.wq.step" not in state:
-            raise CheckpointError(f"'{path}': {name} is packed as {entry['shape']} without its step, or the "
-                                  f"network has {list(convs[name].weight.shape)}")
-        codes = unpack(entry["data"], tuple(entry["shape"]), entry["bits"])
+        if entry["shape"] != list(convs[name].weight.shape):
+            raise CheckpointError(f"'{path}': {name} is packed as {entry['shape']}, the network's weight is "
+                                  f"{list(convs[name].weight.shape)}")
+        step = state.get(f"{name}.wq.step")
+        if step is None or step.numel() != 1:
+            raise CheckpointError(f"'{path}': {name} has no weight step (state_dict key {name}.wq.step)")
+        try:
+            codes = unpack(entry["data"], tuple(entry["shape"]), entry["bits"])
+        except CheckpointError as err:
+            raise CheckpointError(f"'{path}': {name}: {err}") from None
         # The same float32 product q * |s| that the quantizer's forward computes.
-        state[f"{name}.weight"] = codes.float() * state[f"{name}.wq.step"].abs()
-    return _load_state(net, state, path).eval()
+        state[f"{name}.weight"] = codes.float() * step.abs()
+    return load_state(net, state, path).eval()
 
 
 # --- the authors' checkpoints ----------------------------------------------------------------

@@ -124,10 +124,7 @@ class Trainer:
             raise checkpoint.CheckpointError(
                 f"'{self.last}' is a {ck['bits']}-bit '{ck['space']['name']}' run, this config trains "
                 f"{self.cfg.train.bits}-bit '{self.space.name}'; use another run.dir")
-        problems = files.state_problems(ck["state_dict"], self.net.state_dict())
-        if problems:
-            raise checkpoint.CheckpointError(f"'{self.last}': state_dict does not fit: {'; '.join(problems)}")
-        self.net.load_state_dict(ck["state_dict"])
+        files.load_state(self.net, ck["state_dict"], self.last)
         try:
             self.opt.load_state_dict(ck["optimizer"])
             self.sched.load_state_dict(ck["scheduler"])

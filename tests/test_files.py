@@ -112,6 +112,8 @@ def test_wrong_subnet_packed_and_training_files(good, tmp_path):
              ("packed", lambda c: next(iter(c["packed"].values())).update(bits=3), "is packed at 3 bits"),
              ("packed", lambda c: next(iter(c["packed"].values())).update(shape=[1]), "is packed as [1]"),
              ("packed", lambda c: next(iter(c["packed"].values())).update(data=[1, 2]), "must hold data (tensor)"),
+             ("packed", lambda c: next(iter(c["packed"].values())).update(data=torch.zeros(2)), "needs"),
+             ("packed", lambda c: c["state_dict"].pop("blocks.0.project.conv.wq.step"), "has no weight step"),
              ("training", lambda c: c.update(step=-1), "field 'step' must be >= 0"),
              ("training", lambda c: c.update(rng={"python": 3}), "field 'rng' is not a saved RNG state"),
              ("training", lambda c: c.update(optimizer={"state": {}}), "is not an optimizer state"),
@@ -299,3 +301,31 @@ def test_fuzz_malformed_config_overrides(capsys):
             errors += 1
             assert err.count("\n") == 1 and err.startswith("oqat config: error:") and out == "", (override, err)
     assert errors >= 200
+
+
+@pytest.mark.parametrize("content,message", [
+    ("[1, 2]", "must be a JSON object"), ("{}", "not empty"), ('{"mini:r28:k3e2": 1.0}', "has 1 stages"),
+    ('{"mini:r20:k3e2-k3e2-k3e2-k3e2": "fast"}', "expected milliseconds"),
+    ('{"mini:r20:k3e2-k3e2-k3e2-k3e2": -1}', "expected milliseconds"), ("{'a': 1}", "is not valid JSON"),
+    (b"\xff\xfe\x00binary", "is not valid JSON"),
+])
+def test_a_malformed_latency_table_is_one_line_naming_it(tmp_path, content, message):
+    path = tmp_path / "table.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError) as err:
+        files.load_latency_table(str(path), MINI)
+    assert_clean(err.value, str(path))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("[1, 2]", "must hold a JSON object"), ("{not json", "is not valid JSON"),
+    ('{"ks": "x", "e": [], "d": [], "r": 20, "space": "mini"}', "arch field 'ks'"),
+    ('{"ks": [3], "e": [2], "d": [1], "r": 20, "space": {"name": "mini"}}', "arch field 'space' must be a space name"),
+])
+def test_a_malformed_architecture_file_is_one_line_naming_it(tmp_path, content, message, capsys):
+    path = tmp_path / "arch.json"
+    path.write_text(content)
+    assert main(["cost", "--arch", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and message in err, err
