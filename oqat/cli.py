@@ -51,12 +51,12 @@ def add_settings(p, *keys: str) -> None:
     p.set_defaults(settings=(*(p.get_default("settings") or ()), *keys))
 
 
-def settings(args, base=None):
-    """The experiment config (`base`, else the defaults) with the options of `add_settings` applied."""
+def settings(args):
+    """The experiment config's defaults with the options of `add_settings` applied (and checked)."""
     from .config import apply_overrides
     given = [(k, getattr(args, k)) for k in args.settings if getattr(args, k) is not None]
-    return apply_overrides(base or _defaults(), [f"{k}={json.dumps(v) if isinstance(v, (list, bool)) else v}"
-                                                 for k, v in given])
+    return apply_overrides(_defaults(), [f"{k}={json.dumps(v) if isinstance(v, (list, bool)) else v}"
+                                         for k, v in given])
 
 
 def print_table(rows: dict, title: str | None = None) -> None:
