@@ -44,7 +44,8 @@ def add_settings(p, *keys: str) -> None:
             p.add_argument(flag, dest=key, action="store_const", const=True, default=None,
                            help=f"{note} (config {key})")
         elif isinstance(value, list):
-            p.add_argument(flag, dest=key, action="append", default=None, help=f"repeatable; {note} (config {key})")
+            p.add_argument(flag, dest=key, action="append", default=None, metavar=flag[2:].upper(),
+                           help=f"repeatable; {note} (config {key})")
         else:
             p.add_argument(flag, dest=key, default=None, metavar=name.upper(),
                            help=f"{note} (config {key}; default {value})")
