@@ -85,7 +85,7 @@ class TrainConfig:
     sandwich_random: int = 2  # random subnets per step besides the largest and the smallest
     distill: bool = True  # the other subnets learn from the largest's soft predictions (else labels)
     bits: int = 4  # weight and activation bits of this stage; 32 = full precision
-    init_from: str | None = None  # supernet file to start from (e.g. the previous stage's, or an inherited one)
+    init_from: str | None = None  # supernet file to start from (oqat run: its first stage's start); None: from scratch
     reinit_steps: bool | None = None  # LSQ steps from data at the start; None: only if init_from has no steps at these bits
     checkpoint_every: int = 200  # also write last.pt every N steps (0: only at epoch ends)
     calib_images: int = 2000  # training images for BN recalibration before each validation
@@ -187,7 +187,7 @@ class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)  # outputs
     stages: list[StageConfig] = field(default_factory=_default_stages)  # oqat run: training stages in order (bit inheritance between them)
     search: SearchSettings = field(default_factory=SearchSettings)  # oqat run and oqat search/eval/sample: Pareto search
-    export: ExportSettings = field(default_factory=ExportSettings)  # oqat run and oqat export: the best subnets
+    export: ExportSettings = field(default_factory=ExportSettings)  # oqat run and oqat export: the S/M/L family
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)  # oqat analyze: quantization-friendly traits
 
     def __post_init__(self):
