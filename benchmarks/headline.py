@@ -21,8 +21,9 @@ import torch
 
 from oqat import config, data
 from oqat.cost import cost
-from oqat.evaluate import evaluate, load_supernet, prepare_subnet
+from oqat.evaluate import evaluate, prepare_subnet
 from oqat.experiment import ExperimentConfig
+from oqat.files import load_supernet
 from oqat.pipeline import run_stages
 from oqat.space import Arch, SearchSpace
 
@@ -60,7 +61,8 @@ def main():
     with open(os.path.join(args.run_dir, "results.json")) as f:
         results = json.load(f)
     family = results["family"][str(args.bits)]
-    supernet, data_cfg = load_supernet(os.path.join(args.run_dir, results["stages"][-1]["supernet"]))
+    supernet, ckpt = load_supernet(os.path.join(args.run_dir, results["stages"][-1]["supernet"]))
+    data_cfg = ckpt["data"]
     space, splits = supernet.space, data.load_splits(data_cfg)
     largest = cost(space.largest(), space, args.bits)["bitops"]
     rows = []

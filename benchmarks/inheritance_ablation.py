@@ -23,8 +23,9 @@ import statistics
 import torch
 
 from oqat import config, data
-from oqat.evaluate import evaluate, load_supernet, prepare_subnet
+from oqat.evaluate import evaluate, prepare_subnet
 from oqat.experiment import ExperimentConfig
+from oqat.files import load_supernet
 from oqat.pipeline import run_stages, stage_dir
 from oqat.space import Arch
 
@@ -45,7 +46,8 @@ def stages_run(cfg: ExperimentConfig, stages, seed: int, folder: str) -> str:
 
 
 def scores(path: str, split: str, calib: int) -> dict[str, float]:
-    net, data_cfg = load_supernet(path)
+    net, ckpt = load_supernet(path)
+    data_cfg = ckpt["data"]
     splits = data.load_splits(data_cfg)
     archs = {"largest": net.space.largest(), "middle": middle(net.space), "smallest": net.space.smallest()}
     return {k: evaluate(prepare_subnet(net, a, data_cfg, splits, calib, 0),

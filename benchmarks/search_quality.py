@@ -14,8 +14,9 @@ import time
 
 import numpy as np
 
-from oqat.evaluate import open_supernet
-from oqat.search import Scorer, dominated, parse_budget, sample_points, search
+from oqat.files import open_supernet
+from oqat.experiment import parse_budget
+from oqat.search import Scorer, dominated, sample_points, search
 
 
 def margin(front: list[dict], point: dict, metric: str) -> float:

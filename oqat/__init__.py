@@ -6,7 +6,7 @@
 from .space import SPACES, Arch, SearchSpace, get_space
 from .supernet import Supernet
 from .subnet import Subnet
-from .oqa import load_oqa_checkpoint
+from .files import load_oqa_checkpoint
 from .cost import cost  # noqa: E402  (deliberately shadows the submodule attribute: oqat.cost(...))
 
 __all__ = ["Arch", "SearchSpace", "SPACES", "get_space", "Supernet", "Subnet", "load_oqa_checkpoint", "cost"]

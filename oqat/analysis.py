@@ -7,31 +7,22 @@ bootstrap confidence intervals, the same inside cost bands (does a shallower net
 higher resolution lose less, as the paper found?), and the pairs of similar cost and
 similar high-bit accuracy whose low-bit accuracies differ most.
 """
+import dataclasses
 import json
 import os
 import random
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import spearmanr
 
-from . import checkpoint, data
+from . import checkpoint, data, files
 from .cost import cost
 from .evaluate import evaluate, prepare_subnet
+from .experiment import AnalysisConfig
 from .space import Arch, SearchSpace
 from .supernet import Supernet
 
 TRAITS = ("depth", "mean_expand", "mean_kernel", "resolution")
-
-
-@dataclass
-class AnalysisConfig:
-    samples: int = 40  # architectures sampled; 40 gives usable rank correlations in a few minutes
-    seed: int = 0  # seeds sampling and the bootstrap
-    calib_images: int = 500  # BN recalibration images per subnet
-    val_images: int = 2000  # held-out validation images each subnet is scored on
-    bootstrap: int = 1000  # resamples for the confidence intervals
-    bands: int = 3  # cost bands (quantiles of MACs) for the matched-cost comparison
 
 
 def traits(arch: Arch, space: SearchSpace) -> dict[str, float]:
@@ -177,8 +168,8 @@ def _save(fig, out_dir: str, name: str) -> str:
     return path
 
 
-def run_supernets(run_dir: str) -> dict[int, str]:
-    """The last trained supernet file of each bit-width in a run directory (later stages win)."""
+def run_supernets(run_dir: str) -> dict[int, Supernet]:
+    """The last trained supernet of each bit-width in a run directory (later stages win)."""
     stages = os.path.join(run_dir, "stages")
     if not os.path.isdir(stages):
         raise ValueError(f"'{run_dir}' is not an oqat run directory (no stages/ folder)")
@@ -186,27 +177,27 @@ def run_supernets(run_dir: str) -> dict[int, str]:
     for name in sorted(os.listdir(stages), key=lambda n: int(n.split("-")[0]) if n.split("-")[0].isdigit() else -1):
         path = os.path.join(stages, name, "supernet.pt")
         if os.path.isfile(path):
-            found[checkpoint.load(path, "oqat-supernet")["bits"]] = path
+            net, ckpt = files.load_supernet(path)
+            found[net.bits] = net, ckpt["data"]
     if len(found) < 2:
         raise ValueError(f"'{run_dir}' has {len(found)} finished supernet(s); the analysis compares at least two bit-widths")
     return found
 
 
 def analyze(run_dir: str, cfg: AnalysisConfig, out_dir: str | None = None, progress=None) -> dict:
-    from .evaluate import load_supernet
     out_dir = out_dir or os.path.join(run_dir, "analysis")
-    os.makedirs(out_dir, exist_ok=True)
     nets, data_cfg = {}, None
-    for bits, path in sorted(run_supernets(run_dir).items(), reverse=True):
-        nets[bits], data_cfg = load_supernet(path)
+    for bits, (net, data_cfg) in sorted(run_supernets(run_dir).items(), reverse=True):
+        nets[bits] = net
     if data_cfg is None:
         raise ValueError(f"the supernets of '{run_dir}' carry no data config")
     splits = data.load_splits(data_cfg)
+    os.makedirs(out_dir, exist_ok=True)
     space = next(iter(nets.values())).space
     rows = measure(nets, sample_archs(space, cfg.samples, cfg.seed), data_cfg, splits, cfg, progress)
     summary = summarise(rows, cfg)
     summary["plots"] = [os.path.basename(p) for p in plot(rows, summary, out_dir)]
-    result = {"config": cfg.__dict__, "rows": rows, "summary": summary}
+    result = {"config": dataclasses.asdict(cfg), "rows": rows, "summary": summary}
     checkpoint.atomic_write(os.path.join(out_dir, "analysis.json"),
                             lambda f: f.write(json.dumps(result, indent=1).encode()))
     checkpoint.atomic_write(os.path.join(out_dir, "analysis.md"), lambda f: f.write(markdown(summary, rows).encode()))

@@ -1,7 +1,8 @@
-"""Checkpoint files: atomic writes and safe, validated reads.
+"""Checkpoint files: atomic writes and safe reads.
 
 Every oqat file is a plain dict with a "format" tag, loaded with weights_only=True (no
 arbitrary unpickling), and carries what is needed to rebuild its model (space, bits, ...).
+`oqat.files` checks each kind of file as a whole on top of these reads.
 """
 import json
 import os
@@ -9,8 +10,6 @@ import tempfile
 import zipfile
 
 import torch
-
-from .space import SearchSpace
 
 
 class CheckpointError(ValueError):
@@ -42,39 +41,51 @@ def atomic_write(path: str, write) -> None:
 
 
 def read_json(path: str, what: str):
-    """A JSON file a user gave us; missing or malformed: one line naming it as `what`."""
+    """A JSON file a user gave us; missing, unreadable or malformed: one line naming it as `what`."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         raise ValueError(f"{what} '{path}' not found") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{what} '{path}' is not valid JSON: {err}") from None
+    except (IsADirectoryError, PermissionError) as err:
+        raise ValueError(f"{what} '{path}' cannot be read: {err.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"{what} '{path}' is not valid JSON: {first}") from None
 
 
 def save(path: str, obj: dict) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def load(path: str, *formats: str) -> dict:
-    """Read an oqat checkpoint; `formats` are the accepted "format" tags (any if none)."""
+def read_torch(path: str):
+    """Whatever a torch file holds, read safely (weights_only=True: tensors and plain containers only)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # torch records a CRC32 per entry of its zip but does not check it on load: a flipped
+        # bit in tensor data would load as a wrong weight. zipfile checks them.
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+            if bad is not None:
+                raise CheckpointError(f"checkpoint '{path}' is corrupt: checksum mismatch in {bad}")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint '{path}' is corrupt, truncated or not a safe torch file: {first}") from None
     except Exception as err:  # the unpickler's own errors for foreign objects
         raise CheckpointError(f"checkpoint '{path}' could not be read safely: {type(err).__name__}") from None
+
+
+def load(path: str, *formats: str) -> dict:
+    """Read an oqat checkpoint; `formats` are the accepted "format" tags (any if none).
+    Only the tag is checked here: `oqat.files` checks each kind's fields."""
+    obj = read_torch(path)
     if not isinstance(obj, dict) or "format" not in obj:
         raise CheckpointError(f"'{path}' is not an oqat checkpoint (no 'format' field)")
     if formats and obj["format"] not in formats:
-        raise CheckpointError(f"'{path}' is a {obj['format']} file; expected {' or '.join(formats)}")
+        raise CheckpointError(f"'{path}' is a {obj['format']!r} file; expected {' or '.join(formats)}")
     return obj
-
-
-def space_of(ckpt: dict) -> SearchSpace:
-    """The checkpoint's search space (never added to the built-in ones: whoever reads the file
-    passes it on, e.g. to `Arch.parse(text, space)`)."""
-    return SearchSpace.from_dict(ckpt["space"])

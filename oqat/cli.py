@@ -1,10 +1,15 @@
 """The `oqat` command line: one sub-command per stage of the pipeline.
 
+A sub-command's settings are fields of the experiment config (`oqat.experiment`): the
+option --population is search.population, with that field's default and comment, so each
+setting has one default whether it comes from `oqat run`'s YAML or from a sub-command.
+
 User mistakes (bad config field, missing file, bad architecture) raise ValueError
 subclasses and end as one line on stderr with exit status 2; OQAT_DEBUG=1 shows the
 traceback instead.
 """
 import argparse
+import functools
 import json
 import os
 import sys
@@ -17,6 +22,42 @@ def _bits(text: str) -> int:
         return check_bits(int(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"bits must be 1..8 or 32, got {text!r}") from None
+
+
+@functools.cache
+def _defaults():
+    from .experiment import ExperimentConfig
+    return ExperimentConfig()
+
+
+def add_settings(p, *keys: str) -> None:
+    """An option per config field, e.g. "search.population" -> --population, documented by
+    the field's comment and default; `settings(args)` reads them back as a checked config."""
+    from .config import field_comments
+    for key in keys:
+        section, name = key.split(".")
+        part = getattr(_defaults(), section)
+        value = getattr(part, name)
+        note = field_comments(type(part)).get(name, "").replace("%", "%%")
+        flag = "--" + name.replace("_", "-").removesuffix("s" if isinstance(value, list) else "")
+        if isinstance(value, bool):
+            p.add_argument(flag, dest=key, action="store_const", const=True, default=None,
+                           help=f"{note} (config {key})")
+        elif isinstance(value, list):
+            p.add_argument(flag, dest=key, action="append", default=None, metavar=flag[2:].upper(),
+                           help=f"repeatable; {note} (config {key})")
+        else:
+            p.add_argument(flag, dest=key, default=None, metavar=name.upper(),
+                           help=f"{note} (config {key}; default {value})")
+    p.set_defaults(settings=(*(p.get_default("settings") or ()), *keys))
+
+
+def settings(args):
+    """The experiment config's defaults with the options of `add_settings` applied (and checked)."""
+    from .config import apply_overrides
+    given = [(k, getattr(args, k)) for k in args.settings if getattr(args, k) is not None]
+    return apply_overrides(_defaults(), [f"{k}={json.dumps(v) if isinstance(v, (list, bool)) else v}"
+                                         for k, v in given])
 
 
 def print_table(rows: dict, title: str | None = None) -> None:
@@ -61,7 +102,7 @@ def add_convert_oqa(sub):
 
 
 def cmd_convert_oqa(args):
-    from .oqa import load_oqa_checkpoint
+    from .files import load_oqa_checkpoint
     net = load_oqa_checkpoint(args.checkpoint, args.bits)
     net.save(args.out, {"source": os.path.basename(args.checkpoint)})
     print(f"wrote {args.out} (mbv3 supernet, {args.bits}-bit)")
@@ -88,20 +129,15 @@ def cmd_inherit(args):
 def add_analyze(sub):
     p = sub.add_parser("analyze", help="which architectural traits make a subnet quantization-friendly")
     p.add_argument("run_dir")
-    p.add_argument("--samples", type=int, default=40, help="architectures to sample (seeded)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--calib-images", type=int, default=500)
-    p.add_argument("--val-images", type=int, default=2000)
+    add_settings(p, *(f"analysis.{name}" for name in
+                      ("samples", "seed", "calib_images", "val_images", "bootstrap", "bands")))
     p.add_argument("--out", default=None, help="output folder (default RUN_DIR/analysis)")
     p.set_defaults(func=cmd_analyze)
 
 
 def cmd_analyze(args):
-    from .analysis import AnalysisConfig, analyze
-    if args.samples < 4:
-        raise ValueError(f"--samples must be at least 4 for rank correlations, got {args.samples}")
-    cfg = AnalysisConfig(samples=args.samples, seed=args.seed, calib_images=args.calib_images,
-                         val_images=args.val_images)
+    from .analysis import analyze
+    cfg = settings(args).analysis
     result = analyze(args.run_dir, cfg, args.out,
                      progress=lambda i, n: print(f"\r  evaluated {i}/{n} architectures", end="", file=sys.stderr))
     print(file=sys.stderr)
@@ -122,13 +158,8 @@ def add_train(sub):
 
 
 def cmd_train(args):
-    from .config import load
-    from .experiment import ExperimentConfig
+    cfg = _load_experiment(args, ["run.quiet=true"] if args.quiet else [])  # before the heavy imports: fast errors
     from .train import train
-    # A first positional with '=' is an override, not a config file.
-    if args.config is not None and "=" in args.config:
-        args.overrides, args.config = [args.config, *args.overrides], None
-    cfg = load(ExperimentConfig, args.config, [*args.overrides, *(["run.quiet=true"] if args.quiet else [])])
     final = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {os.path.join(cfg.run.dir, 'supernet.pt')}  " + json.dumps(
@@ -141,23 +172,20 @@ def add_export(sub):
     p.add_argument("checkpoint", help="a supernet file (with --arch) or a subnet file")
     p.add_argument("--arch", default=None, help="JSON file, JSON string or compact string (needed for a supernet)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--calib-images", type=int, default=2000, help="training images for BN recalibration (supernet)")
-    p.add_argument("--test-images", type=int, default=1000, help="test images for the card's top-1 (0: skip)")
+    add_settings(p, "search.calib_images", "search.seed", "export.test_images")
     p.add_argument("--data-config", default=None,
                    help="experiment YAML whose data section to use (default: the checkpoint's own)")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args):
+    from .config import load
+    from .experiment import ExperimentConfig
     from .export import export_checkpoint
-    from .space import Arch
-    data_cfg = None
-    if args.data_config is not None:
-        from .config import load
-        from .experiment import ExperimentConfig
-        data_cfg = load(ExperimentConfig, args.data_config).data
-    facts = export_checkpoint(args.checkpoint, Arch.parse(args.arch) if args.arch else None, args.out,
-                              args.calib_images, args.test_images, data_cfg)
+    data_cfg = load(ExperimentConfig, args.data_config).data if args.data_config is not None else None
+    cfg = settings(args)
+    facts = export_checkpoint(args.checkpoint, args.arch, args.out, cfg.search.calib_images,
+                              cfg.export.test_images, data_cfg, cfg.search.seed)
     sizes, test = facts["sizes"], facts.get("test")
     print(f"wrote {args.out}: {facts['arch']} at {facts['bits']} bits; packed {sizes['packed']:,} bytes "
           f"(fp32 state dict {sizes['fp32_state_dict']:,}), onnx {sizes['onnx']:,}" +
@@ -183,15 +211,14 @@ def add_latency(sub):
 
 def cmd_latency(args):
     from .latency import device_name, load_for_latency, measure, update_table
-    from .space import Arch
     batches = sorted({1, *(args.batch or [])})
     if batches[0] < 1 or args.threads < 1:
         raise ValueError(f"--batch and --threads must be >= 1, got batches {batches}, threads {args.threads}")
-    net, onnx_path = load_for_latency(args.source, Arch.parse(args.arch) if args.arch else None)
+    net, onnx_path = load_for_latency(args.source, args.arch)
     result = measure(net, batches, args.runs, args.warmup, args.threads, onnx_path)
     arch = net.arch.to_str()
     if args.table:
-        update_table(args.table, arch, result["onnxruntime"][1])
+        update_table(args.table, arch, result["onnxruntime"][1], net.space)
     if args.json:
         print(json.dumps({"arch": arch, "bits": net.bits, "device": device_name(), "threads": args.threads,
                           "ms": result}))
@@ -203,10 +230,9 @@ def cmd_latency(args):
 
 
 # --- eval / search / sample -------------------------------------------------------------
-def _add_supernet_options(p, calib_default: int = 2000):
+def _add_supernet_options(p):
     p.add_argument("checkpoint", help="a supernet file (supernet.pt of a run)")
-    p.add_argument("--calib-images", type=int, default=calib_default,
-                   help="training images (fixed seeded subset) for BN recalibration")
+    add_settings(p, "search.calib_images", "search.seed")
     p.add_argument("--dataset", default=None, help="data.name (default: the checkpoint run's data)")
     p.add_argument("--data-root", default=None, help="data.root (default: the checkpoint run's data)")
     p.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
@@ -216,11 +242,9 @@ def _add_supernet_options(p, calib_default: int = 2000):
 
 def _open_supernet(args):
     import torch
-    from .evaluate import open_supernet
+    from .files import open_supernet
     overrides = [*([f"name={args.dataset}"] if args.dataset else []),
                  *([f"root={args.data_root}"] if args.data_root else []), *args.data]
-    if args.calib_images < 1:
-        raise ValueError(f"--calib-images must be >= 1, got {args.calib_images}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return open_supernet(args.checkpoint, overrides, device)
 
@@ -230,7 +254,6 @@ def add_eval(sub):
     _add_supernet_options(p)
     p.add_argument("--arch", required=True, help="JSON file, JSON string or compact string")
     p.add_argument("--split", choices=["val", "test"], default="val", help="held-out val (search) or test (reports)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration subset")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_eval)
 
@@ -240,9 +263,10 @@ def cmd_eval(args):
     from .data import eval_batches
     from .evaluate import evaluate, prepare_subnet
     from .space import Arch
+    s = settings(args).search
     net, data_cfg, splits = _open_supernet(args)
     arch = Arch.parse(args.arch, net.space)
-    sub = prepare_subnet(net, arch, data_cfg, splits, args.calib_images, args.seed)
+    sub = prepare_subnet(net, arch, data_cfg, splits, s.calib_images, s.seed)
     result = evaluate(sub, eval_batches(getattr(splits, args.split), data_cfg, arch.r))
     result = {"arch": arch.to_str(), "bits": net.bits, "split": args.split, **result,
               **cost(arch, net.space, net.bits)}
@@ -256,35 +280,28 @@ def cmd_eval(args):
 def add_search(sub):
     p = sub.add_parser("search", help="NSGA-II Pareto search of val top-1 against cost under budgets")
     _add_supernet_options(p)
-    p.add_argument("--budget", action="append", default=[], metavar="METRIC<=VALUE",
-                   help="repeatable, e.g. bitops<=2e8; metrics: macs, params, bitops, flops_q, size_bits, latency")
-    p.add_argument("--metric", default=None, help="cost objective (default: the first budget's metric, else bitops)")
-    p.add_argument("--population", type=int, default=20)
-    p.add_argument("--generations", type=int, default=5, help="offspring rounds after the initial population")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-images", type=int, default=None, help="score on a fixed seeded subset of val (speed)")
+    add_settings(p, *(f"search.{name}" for name in
+                      ("budgets", "metric", "population", "generations", "val_images", "predictor")))
     p.add_argument("--latency-table", default=None, help="JSON {arch string: ms} enabling the latency metric")
-    p.add_argument("--predictor", action="store_true",
-                   help="pre-screen candidates with an accuracy predictor; the front is confirmed by real evaluation")
     p.add_argument("--pairs", default=None, help="(arch, val_top1) JSON (oqat sample) to start the predictor from")
     p.add_argument("--out", default="search", help="output folder for pareto.json, evaluated.json, pareto.png")
     p.set_defaults(func=cmd_search)
 
 
 def cmd_search(args):
-    from .predictor import load_pairs
-    from .search import parse_budget, read_latency_table, search, write_outputs
-    if args.population < 2 or args.generations < 0:
-        raise ValueError(f"--population must be >= 2 and --generations >= 0, got {args.population}, {args.generations}")
+    from .experiment import parse_budget
+    from .files import load_latency_table, load_pairs
+    from .search import search, write_outputs
+    s = settings(args).search
     latency = args.latency_table is not None
-    budgets = [parse_budget(b, latency) for b in args.budget]
-    if args.metric is not None:
-        parse_budget(f"{args.metric}<=1", latency)  # same check and message as a budget's metric
+    budgets = [parse_budget(b, latency) for b in s.budgets]
+    if s.metric is not None:
+        parse_budget(f"{s.metric}<=1", latency)  # same check and message as a budget's metric
     net, data_cfg, splits = _open_supernet(args)
-    table = read_latency_table(args.latency_table, net.space) if latency else None
+    table = load_latency_table(args.latency_table, net.space) if latency else None
     pairs = load_pairs(args.pairs, net.space) if args.pairs else None
-    result = search(net, data_cfg, splits, budgets, args.population, args.generations, args.seed, args.metric,
-                    args.calib_images, args.val_images, table, args.predictor or pairs is not None, pairs,
+    result = search(net, data_cfg, splits, budgets, s.population, s.generations, s.seed, s.metric,
+                    s.calib_images, s.val_images, table, s.predictor or pairs is not None, pairs,
                     log=lambda text: print(f"  {text}", file=sys.stderr, flush=True))
     write_outputs(result, args.out)
     m = result.metric
@@ -298,8 +315,7 @@ def add_sample(sub):
     p = sub.add_parser("sample", help="(arch, val top-1) pairs of random subnets, and a predictor's quality on them")
     _add_supernet_options(p)
     p.add_argument("--n", type=int, required=True, help="distinct random architectures to evaluate")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-images", type=int, default=None, help="score on a fixed seeded subset of val (speed)")
+    add_settings(p, "search.val_images")
     p.add_argument("--out", required=True, help="pairs JSON file")
     p.set_defaults(func=cmd_sample)
 
@@ -309,28 +325,47 @@ def cmd_sample(args):
     from .search import Scorer, sample_points
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    s = settings(args).search
     net, data_cfg, splits = _open_supernet(args)
-    scorer = Scorer(net, data_cfg, splits, args.calib_images, args.val_images, args.seed)
-    points = sample_points(scorer, args.n, args.seed)
+    scorer = Scorer(net, data_cfg, splits, s.calib_images, s.val_images, s.seed)
+    points = sample_points(scorer, args.n, s.seed)
     save_pairs(args.out, points)
     print(f"wrote {args.out} ({len(points)} pairs)")
     if len(points) >= 4:
         from .space import Arch
-        _, q = fit_and_score([(Arch.parse(p["arch"], net.space), p["val_top1"]) for p in points], net.space, seed=args.seed)
+        _, q = fit_and_score([(Arch.parse(p["arch"], net.space), p["val_top1"]) for p in points], net.space, seed=s.seed)
         print(f"  predictor on {q['n']} held-out pairs: Kendall tau {q['kendall_tau']:.3f}, RMSE {q['rmse']:.2f} points")
 
 
 # --- config -----------------------------------------------------------------------------
 def add_config(sub):
-    p = sub.add_parser("config", help="show the experiment config's defaults, with a comment per field")
-    p.add_argument("action", choices=["show"])
+    p = sub.add_parser("config", help="show a config (default: the defaults) with a comment per field, or check it")
+    p.add_argument("action", choices=["show", "check"],
+                   help="show: the resolved config; check: also that its data is there, as `oqat run` does first")
+    p.add_argument("config", nargs="?", default=None, help="YAML experiment config (default: the defaults)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. search.population=8")
     p.set_defaults(func=cmd_config)
 
 
 def cmd_config(args):
     from .config import describe
+    from .experiment import check_inputs
+    cfg = _load_experiment(args)
+    if args.action == "check":
+        check_inputs(cfg)
+        print(f"ok: {args.config or 'the defaults'} is a valid config and its data is there")
+    else:
+        print(describe(cfg), end="")
+
+
+def _load_experiment(args, extra=()):
+    """The experiment config of a sub-command's CONFIG and KEY=VALUE arguments, checked as it loads."""
+    from .config import load
     from .experiment import ExperimentConfig
-    print(describe(ExperimentConfig), end="")
+    # A first positional with '=' is an override, not a config file.
+    if args.config is not None and "=" in args.config:
+        args.overrides, args.config = [args.config, *args.overrides], None
+    return load(ExperimentConfig, args.config, [*args.overrides, *extra])
 
 
 # --- run ------------------------------------------------------------------------------
@@ -343,10 +378,8 @@ def add_run(sub):
 
 
 def cmd_run(args):
-    from . import config
-    from .experiment import ExperimentConfig
+    cfg = _load_experiment(args, ["run.quiet=true"] if args.quiet else [])  # before the heavy imports: fast errors
     from .pipeline import run_pipeline
-    cfg = config.load(ExperimentConfig, args.config, args.overrides + (["run.quiet=true"] if args.quiet else []))
     run_pipeline(cfg)
 
 
@@ -365,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError, KeyboardInterrupt) as err:
+    except (ValueError, OSError, KeyboardInterrupt) as err:
         if os.environ.get("OQAT_DEBUG"):
             raise
         if isinstance(err, KeyboardInterrupt):

@@ -118,7 +118,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok:
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise ConfigError(f"field '{where}' expects float, got an integer too large for one") from None
     elif tp is str:
         ok = isinstance(value, str)
     else:
@@ -308,6 +311,9 @@ def _describe_lines(cfg: Any, indent: str) -> list[str]:
     return lines
 
 
-def describe(cls: type) -> str:
-    """YAML text of the defaults of ``cls``, each field followed by its comment."""
-    return "\n".join(_describe_lines(_build(cls, {}, ""), "")) + "\n"
+def describe(cfg: Any) -> str:
+    """YAML text of a config (a dataclass instance, or a class: its defaults), each field
+    followed by its comment."""
+    if isinstance(cfg, type):
+        cfg = _build(cfg, {}, "")
+    return "\n".join(_describe_lines(cfg, "")) + "\n"

@@ -231,21 +231,31 @@ def download_fashion_mnist(dest: str, base_url: str = FASHION_MNIST_URL,
                 os.remove(tmp)
 
 
-def _load_fmnist(cfg: DataConfig) -> tuple[ArrayDataset, ArrayDataset]:
-    cache = os.path.join(os.path.expanduser(cfg.cache_dir), "fashion-mnist")
+_FMNIST_STEMS = [n.removesuffix(".gz") for n in FASHION_MNIST_FILES]
+
+
+def _fmnist_folder(cfg: DataConfig) -> tuple[str, bool]:
+    """Where Fashion-MNIST is (or is to be downloaded to), and whether every file is there."""
     if cfg.root is not None:
         folder = os.path.expanduser(cfg.root)
     elif _find_fmnist(SYSTEM_FASHION_MNIST, "train-images-idx3-ubyte"):
         folder = SYSTEM_FASHION_MNIST
     else:
-        folder = cache
-    stems = [n.removesuffix(".gz") for n in FASHION_MNIST_FILES]
-    if any(_find_fmnist(folder, s) is None for s in stems):
-        if not cfg.download:
-            raise DataError(f"Fashion-MNIST not found in '{folder}' (looked for "
-                            f"{', '.join(stems)}, raw or .gz); run `apt-get install "
-                            "dataset-fashion-mnist` or set data.download=true")
+        folder = os.path.join(os.path.expanduser(cfg.cache_dir), "fashion-mnist")
+    if all(_find_fmnist(folder, s) for s in _FMNIST_STEMS):
+        return folder, True
+    if not cfg.download:
+        raise DataError(f"Fashion-MNIST not found in '{folder}' (looked for "
+                        f"{', '.join(_FMNIST_STEMS)}, raw or .gz); run `apt-get install "
+                        "dataset-fashion-mnist` or set data.download=true")
+    return folder, False
+
+
+def _load_fmnist(cfg: DataConfig) -> tuple[ArrayDataset, ArrayDataset]:
+    folder, present = _fmnist_folder(cfg)
+    if not present:
         download_fashion_mnist(folder, FASHION_MNIST_URL, FASHION_MNIST_FILES)
+    stems = _FMNIST_STEMS
     arrays = [read_idx(_find_fmnist(folder, s), 3 if "images" in s else 1) for s in stems]
     mean, std = STATS["fashion-mnist"]
     out = []
@@ -305,7 +315,8 @@ def read_cifar_batch(path: str, label_key: bytes) -> tuple[np.ndarray, np.ndarra
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def _load_cifar(cfg: DataConfig) -> tuple[ArrayDataset, ArrayDataset]:
+def _cifar_files(cfg: DataConfig) -> tuple[list[str], list[str], bytes]:
+    """(training batch files, test batch files, label key); missing files: DataError."""
     root = os.path.expanduser(cfg.root or cfg.cache_dir)
     if cfg.name == "cifar10":
         sub, archive, key = "cifar-10-batches-py", "cifar-10-python.tar.gz", b"labels"
@@ -313,15 +324,20 @@ def _load_cifar(cfg: DataConfig) -> tuple[ArrayDataset, ArrayDataset]:
     else:
         sub, archive, key = "cifar-100-python", "cifar-100-python.tar.gz", b"fine_labels"
         train_files, test_files = ["train"], ["test"]
-    folder = os.path.join(root, sub)
+    paths = [[os.path.join(root, sub, f) for f in files] for files in (train_files, test_files)]
+    missing = next((p for p in paths[0] + paths[1] if not os.path.isfile(p)), None)
+    if missing:
+        raise DataError(f"{cfg.name} not found: missing '{missing}'; download "
+                        f"https://www.cs.toronto.edu/~kriz/{archive}, extract it into '{root}' "
+                        f"(giving {sub}/) or set data.root to where it is")
+    return paths[0], paths[1], key
+
+
+def _load_cifar(cfg: DataConfig) -> tuple[ArrayDataset, ArrayDataset]:
+    train_files, test_files, key = _cifar_files(cfg)
     out = []
     for files in (train_files, test_files):
-        try:
-            parts = [read_cifar_batch(os.path.join(folder, f), key) for f in files]
-        except FileNotFoundError as e:
-            raise DataError(f"{cfg.name} not found: missing '{e.filename}'; download "
-                            f"https://www.cs.toronto.edu/~kriz/{archive}, extract it into '{root}' "
-                            f"(giving {sub}/) or set data.root to where it is") from None
+        parts = [read_cifar_batch(f, key) for f in files]
         images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
         labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
         mean, std = STATS[cfg.name]
@@ -351,14 +367,19 @@ def _load_synthetic(cfg: DataConfig) -> tuple[ArrayDataset, ArrayDataset]:
 
 # ---------------------------------------------------------------- image folders
 
-def _load_folders(cfg: DataConfig) -> tuple[FolderSubset, FolderSubset]:
-    from torchvision import datasets
-
-    root, size = os.path.expanduser(cfg.root), cfg.image_size or 224
+def _check_folders(cfg: DataConfig) -> str:
+    root = os.path.expanduser(cfg.root)
     for split in ("train", "val"):
         if not os.path.isdir(os.path.join(root, split)):
             raise DataError(f"imagefolder: '{os.path.join(root, split)}' not found; data.root "
                             "must hold train/<class>/*.jpg and val/<class>/*.jpg (as ImageNet)")
+    return root
+
+
+def _load_folders(cfg: DataConfig) -> tuple[FolderSubset, FolderSubset]:
+    from torchvision import datasets
+
+    root, size = _check_folders(cfg), cfg.image_size or 224
     train = datasets.ImageFolder(os.path.join(root, "train"))
     test = datasets.ImageFolder(os.path.join(root, "val"))
     if test.classes != train.classes:
@@ -368,6 +389,16 @@ def _load_folders(cfg: DataConfig) -> tuple[FolderSubset, FolderSubset]:
 
 
 # ---------------------------------------------------------------- splits
+
+def check_source(cfg: DataConfig) -> None:
+    """Fail fast (DataError) unless ``cfg``'s data is there or can be downloaded; reads nothing."""
+    if cfg.name == "fashion-mnist":
+        _fmnist_folder(cfg)
+    elif cfg.name in ("cifar10", "cifar100"):
+        _cifar_files(cfg)
+    elif cfg.name == "imagefolder":
+        _check_folders(cfg)
+
 
 def load_splits(cfg: DataConfig) -> Splits:
     """Load ``cfg.name`` and split it into train / val (carved from train) / test."""

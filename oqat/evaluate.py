@@ -1,4 +1,4 @@
-"""Evaluating one subnet: BN recalibration, accuracy, and reading a supernet file.
+"""Evaluating one subnet: BN recalibration and accuracy.
 
 A subnet's BN statistics are not those of the supernet (whose running stats mix every
 subnet it trained), so, as the authors do, each subnet forwards a fixed seeded subset of
@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint, config, data
+from . import data
 from .data import DataConfig, Splits
 from .space import Arch
 from .subnet import Subnet
-from .supernet import FORMAT, Supernet
+from .supernet import Supernet
 
 
 def resize(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -124,24 +124,3 @@ def prepare_subnet(supernet: Supernet, arch: Arch, data_cfg: DataConfig, splits:
     split (at most the whole split), in eval mode on the supernet's device."""
     n = min(calib_images, len(splits.train))
     return calibrated_subnet(supernet, arch, data.calib_batches(splits.train, data_cfg, n, seed, arch.r))
-
-
-def load_supernet(path: str) -> tuple[Supernet, DataConfig | None]:
-    """A supernet file and the data config of its run (None when the file has none)."""
-    ckpt = checkpoint.load(path, FORMAT)
-    net = Supernet.from_checkpoint(ckpt)
-    data_cfg = ckpt.get("data")
-    return net.eval(), (config.from_dict(DataConfig, data_cfg, "data") if data_cfg is not None else None)
-
-
-def open_supernet(path: str, overrides: Iterable[str] = (), device: str = "cpu") -> tuple[Supernet, DataConfig, Splits]:
-    """A supernet file with its run's data (or the default data), `overrides` (dotted
-    DataConfig keys, e.g. root=/data) applied; the data must fit the supernet's input and classes."""
-    net, stored = load_supernet(path)
-    cfg = config.apply_overrides(stored or DataConfig(), overrides)
-    splits = data.load_splits(cfg)
-    space = net.space
-    if (splits.in_channels, splits.num_classes) != (space.in_channels, space.num_classes):
-        raise ValueError(f"data '{cfg.name}' has {splits.in_channels} channels and {splits.num_classes} classes; "
-                         f"the supernet in '{path}' takes {space.in_channels} and {space.num_classes}")
-    return net.to(device), cfg, splits

@@ -1,14 +1,63 @@
-"""The top-level experiment config: one YAML file describes a whole run.
+"""Every setting of every workflow, in one typed config: one YAML file describes a whole run.
 
-Sections are added, never reshaped, so older configs keep loading: `data`, `model`,
-`train`, `run` today; the pipeline adds its own sections beside them.
+One dataclass per workflow (`train`, `search`, `export`, `analysis`, ...); `oqat run`
+reads them all, and each sub-command (`oqat train`, `oqat search`, `oqat export`,
+`oqat analyze`, ...) takes its options from the same dataclass, so every setting has one
+default, listed with its comment by `oqat config show`. Each dataclass checks its own
+fields; `ExperimentConfig` checks what spans sections (stages against each other), so a
+bad config is refused as it is loaded, before any data is read or any step runs.
+
+Sections are added, never reshaped, so older configs keep loading. This module imports
+no workflow module (train, pipeline, search...): they import it.
 """
+import os
 from dataclasses import dataclass, field
 
-from .data import DataConfig
-from .pipeline import ExportSettings, SearchSettings, StageConfig
-from .space import get_space
-from .train import TrainConfig
+from .cost import METRICS
+from .data import DataConfig, check_source
+from .quant import FULL_PRECISION, check_bits
+from .space import Arch, ArchField, get_space
+
+
+def _at_least(obj, minimum, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+LATENCY = "latency"  # a budget metric read from a measured latency table (ms)
+
+
+class BudgetError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Budget:
+    metric: str  # one of cost.METRICS, or "latency" with a latency table
+    limit: float  # the largest allowed value
+
+    def __str__(self) -> str:
+        return f"{self.metric}<={self.limit:g}"
+
+
+def parse_budget(text: str, latency: bool = False) -> Budget:
+    """`metric<=value`, e.g. `bitops<=2e8`; `latency` only when a latency table is given."""
+    valid = METRICS + ((LATENCY,) if latency else ())
+    metric, sep, value = text.replace(" ", "").partition("<=")
+    if not sep:
+        raise BudgetError(f"budget {text!r} must look like METRIC<=VALUE, e.g. bitops<=2e8")
+    if metric not in valid:
+        hint = "" if latency else f" ({LATENCY} needs --latency-table)"
+        raise BudgetError(f"unknown budget metric {metric!r}; valid: {', '.join(valid)}{hint}")
+    try:
+        limit = float(value)
+    except ValueError:
+        raise BudgetError(f"budget {text!r}: {value!r} is not a number") from None
+    if not limit > 0:
+        raise BudgetError(f"budget {text!r}: the limit must be a positive number")
+    return Budget(metric, limit)
 
 
 @dataclass
@@ -26,11 +75,143 @@ class RunConfig:
 
 
 @dataclass
+class TrainConfig:
+    epochs: int = 3  # passes over the training split
+    lr: float = 0.2  # peak lr (SGD, batch 128): best of 0.03-0.4 in a 1-epoch 4-bit FMNIST run; cosine to zero
+    warmup: float = 0.3  # linear warm-up length in epochs (fractions allowed)
+    momentum: float = 0.9  # SGD momentum (nesterov), OFA's choice
+    weight_decay: float = 4e-5  # on conv and linear weights only: not BN, biases, steps, kernel matrices
+    label_smoothing: float = 0.1  # for the largest subnet's label loss
+    sandwich_random: int = 2  # random subnets per step besides the largest and the smallest
+    distill: bool = True  # the other subnets learn from the largest's soft predictions (else labels)
+    bits: int = 4  # weight and activation bits of this stage; 32 = full precision
+    init_from: str | None = None  # supernet file to start from (oqat run: its first stage's start); None: from scratch
+    reinit_steps: bool | None = None  # LSQ steps from data at the start; None: only if init_from has no steps at these bits
+    checkpoint_every: int = 200  # also write last.pt every N steps (0: only at epoch ends)
+    calib_images: int = 2000  # training images for BN recalibration before each validation
+    log_every: int = 20  # steps between metrics.jsonl / TensorBoard entries
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # NHWC layout: 2-3x faster depthwise convs on CPU
+    seed: int = 0  # weights init, subnet and resolution draws, dropout
+    arch: str | None = None  # train only this architecture, on labels (no sandwich): a standalone baseline
+    grad_clip: float = 5.0  # max global gradient norm (0: off); low-bit BN can spike gradients after inheritance
+    elastic: list[ArchField] = field(default_factory=lambda: ["ks", "e", "d", "r"])  # Arch fields the sandwich varies; the others stay the largest's ([] trains the largest alone: OFA's progressive shrinking starts so)
+
+    def __post_init__(self):
+        check_bits(self.bits)
+        _at_least(self, 1, "epochs", "calib_images", "log_every")
+        _at_least(self, 0, "warmup", "weight_decay", "sandwich_random", "checkpoint_every", "grad_clip")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not (0 <= self.momentum < 1 and 0 <= self.label_smoothing < 1):
+            raise ValueError("momentum and label_smoothing must be in [0, 1)")
+
+
+@dataclass
+class StageConfig:
+    bits: int = 4  # weight and activation bits; 32 = full precision
+    epochs: int = 1  # training epochs of this stage
+    lr: float | None = None  # peak learning rate; None: train.lr
+    init: str = "previous"  # "previous": start from the last stage (the first: train.init_from), inheriting when bits drop; "scratch"
+    reinit_steps: bool = False  # ablation: LSQ steps from data instead of inherited (doubled) ones
+    elastic: list[ArchField] | None = None  # Arch fields the sandwich varies in this stage (see train.elastic); None: train.elastic
+
+    def __post_init__(self):
+        check_bits(self.bits)
+        if self.init not in ("previous", "scratch"):
+            raise ValueError(f"init must be 'previous' or 'scratch', got {self.init!r}")
+        _at_least(self, 1, "epochs")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be > 0 (or null for train.lr), got {self.lr}")
+
+
+@dataclass
+class SearchSettings:
+    budgets: list[str] = field(default_factory=list)  # e.g. ["bitops<=3e7"]; empty: the whole front
+    metric: str | None = None  # cost objective; None: the first budget's metric, else bitops
+    population: int = 16  # NSGA-II population
+    generations: int = 4  # offspring rounds after the first population
+    val_images: int | None = 2000  # val images scoring each candidate (None: the whole val split)
+    calib_images: int = 500  # BN recalibration images per subnet (search, eval, sample and export alike)
+    seed: int = 0  # seeds the search and the calibration subset
+    predictor: bool = False  # pre-screen candidates with the accuracy predictor
+    family: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # S, M, L budgets: fractions of the largest subnet's BitOPs (the paper's OQATNets)
+
+    def __post_init__(self):
+        f = self.family
+        if len(f) != 3 or not all(a < b for a, b in zip([0.0, *f], f)) or f[-1] > 1:
+            raise ValueError(f"family must be 3 increasing fractions in (0, 1] (S, M, L), got {f}")
+        # Latency budgets need a measured table, which only `oqat search --latency-table` gives;
+        # `oqat run` checks its budgets without latency before it starts.
+        for budget in self.budgets:
+            parse_budget(budget, latency=True)
+        if self.metric is not None:
+            parse_budget(f"{self.metric}<=1", latency=True)  # the same check and message as a budget's metric
+        _at_least(self, 2, "population")
+        _at_least(self, 0, "generations")
+        _at_least(self, 1, "val_images", "calib_images")
+
+
+@dataclass
+class ExportSettings:
+    enabled: bool = True  # export the S/M/L family of each bit-width
+    test_images: int = 1000  # test images for the model card's accuracy and ONNX parity
+
+    def __post_init__(self):
+        _at_least(self, 0, "test_images")
+
+
+@dataclass
+class AnalysisConfig:
+    samples: int = 40  # architectures sampled; 40 gives usable rank correlations in a few minutes
+    seed: int = 0  # seeds sampling and the bootstrap
+    calib_images: int = 500  # BN recalibration images per subnet
+    val_images: int = 2000  # held-out validation images each subnet is scored on
+    bootstrap: int = 1000  # resamples for the confidence intervals
+    bands: int = 3  # cost bands (quantiles of MACs) for the matched-cost comparison
+
+    def __post_init__(self):
+        _at_least(self, 4, "samples")  # fewer gives no rank correlation
+        _at_least(self, 1, "calib_images", "val_images", "bootstrap", "bands")
+
+
+def _default_stages() -> list[StageConfig]:
+    return [StageConfig(4), StageConfig(3), StageConfig(2)]
+
+
+@dataclass
 class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)  # dataset, splits, batches
     model: ModelConfig = field(default_factory=ModelConfig)  # the supernet
-    train: TrainConfig = field(default_factory=TrainConfig)  # one training stage
+    train: TrainConfig = field(default_factory=TrainConfig)  # one training stage (oqat train; oqat run's stages start from it)
     run: RunConfig = field(default_factory=RunConfig)  # outputs
-    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig(4), StageConfig(3), StageConfig(2)])  # oqat run: training stages in order (bit inheritance between them)
-    search: SearchSettings = field(default_factory=SearchSettings)  # oqat run: Pareto search of each bit-width
-    export: ExportSettings = field(default_factory=ExportSettings)  # oqat run: export of the best subnets
+    stages: list[StageConfig] = field(default_factory=_default_stages)  # oqat run: training stages in order (bit inheritance between them)
+    search: SearchSettings = field(default_factory=SearchSettings)  # oqat run and oqat search/eval/sample: Pareto search
+    export: ExportSettings = field(default_factory=ExportSettings)  # oqat run and oqat export: the S/M/L family
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)  # oqat analyze: quantization-friendly traits
+
+    def __post_init__(self):
+        if not self.stages:
+            raise ValueError("stages is empty: oqat run needs at least one training stage")
+        previous = None
+        for i, st in enumerate(self.stages):
+            # Bit inheritance doubles steps going down; going up has no rule (steps would shrink).
+            if st.init == "previous" and previous not in (None, FULL_PRECISION) and st.bits > previous:
+                raise ValueError(f"stages[{i}] trains {st.bits} bits from the {previous}-bit stage before it; "
+                                 "inheritance goes only to fewer bits (use init: scratch to start anew)")
+            previous = st.bits
+        if self.train.arch is not None:
+            try:
+                arch = Arch.parse(self.train.arch)
+            except ValueError as err:
+                raise ValueError(f"train.arch: {err}") from None
+            if arch.space != self.model.space:
+                raise ValueError(f"train.arch is from space '{arch.space}', model.space is '{self.model.space}'")
+
+
+def check_inputs(cfg: ExperimentConfig) -> None:
+    """What a config needs from outside, checked before any work (`oqat run`, `oqat train`,
+    `oqat config check`): its data is there or can be fetched, its start file exists."""
+    check_source(cfg.data)
+    if cfg.train.init_from is not None and not os.path.isfile(cfg.train.init_from):
+        raise ValueError(f"train.init_from '{cfg.train.init_from}' not found")

@@ -29,16 +29,15 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from . import checkpoint, config, packed
+from . import checkpoint, files, packed
 from .cost import cost
 from .data import DataConfig, eval_batches, load_splits, subset
-from .evaluate import load_supernet, prepare_subnet, resize
+from .evaluate import prepare_subnet, resize
 from .layers import ConvBNAct, MBConv, QConv2d, SqueezeExcite
 from .quant import FULL_PRECISION, qrange
 from .space import Arch
-from .subnet import FORMAT as SUBNET_FORMAT
 from .subnet import Subnet
-from .supernet import FORMAT as SUPERNET_FORMAT
+from .supernet import Supernet
 
 OPSET = 17  # HardSwish needs 13+; 17 is widely supported by other runtimes
 ONNX_FILE, PACKED_FILE, ARCH_FILE, CARD_FILE = "model.onnx", "weights.oqpk", "arch.json", "MODEL_CARD.md"
@@ -163,22 +162,6 @@ def run_onnx(session, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
     return torch.from_numpy(np.concatenate(outs))
 
 
-def load_subnet(path: str, arch: Arch | None) -> tuple[Subnet | None, dict]:
-    """(subnet, checkpoint) of a subnet file, or (None, checkpoint) of a supernet file, whose
-    subnet needs BN recalibration first; `arch` must be given for a supernet and, for a
-    subnet file, agree with it."""
-    ckpt = checkpoint.load(path, SUPERNET_FORMAT, SUBNET_FORMAT)
-    if ckpt["format"] == SUPERNET_FORMAT:
-        if arch is None:
-            raise ValueError(f"'{path}' is a supernet: give --arch to choose the subnet")
-        return None, ckpt
-    net = Subnet.from_checkpoint(ckpt)
-    net.load_state_dict(ckpt["state_dict"])
-    if arch is not None and arch != net.arch:
-        raise ValueError(f"--arch {arch} differs from the subnet in '{path}' ({net.arch})")
-    return net.eval(), ckpt
-
-
 def state_dict_bytes(net: nn.Module) -> int:
     """Size of the plain fp32 state dict as torch.save writes it."""
     buf = io.BytesIO()
@@ -233,27 +216,35 @@ def export(net: Subnet, out_dir: str, test: tuple[torch.Tensor, torch.Tensor] | 
     return facts
 
 
-def export_checkpoint(path: str, arch: Arch | None, out_dir: str, calib_images: int = 2000,
-                      test_images: int = 1000, data_cfg: DataConfig | None = None) -> dict:
-    """`oqat export`: the subnet of a supernet file (extracted, BN recalibrated on
-    `calib_images` training images) or of a subnet file, exported with its test top-1 on
-    `test_images` test images. Data: `data_cfg`, else the checkpoint's own data config."""
-    if calib_images < 1 or test_images < 0:
-        raise ValueError(f"--calib-images must be >= 1 and --test-images >= 0, got {calib_images}, {test_images}")
-    net, ckpt = load_subnet(path, arch)
-    if data_cfg is None and ckpt.get("data") is not None:
-        data_cfg = config.from_dict(DataConfig, ckpt["data"], "data")
+def export_checkpoint(path: str, arch: str | None, out_dir: str, calib_images: int, test_images: int,
+                      data_cfg: DataConfig | None = None, seed: int = 0, source: str | None = None) -> dict:
+    """The one path from a trained file to an export folder, for `oqat export` and `oqat run`:
+    a supernet file's subnet of `arch` (any form `Arch.parse` reads, checked against the
+    file's space) is extracted and its BN recalibrated on `calib_images`
+    training images (the seeded subset a search with `seed` uses, so the export is the front's
+    subnet), a subnet file's is taken as it is; then it is exported with its test top-1 on
+    `test_images` test images. Data: `data_cfg`, else the file's own data config."""
+    model, ckpt = files.load_model(path)
+    arch = Arch.parse(arch, model.space) if arch is not None else None
+    data_cfg = data_cfg or ckpt["data"]
     splits = load_splits(data_cfg) if data_cfg is not None else None
-    if net is None:
+    if isinstance(model, Supernet):
+        if arch is None:
+            raise ValueError(f"'{path}' is a supernet: give --arch to choose the subnet")
         if splits is None:
             raise ValueError(f"'{path}' holds no data config, needed to recalibrate BN: give --data-config")
-        supernet, _ = load_supernet(path)
-        net = prepare_subnet(supernet, arch, data_cfg, splits, calib_images)
+        net = prepare_subnet(model, arch, data_cfg, splits, calib_images, seed)
+    else:
+        if arch is not None and arch != model.arch:
+            raise ValueError(f"--arch {arch} differs from the subnet in '{path}' ({model.arch})")
+        net = model
+    net = net.to(memory_format=torch.contiguous_format)
     test = None
     if splits is not None and test_images > 0:
         pairs = list(eval_batches(subset(splits.test, min(test_images, len(splits.test)), 0), data_cfg, net.arch.r))
         test = resize(torch.cat([x for x, _ in pairs]), net.arch.r), torch.cat([y for _, y in pairs])
-    return export(net, out_dir, test, splits and splits.mean, splits and splits.std, os.path.basename(path))
+    return export(net, out_dir, test, splits and splits.mean, splits and splits.std,
+                  source or os.path.basename(path))
 
 
 def model_card(f: dict) -> str:
@@ -280,7 +271,7 @@ def model_card(f: dict) -> str:
     lines += ["", "## Files", "",
               f"- `{ONNX_FILE}` ({s['onnx']:,} bytes): QDQ graph, weight codes as int8, explicit b-bit Clip",
               f"- `{PACKED_FILE}` ({s['packed']:,} bytes): weights packed at b bits; "
-              "`oqat.packed.load(path)` rebuilds the PyTorch subnet",
+              "`oqat.files.load_packed(path)` rebuilds the PyTorch subnet",
               f"- fp32 state dict for comparison: {s['fp32_state_dict']:,} bytes",
               f"- `{ARCH_FILE}`: the architecture", ""]
     return "\n".join(lines)

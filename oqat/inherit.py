@@ -5,9 +5,9 @@ step is multiplied by 2^(b-B), which keeps each quantizer's clipping range close
 one it learned. The ablation re-initialises the steps per LSQ from data instead (the
 next training stage does that, as it needs data): the file is marked for it.
 """
-from . import checkpoint
+from . import config, files
 from .quant import FULL_PRECISION, inherit_step, set_bits_
-from .supernet import FORMAT, Supernet
+from .supernet import Supernet
 
 REINIT_KEY = "reinit_steps"  # set in a supernet file whose steps the next stage must init from data
 
@@ -26,12 +26,12 @@ def inherit(net: Supernet, bits: int) -> Supernet:
 
 
 def inherit_file(src: str, bits: int, out: str, reinit_steps: bool = False) -> Supernet:
-    """`oqat inherit`: read a supernet (or the supernet inside a training checkpoint), write it at `bits`."""
-    ckpt = checkpoint.load(src, FORMAT)
-    net = Supernet.from_checkpoint(ckpt)
+    """`oqat inherit`: read a supernet file, write it at `bits`."""
+    net, ckpt = files.load_supernet(src)
     source_bits = net.bits
     inherit(net, bits)
     extra = {k: v for k, v in ckpt.items() if k not in {"format", "space", "bits", "state_dict", REINIT_KEY}}
+    extra["data"] = config.to_dict(ckpt["data"])
     extra["inherited_from"] = {"file": src, "bits": source_bits}
     if reinit_steps:
         extra[REINIT_KEY] = True

@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import torch
 
-from . import checkpoint, packed
-from .export import ONNX_FILE, PACKED_FILE, build_onnx, load_subnet, onnx_session
-from .space import Arch
+from . import checkpoint, files
+from .export import ONNX_FILE, PACKED_FILE, build_onnx, onnx_session
+from .space import Arch, SearchSpace, get_space
 from .subnet import Subnet
 from .supernet import Supernet
 
@@ -62,17 +62,19 @@ def measure(net: Subnet, batches: list[int], runs: int = 50, warmup: int = 10, t
     return result
 
 
-def load_for_latency(source: str, arch: Arch | None) -> tuple[Subnet, str | None]:
+def load_for_latency(source: str, arch: str | None) -> tuple[Subnet, str | None]:
     """(subnet, its .onnx file or None) from an exported folder, a subnet file, or a
     supernet file and `arch` (extracted as is: BN statistics do not change latency)."""
-    if os.path.isdir(source):
-        net = packed.load(os.path.join(source, PACKED_FILE))
-        if arch is not None and arch != net.arch:
-            raise ValueError(f"--arch {arch} differs from the subnet exported in '{source}' ({net.arch})")
-        onnx_path = os.path.join(source, ONNX_FILE)
-        return net, onnx_path if os.path.isfile(onnx_path) else None
-    net, ckpt = load_subnet(source, arch)
-    return (net if net is not None else Supernet.from_checkpoint(ckpt).extract(arch)).eval(), None
+    onnx_path = os.path.join(source, ONNX_FILE)
+    net = files.load_packed(os.path.join(source, PACKED_FILE)) if os.path.isdir(source) else files.load_model(source)[0]
+    arch = Arch.parse(arch, net.space) if arch is not None else None
+    if isinstance(net, Supernet):
+        if arch is None:
+            raise ValueError(f"'{source}' is a supernet: give --arch to choose the subnet")
+        return net.extract(arch).eval(), None
+    if arch is not None and arch != net.arch:
+        raise ValueError(f"--arch {arch} differs from the subnet in '{source}' ({net.arch})")
+    return net, onnx_path if os.path.isfile(onnx_path) else None
 
 
 def device_name() -> str:
@@ -87,17 +89,11 @@ def device_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def update_table(path: str, arch: str, ms: float) -> dict[str, float]:
-    """Set table[arch] = ms in the JSON latency table at `path` (created if missing)."""
-    table = {}
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                table = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"latency table '{path}' is not valid JSON: {err}") from None
-        if not isinstance(table, dict):
-            raise ValueError(f"latency table '{path}' must be a JSON object {{arch string: ms}}")
+def update_table(path: str, arch: str, ms: float, space: SearchSpace | None = None) -> dict[str, float]:
+    """Set table[arch] = ms in the JSON latency table of `space`'s architectures at `path`
+    (created if missing); `space` defaults to the built-in one `arch` names."""
+    space = space or get_space(Arch.from_str(arch).space)
+    table = files.load_latency_table(path, space) if os.path.exists(path) else {}
     table[arch] = round(ms, 4)
     text = json.dumps(dict(sorted(table.items())), indent=1) + "\n"
     checkpoint.atomic_write(path, lambda f: f.write(text.encode()))

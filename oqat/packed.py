@@ -7,8 +7,9 @@ little-endian bit stream of the fewest bits that hold Qp - Qn + 1 levels: b bits
 whose sign has three levels. Everything else (steps, BN, stem, SE, classifier) stays fp32.
 
 The container is an oqat checkpoint (torch zip, read with weights_only=True) holding
-uint8 and float tensors and plain metadata. `load` rebuilds a `Subnet` whose weights are
-q * |s|; these quantize back to exactly q, so its outputs equal the original's bit for bit.
+uint8 and float tensors and plain metadata. `oqat.files.load_packed` rebuilds a `Subnet`
+whose weights are q * |s|; these quantize back to exactly q, so its outputs equal the
+original's bit for bit.
 """
 import numpy as np
 import torch
@@ -16,7 +17,6 @@ import torch
 from . import checkpoint
 from .layers import QConv2d
 from .quant import FULL_PRECISION, qrange
-from .space import Arch
 from .subnet import Subnet
 
 FORMAT = "oqat-packed"
@@ -74,24 +74,3 @@ def save(net: Subnet, path: str, extra: dict | None = None) -> None:
     state = {k: v.contiguous() for k, v in net.state_dict().items() if k not in skip}
     checkpoint.save(path, {"format": FORMAT, "space": net.space.to_dict(), "arch": net.arch.to_dict(),
                            "bits": net.bits, "packed": packed, "state_dict": state, **(extra or {})})
-
-
-def load(path: str) -> Subnet:
-    """The subnet in a packed file, in eval mode, computing exactly what the saved one did."""
-    ckpt = checkpoint.load(path, FORMAT)
-    space = checkpoint.space_of(ckpt)
-    net = Subnet(space, Arch.from_dict(ckpt["arch"], space), ckpt["bits"])
-    state = dict(ckpt["state_dict"])
-    convs = quantized_convs(net)
-    if set(ckpt["packed"]) != set(convs):
-        raise checkpoint.CheckpointError(f"'{path}': packed weights do not match the architecture's "
-                                         f"{len(convs)} quantized convs")
-    for name, entry in ckpt["packed"].items():
-        if entry["bits"] != convs[name].wq.bits:
-            raise checkpoint.CheckpointError(f"'{path}': {name} is packed at {entry['bits']} bits, "
-                                             f"the network has {convs[name].wq.bits}")
-        codes = unpack(entry["data"], tuple(entry["shape"]), entry["bits"])
-        # The same float32 product q * |s| that the quantizer's forward computes.
-        state[f"{name}.weight"] = codes.float() * state[f"{name}.wq.step"].abs()
-    net.load_state_dict(state)
-    return net.eval()

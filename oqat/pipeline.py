@@ -17,55 +17,16 @@ import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass, field
 
-import torch
-
-from . import checkpoint, config, data
-from .evaluate import load_supernet, prepare_subnet, resize
+from . import checkpoint, config, data, files
+from .cost import cost
+from .experiment import ExperimentConfig, check_inputs, parse_budget
+from .export import export_checkpoint
 from .inherit import inherit_file
-from .quant import FULL_PRECISION, check_bits
-from .space import ArchField
-
-
-@dataclass
-class StageConfig:
-    bits: int = 4  # weight and activation bits; 32 = full precision
-    epochs: int = 1  # training epochs of this stage
-    lr: float | None = None  # peak learning rate; None: train.lr
-    init: str = "previous"  # "previous": start from the last stage (bit inheritance when bits drop); "scratch"
-    reinit_steps: bool = False  # ablation: LSQ steps from data instead of inherited (doubled) ones
-    elastic: list[ArchField] | None = None  # Arch fields the sandwich varies in this stage (see train.elastic); None: train.elastic
-
-    def __post_init__(self):
-        check_bits(self.bits)
-        if self.init not in ("previous", "scratch"):
-            raise ValueError(f"init must be 'previous' or 'scratch', got {self.init!r}")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-
-
-@dataclass
-class SearchSettings:
-    budgets: list[str] = field(default_factory=list)  # e.g. ["bitops<=3e7"]; empty: the whole front
-    population: int = 16  # NSGA-II population
-    generations: int = 4  # offspring rounds after the first population
-    val_images: int | None = 2000  # val images scoring each candidate (None: the whole val split)
-    calib_images: int = 500  # BN recalibration images per candidate
-    seed: int = 0  # seeds the search
-    predictor: bool = False  # pre-screen candidates with the accuracy predictor
-    family: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # S, M, L budgets: fractions of the largest subnet's BitOPs (the paper's OQATNets)
-
-    def __post_init__(self):
-        f = self.family
-        if len(f) != 3 or not all(a < b for a, b in zip([0.0, *f], f)) or f[-1] > 1:
-            raise ValueError(f"family must be 3 increasing fractions in (0, 1] (S, M, L), got {f}")
-
-
-@dataclass
-class ExportSettings:
-    enabled: bool = True  # export the S/M/L family of each bit-width
-    test_images: int = 1000  # test images for the model card's accuracy and ONNX parity
+from .quant import FULL_PRECISION
+from .report import write_report
+from .search import family, search, write_outputs
+from .train import train
 
 
 def stage_dir(run_dir: str, i: int, bits: int) -> str:
@@ -76,16 +37,15 @@ def _log(text: str) -> None:
     print(f"[oqat run] {text}", flush=True)
 
 
-def run_stages(cfg) -> list[dict]:
-    from .train import train
-    done, previous = [], None
+def run_stages(cfg: ExperimentConfig) -> list[dict]:
+    done, previous = [], cfg.train.init_from  # the first stage starts from train.init_from, if given
     for i, st in enumerate(cfg.stages):
         out = stage_dir(cfg.run.dir, i, st.bits)
         final = os.path.join(out, "supernet.pt")
         if not os.path.isfile(final):
             init, reinit = None, None
             if st.init == "previous" and previous is not None:
-                prev_bits = checkpoint.load(previous, "oqat-supernet")["bits"]
+                prev_bits = files.load_supernet(previous)[0].bits
                 init = previous
                 if prev_bits != FULL_PRECISION and st.bits < prev_bits:
                     init = os.path.join(out, "inherited.pt")
@@ -111,43 +71,38 @@ def run_stages(cfg) -> list[dict]:
     return done
 
 
-def final_supernets(cfg, stages: list[dict]) -> dict[int, str]:
+def final_supernets(cfg: ExperimentConfig, stages: list[dict]) -> dict[int, str]:
     """The last quantized supernet of each bit-width (full precision is not searched)."""
     return {s["bits"]: os.path.join(cfg.run.dir, s["supernet"]) for s in stages if s["bits"] != FULL_PRECISION}
 
 
-def run_search(cfg, supernets: dict[int, str]) -> dict[int, dict]:
+def run_search(cfg: ExperimentConfig, supernets: dict[int, str]) -> dict[int, dict]:
     """Each bit-width's search (pareto.json), with its S/M/L family named from the front."""
-    from .cost import cost
-    from .search import family, parse_budget, search, write_outputs
     results = {}
     budgets = [parse_budget(b) for b in cfg.search.budgets]
     for bits, path in sorted(supernets.items(), reverse=True):
         out = os.path.join(cfg.run.dir, "search", f"{bits}bit")
         pareto = os.path.join(out, "pareto.json")
+        net, ckpt = files.load_supernet(path)
         if not os.path.isfile(pareto):
             _log(f"search: {bits}-bit supernet, population {cfg.search.population}, "
                       f"{cfg.search.generations} generations")
-            net, data_cfg = load_supernet(path)
-            splits = data.load_splits(data_cfg or cfg.data)
+            data_cfg = ckpt["data"] or cfg.data
             s = cfg.search
-            result = search(net, data_cfg or cfg.data, splits, budgets, population=s.population,
-                            generations=s.generations, seed=s.seed, calib_images=s.calib_images,
+            result = search(net, data_cfg, data.load_splits(data_cfg), budgets, population=s.population,
+                            generations=s.generations, seed=s.seed, metric=s.metric, calib_images=s.calib_images,
                             val_images=s.val_images, use_predictor=s.predictor,
                             log=lambda text: None if cfg.run.quiet else print(f"  {text}", flush=True))
             write_outputs(result, out)
         results[bits] = _read_json(pareto)
-        space = checkpoint.space_of(checkpoint.load(path, "oqat-supernet"))
-        largest = cost(space.largest(), space, bits)["bitops"]
+        largest = cost(net.space.largest(), net.space, bits)["bitops"]
         results[bits]["family"] = family(results[bits]["front"], largest, cfg.search.family)
     return results
 
 
-def run_export(cfg, supernets: dict[int, str], searches: dict[int, dict]) -> dict[int, dict]:
+def run_export(cfg: ExperimentConfig, supernets: dict[int, str], searches: dict[int, dict]) -> dict[int, dict]:
     """ONNX and packed weights of each family member (S, M, L) of each bit-width, in
     export/{bits}bit-{name}; a subnet named twice (e.g. M = L) is exported once."""
-    from .export import export
-    from .space import Arch
     exported = {}
     for bits, path in sorted(supernets.items(), reverse=True):
         exported[bits], done = {}, {}
@@ -161,23 +116,18 @@ def run_export(cfg, supernets: dict[int, str], searches: dict[int, dict]) -> dic
             facts_file = os.path.join(out, "facts.json")
             if not os.path.isfile(facts_file):
                 _log(f"export: {bits}-bit {name} {member['arch']}")
-                net, data_cfg = load_supernet(path)
-                data_cfg = data_cfg or cfg.data
-                splits = data.load_splits(data_cfg)
-                arch = Arch.parse(member["arch"], net.space)
-                sub = prepare_subnet(net, arch, data_cfg, splits, cfg.search.calib_images, cfg.search.seed)
-                sub = sub.to(memory_format=torch.contiguous_format)
-                test = data.subset(splits.test, min(cfg.export.test_images, len(splits.test)), 0)
-                xs, ys = zip(*data.eval_batches(test, data_cfg, arch.r))
-                images = resize(torch.cat(xs), arch.r)
-                facts = export(sub, out, (images, torch.cat(ys)), splits.mean, splits.std,
-                               source=os.path.relpath(path, cfg.run.dir))
+                facts = export_checkpoint(path, member["arch"], out, cfg.search.calib_images, cfg.export.test_images,
+                                          seed=cfg.search.seed, source=os.path.relpath(path, cfg.run.dir))
                 _write_json(facts_file, {**facts, "dir": os.path.relpath(out, cfg.run.dir)})
             exported[bits][name] = done[member["arch"]] = _read_json(facts_file)
     return exported
 
 
-def run_pipeline(cfg) -> dict:
+def run_pipeline(cfg: ExperimentConfig) -> dict:
+    # The config was checked as it loaded; what it needs from outside is checked before any work.
+    check_inputs(cfg)
+    for budget in cfg.search.budgets + ([f"{cfg.search.metric}<=1"] if cfg.search.metric else []):
+        parse_budget(budget)  # no latency table in a run
     os.makedirs(cfg.run.dir, exist_ok=True)
     config.dump(cfg, os.path.join(cfg.run.dir, "config.yaml"))
     start = time.time()
@@ -185,7 +135,6 @@ def run_pipeline(cfg) -> dict:
     supernets = final_supernets(cfg, stages)
     searches = run_search(cfg, supernets) if supernets else {}
     exported = run_export(cfg, supernets, searches) if supernets and cfg.export.enabled else {}
-    from .report import write_report
     results = write_report(cfg, stages, searches, exported, time.time() - start)
     _log(f"done: results in {os.path.abspath(cfg.run.dir)} (report.md, results.json)")
     return results

@@ -83,15 +83,3 @@ def fit_and_score(pairs: list[tuple[Arch, float]], space: SearchSpace, holdout: 
 def save_pairs(path: str, points: list[dict]) -> None:
     """Points are dicts with at least "arch" (string) and "val_top1" (the search's evaluated.json form)."""
     checkpoint.atomic_write(path, lambda f: f.write((json.dumps(points, indent=1) + "\n").encode()))
-
-
-def load_pairs(path: str, space: SearchSpace | None = None) -> list[tuple[Arch, float]]:
-    """(arch, val top-1) pairs from a file written by `oqat sample` or a search's evaluated.json."""
-    points = checkpoint.read_json(path, "pairs file")
-    if not isinstance(points, list) or not all(isinstance(p, dict) and "arch" in p and "val_top1" in p
-                                                 for p in points):
-        raise ValueError(f"pairs file '{path}' must be a JSON list of objects with 'arch' and 'val_top1'")
-    try:
-        return [(Arch.parse(p["arch"], space), float(p["val_top1"])) for p in points]
-    except ValueError as err:
-        raise ValueError(f"pairs file '{path}': {err}") from None

@@ -32,42 +32,10 @@ from . import checkpoint, data
 from .cost import METRICS, cost
 from .data import DataConfig, Splits
 from .evaluate import calibrated_subnet, evaluate
+from .experiment import LATENCY, Budget, BudgetError
 from .predictor import Predictor
 from .space import Arch, SearchSpace
 from .supernet import Supernet
-
-LATENCY = "latency"  # a budget metric read from a measured latency table (ms)
-
-
-class BudgetError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class Budget:
-    metric: str  # one of cost.METRICS, or "latency" with a latency table
-    limit: float  # the largest allowed value
-
-    def __str__(self) -> str:
-        return f"{self.metric}<={self.limit:g}"
-
-
-def parse_budget(text: str, latency: bool = False) -> Budget:
-    """`metric<=value`, e.g. `bitops<=2e8`; `latency` only when a latency table is given."""
-    valid = METRICS + ((LATENCY,) if latency else ())
-    metric, sep, value = text.replace(" ", "").partition("<=")
-    if not sep:
-        raise BudgetError(f"budget {text!r} must look like METRIC<=VALUE, e.g. bitops<=2e8")
-    if metric not in valid:
-        hint = "" if latency else f" ({LATENCY} needs --latency-table)"
-        raise BudgetError(f"unknown budget metric {metric!r}; valid: {', '.join(valid)}{hint}")
-    try:
-        limit = float(value)
-    except ValueError:
-        raise BudgetError(f"budget {text!r}: {value!r} is not a number") from None
-    if not limit > 0:
-        raise BudgetError(f"budget {text!r}: the limit must be a positive number")
-    return Budget(metric, limit)
 
 
 class Costs:
@@ -97,20 +65,6 @@ class Costs:
             if least > b.limit:
                 raise BudgetError(f"budget {b} cannot be met: the smallest achievable {b.metric} is "
                                   f"{least:g} ({where}, {self.bits}-bit)")
-
-
-def read_latency_table(path: str, space: SearchSpace) -> dict[str, float]:
-    """A JSON object mapping architecture strings to measured latency in ms."""
-    table = checkpoint.read_json(path, "latency table")
-    if not isinstance(table, dict) or not table:
-        raise ValueError(f"latency table '{path}' must be a non-empty JSON object {{arch string: ms}}")
-    out = {}
-    for text, ms in table.items():
-        arch = Arch.parse(text, space)
-        if isinstance(ms, bool) or not isinstance(ms, (int, float)):
-            raise ValueError(f"latency table '{path}': {text} maps to {ms!r}, expected milliseconds")
-        out[arch.to_str()] = float(ms)
-    return out
 
 
 # --- scoring ----------------------------------------------------------------------------

@@ -24,6 +24,9 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from . import config
+from .checkpoint import read_json
+
 ArchField = Literal["ks", "e", "d", "r"]  # the fields of an `Arch` a training stage can hold fixed or vary
 
 
@@ -222,10 +225,12 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SearchSpace":
-        if "final_expand" in d:  # files written before the head was data
+        """A space from its dict form (as files hold it), every field type-checked first: a
+        wrong one is a one-line ValueError naming it (e.g. "field 'space.stem_width' expects int")."""
+        if isinstance(d, dict) and "final_expand" in d:  # files written before the head was data
             d = dict(d)
-            d["head"] = mbv3_head(d.pop("final_expand"), d.pop("feature_mix"))
-        return cls(**d)
+            d["head"] = [dataclasses.asdict(h) for h in mbv3_head(d.pop("final_expand"), d.pop("feature_mix", None))]
+        return config.from_dict(cls, d, "space")
 
     def largest(self) -> "Arch":
         n = self.num_blocks
@@ -314,8 +319,12 @@ SPACES: dict[str, SearchSpace] = {s.name: s for s in (MBV3, PROXYLESS, MINI, MIN
 
 
 def get_space(space: "str | SearchSpace") -> SearchSpace:
+    """A space, given as itself or by name."""
     if isinstance(space, SearchSpace):
         return space
+    if not isinstance(space, str):
+        raise TypeError(f"a search space is a SearchSpace or its name ({', '.join(SPACES)}), "
+                        f"got {type(space).__name__}")
     if space not in SPACES:
         raise ValueError(f"unknown search space '{space}' (known: {', '.join(SPACES)})")
     return SPACES[space]
@@ -415,15 +424,20 @@ class Arch:
         if text.startswith("{"):
             return cls.from_json(text, space)
         if text.endswith(".json") or os.path.isfile(text):
-            if not os.path.isfile(text):
-                raise ValueError(f"architecture file '{text}' not found")
-            with open(text) as f:
-                return cls.from_json(f.read(), space)
+            data = read_json(text, "architecture file")
+            if not isinstance(data, dict):
+                raise ValueError(f"architecture file '{text}' must hold a JSON object with keys ks, e, d, r")
+            try:
+                return cls.from_dict(data, space)
+            except ValueError as err:
+                raise ValueError(f"architecture file '{text}': {err}") from None
         return cls.from_str(text, space)
 
 
 def _space_for(name: str, space: SearchSpace | None) -> SearchSpace:
     """`space` if given (the name must match), else the built-in space called `name`."""
+    if not isinstance(name, str):
+        raise ValueError(f"arch field 'space' must be a space name, got {name!r:.40}")
     if space is None:
         return get_space(name)
     if name != space.name:

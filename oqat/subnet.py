@@ -9,7 +9,7 @@ from torch import nn
 from . import checkpoint
 from .layers import ConvBNAct, Cost, MBConv, QConv2d, batch_norm, bn_cost, conv_cost
 from .quant import FULL_PRECISION, bits_of, set_bits_
-from .space import Arch, Block, SearchSpace, mid_channels
+from .space import Arch, Block, SearchSpace, get_space, mid_channels
 
 FORMAT = "oqat-subnet"
 
@@ -64,9 +64,12 @@ def make_block(block: Block, k: int, e: int, space: SearchSpace) -> MBConv:
 
 
 class Subnet(nn.Module):
-    def __init__(self, space: SearchSpace, arch: Arch, bits: int = FULL_PRECISION):
+    def __init__(self, space: SearchSpace | str, arch: Arch, bits: int = FULL_PRECISION):
         """`arch`: an architecture checked by `space` (`space.check`)."""
         super().__init__()
+        space = get_space(space)
+        if not isinstance(arch, Arch):
+            raise TypeError(f"arch must be an Arch (see Arch.parse), got {type(arch).__name__}")
         self.space, self.arch = space, arch
         self.stem = make_stem(space)
         self.blocks = nn.Sequential(*[make_block(space.blocks[i], k, e, space)
@@ -85,15 +88,3 @@ class Subnet(nn.Module):
     def save(self, path: str, extra: dict | None = None) -> None:
         checkpoint.save(path, {"format": FORMAT, "space": self.space.to_dict(), "arch": self.arch.to_dict(),
                                "bits": self.bits, "state_dict": self.state_dict(), **(extra or {})})
-
-    @classmethod
-    def load(cls, path: str) -> "Subnet":
-        ckpt = checkpoint.load(path, FORMAT)
-        net = cls.from_checkpoint(ckpt)
-        net.load_state_dict(ckpt["state_dict"])
-        return net.eval()
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: dict) -> "Subnet":
-        space = checkpoint.space_of(ckpt)
-        return cls(space, Arch.from_dict(ckpt["arch"], space), ckpt["bits"])

@@ -13,7 +13,7 @@ from torch import nn
 from . import checkpoint
 from .layers import ConvBNAct, MBConv, QConv2d, mbconv_forward, se_forward, se_mid
 from .quant import FULL_PRECISION, LSQ, bits_of, init_step, set_bits_
-from .space import Arch, Block, SearchSpace, mid_channels
+from .space import Arch, Block, SearchSpace, get_space, mid_channels
 from .subnet import Subnet, add_head, head_forward, make_stem
 
 FORMAT = "oqat-supernet"
@@ -134,9 +134,9 @@ def init_weights(net: nn.Module) -> None:
 
 
 class Supernet(nn.Module):
-    def __init__(self, space: SearchSpace, bits: int = FULL_PRECISION):
+    def __init__(self, space: SearchSpace | str, bits: int = FULL_PRECISION):
         super().__init__()
-        self.space = space
+        self.space = space = get_space(space)
         bn = (space.bn_momentum, space.bn_eps)
         self.stem = make_stem(space)
         # The fixed first block keeps its own name: the authors' checkpoints keep it apart too.
@@ -201,13 +201,3 @@ class Supernet(nn.Module):
     def save(self, path: str, extra: dict | None = None) -> None:
         checkpoint.save(path, {"format": FORMAT, "space": self.space.to_dict(), "bits": self.bits,
                                "state_dict": self.state_dict(), **(extra or {})})
-
-    @classmethod
-    def load(cls, path: str) -> "Supernet":
-        return cls.from_checkpoint(checkpoint.load(path, FORMAT))
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: dict) -> "Supernet":
-        net = cls(checkpoint.space_of(ckpt), ckpt["bits"])
-        net.load_state_dict(ckpt["state_dict"])
-        return net

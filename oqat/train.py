@@ -17,69 +17,28 @@ import os
 import platform
 import random
 import time
-import dataclasses
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import checkpoint, config, distributed
+from . import checkpoint, config, distributed, files
 from .data import eval_batches, load_splits, num_train_batches, train_batches
 from .evaluate import evaluate, prepare_subnet, resize
+from .experiment import ExperimentConfig, check_inputs
 from .inherit import REINIT_KEY
-from .quant import FULL_PRECISION, check_bits, guard_steps_, set_bits_, step_values, steps_of
-from .space import Arch, ArchField, get_space
+from .quant import FULL_PRECISION, guard_steps_, set_bits_, step_values, steps_of
+from .space import Arch, get_space
 from .supernet import FORMAT as SUPERNET_FORMAT
 from .supernet import Supernet
 
-if TYPE_CHECKING:
-    from .experiment import ExperimentConfig
-
-FORMAT = "oqat-train"
+FORMAT = files.TRAINING
 
 
 class DivergedError(ValueError):
     """The loss went non-finite; the message names the step and the subnet."""
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 3  # passes over the training split
-    lr: float = 0.2  # peak lr (SGD, batch 128): best of 0.03-0.4 in a 1-epoch 4-bit FMNIST run; cosine to zero
-    warmup: float = 0.3  # linear warm-up length in epochs (fractions allowed)
-    momentum: float = 0.9  # SGD momentum (nesterov), OFA's choice
-    weight_decay: float = 4e-5  # on conv and linear weights only: not BN, biases, steps, kernel matrices
-    label_smoothing: float = 0.1  # for the largest subnet's label loss
-    sandwich_random: int = 2  # random subnets per step besides the largest and the smallest
-    distill: bool = True  # the other subnets learn from the largest's soft predictions (else labels)
-    bits: int = 4  # weight and activation bits of this stage; 32 = full precision
-    init_from: str | None = None  # supernet file to start from (e.g. the previous stage's, or an inherited one)
-    reinit_steps: bool | None = None  # LSQ steps from data at the start; None: only if init_from has no steps at these bits
-    checkpoint_every: int = 200  # also write last.pt every N steps (0: only at epoch ends)
-    calib_images: int = 2000  # training images for BN recalibration before each validation
-    log_every: int = 20  # steps between metrics.jsonl / TensorBoard entries
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True  # NHWC layout: 2-3x faster depthwise convs on CPU
-    seed: int = 0  # weights init, subnet and resolution draws, dropout
-    arch: str | None = None  # train only this architecture, on labels (no sandwich): a standalone baseline
-    grad_clip: float = 5.0  # max global gradient norm (0: off); low-bit BN can spike gradients after inheritance
-    elastic: list[ArchField] = dataclasses.field(default_factory=lambda: ["ks", "e", "d", "r"])  # Arch fields the sandwich varies; the others stay the largest's ([] trains the largest alone: OFA's progressive shrinking starts so)
-
-    def __post_init__(self):
-        check_bits(self.bits)
-        for name in ("epochs", "calib_images", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup", "weight_decay", "sandwich_random", "checkpoint_every", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not (0 <= self.momentum < 1 and 0 <= self.label_smoothing < 1):
-            raise ValueError("momentum and label_smoothing must be in [0, 1)")
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -169,10 +128,7 @@ class Trainer:
         t = self.cfg.train
         if t.init_from is None:
             return Supernet(space, t.bits), t.reinit_steps is not False
-        ckpt = checkpoint.load(t.init_from, SUPERNET_FORMAT, FORMAT)
-        if ckpt["format"] == FORMAT:  # a training checkpoint: its model, in a supernet's shape
-            ckpt = {"space": ckpt["space"], "bits": ckpt["bits"], "state_dict": ckpt["model"]}
-        net = Supernet.from_checkpoint(ckpt)
+        net, ckpt = files.load_supernet(t.init_from, SUPERNET_FORMAT, FORMAT)
         if net.space != space:
             raise ValueError(f"train.init_from '{t.init_from}' holds a '{net.space.name}' supernet for "
                              f"{net.space.in_channels}-channel, {net.space.num_classes}-class data; this run "
@@ -188,7 +144,7 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint.save(self.last, {
             "format": FORMAT, "space": self.space.to_dict(), "bits": self.cfg.train.bits,
-            "config": config.to_dict(self.cfg), "model": self.net.state_dict(),
+            "config": config.to_dict(self.cfg), "state_dict": self.net.state_dict(),
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "step": self.step, "epoch": self.epoch, "batch": self.batch, "rng": rng,
             "health": dict(self.health), "meter": list(self.meter), "val": dict(self.val)})
@@ -196,14 +152,18 @@ class Trainer:
     def resume(self) -> bool:
         if not os.path.exists(self.last):
             return False
-        ck = checkpoint.load(self.last, FORMAT)
+        ck = files.load_training(self.last)
         if ck["bits"] != self.cfg.train.bits or ck["space"] != self.space.to_dict():
             raise checkpoint.CheckpointError(
                 f"'{self.last}' is a {ck['bits']}-bit '{ck['space']['name']}' run, this config trains "
                 f"{self.cfg.train.bits}-bit '{self.space.name}'; use another run.dir")
-        self.net.load_state_dict(ck["model"])
-        self.opt.load_state_dict(ck["optimizer"])
-        self.sched.load_state_dict(ck["scheduler"])
+        files.load_state(self.net, ck["state_dict"], self.last)
+        try:
+            self.opt.load_state_dict(ck["optimizer"])
+            self.sched.load_state_dict(ck["scheduler"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise checkpoint.CheckpointError(f"'{self.last}': optimizer or scheduler state does not fit "
+                                             f"this run ({type(err).__name__}: {err})") from None
         self.step, self.epoch, self.batch = ck["step"], ck["epoch"], ck["batch"]
         random.setstate(ck["rng"]["python"])
         torch.set_rng_state(ck["rng"]["torch"])
@@ -357,7 +317,8 @@ class Trainer:
 
 class RunLog:
     """metrics.jsonl and TensorBoard events of rank 0. On resume, entries past the resumed
-    step (written after the last checkpoint by the killed run) are dropped from both."""
+    step (written after the last checkpoint by the killed run) are dropped from both, and so
+    is a last line that a crash cut short (it has no newline)."""
 
     def __init__(self, folder: str, step: int, resumed: bool):
         from torch.utils.tensorboard import SummaryWriter
@@ -366,7 +327,8 @@ class RunLog:
         kept = []
         if resumed and os.path.exists(self.path):
             with open(self.path, encoding="utf-8") as f:
-                kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+                kept = [line for line in f if line.endswith("\n") and line.strip()
+                        and json.loads(line).get("step", 0) <= step]
         checkpoint.atomic_write(self.path, lambda f: f.write("".join(kept).encode()))
         self.file = open(self.path, "a", encoding="utf-8")
         self.tb = SummaryWriter(os.path.join(folder, "tb"), purge_step=step + 1 if resumed else None)
@@ -386,6 +348,7 @@ class RunLog:
 def train(cfg: ExperimentConfig) -> dict:
     """Train one stage as `cfg` says (resuming from `run.dir`); returns the final metrics.
     Under torchrun, every rank calls this; only rank 0 writes files."""
+    check_inputs(cfg)  # before any process group or data is set up
     dist = distributed.init()
     try:
         final = Trainer(cfg, dist).run()

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from oqat import analysis
-from oqat.analysis import AnalysisConfig, pareto, rank_corr
+from oqat.analysis import pareto, rank_corr
+from oqat.experiment import AnalysisConfig
 from oqat.cli import main
 from oqat.config import to_dict
 from oqat.data import DataConfig

@@ -14,7 +14,8 @@ from torch import nn
 from oqat import cli, config
 from oqat.cost import cost
 from oqat.data import DataConfig, eval_batches, load_splits, train_batches
-from oqat.evaluate import evaluate, load_supernet, prepare_subnet, recalibrate_bn, resize
+from oqat.evaluate import evaluate, prepare_subnet, recalibrate_bn, resize
+from oqat.files import load_supernet
 from oqat.space import Arch, SearchSpace, Stage, mbv3_head
 from oqat.supernet import Supernet
 
@@ -111,8 +112,8 @@ def test_evaluate_top1_top5_loss():
 
 
 def test_prepare_subnet_is_deterministic_and_differs_from_supernet_stats():
-    net, data_cfg = load_supernet(tiny_run())
-    assert data_cfg == DATA
+    net, ckpt = load_supernet(tiny_run())
+    assert ckpt["data"] == DATA
     splits = load_splits(DATA)
     arch = TINY.smallest()
     a = prepare_subnet(net, arch, DATA, splits, 100, seed=0)
@@ -129,8 +130,8 @@ def test_prepare_subnet_is_deterministic_and_differs_from_supernet_stats():
 
 def test_load_supernet_without_data(tmp_path):
     Supernet(TINY, 4).save(tmp_path / "s.pt")
-    net, data_cfg = load_supernet(str(tmp_path / "s.pt"))
-    assert data_cfg is None and net.bits == 4 and net.space == TINY
+    net, ckpt = load_supernet(str(tmp_path / "s.pt"))
+    assert ckpt["data"] is None and net.bits == 4 and net.space == TINY
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:

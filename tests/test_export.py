@@ -12,6 +12,7 @@ from oqat.cli import main
 from oqat.config import to_dict
 from oqat.data import DataConfig, eval_batches, load_splits, subset
 from oqat.evaluate import recalibrate_bn, resize
+from oqat.files import load_packed
 from oqat.layers import QConv2d
 from oqat.quant import set_bits_
 from oqat.space import MINI, Arch, get_space
@@ -154,7 +155,7 @@ def test_export_cli_writes_a_deployable_folder(tmp_path, capsys):
     assert "test top-1 on 64 test images" in card
     assert "BitOPs" in card and f"N x 1 x {ARCH.r} x {ARCH.r}" in card
     # The folder alone deploys: the ONNX model and the packed subnet agree.
-    net = packed.load(str(out / export.PACKED_FILE))
+    net = load_packed(str(out / export.PACKED_FILE))
     x = torch.randn(32, 1, ARCH.r, ARCH.r)
     assert export.parity(net, export.onnx_session(str(out / export.ONNX_FILE)), x)["gaps"].median() <= 1e-5
     assert os.path.getsize(out / export.PACKED_FILE) < export.state_dict_bytes(net) / 2

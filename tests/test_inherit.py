@@ -3,6 +3,9 @@ import torch
 
 from oqat import checkpoint
 from oqat.cli import main
+from oqat.config import to_dict
+from oqat.data import DataConfig
+from oqat.files import load_supernet
 from oqat.inherit import REINIT_KEY, inherit
 from oqat.space import MINI
 from oqat.supernet import Supernet
@@ -14,7 +17,7 @@ def _supernet(tmp_path, bits=4):
     for i, q in enumerate(net.quantizers()):
         q.step.data.fill_(0.01 * (i + 1))
     path = tmp_path / f"s{bits}.pt"
-    net.save(str(path), {"data": {"name": "synthetic"}})
+    net.save(str(path), {"data": {"name": "synthetic", "val_size": 100}})
     return net, path
 
 
@@ -22,7 +25,7 @@ def test_inherit_copies_everything_and_scales_steps_per_bit(tmp_path):
     net, path = _supernet(tmp_path)
     assert main(["inherit", str(path), "--bits", "2", "--out", str(tmp_path / "s2.pt")]) == 0
     ckpt = checkpoint.load(str(tmp_path / "s2.pt"), "oqat-supernet")
-    low = Supernet.load(str(tmp_path / "s2.pt"))
+    low = load_supernet(str(tmp_path / "s2.pt"))[0]
     assert low.bits == 2 and all(q.bits == 2 for q in low.quantizers())
     src, dst = net.state_dict(), low.state_dict()
     for key, value in src.items():
@@ -30,7 +33,7 @@ def test_inherit_copies_everything_and_scales_steps_per_bit(tmp_path):
             assert torch.allclose(dst[key], value * 4)  # 4 -> 2 bits: x 2^2
         else:
             assert torch.equal(dst[key], value)  # weights, BN statistics, kernel matrices
-    assert ckpt["data"] == {"name": "synthetic"} and ckpt["inherited_from"]["bits"] == 4
+    assert ckpt["data"] == to_dict(DataConfig(name="synthetic", val_size=100)) and ckpt["inherited_from"]["bits"] == 4
     assert REINIT_KEY not in ckpt
 
 

@@ -6,7 +6,7 @@ from test_export import ARCH, make_subnet
 
 from oqat import export, latency
 from oqat.cli import main
-from oqat.search import read_latency_table
+from oqat.files import load_latency_table
 from oqat.space import MINI, Arch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,7 +37,7 @@ def test_latency_of_subnet_files_builds_a_table_the_search_reads(tmp_path, capsy
         assert result["arch"] == arch.to_str() and result["bits"] == 2
         assert set(result["ms"]) == set(latency.ENGINES)
         assert all(set(by_batch) == {"1", "3"} and min(by_batch.values()) > 0 for by_batch in result["ms"].values())
-    read = read_latency_table(table, MINI)
+    read = load_latency_table(table, MINI)
     assert set(read) == {ARCH.to_str(), other.to_str()} and min(read.values()) > 0
 
 
@@ -46,7 +46,7 @@ def test_latency_of_an_exported_folder(tmp_path, capsys):
     export.export(make_subnet(3), out)
     assert run_json(capsys, out)["arch"] == ARCH.to_str()
     assert main(["latency", out, "--arch", "mini:r20:k3e2-k3e2-k3e2-k3e2"]) == 2
-    assert "differs from the subnet exported" in capsys.readouterr().err
+    assert "differs from the subnet in" in capsys.readouterr().err
 
 
 def test_a_latency_table_that_is_not_an_object_is_refused(tmp_path):

@@ -8,6 +8,7 @@ import torch
 import oqat
 from oqat.checkpoint import CheckpointError
 from oqat.cli import main
+from oqat.files import load_supernet
 from oqat.oqa import oqa_key
 from oqat.space import MBV3, Arch
 from oqat.supernet import Supernet
@@ -137,7 +138,7 @@ def test_convert_oqa_cli(checkpoints, images, tmp_path, capsys):
     out = tmp_path / "converted.pt"
     assert main(["convert-oqa", str(paths[2]), "--bits", "2", "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
-    loaded = Supernet.load(str(out)).eval()
+    loaded = load_supernet(str(out))[0]
     direct = oqat.load_oqa_checkpoint(str(paths[2]), 2)
     assert loaded.bits == 2
     arch = archs(7, 1)[0]

@@ -5,6 +5,7 @@ import torch
 from test_export import make_subnet
 
 from oqat import checkpoint, export, packed
+from oqat.files import load_packed
 from oqat.quant import qrange
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,7 +33,7 @@ def test_packed_file_rebuilds_a_bit_identical_subnet(bits, tmp_path):
     net = make_subnet(bits)
     path = str(tmp_path / "w.oqpk")
     packed.save(net, path)
-    loaded = packed.load(path)
+    loaded = load_packed(path)
     assert not loaded.training and loaded.arch == net.arch and loaded.bits == bits
     x = torch.randn(16, 1, net.arch.r, net.arch.r)
     with torch.no_grad():
@@ -53,8 +54,8 @@ def test_packed_file_that_does_not_match_its_architecture_is_refused(tmp_path):
     ckpt["packed"]["blocks.0.dw.conv"]["bits"] = 3
     checkpoint.save(path, ckpt)
     with pytest.raises(checkpoint.CheckpointError, match="blocks.0.dw.conv is packed at 3 bits"):
-        packed.load(path)
+        load_packed(path)
     del ckpt["packed"]["blocks.0.dw.conv"]
     checkpoint.save(path, ckpt)
     with pytest.raises(checkpoint.CheckpointError, match="do not match"):
-        packed.load(path)
+        load_packed(path)

@@ -8,7 +8,8 @@ from test_evaluate import DATA, TINY, run_cli, tiny_run
 from oqat import search as S
 from oqat.cost import METRICS, cost
 from oqat.data import load_splits
-from oqat.evaluate import load_supernet
+from oqat.experiment import Budget, BudgetError, parse_budget
+from oqat.files import load_latency_table, load_supernet
 from oqat.space import Arch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,7 +50,7 @@ def test_search_front_is_feasible_non_dominated_and_nothing_is_evaluated_twice(m
     monkeypatch.setattr(S, "evaluate", lambda *a, **k: calls.append(1) or real_evaluate(*a, **k))
     net, _ = load_supernet(tiny_run())
     limit = median_bitops()
-    budgets = [S.parse_budget(f"bitops<={limit}"), S.parse_budget("params<=1e9")]
+    budgets = [parse_budget(f"bitops<={limit}"), parse_budget("params<=1e9")]
     result = S.search(net, DATA, load_splits(DATA), budgets, population=8, generations=4, seed=0,
                       calib_images=128, log=lambda _: None)
     archs = [p["arch"] for p in result.evaluated]
@@ -82,37 +83,37 @@ def test_search_with_predictor_confirms_the_front(monkeypatch):
 def test_budget_errors():
     least = cost(TINY.smallest(), TINY, 4)["bitops"]
     costs = S.Costs(TINY, 4)
-    with pytest.raises(S.BudgetError, match=rf"smallest achievable bitops is {least:g} \(evaltiny:r12:k3e2-k3e2"):
-        costs.check([S.parse_budget(f"bitops<={least - 1}")])
-    costs.check([S.parse_budget(f"bitops<={least}")])
-    with pytest.raises(S.BudgetError, match="unknown budget metric 'flops'; valid: macs, params, bitops, "
+    with pytest.raises(BudgetError, match=rf"smallest achievable bitops is {least:g} \(evaltiny:r12:k3e2-k3e2"):
+        costs.check([parse_budget(f"bitops<={least - 1}")])
+    costs.check([parse_budget(f"bitops<={least}")])
+    with pytest.raises(BudgetError, match="unknown budget metric 'flops'; valid: macs, params, bitops, "
                                             "flops_q, size_bits .latency needs --latency-table"):
-        S.parse_budget("flops<=3")
-    assert S.parse_budget("latency <= 2.5", latency=True) == S.Budget("latency", 2.5)
+        parse_budget("flops<=3")
+    assert parse_budget("latency <= 2.5", latency=True) == Budget("latency", 2.5)
     for bad in ("bitops=3", "bitops<=x", "bitops<=0"):
-        with pytest.raises(S.BudgetError, match="bitops"):
-            S.parse_budget(bad)
+        with pytest.raises(BudgetError, match="bitops"):
+            parse_budget(bad)
 
 
 def test_latency_table(tmp_path):
     small, big = TINY.smallest(), TINY.largest()
     path = tmp_path / "lat.json"
     path.write_text(json.dumps({small.to_str(): 1.5, big.to_str(): 4.0}))
-    table = S.read_latency_table(str(path), TINY)
+    table = load_latency_table(str(path), TINY)
     costs = S.Costs(TINY, 4, table)
     assert costs(big)["latency"] == 4.0 and "latency" not in costs(TINY.sample(random.Random(3)))
-    with pytest.raises(S.BudgetError, match=r"smallest achievable latency is 1.5 \(evaltiny:r12"):
-        costs.check([S.Budget("latency", 1.0)])
+    with pytest.raises(BudgetError, match=r"smallest achievable latency is 1.5 \(evaltiny:r12"):
+        costs.check([Budget("latency", 1.0)])
     archs = [TINY.sample(random.Random(i)) for i in range(6)]
     path.write_text(json.dumps({a.to_str(): float(i + 1) for i, a in enumerate(archs)}))
     net, _ = load_supernet(tiny_run())
     result = S.search(net, DATA, load_splits(DATA), [], population=4, generations=2, metric="latency",
-                      calib_images=64, latency=S.read_latency_table(str(path), TINY), test=False, log=lambda _: None)
+                      calib_images=64, latency=load_latency_table(str(path), TINY), test=False, log=lambda _: None)
     assert result.evaluated and {p["arch"] for p in result.evaluated} <= {a.to_str() for a in archs}
     assert result.front[0]["latency"] == min(p["latency"] for p in result.evaluated)
     path.write_text(json.dumps({"mini:r28:k3e2-k3e2-k3e2-k3e2": 1.0}))
     with pytest.raises(ValueError, match="from space 'mini', not 'evaltiny'"):
-        S.read_latency_table(str(path), TINY)
+        load_latency_table(str(path), TINY)
 
 
 def test_search_cli_outputs_and_errors(capsys, tmp_path):

@@ -6,6 +6,7 @@ import torch
 
 from oqat import layers
 from oqat import supernet as elastic
+from oqat.files import load_subnet, load_supernet
 from oqat.layers import MBConv, QConv2d
 from oqat.quant import LSQ, set_bits_
 from oqat.space import MBV3, MINI, Arch, SearchSpace, Stage, mbv3_head
@@ -99,7 +100,7 @@ def test_subnet_is_static_and_reloads_from_its_own_file(tmp_path):
     path = tmp_path / "sub.pt"
     sub.save(str(path), {"note": "x"})
     del net
-    again = Subnet.load(str(path))
+    again = load_subnet(str(path))
     assert not any(isinstance(m, ELASTIC) for m in again.modules())
     assert again.arch == arch and again.bits == 3
     assert all(q.bits == 3 for q in again.modules() if isinstance(q, LSQ))
@@ -112,7 +113,7 @@ def test_supernet_save_load_round_trip(tmp_path):
     net = prepared(MINI, 2, seed=5, r=24)
     path = tmp_path / "super.pt"
     net.save(str(path))
-    again = Supernet.load(str(path)).eval()
+    again = load_supernet(str(path))[0]
     assert again.bits == 2
     arch = MINI.sample(random.Random(5))
     x = torch.randn(2, 1, arch.r, arch.r)

@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 import json
 import os
@@ -8,17 +9,19 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from oqat import checkpoint, config
 from oqat.checkpoint import CheckpointError
 from oqat.cli import main
 from oqat.data import train_batches
+from oqat.evaluate import resize
 from oqat.experiment import ExperimentConfig
 from oqat.layers import QConv2d
 from oqat.quant import STEP_EPS, guard_steps_, init_step, step_values
 from oqat.space import get_space
 from oqat.supernet import Supernet
-from oqat.train import Trainer, lr_factor, param_groups, train
+from oqat.train import RunLog, Trainer, lr_factor, param_groups, train
 
 # 192 synthetic training images in batches of 16: 12 steps an epoch, a second or two on one core.
 TINY = ["data.name=synthetic", "data.val_size=32", "data.synthetic_train=224", "data.batch_size=16",
@@ -96,7 +99,7 @@ def test_nonfinite_loss_stops_naming_step_and_subnet(tmp_path, capsys):
     failed = int(err.split("at step ")[1].split()[0])
     kept = checkpoint.load(str(tmp_path / "checkpoints" / "last.pt"), "oqat-train")
     assert 0 < kept["step"] == failed  # the last good step's checkpoint
-    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
 
 
 def test_config_show_and_unknown_field(capsys):
@@ -152,6 +155,51 @@ def test_fixed_arch_trains_only_that_subnet(tmp_path):
     assert not torch.equal(after["blocks.0.expand.conv.weight"], init["blocks.0.expand.conv.weight"])
 
 
+def test_each_step_is_a_sandwich_with_inplace_distillation(tmp_path):
+    """The sandwich rule and in-place distillation, pinned: each step runs the largest, the
+    smallest and `sandwich_random` random subnets, all at one drawn resolution; the largest
+    learns from the (smoothed) labels, the others from its detached soft predictions; their
+    gradients add up into one optimizer step. Checked against the same step written by hand."""
+    cfg = tiny(tmp_path, "train.sandwich_random=2", "train.bits=32", "train.grad_clip=0",
+               "train.channels_last=false")
+    t = Trainer(cfg)
+    space = t.space
+    draws = [t.archs(step) for step in range(12)]
+    for archs in draws:
+        r = archs[0].r
+        assert len(archs) == 4 and r in space.resolutions and all(a.r == r for a in archs)
+        assert archs[0] == dataclasses.replace(space.largest(), r=r)
+        assert archs[1] == dataclasses.replace(space.smallest(), r=r)
+    assert len({a[0].r for a in draws}) > 1 and len({a[2] for a in draws}) > 1  # drawn anew per step
+    assert t.archs(5) == draws[5]  # a pure function of (seed, step): resume replays it
+
+    x, y = next(iter(train_batches(t.splits.train, cfg.data, 0)))
+    ref = copy.deepcopy(t.net).train()
+    seen, grads = [], {}
+    t.net.register_forward_pre_hook(lambda net, inp: seen.append((net.arch, inp[0].shape[-1])))
+    t.opt.register_step_pre_hook(lambda opt, *_: grads.update(
+        {n: p.grad.clone() for n, p in t.net.named_parameters() if p.grad is not None}))
+    archs = t.archs(t.step)
+    torch.manual_seed(1)  # dropout draws, the same for both
+    losses = t.train_step(x, y)
+    assert seen == [(a, a.r) for a in archs]
+
+    torch.manual_seed(1)
+    xr = resize(x, archs[0].r)
+    ref.set_arch(archs[0])
+    big = ref(xr)
+    expected = [F.cross_entropy(big, y, label_smoothing=cfg.train.label_smoothing)]
+    expected[0].backward()
+    soft = big.detach().softmax(1)
+    for arch in archs[1:]:
+        ref.set_arch(arch)
+        expected.append(F.cross_entropy(ref(xr), soft))
+        expected[-1].backward()
+    assert torch.allclose(losses, torch.stack(expected).detach(), rtol=1e-5, atol=1e-6)
+    want = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
+    assert grads.keys() == want.keys()
+    for name, g in want.items():
+        assert torch.allclose(grads[name], g, rtol=1e-4, atol=1e-6), name
 def test_elastic_fields_limit_what_the_sandwich_varies(tmp_path):
     space = get_space("mini")
     largest = space.largest()
@@ -170,3 +218,10 @@ def test_elastic_fields_limit_what_the_sandwich_varies(tmp_path):
         assert archs[0] == dataclasses.replace(largest, r=archs[0].r)
         assert archs[1] == dataclasses.replace(space.smallest(), r=archs[0].r)
         assert len({a.r for a in archs}) == 1
+
+
+def test_resume_drops_a_metrics_line_cut_short_by_a_crash(tmp_path):
+    lines = [json.dumps({"kind": "step", "step": s}) + "\n" for s in (2, 4, 6)]
+    (tmp_path / "metrics.jsonl").write_text("".join(lines) + '{"kind": "st')
+    RunLog(str(tmp_path), 4, resumed=True).close()
+    assert (tmp_path / "metrics.jsonl").read_text() == "".join(lines[:2])

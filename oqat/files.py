@@ -1,0 +1,294 @@
+"""Every file oqat reads: one loader per kind, each file checked as a whole before use.
+
+    supernet file (oqat-supernet)       load_supernet; open_supernet adds its run's data
+    subnet file (oqat-subnet)           load_subnet
+    either of the two                   load_model (export, latency)
+    training checkpoint (oqat-train)    load_training
+    packed weights (oqat-packed)        load_packed
+    the authors' checkpoints            load_oqa_checkpoint
+    latency table, predictor pairs      load_latency_table, load_pairs (JSON)
+
+A checkpoint is read with torch.load(weights_only=True): no arbitrary unpickling. Then
+every field is checked: its type, the space (as a typed config), the bits, and the state
+dict against the network the file describes (missing, unexpected and mis-shaped keys,
+all of them in one message; non-finite values), before any network takes the weights.
+So a wrong, truncated or foreign file ends in one CheckpointError line naming the file
+and what is wrong, and the caller has written nothing yet.
+"""
+import random
+
+import torch
+from torch import nn
+
+from . import config, data
+from .checkpoint import CheckpointError, read_json, read_torch
+from .checkpoint import load as read
+from .data import DataConfig, Splits
+from .oqa import oqa_key
+from .packed import FORMAT as PACKED, quantized_convs, unpack
+from .quant import check_bits
+from .space import MBV3, Arch, SearchSpace
+from .subnet import FORMAT as SUBNET, Subnet
+from .supernet import FORMAT as SUPERNET, Supernet
+
+TRAINING = "oqat-train"
+
+
+def _field(ckpt: dict, path: str, name: str, kind, what: str):
+    if name not in ckpt:
+        raise CheckpointError(f"'{path}' has no '{name}' field")
+    value = ckpt[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise CheckpointError(f"'{path}': field '{name}' must be {what}, got {type(value).__name__}")
+    return value
+
+
+def _space(ckpt: dict, path: str) -> SearchSpace:
+    """The file's search space, every field type-checked; passed on, never added to the built-in ones."""
+    try:
+        return SearchSpace.from_dict(_field(ckpt, path, "space", dict, "a mapping"))
+    except CheckpointError:
+        raise
+    except ValueError as err:
+        raise CheckpointError(f"'{path}': {err}") from None
+
+
+def _bits(ckpt: dict, path: str) -> int:
+    bits = _field(ckpt, path, "bits", int, "an integer")
+    try:
+        return check_bits(bits)
+    except ValueError as err:
+        raise CheckpointError(f"'{path}': {err}") from None
+
+
+def _arch(ckpt: dict, path: str, space: SearchSpace) -> Arch:
+    try:
+        return Arch.from_dict(_field(ckpt, path, "arch", dict, "a mapping"), space)
+    except ValueError as err:
+        raise CheckpointError(f"'{path}': {err}") from None
+
+
+def _build(path: str, make):
+    """The network a file describes; a space that validates but cannot be built is the file's fault."""
+    try:
+        return make()
+    except (ValueError, TypeError, RuntimeError) as err:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"'{path}': its network cannot be built: {text}") from None
+
+
+def _listed(items: list[str], n: int = 8) -> str:
+    return ", ".join(items[:n]) + (", ..." if len(items) > n else "")
+
+
+def state_problems(state: dict, expected: dict, names: dict | None = None) -> list[str]:
+    """What keeps `state` from loading into a module whose state dict is `expected`; keys
+    of `state` are shown as `names` gives them (default: as they are)."""
+    shown = (names or {}).get
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [shown(k, k) for k in state if k not in expected]
+    common = [k for k in state if k in expected]
+    shapes = [f"{shown(k, k)} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})" for k in common
+              if tuple(state[k].shape) != tuple(expected[k].shape)]
+    types = [f"{shown(k, k)} {state[k].dtype} (expected {expected[k].dtype})" for k in common
+             if state[k].is_floating_point() != expected[k].is_floating_point()]
+    bad = [shown(k, k) for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    problems = []
+    for what, keys in (("missing {} keys", missing), ("unexpected {} keys", unexpected)):
+        if keys:
+            problems.append(f"{what.format(len(keys))} ({_listed(keys)})")
+    for what, items in (("wrong shapes: ", shapes), ("wrong types: ", types), ("non-finite values in ", bad)):
+        if items:
+            problems.append(what + _listed(items))
+    return problems
+
+
+def _tensors(value, path: str, name: str) -> dict:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in value.items()):
+        raise CheckpointError(f"'{path}': field '{name}' must map names to tensors")
+    return value
+
+
+def load_state(net: nn.Module, state, path: str) -> nn.Module:
+    """`net` with the weights `state` of the file at `path`, once all of them are checked."""
+    state = _tensors(state, path, "state_dict")
+    problems = state_problems(state, net.state_dict())
+    if problems:
+        raise CheckpointError(f"'{path}': state_dict does not fit its network: " + "; ".join(problems))
+    net.load_state_dict(state, strict=False)  # strict but for num_batches_tracked, which old files may lack
+    return net
+
+
+def _run_data(ckpt: dict, path: str) -> DataConfig | None:
+    if ckpt.get("data") is None:
+        return None
+    try:
+        return config.from_dict(DataConfig, ckpt["data"], "data")
+    except ValueError as err:
+        raise CheckpointError(f"'{path}': {err}") from None
+
+
+# --- supernets and subnets ---------------------------------------------------------------
+def load_supernet(path: str, *formats: str) -> tuple[Supernet, dict]:
+    """The supernet in a supernet file (or, if `formats` allows, a training checkpoint), in
+    eval mode, and the file's fields, its "data" read as a DataConfig (None when absent)."""
+    ckpt = read(path, *(formats or (SUPERNET,)))
+    space, bits = _space(ckpt, path), _bits(ckpt, path)
+    net = _build(path, lambda: Supernet(space, bits))
+    load_state(net, ckpt.get("state_dict"), path)
+    return net.eval(), {**ckpt, "data": _run_data(ckpt, path)}
+
+
+def load_subnet(path: str) -> Subnet:
+    """The subnet in a subnet file, in eval mode."""
+    return load_model(path, SUBNET)[0]
+
+
+def load_model(path: str, *formats: str) -> tuple[Supernet | Subnet, dict]:
+    """The network of a supernet or subnet file (eval mode) and the file's fields, as `load_supernet`."""
+    ckpt = read(path, *(formats or (SUPERNET, SUBNET)))
+    if ckpt["format"] == SUPERNET:
+        return load_supernet(path)
+    space, bits = _space(ckpt, path), _bits(ckpt, path)
+    arch = _arch(ckpt, path, space)
+    net = _build(path, lambda: Subnet(space, arch, bits))
+    load_state(net, ckpt.get("state_dict"), path)
+    return net.eval(), {**ckpt, "data": _run_data(ckpt, path)}
+
+
+def open_supernet(path: str, overrides=(), device: str = "cpu") -> tuple[Supernet, DataConfig, Splits]:
+    """A supernet file with its run's data (or the default data), `overrides` (dotted
+    DataConfig keys, e.g. root=/data) applied; the data must fit the supernet's input and classes."""
+    net, ckpt = load_supernet(path)
+    cfg = config.apply_overrides(ckpt["data"] or DataConfig(), overrides)
+    splits = data.load_splits(cfg)
+    space = net.space
+    if (splits.in_channels, splits.num_classes) != (space.in_channels, space.num_classes):
+        raise ValueError(f"data '{cfg.name}' has {splits.in_channels} channels and {splits.num_classes} classes; "
+                         f"the supernet in '{path}' takes {space.in_channels} and {space.num_classes}")
+    return net.to(device), cfg, splits
+
+
+# --- training checkpoints --------------------------------------------------------------------
+def load_training(path: str) -> dict:
+    """A training checkpoint (last.pt), every field checked; "state_dict" is left for the
+    caller's network (`load_state` checks it against that)."""
+    ckpt = read(path, TRAINING)
+    _space(ckpt, path)
+    _bits(ckpt, path)
+    _tensors(_field(ckpt, path, "state_dict", dict, "a mapping"), path, "state_dict")
+    for name in ("optimizer", "scheduler", "rng", "health", "val", "config"):
+        _field(ckpt, path, name, dict, "a mapping")
+    for name in ("step", "epoch", "batch"):
+        if _field(ckpt, path, name, int, "an integer") < 0:
+            raise CheckpointError(f"'{path}': field '{name}' must be >= 0, got {ckpt[name]}")
+    meter = _field(ckpt, path, "meter", list, "a list")
+    if len(meter) != 3 or not all(isinstance(v, (int, float)) for v in meter):
+        raise CheckpointError(f"'{path}': field 'meter' must be 3 numbers")
+    opt = ckpt["optimizer"]
+    if not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
+        raise CheckpointError(f"'{path}': field 'optimizer' is not an optimizer state (state, param_groups)")
+    rng = ckpt["rng"]
+    try:
+        random.Random().setstate(rng["python"])
+        if not isinstance(rng["torch"], torch.Tensor) or rng["torch"].dtype != torch.uint8:
+            raise TypeError("torch state must be a uint8 tensor")
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"'{path}': field 'rng' is not a saved RNG state ({err})") from None
+    return ckpt
+
+
+# --- packed weights ----------------------------------------------------------------------------
+def load_packed(path: str) -> Subnet:
+    """The subnet in a packed file, in eval mode, computing exactly what the saved one did."""
+    ckpt = read(path, PACKED)
+    space, bits = _space(ckpt, path), _bits(ckpt, path)
+    arch = _arch(ckpt, path, space)
+    net = _build(path, lambda: Subnet(space, arch, bits))
+    state = dict(_tensors(_field(ckpt, path, "state_dict", dict, "a mapping"), path, "state_dict"))
+    entries = _field(ckpt, path, "packed", dict, "a mapping")
+    convs = quantized_convs(net)
+    if set(entries) != set(convs):
+        raise CheckpointError(f"'{path}': packed weights do not match the architecture's "
+                              f"{len(convs)} quantized convs")
+    for name, entry in entries.items():
+        if not (isinstance(entry, dict) and set(entry) == {"data", "shape", "bits"}
+                and isinstance(entry["data"], torch.Tensor) and isinstance(entry["shape"], list)
+                and isinstance(entry["bits"], int)):
+            raise CheckpointError(f"'{path}': packed entry {name} must hold data (tensor), shape (list), bits (int)")
+        if entry["bits"] != convs[name].wq.bits:
+            raise CheckpointError(f"'{path}': {name} is packed at {entry['bits']} bits, "
+                                  f"the network has {convs[name].wq.bits}")
+        if entry["shape"] != list(convs[name].weight.shape):
+            raise CheckpointError(f"'{path}': {name} is packed as {entry['shape']}, the network's weight is "
+                                  f"{list(convs[name].weight.shape)}")
+        step = state.get(f"{name}.wq.step")
+        if step is None or step.numel() != 1:
+            raise CheckpointError(f"'{path}': {name} has no weight step (state_dict key {name}.wq.step)")
+        try:
+            codes = unpack(entry["data"], tuple(entry["shape"]), entry["bits"])
+        except CheckpointError as err:
+            raise CheckpointError(f"'{path}': {name}: {err}") from None
+        # The same float32 product q * |s| that the quantizer's forward computes.
+        state[f"{name}.weight"] = codes.float() * step.abs()
+    return load_state(net, state, path).eval()
+
+
+# --- the authors' checkpoints ----------------------------------------------------------------
+def load_oqa_checkpoint(path: str, bits: int, num_classes: int = 1000) -> Supernet:
+    """An `mbv3` supernet at `bits`, in eval mode, from one of the authors' checkpoints
+    (`torch.load(path)["state_dict"]` with OFA's key names, mapped by `oqa.oqa_key`)."""
+    obj = read_torch(path)
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"'{path}' holds no state_dict of tensors")
+    net = Supernet(MBV3.with_data(3, num_classes), bits)
+    ours = net.state_dict()
+    mapped, names, foreign = {}, {}, []
+    for key, value in state.items():
+        new = oqa_key(str(key))
+        if new is None or new not in ours:
+            foreign.append(str(key))
+        else:
+            mapped[new], names[new] = value, str(key)
+    problems = state_problems(mapped, ours, names)  # named by the authors' keys, as their file holds them
+    if foreign:
+        problems.append(f"unexpected {len(foreign)} keys ({_listed(foreign)})")
+    if problems:
+        raise CheckpointError(f"'{path}' is not an OQA mbv3 checkpoint: " + "; ".join(problems))
+    net.load_state_dict(mapped, strict=False)
+    return net.eval()
+
+
+# --- JSON files ---------------------------------------------------------------------------------
+def load_latency_table(path: str, space: SearchSpace) -> dict[str, float]:
+    """A JSON object mapping architecture strings of `space` to measured latency in ms."""
+    table = read_json(path, "latency table")
+    if not isinstance(table, dict) or not table:
+        raise ValueError(f"latency table '{path}' must be a JSON object {{arch string: ms}}, not empty")
+    out = {}
+    for text, ms in table.items():
+        arch = _arch_in(text, space, f"latency table '{path}'")
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not ms >= 0:
+            raise ValueError(f"latency table '{path}': {text} maps to {ms!r}, expected milliseconds")
+        out[arch.to_str()] = float(ms)
+    return out
+
+
+def load_pairs(path: str, space: SearchSpace | None = None) -> list[tuple[Arch, float]]:
+    """(arch, val top-1) pairs from a file written by `oqat sample` or a search's evaluated.json."""
+    points = read_json(path, "pairs file")
+    if not isinstance(points, list) or not all(
+            isinstance(p, dict) and isinstance(p.get("arch"), str) and isinstance(p.get("val_top1"), (int, float))
+            and not isinstance(p["val_top1"], bool) for p in points):
+        raise ValueError(f"pairs file '{path}' must be a JSON list of objects with 'arch' and 'val_top1' "
+                         "(an architecture string and a number)")
+    return [(_arch_in(p["arch"], space, f"pairs file '{path}'"), float(p["val_top1"])) for p in points]
+
+
+def _arch_in(text: str, space: SearchSpace | None, where: str) -> Arch:
+    try:
+        return Arch.from_str(text, space)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None

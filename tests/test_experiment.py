@@ -1,0 +1,150 @@
+"""The experiment config: every workflow's settings in one place, checked before any work;
+the sub-commands' options are its fields; the package's imports form no circle."""
+import ast
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+import oqat
+from oqat import cli, config
+from oqat.cli import build_parser, main, settings
+from oqat.experiment import AnalysisConfig, ExperimentConfig, ExportSettings, SearchSettings
+from oqat.space import MINI
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion-mnist.yaml")
+MINI_ARCH = "mini:r28:k3e2-k5e3.k7e4-k3e2-k3e2"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("search.budgets=[bogus]", "budget 'bogus' must look like METRIC<=VALUE"),
+    ("search.budgets=['flops<=3']", "unknown budget metric 'flops'"),
+    ("search.metric=speed", "unknown budget metric 'speed'"),
+    ("search.population=0", "population must be >= 2"),
+    ("search.generations=-1", "generations must be >= 0"),
+    ("search.val_images=0", "val_images must be >= 1"),
+    ("stages=[]", "stages is empty"),
+    ("stages=[{bits: 2}, {bits: 4}]", "stages[1] trains 4 bits from the 2-bit stage"),
+    ("stages=[{bits: 4, epochs: 0}]", "epochs must be >= 1"),
+    ("stages=[{bits: 4, lr: 0}]", "lr must be > 0"),
+    ("stages=[{bits: 9}]", "bits must be an integer in 1..8"),
+    ("export.test_images=-1", "test_images must be >= 0"),
+    ("analysis.samples=3", "samples must be >= 4"),
+    ("train.arch=mbv3:r128:k3e3", "train.arch"),
+    ("data.name=imagefolder", "imagefolder needs root"),
+])
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_a_bad_config_is_refused_before_any_work(command, override, message, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main([command, CONFIG, f"run.dir={run_dir}", override]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and message in err, err
+    assert not run_dir.exists() and out == ""
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data.root=/nonexistent", "data.download=false"], "Fashion-MNIST not found in '/nonexistent'"),
+    (["data.root=/nonexistent", "data.name=imagefolder"], "'/nonexistent/train' not found"),
+    (["search.budgets=['latency<=3']"], "latency needs --latency-table"),
+    (["train.init_from=/nonexistent.pt"], "train.init_from '/nonexistent.pt' not found"),
+])
+def test_run_checks_its_data_and_budgets_before_any_work(overrides, message, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = [CONFIG, f"run.dir={run_dir}", *overrides]
+    assert main(["run", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not run_dir.exists()
+    if "budgets" not in overrides[0]:  # `oqat train` has no budgets; it checks the rest the same way
+        assert main(["train", *argv]) == 2 and message in capsys.readouterr().err
+        assert main(["config", "check", *argv]) == 2 and message in capsys.readouterr().err
+
+
+def test_the_console_script_refuses_within_5_seconds(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "oqat")
+    start = time.time()
+    done = subprocess.run([exe, "run", CONFIG, f"run.dir={tmp_path / 'r'}", "stages=[{bits: 2}, {bits: 3}]"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "stages[1]" in done.stderr
+    assert time.time() - start < 5
+
+
+def test_python_dash_m_oqat_is_the_cli():
+    done = subprocess.run([sys.executable, "-m", "oqat", "cost", "--arch", MINI_ARCH, "--json"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == oqat.cost(oqat.Arch.parse(MINI_ARCH), "mini", 4)
+
+
+def test_the_api_takes_a_space_by_name():
+    net = oqat.Supernet("mini", bits=4)
+    assert net.space == MINI and net.bits == 4
+    sub = oqat.Subnet("mini", MINI.smallest(), 2)
+    assert sub.space == MINI
+    with pytest.raises(TypeError, match="SearchSpace or its name"):
+        oqat.Supernet(3, 4)
+    with pytest.raises(ValueError, match="unknown search space 'nope'"):
+        oqat.Supernet("nope")
+    with pytest.raises(TypeError, match="arch must be an Arch"):
+        oqat.Subnet("mini", MINI_ARCH)
+    with pytest.raises(ValueError, match="bits"):
+        oqat.Supernet("mini", bits="4")
+
+
+def test_each_subcommand_option_is_a_config_field_with_its_default(capsys):
+    """--population of `oqat search` is search.population: the same default, listed by `oqat config show`."""
+    parser = build_parser()
+    defaults = ExperimentConfig()
+    for argv, section in ((["search", "s.pt"], "search"), (["eval", "s.pt", "--arch", "x"], "search"),
+                          (["sample", "s.pt", "--n", "4", "--out", "p"], "search"),
+                          (["export", "s.pt", "--out", "o"], "export"), (["analyze", "run"], "analysis")):
+        assert getattr(settings(parser.parse_args(argv)), section) == getattr(defaults, section)
+    args = parser.parse_args(["search", "s.pt", "--population", "6", "--budget", "bitops<=1e7",
+                              "--budget", "macs<=1e6", "--predictor", "--val-images", "null"])
+    assert settings(args).search == SearchSettings(population=6, budgets=["bitops<=1e7", "macs<=1e6"],
+                                                   predictor=True, val_images=None)
+    args = parser.parse_args(["search", "s.pt", "--population", "1"])
+    with pytest.raises(config.ConfigError, match="population must be >= 2"):
+        settings(args)
+    assert settings(parser.parse_args(["analyze", "run", "--samples", "9"])).analysis == AnalysisConfig(samples=9)
+    assert settings(parser.parse_args(["export", "s.pt", "--out", "o", "--test-images", "5"])).export == \
+        ExportSettings(test_images=5)
+    assert main(["config", "show"]) == 0
+    shown = capsys.readouterr().out
+    for section in ("search", "export", "analysis", "train", "stages"):
+        assert f"\n{section}:" in shown
+    assert "population: 16  # NSGA-II population" in shown and "samples: 40  #" in shown
+    assert main(["config", "show", CONFIG, "search.population=7"]) == 0
+    assert "population: 7  #" in capsys.readouterr().out
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    """The oqat modules a module imports, at its top or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module} if node.module else {a.name for a in node.names}
+    return {m.split(".")[0] for m in found}
+
+
+def test_the_package_imports_form_no_circle():
+    folder = pathlib.Path(cli.__file__).parent
+    graph = {p.stem: _imports(p) for p in folder.glob("*.py") if p.stem not in ("__init__", "__main__")}
+    done, stack = set(), []
+
+    def visit(module):
+        assert module not in stack, "import circle: " + " -> ".join(stack[stack.index(module):] + [module])
+        if module in done or module not in graph:
+            return
+        stack.append(module)
+        for dep in graph[module]:
+            visit(dep)
+        stack.pop()
+        done.add(module)
+
+    for module in graph:
+        visit(module)
