@@ -2,7 +2,8 @@
 
 Runs `Trainer.train_step` (the sandwich of the demo: largest + smallest + 1 random subnet,
 a resolution drawn per step, distillation, SGD) on the demo's data and batch for a few
-steps per bit-width, after one warm-up step, and prints the median images/s of each. To
+steps per bit-width, after one warm-up step, and prints the median images per CPU second
+of each (CPU time of this process: a shared machine's waiting left out). To
 compare two checkouts side by side, alternate them in one shell loop, e.g.
 
     for i in 1 2 3; do for tree in /tmp/before $PWD; do

@@ -6,7 +6,8 @@ subset of training images, then run the validation images. This times that path 
 plain inference pass of the already extracted subnet over the same images (the
 calibration ones, then the validation ones), interleaved in one process, for the largest,
 a random and the smallest subnet of a 4-bit `mini` supernet (steps set from data) on
-Fashion-MNIST (synthetic images of the same size where it is absent). Target: <= 1.2x.
+Fashion-MNIST (synthetic images of the same size where it is absent). Times are this
+process's CPU time (a shared machine's waiting left out). Target: <= 1.2x.
 
     python benchmarks/eval_speed.py [--calib 500] [--val 2000] [--repeats 7]
 """
@@ -66,7 +67,7 @@ def main():
                     times[kind].append(time.process_time() - start)
         plain, full = statistics.median(times["plain"]), statistics.median(times["eval"])
         ratios.append(full / plain)
-        print(f"{name:<9} {arch}: plain pass {plain * 1e3:.0f} ms, evaluation {full * 1e3:.0f} ms, "
+        print(f"{name:<9} {arch}: plain pass {plain * 1e3:.0f} CPU ms, evaluation {full * 1e3:.0f} CPU ms, "
               f"ratio {full / plain:.3f} (best {min(times['eval']) / min(times['plain']):.3f})")
     print(f"load average after: {os.getloadavg()[0]:.2f}; worst ratio {max(ratios):.3f} (target <= 1.2)")
 
