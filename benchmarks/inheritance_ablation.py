@@ -7,7 +7,8 @@
 - scratch, chain's epochs: as many 2-bit epochs as the whole chain has epochs.
 
 Scratch runs take the best of `--lrs` (picked on the validation split with the first seed,
-at the short length; the long runs use the same lr), with the run's warm-up and clipping.
+at the short length; the long runs use the same lr), with the run's warm-up and clipping; a
+run that diverges takes the next lr of that ranking, and the table says which lr each used.
 Seed 0 reuses the run's own stages up to 3 bits when the run was trained with seed 0;
 other seeds train that chain again. Test top-1 of the largest, middle and smallest subnet
 (BN recalibrated), mean and spread over seeds.
@@ -28,6 +29,7 @@ from oqat.experiment import ExperimentConfig
 from oqat.files import load_supernet
 from oqat.pipeline import run_stages, stage_dir
 from oqat.space import Arch
+from oqat.train import DivergedError
 
 VARIANTS = ("inherit, steps doubled", "inherit, steps from data", "scratch, same epochs", "scratch, chain's epochs")
 
@@ -81,7 +83,7 @@ def main():
     print(f"scratch lr on val (mean of largest, middle, smallest): "
           + ", ".join(f"{k:g}: {v:.2f}" for k, v in by_lr.items()) + f" -> {lr:g}")
 
-    rows = {v: [] for v in VARIANTS}
+    rows, lrs_used = {v: [] for v in VARIANTS}, {}
     for seed in args.seeds:
         folder = os.path.join(out, f"seed{seed}")
         if seed == cfg.train.seed:  # the run's own chain up to 3 bits
@@ -96,13 +98,19 @@ def main():
             if not os.path.exists(link):
                 os.symlink(os.path.abspath(three), link)
             rows[name].append(scores(stages_run(cfg, [cfg.stages[-2], stage], seed, sub), "test", calib))
-        rows[VARIANTS[2]].append(scores(stages_run(cfg, scratch(lr, two.epochs), seed,
-                                                   os.path.join(folder, f"scratch-lr{lr:g}")), "test", calib))
-        rows[VARIANTS[3]].append(scores(stages_run(cfg, scratch(lr, chain_epochs), seed,
-                                                   os.path.join(folder, f"scratch-long-lr{lr:g}")), "test", calib))
+        for name, epochs, prefix in ((VARIANTS[2], two.epochs, "scratch"), (VARIANTS[3], chain_epochs, "scratch-long")):
+            # A run that diverges takes the next lr in the validation ranking (and says so).
+            for rank, x in enumerate(sorted(by_lr, key=by_lr.get, reverse=True)):
+                try:
+                    path = stages_run(cfg, scratch(x, epochs), seed, os.path.join(folder, f"{prefix}-lr{x:g}"))
+                    break
+                except DivergedError as err:
+                    print(f"{name}, seed {seed}, lr {x:g} diverged ({err}); trying the next lr")
+            rows[name].append(scores(path, "test", calib))
+            lrs_used.setdefault(name, []).append(x)
 
     print(f"2-bit supernets: test top-1 (%), mean ± spread/2 over seeds {args.seeds}; 2-bit stage "
-          f"{two.epochs} epoch(s), chain {chain_epochs} epoch(s), scratch lr {lr:g}")
+          f"{two.epochs} epoch(s), chain {chain_epochs} epoch(s), scratch lr per seed {lrs_used}")
     print("| variant | largest | middle | smallest | mean |")
     print("|---|---|---|---|---|")
     summary = {}
@@ -112,7 +120,8 @@ def main():
         summary[name] = {k: {"values": v, "mean": statistics.mean(v), "spread": max(v) - min(v)} for k, v in cols.items()}
         print(f"| {name} | " + " | ".join(f"{s['mean']:.2f} ± {s['spread'] / 2:.2f}" for s in summary[name].values()) + " |")
     with open(os.path.join(out, "ablation.json"), "w") as f:
-        json.dump({"seeds": args.seeds, "scratch_lr_by_val": by_lr, "scratch_lr": lr, "rows": summary}, f, indent=1)
+        json.dump({"seeds": args.seeds, "scratch_lr_by_val": by_lr, "scratch_lr": lr, "scratch_lrs_used": lrs_used,
+                   "rows": summary}, f, indent=1)
 
 
 if __name__ == "__main__":
