@@ -15,6 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -22,6 +23,19 @@ from oqat import config
 from oqat.data import train_batches
 from oqat.experiment import ExperimentConfig
 from oqat.train import Trainer
+
+
+def warm_trainer(config_path: str, bits: int, run_dir: str) -> tuple[Trainer, Iterator]:
+    """A demo-config Trainer at `bits` with its steps initialised and one step taken, and
+    the rest of epoch 0's batches."""
+    cfg = config.load(ExperimentConfig, config_path, [f"run.dir={run_dir}", f"train.bits={bits}"])
+    t = Trainer(cfg)
+    t.net.train()
+    batches = train_batches(t.splits.train, cfg.data, 0)
+    x, y = next(batches)
+    t.init_steps(x)
+    t.train_step(x, y)  # warm-up
+    return t, batches
 
 
 def main():
@@ -34,13 +48,7 @@ def main():
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:
         for bits in args.bits:
-            cfg = config.load(ExperimentConfig, args.config, [f"run.dir={tmp}", f"train.bits={bits}"])
-            t = Trainer(cfg)
-            t.net.train()
-            batches = train_batches(t.splits.train, cfg.data, 0)
-            x, y = next(batches)
-            t.init_steps(x)
-            t.train_step(x, y)  # warm-up
+            t, batches = warm_trainer(args.config, bits, tmp)
             times = []
             for t.step in range(1, args.steps + 1):
                 x, y = next(batches)

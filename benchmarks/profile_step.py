@@ -17,10 +17,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from oqat import config
-from oqat.data import train_batches
-from oqat.experiment import ExperimentConfig
-from oqat.train import Trainer
+from demo_rate import warm_trainer  # benchmarks/ is on the path when a benchmark runs as a script
 
 GROUPS = [  # (group, substrings of op names), first match wins
     ("quantizers", ("_LSQFunction",)),
@@ -46,13 +43,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = config.load(ExperimentConfig, args.config, [f"run.dir={tmp}", f"train.bits={args.bits}"])
-        t = Trainer(cfg)
-        t.net.train()
-        batches = train_batches(t.splits.train, cfg.data, 0)
-        x, y = next(batches)
-        t.init_steps(x)
-        t.train_step(x, y)  # warm-up
+        t, batches = warm_trainer(args.config, args.bits, tmp)
         steps = [next(batches) for _ in range(args.steps)]
         wall = time.perf_counter()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -66,7 +57,7 @@ def main():
             g, node = group(node.name), node.cpu_parent
         totals[g or "other ops"] += e.self_cpu_time_total / 1e3 / args.steps
     ops = sum(totals.values())
-    print(f"demo step, {args.bits}-bit, batch {cfg.data.batch_size}, sandwich of {2 + cfg.train.sandwich_random}: "
+    print(f"demo step, {args.bits}-bit, batch {t.cfg.data.batch_size}, sandwich of {2 + t.cfg.train.sandwich_random}: "
           f"{wall:.0f} ms per step (profiled; {ops:.0f} ms inside ops)")
     for g, ms in totals.most_common():
         print(f"  {g:<30}{ms:8.1f} ms {100 * ms / wall:5.1f}%")
