@@ -183,6 +183,9 @@ def _ddp_worker(rank: int, world: int, port: int, backend: str, space_name: str,
             moved = not torch.equal(flat, initial)
             with open(out, "w") as f:
                 f.write(f"{int(same)} {int(moved)}")
+        # No rank tears down its connections while another still uses them: a gloo rank
+        # whose peer has gone aborts the process (seen once in CI as SIGABRT).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
