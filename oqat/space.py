@@ -187,7 +187,10 @@ class SearchSpace:
     def check(self, arch: "Arch") -> "Arch":
         """`arch` validated against this space (one-line ValueError naming the field), with the
         kernel and expand entries of blocks beyond a stage's depth set to the smallest choice,
-        so that equal networks compare equal. The one place an architecture is validated."""
+        so that equal networks compare equal. The one place an architecture is validated: an
+        arch this space object returned is returned as it is, so each entry point checks once."""
+        if arch.checked_in is self:
+            return arch
         if arch.space != self.name:
             raise ValueError(f"architecture is from space '{arch.space}', not '{self.name}'")
         n, nd = self.num_blocks, len(self.elastic_stages)
@@ -212,7 +215,9 @@ class SearchSpace:
         ks, e = [min(self.kernel_sizes)] * n, [min(self.expand_ratios)] * n
         for i, k, x in self.active_blocks(arch)[1:]:
             ks[i - 1], e[i - 1] = k, x
-        return dataclasses.replace(arch, ks=tuple(ks), e=tuple(e), r=int(arch.r), layout=self.layout)
+        checked = dataclasses.replace(arch, ks=tuple(ks), e=tuple(e), r=int(arch.r))
+        object.__setattr__(checked, "checked_in", self)
+        return checked
 
     def arch(self, ks, e, d, r) -> "Arch":
         return self.check(Arch(ks=ks, e=e, d=d, r=r, space=self.name))
@@ -340,10 +345,10 @@ class Arch:
     d: tuple[int, ...]
     r: int
     space: str = "mbv3"
-    # The space's stage layout, set by `space.check`: lets a checked arch of any space print
-    # itself (and stays right under dataclasses.replace); not part of its value.
-    layout: tuple[tuple[int, int, int | None], ...] | None = dataclasses.field(default=None, compare=False,
-                                                                                repr=False)
+    # The space object that checked it, set by `space.check` and not part of its value: lets
+    # an arch of any space print itself, and spares a second check. `dataclasses.replace`
+    # drops it (not an init field), so a changed arch is checked again.
+    checked_in: "SearchSpace | None" = dataclasses.field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self):
         for name in ("ks", "e", "d"):
@@ -351,7 +356,7 @@ class Arch:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def to_str(self) -> str:
-        layout = self.layout or get_space(self.space).layout
+        layout = (self.checked_in or get_space(self.space)).layout
         stages = [".".join(f"k{self.ks[i]}e{self.e[i]}"
                            for i in range(start, start + (m if di is None else self.d[di])))
                   for start, m, di in layout]

@@ -155,6 +155,21 @@ def test_eval_cli_is_deterministic_and_reports_costs(capsys):
     assert code == 0 and "top1" in out and "bitops" in out and "flops_q" in out
 
 
+def test_eval_cli_validates_the_architecture_once(capsys, monkeypatch):
+    path, validated, real = tiny_run(), [], SearchSpace.check
+    user = Arch.parse("evaltiny:r16:k5e3.k3e2-k3e3", TINY)
+
+    def counting(space, arch):
+        if arch.checked_in is not space:
+            validated.append(arch)
+        return real(space, arch)
+
+    monkeypatch.setattr(SearchSpace, "check", counting)
+    code, _, _ = run_cli(capsys, "eval", path, "--arch", "evaltiny:r16:k5e3.k3e2-k3e3",
+                         "--calib-images", 128, "--json", "--device", "cpu")
+    assert code == 0 and validated.count(user) == 1  # not again in extraction, costing or export
+
+
 def test_eval_cli_errors(capsys):
     code, _, err = run_cli(capsys, "eval", tiny_run(), "--arch", str(Arch.parse("mini:r28:k3e2-k3e2-k3e2-k3e2")))
     assert code == 2 and "space 'mini'" in err and "'evaltiny'" in err

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import random
 
@@ -202,3 +203,15 @@ def test_block_list_is_the_one_layout():
     # A checked arch prints itself through the space's layout, also after a field is replaced.
     import dataclasses
     assert dataclasses.replace(MBV3.largest(), d=(2,) * 5).to_str().count("k") == 10
+
+
+def test_a_checked_arch_is_not_checked_again_but_a_changed_one_is():
+    a = MINI.largest()
+    assert a.checked_in is MINI and MINI.check(a) is a
+    changed = dataclasses.replace(a, r=99)  # replace drops the mark
+    assert changed.checked_in is None
+    with pytest.raises(ValueError, match="arch field 'r' is 99"):
+        MINI.check(changed)
+    other = dataclasses.replace(MINI, resolutions=(28,))  # an equal-named space checks for itself
+    with pytest.raises(ValueError, match="arch field 'r' is 20"):
+        other.check(MINI.smallest())
