@@ -137,42 +137,83 @@ class Trainer:
         set_bits_(net, t.bits)
         return net, (not has_steps) if t.reinit_steps is None else t.reinit_steps
 
-    # --- checkpoints ------------------------------------------------------------------
-    def save(self) -> None:
-        rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        checkpoint.save(self.last, {
-            "format": FORMAT, "space": self.space.to_dict(), "bits": self.cfg.train.bits,
-            "config": config.to_dict(self.cfg), "state_dict": self.net.state_dict(),
-            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-            "step": self.step, "epoch": self.epoch, "batch": self.batch, "rng": rng,
-            "health": dict(self.health), "meter": list(self.meter), "val": dict(self.val)})
-
-    def resume(self) -> bool:
-        if not os.path.exists(self.last):
-            return False
-        ck = files.load_training(self.last)
-        if ck["bits"] != self.cfg.train.bits or ck["space"] != self.space.to_dict():
-            raise checkpoint.CheckpointError(
-                f"'{self.last}' is a {ck['bits']}-bit '{ck['space']['name']}' run, this config trains "
-                f"{self.cfg.train.bits}-bit '{self.space.name}'; use another run.dir")
-        files.load_state(self.net, ck["state_dict"], self.last)
+    # --- the loop -----------------------------------------------------------------------
+    def run(self) -> dict:
+        """Train to the end of the stage, resuming from last.pt if there is one: per batch one
+        sandwich step (LSQ steps set from data before the first), a log line every `log_every`
+        steps and a checkpoint every `checkpoint_every`; per epoch, BN statistics averaged
+        over ranks, validation and a checkpoint; at the end supernet.pt. Returns the final
+        metrics."""
+        t, world, main = self.cfg.train, self.dist.world, self.dist.main
+        resumed = self.resume()
+        distributed.broadcast_([p.data for p in self.net.parameters()]
+                               + [b for b in self.net.buffers() if b.is_floating_point()], world)
+        log = RunLog(self.dir, self.step, resumed) if main else None
+        if main:
+            config.dump(self.cfg, os.path.join(self.dir, "config.yaml"))
         try:
-            self.opt.load_state_dict(ck["optimizer"])
-            self.sched.load_state_dict(ck["scheduler"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise checkpoint.CheckpointError(f"'{self.last}': optimizer or scheduler state does not fit "
-                                             f"this run ({type(err).__name__}: {err})") from None
-        self.step, self.epoch, self.batch = ck["step"], ck["epoch"], ck["batch"]
-        random.setstate(ck["rng"]["python"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        if "cuda" in ck["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
-        self.health, self.meter, self.val = ck["health"], ck["meter"], ck["val"]
-        return True
+            for epoch in range(self.epoch, t.epochs):
+                self.net.train()
+                start, first = self.batch, self.step
+                bar = tqdm(total=self.per_epoch, initial=start, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
+                           disable=self.cfg.run.quiet or not main, dynamic_ncols=True)
+                tick, seen = time.perf_counter(), 0
+                # Image folders crop each batch straight to its step's resolution, as the authors do.
+                batches = train_batches(self.splits.train, self.cfg.data, epoch, self.dist.rank, world, start,
+                                        sizes=lambda b: self.archs(first + b - start)[0].r)
+                for self.batch, (x, y) in enumerate(batches, start):
+                    x, y = x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
+                    if self.step == 0 and self.reinit and t.bits != FULL_PRECISION:
+                        self.init_steps(x)
+                    lr = self.opt.param_groups[0]["lr"]
+                    losses = self.train_step(x, y).tolist()
+                    self.step += 1
+                    seen += len(y) * world
+                    distill = sum(losses[1:]) / max(1, len(losses) - 1)
+                    self.meter = [self.meter[0] + losses[0], self.meter[1] + distill, self.meter[2] + 1]
+                    bar.update(1)
+                    if self.step % t.log_every == 0 or self.batch + 1 == self.per_epoch:
+                        rate = seen / (time.perf_counter() - tick)
+                        tick, seen = time.perf_counter(), 0
+                        bar.set_postfix(loss=f"{losses[0]:.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.0f}")
+                        if log:
+                            log.write({"kind": "step", "step": self.step,
+                                       "epoch": epoch + (self.batch + 1) / self.per_epoch, "loss": losses[0],
+                                       "loss_distill": distill, "lr": lr, "img_s": rate, **self.health})
+                    if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.batch + 1 < self.per_epoch:
+                        self.batch += 1  # the next batch to run
+                        if main:
+                            self.save()
+                bar.close()
+                # Ranks saw different data: average BN running stats so rank 0's file stands for all.
+                distributed.all_reduce_mean_([b for b in self.net.buffers() if b.is_floating_point()], world)
+                self.epoch, self.batch = epoch + 1, 0
+                loss, distill, n = self.meter
+                self.meter = [0.0, 0.0, 0]
+                if main:
+                    self.val = self.validate()
+                    self._report_epoch(log, loss / max(n, 1), distill / max(n, 1))
+                    self.save()
+            final = {"epoch": self.epoch, "step": self.step, **self.health, **self.val}
+            if main:
+                self.net.save(os.path.join(self.dir, "supernet.pt"), {
+                    "data": config.to_dict(self.cfg.data), "config": config.to_dict(self.cfg), "val": final})
+            return final
+        finally:
+            if log:
+                log.close()
 
-    # --- the step ---------------------------------------------------------------------
+    def _report_epoch(self, log: RunLog, loss: float, distill: float) -> None:
+        log.write({"kind": "epoch", "epoch": self.epoch, "step": self.step, "loss": loss, "loss_distill": distill,
+                   "lr": self.opt.param_groups[0]["lr"], **self.val, **self.health})
+        flips = f", step sign flips {self.health['step_flips']}, clamps {self.health['step_clamps']}" \
+            if any(self.health.values()) else ""
+        vals = "  ".join(f"{k.removeprefix('val_top1_')} {v:.2f}" for k, v in self.val.items()
+                         if k.startswith("val_top1_"))
+        tqdm.write(f"epoch {self.epoch}/{self.cfg.train.epochs}  step {self.step}  loss {loss:.4f}  "
+                   f"val top-1 {vals}{flips}")
+
+    # --- one step -------------------------------------------------------------------------
     @torch.no_grad()
     def init_steps(self, x: torch.Tensor) -> None:
         """LSQ init at the stage start (the supernet's `init_steps_` on the first batch at
@@ -224,83 +265,7 @@ class Trainer:
         self.health["step_flips"] += flips
         return losses
 
-    # --- the loop ---------------------------------------------------------------------
-    def run(self) -> dict:
-        t, main = self.cfg.train, self.dist.main
-        resumed = self.resume()
-        distributed.broadcast_([p.data for p in self.net.parameters()]
-                               + [b for b in self.net.buffers() if b.is_floating_point()], self.dist.world)
-        log = RunLog(self.dir, self.step, resumed) if main else None
-        if main:
-            config.dump(self.cfg, os.path.join(self.dir, "config.yaml"))
-        try:
-            for epoch in range(self.epoch, t.epochs):
-                self._epoch(epoch, log)
-            final = {"epoch": self.epoch, "step": self.step, **self.health, **self.val}
-            if main:
-                self.net.save(os.path.join(self.dir, "supernet.pt"), {
-                    "data": config.to_dict(self.cfg.data), "config": config.to_dict(self.cfg), "val": final})
-            return final
-        finally:
-            if log:
-                log.close()
-
-    def _epoch(self, epoch: int, log: RunLog | None) -> None:
-        t, world = self.cfg.train, self.dist.world
-        start = self.batch
-        bar = tqdm(total=self.per_epoch, initial=start, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
-                   disable=self.cfg.run.quiet or log is None, dynamic_ncols=True)
-        tick, seen = time.perf_counter(), 0
-        self.net.train()
-        # Image folders crop each batch straight to its step's resolution, as the authors do.
-        first = self.step
-        batches = train_batches(self.splits.train, self.cfg.data, epoch, self.dist.rank, world, start,
-                                sizes=lambda b: self.archs(first + b - start)[0].r)
-        for self.batch, (x, y) in enumerate(batches, start):
-            x, y = x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
-            if self.step == 0 and self.reinit and t.bits != FULL_PRECISION:
-                self.init_steps(x)
-            lr = self.opt.param_groups[0]["lr"]
-            losses = self.train_step(x, y).tolist()
-            self.step += 1
-            seen += len(y) * world
-            distill = sum(losses[1:]) / max(1, len(losses) - 1)
-            self.meter = [self.meter[0] + losses[0], self.meter[1] + distill, self.meter[2] + 1]
-            bar.update(1)
-            if self.step % t.log_every == 0 or self.batch + 1 == self.per_epoch:
-                rate = seen / (time.perf_counter() - tick)
-                tick, seen = time.perf_counter(), 0
-                bar.set_postfix(loss=f"{losses[0]:.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.0f}")
-                if log:
-                    log.write({"kind": "step", "step": self.step, "epoch": epoch + (self.batch + 1) / self.per_epoch,
-                               "loss": losses[0], "loss_distill": distill, "lr": lr, "img_s": rate, **self.health})
-            if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.batch + 1 < self.per_epoch:
-                self.batch += 1  # the next batch to run
-                if log:
-                    self.save()
-        bar.close()
-        self._end_epoch(epoch, log)
-
-    def _end_epoch(self, epoch: int, log: RunLog | None) -> None:
-        # Ranks saw different data: average BN running stats so rank 0's file stands for all.
-        distributed.all_reduce_mean_([b for b in self.net.buffers() if b.is_floating_point()], self.dist.world)
-        self.epoch, self.batch = epoch + 1, 0
-        loss, distill, n = self.meter
-        self.meter = [0.0, 0.0, 0]
-        if log is None:
-            return
-        self.val = self.validate()
-        record = {"kind": "epoch", "epoch": self.epoch, "step": self.step, "loss": loss / max(n, 1),
-                  "loss_distill": distill / max(n, 1), "lr": self.opt.param_groups[0]["lr"], **self.val,
-                  **self.health}
-        log.write(record)
-        flips = f", step sign flips {self.health['step_flips']}, clamps {self.health['step_clamps']}" \
-            if any(self.health.values()) else ""
-        vals = "  ".join(f"{k.removeprefix('val_top1_')} {v:.2f}" for k, v in self.val.items() if k.startswith("val_top1_"))
-        tqdm.write(f"epoch {self.epoch}/{self.cfg.train.epochs}  step {self.step}  loss {record['loss']:.4f}  "
-                   f"val top-1 {vals}{flips}")
-        self.save()
-
+    # --- validation and checkpoints ------------------------------------------------------
     def validate(self) -> dict:
         """Val top-1 of the largest and smallest subnet, each after BN recalibration."""
         out = {}
@@ -313,6 +278,40 @@ class Trainer:
                 res = evaluate(sub, eval_batches(self.splits.val, self.cfg.data, arch.r), arch.r)
             out[f"val_top1_{name}"], out[f"val_loss_{name}"] = res["top1"], res["loss"]
         return out
+
+    def save(self) -> None:
+        rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint.save(self.last, {
+            "format": FORMAT, "space": self.space.to_dict(), "bits": self.cfg.train.bits,
+            "config": config.to_dict(self.cfg), "state_dict": self.net.state_dict(),
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "step": self.step, "epoch": self.epoch, "batch": self.batch, "rng": rng,
+            "health": dict(self.health), "meter": list(self.meter), "val": dict(self.val)})
+
+    def resume(self) -> bool:
+        if not os.path.exists(self.last):
+            return False
+        ck = files.load_training(self.last)
+        if ck["bits"] != self.cfg.train.bits or ck["space"] != self.space.to_dict():
+            raise checkpoint.CheckpointError(
+                f"'{self.last}' is a {ck['bits']}-bit '{ck['space']['name']}' run, this config trains "
+                f"{self.cfg.train.bits}-bit '{self.space.name}'; use another run.dir")
+        files.load_state(self.net, ck["state_dict"], self.last)
+        try:
+            self.opt.load_state_dict(ck["optimizer"])
+            self.sched.load_state_dict(ck["scheduler"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise checkpoint.CheckpointError(f"'{self.last}': optimizer or scheduler state does not fit "
+                                             f"this run ({type(err).__name__}: {err})") from None
+        self.step, self.epoch, self.batch = ck["step"], ck["epoch"], ck["batch"]
+        random.setstate(ck["rng"]["python"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        if "cuda" in ck["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+        self.health, self.meter, self.val = ck["health"], ck["meter"], ck["val"]
+        return True
 
 
 class RunLog:
