@@ -193,8 +193,9 @@ def analyze(run_dir: str, cfg: AnalysisConfig, out_dir: str | None = None, progr
         raise ValueError(f"the supernets of '{run_dir}' carry no data config")
     splits = data.load_splits(data_cfg)
     os.makedirs(out_dir, exist_ok=True)
-    space = next(iter(nets.values())).space
-    rows = measure(nets, sample_archs(space, cfg.samples, cfg.seed), data_cfg, splits, cfg, progress)
+    # Sampled from what the supernets were trained on: an untrained resolution says nothing of quantization.
+    trained = next(iter(nets.values())).trained_space
+    rows = measure(nets, sample_archs(trained, cfg.samples, cfg.seed), data_cfg, splits, cfg, progress)
     summary = summarise(rows, cfg)
     summary["plots"] = [os.path.basename(p) for p in plot(rows, summary, out_dir)]
     result = {"config": dataclasses.asdict(cfg), "rows": rows, "summary": summary}

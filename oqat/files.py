@@ -27,7 +27,7 @@ from .data import DataConfig, Splits
 from .oqa import oqa_key
 from .packed import FORMAT as PACKED, quantized_convs, unpack
 from .quant import check_bits
-from .space import MBV3, Arch, SearchSpace
+from .space import ARCH_FIELDS, MBV3, Arch, SearchSpace
 from .subnet import FORMAT as SUBNET, Subnet
 from .supernet import FORMAT as SUPERNET, Supernet
 
@@ -59,6 +59,18 @@ def _bits(ckpt: dict, path: str) -> int:
         return check_bits(bits)
     except ValueError as err:
         raise CheckpointError(f"'{path}': {err}") from None
+
+
+def _elastic(ckpt: dict, path: str) -> tuple[str, ...]:
+    """The Arch fields the file's training varied: all of them where it does not say (the
+    authors' checkpoints, files written before it was kept)."""
+    if "elastic" not in ckpt:
+        return ARCH_FIELDS
+    fields = _field(ckpt, path, "elastic", list, f"a list of Arch fields ({', '.join(ARCH_FIELDS)})")
+    if not all(isinstance(f, str) and f in ARCH_FIELDS for f in fields) or len(set(fields)) != len(fields):
+        raise CheckpointError(f"'{path}': field 'elastic' must list distinct Arch fields "
+                              f"({', '.join(ARCH_FIELDS)}), got {fields!r}")
+    return tuple(fields)
 
 
 def _arch(ckpt: dict, path: str, space: SearchSpace) -> Arch:
@@ -136,6 +148,7 @@ def load_supernet(path: str, *formats: str) -> tuple[Supernet, dict]:
     ckpt = read(path, *(formats or (SUPERNET,)))
     space, bits = _space(ckpt, path), _bits(ckpt, path)
     net = _build(path, lambda: Supernet(space, bits))
+    net.elastic = _elastic(ckpt, path)
     load_state(net, ckpt.get("state_dict"), path)
     return net.eval(), {**ckpt, "data": _run_data(ckpt, path)}
 

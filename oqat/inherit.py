@@ -30,7 +30,7 @@ def inherit_file(src: str, bits: int, out: str, reinit_steps: bool = False) -> S
     net, ckpt = files.load_supernet(src)
     source_bits = net.bits
     inherit(net, bits)
-    extra = {k: v for k, v in ckpt.items() if k not in {"format", "space", "bits", "state_dict", REINIT_KEY}}
+    extra = {k: v for k, v in ckpt.items() if k not in {"format", "space", "bits", "elastic", "state_dict", REINIT_KEY}}
     extra["data"] = config.to_dict(ckpt["data"])
     extra["inherited_from"] = {"file": src, "bits": source_bits}
     if reinit_steps:

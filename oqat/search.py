@@ -107,7 +107,7 @@ class Scorer:
 
 def sample_points(scorer: Scorer, n: int, seed: int) -> list[dict]:
     """`n` distinct uniformly random architectures (seeded) with their costs and val top-1."""
-    space, rng, archs = scorer.supernet.space, random.Random(seed), []
+    space, rng, archs = scorer.supernet.trained_space, random.Random(seed), []
     for _ in range(100 * n):  # bounded: a tiny space may hold fewer than n architectures
         arch = space.sample(rng)
         if arch not in archs:
@@ -227,13 +227,14 @@ def search(supernet: Supernet, data_cfg: DataConfig, splits: Splits, budgets: li
            calib_images: int = 2000, val_images: int | None = None, latency: dict[str, float] | None = None,
            use_predictor: bool = False, pairs: list[tuple[Arch, float]] | None = None, test: bool = True,
            log: Callable[[str], None] = print) -> SearchResult:
-    """NSGA-II over `supernet`'s space: maximise val top-1, minimise `metric` (default: the
+    """NSGA-II over the part of `supernet`'s space it was trained on (`trained_space`: the
+    fields its training held fixed stay at the largest's): maximise val top-1, minimise `metric` (default: the
     first budget's metric, else bitops), subject to `budgets`. `generations` offspring rounds
     follow the initial population. With `use_predictor`, candidates are scored by an
     accuracy predictor fitted on the real evaluations so far (and `pairs`); only those that
     reach the current front are evaluated for real, and the final front is real."""
     start = time.time()
-    space = supernet.space
+    space = supernet.trained_space
     metric = metric or (budgets[0].metric if budgets else "bitops")
     costs = Costs(space, supernet.bits, latency)
     for name in [metric] + [b.metric for b in budgets]:

@@ -22,12 +22,14 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from . import config
 from .checkpoint import read_json
 
 ArchField = Literal["ks", "e", "d", "r"]  # the fields of an `Arch` a training stage can hold fixed or vary
+ARCH_FIELDS: tuple[str, ...] = get_args(ArchField)
+_CHOICES = {"ks": "kernel_sizes", "e": "expand_ratios", "d": "depths", "r": "resolutions"}
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -221,6 +223,12 @@ class SearchSpace:
 
     def arch(self, ks, e, d, r) -> "Arch":
         return self.check(Arch(ks=ks, e=e, d=d, r=r, space=self.name))
+
+    def elastic_in(self, fields) -> "SearchSpace":
+        """This space with each Arch field not in `fields` held at the largest's choice: the
+        part a sandwich that varies only `fields` trains, and so the part worth searching."""
+        return dataclasses.replace(self, **{attr: (max(getattr(self, attr)),)
+                                            for name, attr in _CHOICES.items() if name not in fields})
 
     def with_data(self, in_channels: int, num_classes: int) -> "SearchSpace":
         return dataclasses.replace(self, in_channels=in_channels, num_classes=num_classes)

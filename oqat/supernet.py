@@ -13,7 +13,7 @@ from torch import nn
 from . import checkpoint
 from .layers import ConvBNAct, MBConv, QConv2d, mbconv_forward, se_forward, se_mid
 from .quant import FULL_PRECISION, LSQ, bits_of, init_step, set_bits_
-from .space import Arch, Block, SearchSpace, get_space, mid_channels
+from .space import ARCH_FIELDS, Arch, Block, SearchSpace, get_space, mid_channels
 from .subnet import Subnet, add_head, head_forward, make_stem
 
 FORMAT = "oqat-supernet"
@@ -145,6 +145,9 @@ class Supernet(nn.Module):
         add_head(self, space)
         init_weights(self)
         set_bits_(self, bits)  # the quantizers own the bit-width from here on
+        # The Arch fields its training varied (its file keeps them): a search explores those,
+        # the others held at the largest's choice (`trained_space`).
+        self.elastic: tuple[str, ...] = ARCH_FIELDS
         self.set_arch(space.largest())
 
     def _block(self, i: int) -> ElasticMBConv:
@@ -154,6 +157,10 @@ class Supernet(nn.Module):
     def set_arch(self, arch: Arch) -> None:
         self.arch = self.space.check(arch)
         self._active = [(self._block(i), k, e) for i, k, e in self.space.active_blocks(self.arch)]
+
+    @property
+    def trained_space(self) -> SearchSpace:
+        return self.space.elastic_in(self.elastic)
 
     @property
     def bits(self) -> int:
@@ -200,4 +207,4 @@ class Supernet(nn.Module):
 
     def save(self, path: str, extra: dict | None = None) -> None:
         checkpoint.save(path, {"format": FORMAT, "space": self.space.to_dict(), "bits": self.bits,
-                               "state_dict": self.state_dict(), **(extra or {})})
+                               "elastic": list(self.elastic), "state_dict": self.state_dict(), **(extra or {})})

@@ -104,6 +104,8 @@ class Trainer:
         space = get_space(cfg.model.space).with_data(self.splits.in_channels, self.splits.num_classes)
         self.net, self.reinit = self._build(space)
         self.space = self.net.space
+        self.net.elastic = tuple(t.elastic)  # what this stage trains; its supernet.pt keeps it
+        self.trained = self.net.trained_space
         self.fixed = Arch.parse(t.arch, self.space) if t.arch else None
         self.net.to(self.dist.device)
         if t.channels_last:
@@ -227,18 +229,17 @@ class Trainer:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
 
     def archs(self, step: int) -> list:
-        """The sandwich of `step`: largest, smallest, then n random, all at one drawn resolution.
-        Fields not in `train.elastic` keep the largest's value (progressive shrinking), and a
-        subnet that occurs twice (e.g. largest = smallest when nothing is elastic) runs once."""
+        """The sandwich of `step`: largest, smallest, then n random, all at one drawn resolution,
+        from the part of the space this stage trains (fields not in `train.elastic` keep the
+        largest's value: progressive shrinking). A subnet that occurs twice (e.g. largest =
+        smallest when nothing is elastic) runs once."""
         t = self.cfg.train
         if t.arch:
             return [self.fixed]
-        rng = random.Random(f"oqat-train/{t.seed}/{step}")
-        largest = self.space.largest()
-        fixed = {name: getattr(largest, name) for name in ("ks", "e", "d", "r") if name not in t.elastic}
-        r = fixed.get("r", rng.choice(self.space.resolutions))
-        drawn = [self.space.sample(rng) for _ in range(t.sandwich_random)]
-        archs = [self.space.check(replace(a, **{**fixed, "r": r})) for a in [largest, self.space.smallest(), *drawn]]
+        rng, space = random.Random(f"oqat-train/{t.seed}/{step}"), self.trained
+        r = rng.choice(space.resolutions)
+        drawn = [space.sample(rng) for _ in range(t.sandwich_random)]
+        archs = [self.space.check(replace(a, r=r)) for a in [space.largest(), space.smallest(), *drawn]]
         return list(dict.fromkeys(archs))
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

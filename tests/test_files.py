@@ -92,6 +92,8 @@ def test_good_files_load(good):
     (lambda c: c["state_dict"].update({"classifier.bias": [0.0] * 3}), "must map names to tensors"),
     (lambda c: c.pop("state_dict"), "must map names to tensors"),
     (lambda c: c.update(data={"name": "cifar"}), "field 'data.name' expects one of"),
+    (lambda c: c.update(elastic="r"), "field 'elastic' must be a list of Arch fields"),
+    (lambda c: c.update(elastic=["ks", "width"]), "field 'elastic' must list distinct Arch fields"),
 ])
 def test_a_wrong_supernet_file_is_one_line_and_nothing_is_written(good, tmp_path, change, message, capsys):
     ckpt = checkpoint.load(good["supernet"])

@@ -215,3 +215,13 @@ def test_a_checked_arch_is_not_checked_again_but_a_changed_one_is():
     other = dataclasses.replace(MINI, resolutions=(28,))  # an equal-named space checks for itself
     with pytest.raises(ValueError, match="arch field 'r' is 20"):
         other.check(MINI.smallest())
+
+
+def test_elastic_in_holds_the_other_fields_at_the_largest():
+    assert MINI.elastic_in(["ks", "e", "d", "r"]) == MINI
+    part = MINI.elastic_in(["ks", "d"])
+    assert part.resolutions == (28,) and part.expand_ratios == (4,) and part.kernel_sizes == MINI.kernel_sizes
+    assert part.largest() == MINI.largest() and part.smallest().r == 28
+    rng = random.Random(0)
+    assert all(a.r == 28 and set(a.e) == {4} for a in (part.sample(rng) for _ in range(20)))
+    assert MINI.elastic_in([]).smallest() == MINI.largest()

@@ -114,7 +114,10 @@ def test_supernet_save_load_round_trip(tmp_path):
     path = tmp_path / "super.pt"
     net.save(str(path))
     again = load_supernet(str(path))[0]
-    assert again.bits == 2
+    assert again.bits == 2 and again.elastic == ("ks", "e", "d", "r")
+    net.elastic = ("ks", "d")
+    net.save(str(path))
+    assert load_supernet(str(path))[0].trained_space == MINI.elastic_in(["ks", "d"])
     arch = MINI.sample(random.Random(5))
     x = torch.randn(2, 1, arch.r, arch.r)
     net.set_arch(arch)

@@ -211,6 +211,11 @@ def test_elastic_fields_limit_what_the_sandwich_varies(tmp_path):
     drawn = [a for step in range(5) for a in t.archs(step)]
     assert all(a.d == largest.d and a.e == largest.e and a.r == largest.r for a in drawn)
     assert {k for a in drawn for k in a.ks} == set(space.kernel_sizes)
+    # Resolution held: every subnet at the largest's, the rest drawn; the stage's supernet.pt says so.
+    t = Trainer(tiny(tmp_path / "r", "train.elastic=[ks,e,d]", "train.sandwich_random=2"))
+    drawn = [a for step in range(5) for a in t.archs(step)]
+    assert {a.r for a in drawn} == {largest.r} and drawn[1] == dataclasses.replace(space.smallest(), r=largest.r)
+    assert t.net.trained_space == space.elastic_in(["ks", "e", "d"])
     # Everything elastic (the default): the largest, the smallest, then random subnets at one resolution.
     t = Trainer(tiny(tmp_path / "c"))
     for step in range(5):
