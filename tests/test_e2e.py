@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(not _has_fmnist(), reason="Fashion-MNIST not ins
 OVERRIDES = [
     f"data.root={FMNIST}", "data.download=false", "data.val_size=200", "data.train_size=640", "data.batch_size=64",
     "train.calib_images=128", "train.sandwich_random=1", "train.log_every=5", "train.checkpoint_every=5",
-    "stages=[{bits: 4, epochs: 1}, {bits: 2, epochs: 1}]",
+    "stages=[{bits: 4, epochs: 1, lr: 0.1}, {bits: 2, epochs: 1, lr: 0.1, reinit_steps: true}]",  # as the demo
     "search.population=4", "search.generations=1", "search.val_images=100", "search.calib_images=64",
     "export.test_images=100",
 ]
