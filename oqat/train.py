@@ -268,10 +268,10 @@ class Trainer:
 
     # --- validation and checkpoints ------------------------------------------------------
     def validate(self) -> dict:
-        """Val top-1 of the largest and smallest subnet, each after BN recalibration."""
-        out = {}
-        named = (("arch", self.fixed),) if self.cfg.train.arch else (
-            ("largest", self.space.largest()), ("smallest", self.space.smallest()))
+        """Val top-1 of the largest and smallest subnet this stage trains, each after BN recalibration."""
+        out, largest, smallest = {}, self.trained.largest(), self.trained.smallest()
+        named = [("arch", self.fixed)] if self.cfg.train.arch else \
+            [("largest", largest)] + ([("smallest", smallest)] if smallest != largest else [])
         for name, arch in named:
             sub = prepare_subnet(self.net, arch, self.cfg.data, self.splits, self.cfg.train.calib_images,
                                  self.cfg.data.seed)
