@@ -95,7 +95,7 @@ class TrainConfig:
     seed: int = 0  # weights init, subnet and resolution draws, dropout
     arch: str | None = None  # train only this architecture, on labels (no sandwich): a standalone baseline
     grad_clip: float = 5.0  # max global gradient norm (0: off); low-bit BN can spike gradients after inheritance
-    elastic: list[ArchField] = field(default_factory=lambda: ["ks", "e", "d", "r"])  # Arch fields the sandwich varies; the others stay the largest's ([] trains the largest alone: OFA's progressive shrinking starts so)
+    elastic: list[ArchField] = field(default_factory=lambda: ["ks", "e", "d", "r"])  # Arch fields the sandwich varies; the others stay the largest's ([] trains the largest alone: OFA's progressive shrinking starts so). The supernet file keeps them, and a search explores only them
 
     def __post_init__(self):
         check_bits(self.bits)
