@@ -29,7 +29,7 @@ from .checkpoint import read_json
 
 ArchField = Literal["ks", "e", "d", "r"]  # the fields of an `Arch` a training stage can hold fixed or vary
 ARCH_FIELDS: tuple[str, ...] = get_args(ArchField)
-_CHOICES = {"ks": "kernel_sizes", "e": "expand_ratios", "d": "depths", "r": "resolutions"}
+_CHOICES = dict(zip(ARCH_FIELDS, ("kernel_sizes", "expand_ratios", "depths", "resolutions")))  # field -> its space's choices
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
