@@ -115,6 +115,7 @@ class StageConfig:
     init: str = "previous"  # "previous": start from the last stage (the first: train.init_from), inheriting when bits drop; "scratch"
     reinit_steps: bool = False  # ablation: LSQ steps from data instead of inherited (doubled) ones
     elastic: list[ArchField] | None = None  # Arch fields the sandwich varies in this stage (see train.elastic); None: train.elastic
+    sandwich_random: int | None = None  # random subnets per step in this stage (see train.sandwich_random); None: train's
 
     def __post_init__(self):
         check_bits(self.bits)
@@ -123,6 +124,7 @@ class StageConfig:
         _at_least(self, 1, "epochs")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be > 0 (or null for train.lr), got {self.lr}")
+        _at_least(self, 0, "sandwich_random")
 
 
 @dataclass

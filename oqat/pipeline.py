@@ -58,7 +58,9 @@ def run_stages(cfg: ExperimentConfig) -> list[dict]:
                       f"{f' from {os.path.relpath(init, cfg.run.dir)}' if init else ' from scratch'}")
             train_cfg = dataclasses.replace(cfg.train, bits=st.bits, epochs=st.epochs, lr=st.lr or cfg.train.lr,
                                             init_from=init, reinit_steps=reinit,
-                                            elastic=cfg.train.elastic if st.elastic is None else st.elastic)
+                                            elastic=cfg.train.elastic if st.elastic is None else st.elastic,
+                                            sandwich_random=cfg.train.sandwich_random if st.sandwich_random is None
+                                            else st.sandwich_random)
             stage_cfg = dataclasses.replace(cfg, train=train_cfg, run=dataclasses.replace(cfg.run, dir=out))
             start = time.time()
             train(stage_cfg)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from . import checkpoint
-from .layers import ConvBNAct, Cost, MBConv, QConv2d, batch_norm, bn_cost, conv_cost
+from .layers import ConvBNAct, Cost, MBConv, QConv2d, batch_norm, bn_cost, conv_cost, pool
 from .quant import FULL_PRECISION, bits_of, set_bits_
 from .space import Arch, Block, SearchSpace, get_space, mid_channels
 
@@ -36,7 +36,7 @@ def add_head(net: nn.Module, space: SearchSpace) -> None:
 
 def head_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     for h in net.space.head_layers():
-        x = x.mean((2, 3), keepdim=True) if h is None else getattr(net, h.name)(x)
+        x = pool(x) if h is None else getattr(net, h.name)(x)
     return net.classifier(net.dropout(x.flatten(1)))
 
 

@@ -291,3 +291,20 @@ def test_relu_folded_into_the_next_quantizer_changes_nothing(space, monkeypatch)
             assert folded.keys() == plain.keys() and all(torch.equal(folded[k], plain[k]) for k in folded)
         else:
             assert torch.equal(folded, plain)
+
+
+@pytest.mark.parametrize("k,stride,layout", [(7, 1, torch.channels_last), (5, 2, torch.channels_last),
+                                             (7, 2, torch.contiguous_format), (3, 1, torch.channels_last)])
+def test_depthwise_conv_gradients_equal_autograd_of_conv2d(k, stride, layout):
+    torch.manual_seed(0)
+    x = torch.randn(6, 16, 9, 9).contiguous(memory_format=layout).requires_grad_()
+    w = torch.randn(16, 1, k, k).requires_grad_()
+    out = layers.conv2d(x, w, stride, 16)
+    ref = torch.nn.functional.conv2d(x, w, None, stride, k // 2, 1, 16)
+    assert (out.grad_fn.name() == "_DepthwiseConvBackward") == (k > 3)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, (x, w), g)
+    ref_grads = torch.autograd.grad(ref, (x, w), g)
+    assert torch.equal(out, ref)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())

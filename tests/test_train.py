@@ -225,6 +225,23 @@ def test_elastic_fields_limit_what_the_sandwich_varies(tmp_path):
         assert len({a.r for a in archs}) == 1
 
 
+def test_a_stage_may_set_its_own_elastic_fields_and_random_subnets(tmp_path, monkeypatch):
+    from oqat import pipeline
+    seen = []
+
+    def record(cfg):  # what each stage would train, and the file the next stage starts from
+        seen.append((cfg.train.sandwich_random, cfg.train.elastic))
+        Supernet(get_space("mini").with_data(3, 10), cfg.train.bits).save(os.path.join(cfg.run.dir, "supernet.pt"))
+
+    monkeypatch.setattr(pipeline, "train", record)
+    cfg = tiny(tmp_path, "train.sandwich_random=1", "train.elastic=[ks,e,d]",
+               "stages=[{bits: 32, epochs: 1, elastic: []}, {bits: 4, epochs: 1, sandwich_random: 3}, {bits: 4, epochs: 1}]")
+    pipeline.run_stages(cfg)
+    assert seen == [(1, []), (3, ["ks", "e", "d"]), (1, ["ks", "e", "d"])]
+    with pytest.raises(ValueError, match="sandwich_random must be >= 0"):
+        tiny(tmp_path, "stages=[{bits: 4, epochs: 1, sandwich_random: -1}]")
+
+
 def test_resume_drops_a_metrics_line_cut_short_by_a_crash(tmp_path):
     lines = [json.dumps({"kind": "step", "step": s}) + "\n" for s in (2, 4, 6)]
     (tmp_path / "metrics.jsonl").write_text("".join(lines) + '{"kind": "st')
