@@ -22,7 +22,7 @@ from demo_rate import warm_trainer  # benchmarks/ is on the path when a benchmar
 GROUPS = [  # (group, substrings of op names), first match wins
     ("quantizers", ("_LSQFunction",)),
     ("optimizer", ("Optimizer.", "clip_grad", "_foreach")),
-    ("convs", ("convolution", "conv2d", "mkldnn_conv")),
+    ("convs", ("convolution", "conv2d", "mkldnn_conv", "DepthwiseConv")),
     ("BN", ("batch_norm",)),
     ("activations", ("relu", "hardswish", "hardsigmoid", "threshold_backward", "sigmoid")),
     ("slicing / kernel transforms", ("slice", "linear", "addmm", "mm", "as_strided", "t_", "Transpose",
