@@ -308,3 +308,17 @@ def test_depthwise_conv_gradients_equal_autograd_of_conv2d(k, stride, layout):
     assert torch.equal(out, ref)
     for a, b in zip(grads, ref_grads):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+
+
+def test_global_pooling_keeps_the_gradient_channels_last():
+    # As in the head: BN -> h_swish -> pool -> classifier. x.mean's backward hands the BN an
+    # NCHW gradient for its channels-last input, which is 6x slower on CPU.
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 5, 5).contiguous(memory_format=torch.channels_last)
+    h = torch.nn.functional.hardswish(torch.nn.BatchNorm2d(8)(x))
+    layouts = []
+    h.register_hook(lambda g: layouts.append(g.is_contiguous(memory_format=torch.channels_last)))
+    y = layers.pool(h)
+    assert torch.allclose(y, h.mean((2, 3), keepdim=True), rtol=1e-6, atol=1e-7)
+    torch.nn.Linear(8, 3)(y.flatten(1)).sum().backward()
+    assert layouts == [True]
