@@ -29,6 +29,9 @@ from .search import family, search, write_outputs
 from .train import train
 
 
+STAGE_OVERRIDES = ("lr", "elastic", "sandwich_random")  # StageConfig fields that, when set, replace train's
+
+
 def stage_dir(run_dir: str, i: int, bits: int) -> str:
     return os.path.join(run_dir, "stages", f"{i}-{'fp' if bits == FULL_PRECISION else f'{bits}bit'}")
 
@@ -56,11 +59,9 @@ def run_stages(cfg: ExperimentConfig) -> list[dict]:
                 reinit = True
             _log(f"stage {i}: {st.bits}-bit supernet, {st.epochs} epoch(s)"
                       f"{f' from {os.path.relpath(init, cfg.run.dir)}' if init else ' from scratch'}")
-            train_cfg = dataclasses.replace(cfg.train, bits=st.bits, epochs=st.epochs, lr=st.lr or cfg.train.lr,
-                                            init_from=init, reinit_steps=reinit,
-                                            elastic=cfg.train.elastic if st.elastic is None else st.elastic,
-                                            sandwich_random=cfg.train.sandwich_random if st.sandwich_random is None
-                                            else st.sandwich_random)
+            overrides = {f: getattr(st, f) for f in STAGE_OVERRIDES if getattr(st, f) is not None}
+            train_cfg = dataclasses.replace(cfg.train, bits=st.bits, epochs=st.epochs, init_from=init,
+                                            reinit_steps=reinit, **overrides)
             stage_cfg = dataclasses.replace(cfg, train=train_cfg, run=dataclasses.replace(cfg.run, dir=out))
             start = time.time()
             train(stage_cfg)
