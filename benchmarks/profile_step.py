@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 from demo_rate import warm_trainer  # benchmarks/ is on the path when a benchmark runs as a script
 
 GROUPS = [  # (group, substrings of op names), first match wins
-    ("quantizers", ("_LSQFunction",)),
+    ("quantizers", ("_LSQFunction", "oqat_lsq", "::LSQ>")),  # the torch-ops path, the CPU kernel and its backward
     ("optimizer", ("Optimizer.", "clip_grad", "_foreach")),
     ("convs", ("convolution", "conv2d", "mkldnn_conv", "DepthwiseConv")),
     ("BN", ("batch_norm",)),

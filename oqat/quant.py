@@ -4,7 +4,11 @@ For a tensor v, step s and b bits: v_hat = round(clamp(v / |s|, Qn, Qp)) * |s|, 
 straight-through round and the gradient reaching s scaled by 1 / sqrt(N * Qp).
 Weights are signed, activations unsigned; 1-bit weights use sign instead of round.
 """
+import functools
+import logging
 import math
+import os
+import warnings
 
 import torch
 from torch import nn
@@ -27,50 +31,31 @@ def check_bits(bits: int) -> int:
 
 
 class _LSQFunction(torch.autograd.Function):
-    """Fused LSQ: about 3x faster than the autograd chain of detach tricks. Forward: three
-    elementwise passes; backward: `_backward_cpu` or `_backward_on_device`. (torch.compile'd
-    one-pass kernels measured no faster in the CPU training step: the per-call overhead of
-    a compiled region ate the saved passes.)"""
+    """LSQ as its closed form in torch ops, for what the CPU kernel does not take
+    (accelerators, dtypes other than float32, 1-bit sign): no host sync, in any layout."""
 
     @staticmethod
     def forward(ctx, v, step, qn, qp, grad_scale, use_sign):
+        ctx.save_for_backward(v, step)
+        ctx.consts = qn, qp, grad_scale, use_sign
         a = step.abs()
         q = (v / a).clamp_(qn, qp)
-        q = q.sign_() if use_sign else q.round_()
-        out = q.mul_(a)
-        ctx.save_for_backward(v, out, step)
-        ctx.consts = qn, qp, grad_scale, use_sign
-        return out
+        return (q.sign_() if use_sign else q.round_()).mul_(a)
 
     @staticmethod
     def backward(ctx, grad):
-        v, out, step = ctx.saved_tensors
+        v, step = ctx.saved_tensors
         qn, qp, grad_scale, use_sign = ctx.consts
         if v.dtype != grad.dtype:  # under autocast v may be bf16 while v_hat (and its gradient) are float32
             v = v.to(grad.dtype)
-        if v.is_cuda:
-            grad_v, grad_a = _backward_on_device(grad, v, step.abs(), qn, qp, use_sign)
-            grad_step = (grad_a * grad_scale * step.sign()).reshape(1).to(step.dtype)
-        else:  # scalars on the host: a quantizer's backward is a few microseconds of Python per op
-            s = step.item()
-            grad_v, grad_a = _backward_cpu(grad, v, out, abs(s), qn, qp)
-            grad_step = (grad_a * (grad_scale * ((s > 0) - (s < 0)))).reshape(1).to(step.dtype)
-        return grad_v, grad_step, None, None, None, None
+        grad_v, grad_a = _backward_closed_form(grad, v, step.abs(), qn, qp, use_sign)
+        return grad_v, (grad_a * grad_scale * step.sign()).reshape(1).to(step.dtype), None, None, None, None
 
 
-def _backward_cpu(grad, v, out, a: float, qn, qp):
-    """(dL/dv, dL/d|s|) in three passes, the fewest on CPU: the straight-through mask via
-    hardtanh's own backward kernel (strictly inside the range, as the authors' hardtanh),
-    and d v_hat / d|s| (q - v/|s| inside, q = Qn or Qp outside) as two dot products.
-    Their difference cancels: float32 error up to about 2e-5 relative on 65k elements."""
-    grad_v = torch.ops.aten.hardtanh_backward(grad, v, qn * a, qp * a)
-    return grad_v, (_dot(grad, out) - _dot(grad_v, v)) / a
-
-
-def _backward_on_device(grad, v, a, qn, qp, use_sign):
-    """The closed form as written, for accelerators, where extra elementwise passes are
-    cheap: no host sync per quantizer (tensor bounds), and the step gradient as one masked
-    sum accumulated in float64 (no cancellation; matches the closed form to 1e-6)."""
+def _backward_closed_form(grad, v, a, qn, qp, use_sign):
+    """(dL/dv, dL/d|s|) as written: the straight-through mask strictly inside the range (the
+    authors' hardtanh), and d v_hat / d|s| = q - v/|s| inside, q = Qn or Qp outside, summed in
+    float64 (no cancellation; matches the closed form to 1e-6). Tensor bounds: no host sync."""
     x = v / a
     inside = (x > qn) & (x < qp)
     q = x.clamp(qn, qp)
@@ -79,19 +64,43 @@ def _backward_on_device(grad, v, a, qn, qp, use_sign):
     return torch.where(inside, grad, 0.0), grad_a.to(grad.dtype)
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Sum of a * b over same-shaped tensors without copies: flattened in memory order when
-    both are contiguous, in NHWC order otherwise (a view for channels-last tensors)."""
-    if a.dim() == 4 and not (a.is_contiguous() and b.is_contiguous()):
-        a, b = a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)
-    return torch.dot(a.reshape(-1), b.reshape(-1))
+_KERNEL_SOURCE = os.path.join(os.path.dirname(__file__), "lsq_cpu.cpp")
+# What torch compiles its own kernels with for each CPU capability, so at::vec takes that width.
+_ISA_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX512"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"],
+}
+
+
+@functools.cache
+def cpu_kernel():
+    """The LSQ CPU kernel's ops (`torch.ops.oqat_lsq`), built on first use by torch's C++
+    extension loader (about 7 s, then cached by torch), or None, with a warning, where it
+    cannot be built or OQAT_CPU_KERNEL=0. Either way the values are the same: the kernel
+    forward equals the torch ops bit for bit, its gradients to float rounding."""
+    if os.environ.get("OQAT_CPU_KERNEL", "1") == "0":
+        return None
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = ["-O3", *_ISA_FLAGS.get(capability, [])]
+    try:
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" is no news here
+        from torch.utils import cpp_extension
+        cpp_extension.load(f"oqat_lsq_{capability.lower()}", [_KERNEL_SOURCE], extra_cflags=flags, is_python_module=False)
+    except Exception as e:  # no compiler, no ninja, an unusual platform: the torch ops still work
+        warnings.warn(f"oqat: could not build the CPU LSQ kernel ({type(e).__name__}: {str(e).strip()[:200]}); "
+                      "quantized training on CPU takes the slower torch ops")
+        return None
+    return torch.ops.oqat_lsq
 
 
 def lsq(v: torch.Tensor, step: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
     """Fake-quantize v with step; N for the gradient scale is v.numel() (the active tensor)."""
     qn, qp = qrange(bits, signed)
     grad_scale = 1.0 / math.sqrt(v.numel() * qp)
-    return _LSQFunction.apply(v, step, qn, qp, grad_scale, signed and bits == 1)
+    use_sign = signed and bits == 1
+    if v.device.type == "cpu" and v.dtype == torch.float32 and not use_sign and (kernel := cpu_kernel()) is not None:
+        return kernel.lsq(v, step, qn, qp, grad_scale)
+    return _LSQFunction.apply(v, step, qn, qp, grad_scale, use_sign)
 
 
 def init_step(v: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from oqat.quant import LSQ, _backward_on_device, check_bits, init_step, inherit_step, lsq, qrange
+from oqat.quant import LSQ, _backward_closed_form, check_bits, init_step, inherit_step, lsq, qrange
 
 
 def t(*values):
@@ -162,7 +162,96 @@ def test_accelerator_backward_matches_closed_form_in_float32(bits, signed):
     g = torch.randn(8, 32, 16, 16, generator=gen)
     s = 0.3
     qn, qp = qrange(bits, signed)
-    grad_v, grad_a = _backward_on_device(g, v, torch.tensor([s]), qn, qp, signed and bits == 1)
+    grad_v, grad_a = _backward_closed_form(g, v, torch.tensor([s]), qn, qp, signed and bits == 1)
     want_v, want_s = closed_form(v.double(), s, g.double(), bits, signed)
     assert torch.equal(grad_v, want_v.float())
     assert (grad_a / math.sqrt(v.numel() * qp)).item() == pytest.approx(want_s.item(), rel=1e-6)
+
+
+# The CPU kernel (oqat/lsq_cpu.cpp) against the closed form in torch ops, which the tests above pin.
+from oqat import quant  # noqa: E402
+
+
+def kernel_or_skip():
+    kernel = quant.cpu_kernel()
+    if kernel is None:
+        pytest.skip("the CPU LSQ kernel could not be built here (see the warning)")
+    return kernel
+
+
+def both_paths(v, s, g, bits, signed):
+    """(v_hat, dL/dv, dL/ds) from the kernel and from the torch ops, on the same inputs."""
+    results = []
+    for use_kernel in (True, False):
+        vv = v.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        ss = torch.tensor([s], requires_grad=True)
+        qn, qp = qrange(bits, signed)
+        args = (vv, ss, qn, qp, 1.0 / math.sqrt(v.numel() * qp))
+        out = kernel_or_skip().lsq(*args) if use_kernel else quant._LSQFunction.apply(*args, False)
+        out.backward(g)
+        results.append((out.detach(), vv.grad, ss.grad))
+    return results
+
+
+@pytest.mark.parametrize("bits,signed", [(4, False), (4, True), (3, True), (2, False), (2, True), (8, False)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("s", [0.25, -0.5, 0.21])
+def test_cpu_kernel_equals_the_torch_ops(bits, signed, layout, s):
+    gen = torch.Generator().manual_seed(bits + 10 * signed)
+    v = torch.randn(8, 40, 9, 7, generator=gen) * 2
+    v.view(-1)[:200] = torch.arange(-100, 100) * (abs(s) / 2)  # ties (exact for |s| = 2^-k): half to even
+    v = v.contiguous(memory_format=layout)
+    g = torch.randn(8, 40, 9, 7, generator=gen).contiguous(memory_format=layout)
+    (o1, v1, s1), (o2, v2, s2) = both_paths(v, s, g, bits, signed)
+    assert torch.equal(o1, o2)  # bit for bit, ties included
+    assert o1.stride() == v.stride()
+    assert torch.equal(v1, v2)  # the same straight-through mask
+    assert 0 < (v1 == 0).sum() < v.numel()
+    # dL/ds is a sum with cancellation: both paths within 1e-6 of the sum of its terms' sizes
+    want, size = step_gradient_and_size(v, s, g, bits, signed)
+    assert abs(s1.item() - want) < 1e-6 * size and abs(s2.item() - want) < 1e-6 * size
+
+
+def step_gradient_and_size(v, s, g, bits, signed):
+    """dL/ds summed in float64 over the float32 terms (x = v / |s| in float32, as both paths)."""
+    qn, qp = qrange(bits, signed)
+    x = v / abs(s)
+    q = x.clamp(qn, qp).round()
+    dq = torch.where((x > qn) & (x < qp), q - x, q)
+    terms = g.double() * dq.double() / math.sqrt(v.numel() * qp) * math.copysign(1.0, s)
+    return terms.sum().item(), terms.abs().sum().item()
+
+
+def test_cpu_kernel_takes_gradients_and_weights_in_any_layout():
+    """A gradient in another layout than v is reordered; a sliced (non-dense) weight is copied
+    in its own layout; a 1x1 kernel's NCHW gradient matches its NHWC weight as it is."""
+    gen = torch.Generator().manual_seed(3)
+    full = torch.randn(16, 12, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last)
+    cases = [(torch.randn(4, 6, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last),
+              torch.randn(4, 6, 5, 5, generator=gen)),  # NHWC input, NCHW gradient
+             (full[:8, :6, 1:4, 1:4], torch.randn(8, 6, 3, 3, generator=gen)),  # a sliced weight
+             (full[:8, :6, 2:3, 2:3], torch.randn(8, 6, 1, 1, generator=gen))]  # a 1x1 center
+    for v, g in cases:
+        (o1, v1, s1), (o2, v2, s2) = both_paths(v, 0.4, g, 4, True)
+        assert torch.equal(o1, o2) and torch.equal(v1, v2)
+        assert s1.item() == pytest.approx(s2.item(), rel=2e-6)
+    assert both_paths(*cases[1][:1], 0.4, cases[1][1], 4, True)[0][0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_lsq_uses_the_kernel_on_cpu_float32_only(monkeypatch):
+    kernel_or_skip()
+    calls = []
+    monkeypatch.setattr(quant._LSQFunction, "apply", lambda *a: calls.append(a[0].dtype) or a[0])
+    lsq(torch.randn(4, 4), torch.tensor([0.1]), 4, True)
+    lsq(torch.randn(4, 4, dtype=torch.float64), torch.tensor([0.1]), 4, True)
+    lsq(torch.randn(4, 4), torch.tensor([0.1]), 1, True)  # 1-bit sign: the torch ops
+    assert calls == [torch.float64, torch.float32]
+
+
+def test_kernel_build_failure_warns_and_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setattr(quant, "_KERNEL_SOURCE", str(tmp_path / "missing.cpp"))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    with pytest.warns(UserWarning, match="could not build the CPU LSQ kernel"):
+        assert quant.cpu_kernel.__wrapped__() is None
+    monkeypatch.setenv("OQAT_CPU_KERNEL", "0")
+    assert quant.cpu_kernel.__wrapped__() is None
