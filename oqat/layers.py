@@ -109,12 +109,12 @@ class QConv2d(nn.Conv2d):
         self.wq = LSQ(signed=True)  # off until `quant.set_bits_` sets the network's bits
         self.aq = LSQ(signed=signed_input)
 
-    def qconv(self, x: torch.Tensor, weight: torch.Tensor, groups: int, relu: bool = False) -> torch.Tensor:
-        """The conv of the quantized relu(x) if `relu`, else of the quantized x."""
-        return conv2d(self.aq(x, relu), self.wq(weight), self.stride[0], groups)
+    def qconv(self, x: torch.Tensor, weight: torch.Tensor, groups: int, act: str | None = None) -> torch.Tensor:
+        """The conv of the quantized act(x) (x if act is None; the input quantizer applies act)."""
+        return conv2d(self.aq(x, act), self.wq(weight), self.stride[0], groups)
 
-    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
-        return self.qconv(x, self.weight, self.groups, relu)
+    def forward(self, x: torch.Tensor, act: str | None = None) -> torch.Tensor:
+        return self.qconv(x, self.weight, self.groups, act)
 
 
 class ConvBNAct(nn.Module):
@@ -127,10 +127,10 @@ class ConvBNAct(nn.Module):
         self.bn = bn
         self.act = make_act(act)
 
-    def forward(self, x: torch.Tensor, *conv_args, relu_in: bool = False, act: bool = True) -> torch.Tensor:
-        """`relu_in`: x still needs a ReLU, which the conv's quantizer applies; `act=False`:
+    def forward(self, x: torch.Tensor, *conv_args, act_in: str | None = None, act: bool = True) -> torch.Tensor:
+        """`act_in`: the activation x still needs, which the conv's quantizer applies; `act=False`:
         leave out the activation (the next conv's quantizer applies it)."""
-        x = self.conv(x, *conv_args, relu=True) if relu_in else self.conv(x, *conv_args)
+        x = self.conv(x, *conv_args, act=act_in) if act_in else self.conv(x, *conv_args)
         if self.bn is not None:
             x = self.bn(x)
         return x if self.act is None or not act else self.act(x)
@@ -172,25 +172,29 @@ def batch_norm(c: int, momentum: float, eps: float) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(c, eps=eps, momentum=momentum)
 
 
-def folds_relu(block: nn.Module) -> bool:
-    """Whether a block's ReLUs are left to the quantizers of the convs they feed: ReLU then an
-    unsigned LSQ equals the LSQ alone (its clamp at 0 is the ReLU, forward and backward), so
-    the ReLU's own two passes are saved. The block input is a linear BN output plus the
-    shortcut, and stays as it is: the expand conv quantizes it unsigned, clipping it at 0
-    (the authors' quirk), but nothing is folded there."""
-    return isinstance(block.dw.act, nn.ReLU) and block.dw.conv.aq.bits != FULL_PRECISION
+FOLDABLE = {nn.ReLU: "relu", nn.Hardswish: "h_swish"}
+
+
+def folded_act(block: nn.Module) -> str | None:
+    """The activation a block leaves to the quantizers of the convs it feeds, or None. ReLU
+    then an unsigned LSQ equals the LSQ alone (its clamp at 0 is the ReLU, forward and
+    backward), and the CPU kernel computes h_swish in its own passes: either way the
+    activation's two passes are saved, and no bit changes. The block input is a linear BN
+    output plus the shortcut, and stays as it is: the expand conv quantizes it unsigned,
+    clipping it at 0 (the authors' quirk), but nothing is folded there."""
+    return FOLDABLE.get(type(block.dw.act)) if block.dw.conv.aq.bits != FULL_PRECISION else None
 
 
 def mbconv_forward(block: nn.Module, x: torch.Tensor, expand_args=(), dw_args=(), project_args=()) -> torch.Tensor:
     """[1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project [+ x], for the static and the
     elastic block alike (the args select the elastic block's active width and kernel)."""
-    fold = folds_relu(block)
-    h = x if block.expand is None else block.expand(x, *expand_args, act=not fold)
-    # An SE reads the ReLU's output itself, so the depthwise ReLU folds only without SE.
-    h = block.dw(h, *dw_args, relu_in=fold and block.expand is not None, act=not (fold and block.se is None))
+    fold = folded_act(block)
+    h = x if block.expand is None else block.expand(x, *expand_args, act=fold is None)
+    # An SE reads the activation's output itself, so the depthwise activation folds only without SE.
+    h = block.dw(h, *dw_args, act_in=fold if block.expand is not None else None, act=fold is None or block.se is not None)
     if block.se is not None:
         h = block.se(h)
-    h = block.project(h, *project_args, relu_in=fold and block.se is None)
+    h = block.project(h, *project_args, act_in=fold if block.se is None else None)
     return x + h if block.residual else h
 
 

@@ -1,6 +1,7 @@
 // LSQ for float32 CPU tensors, as a C++ autograd function: one pass forward, one pass backward
 // over memory in order (any dense layout), in torch's thread pool and SIMD width, and no Python
-// per call. oqat/quant.py builds it on first use and calls it as torch.ops.oqat_lsq.lsq.
+// per call; optionally of h_swish(v), the activation before it, in the same passes.
+// oqat/quant.py builds it on first use and calls it as torch.ops.oqat_lsq.lsq.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
@@ -19,7 +20,19 @@ namespace {
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kGrain = 16384;  // elements per task, as torch's elementwise ops
 
-// v_hat = round(clamp(v / a, qn, qp)) * a, rounding half to even as torch.round.
+// h_swish and its gradient operation for operation as torch's CPU kernels (vectorised form),
+// so that folding the activation into the quantizer changes no bit.
+inline Vec hardswish(const Vec& v) {
+  return v * at::vec::minimum(at::vec::maximum(v + Vec(3.0f), Vec(0.0f)), Vec(6.0f)) / Vec(6.0f);
+}
+inline float hardswish(float v) { return v * std::min(std::max(v + 3.0f, 0.0f), 6.0f) / 6.0f; }
+inline Vec hardswish_grad(const Vec& g, const Vec& v) {
+  return Vec::blendv(Vec::blendv(g * ((v / Vec(3.0f)) + Vec(0.5f)), g, v >= Vec(3.0f)), Vec(0.0f), v < Vec(-3.0f));
+}
+inline float hardswish_grad(float g, float v) { return v < -3.0f ? 0.0f : v < 3.0f ? g * (v / 3.0f + 0.5f) : g; }
+
+// v_hat = round(clamp(u / a, qn, qp)) * a with u = v or h_swish(v), rounding half to even as torch.round.
+template <bool kHardswish>
 at::Tensor lsq_forward(const at::Tensor& v, double a, double qn, double qp) {
   auto out = at::empty_like(v);
   const float* src = v.const_data_ptr<float>();
@@ -28,17 +41,24 @@ at::Tensor lsq_forward(const at::Tensor& v, double a, double qn, double qp) {
   at::parallel_for(0, v.numel(), kGrain, [&](int64_t begin, int64_t end) {
     const Vec va(fa), vlo(lo), vhi(hi);
     int64_t i = begin;
-    for (; i + Vec::size() <= end; i += Vec::size())
-      (at::vec::clamp(Vec::loadu(src + i) / va, vlo, vhi).round() * va).store(dst + i);
-    for (; i < end; ++i) dst[i] = std::nearbyint(std::min(std::max(src[i] / fa, lo), hi)) * fa;
+    for (; i + Vec::size() <= end; i += Vec::size()) {
+      Vec u = Vec::loadu(src + i);
+      if constexpr (kHardswish) u = hardswish(u);
+      (at::vec::clamp(u / va, vlo, vhi).round() * va).store(dst + i);
+    }
+    for (; i < end; ++i) {
+      const float u = kHardswish ? hardswish(src[i]) : src[i];
+      dst[i] = std::nearbyint(std::min(std::max(u / fa, lo), hi)) * fa;
+    }
   });
   return out;
 }
 
-// (dL/dv, dL/ds): with x = v / a and q = round(clamp(x, qn, qp)), the gradient passes where
-// qn < x < qp (the authors' hardtanh), and dL/d|s| sums g * (q - x) inside and g * q outside;
-// `scale` is LSQ's gradient scale times the sign of s. x is recomputed, not v_hat saved: one
-// array less to read.
+// (dL/dv, dL/ds): with x = u / a and q = round(clamp(x, qn, qp)), the gradient passes where
+// qn < x < qp (the authors' hardtanh), then through h_swish if it was folded in, and dL/d|s|
+// sums g * (q - x) inside and g * q outside; `scale` is LSQ's gradient scale times the sign
+// of s. u and x are recomputed, not v_hat saved: one array less to read.
+template <bool kHardswish>
 std::tuple<at::Tensor, at::Tensor> lsq_backward(const at::Tensor& g, const at::Tensor& v, double a, double qn,
                                                 double qp, double scale) {
   auto grad_v = at::empty_like(v);
@@ -57,9 +77,11 @@ std::tuple<at::Tensor, at::Tensor> lsq_backward(const at::Tensor& g, const at::T
       const int64_t stop = std::min(end, i + 8 * Vec::size());
       Vec block(0.0f);
       for (; i + Vec::size() <= stop; i += Vec::size()) {
-        const Vec gi = Vec::loadu(pg + i), x = Vec::loadu(pv + i) / va;
+        const Vec gi = Vec::loadu(pg + i), vi = Vec::loadu(pv + i);
+        const Vec x = (kHardswish ? hardswish(vi) : vi) / va;
         const Vec inside = (x > vlo) & (x < vhi);
-        (gi & inside).store(pgv + i);
+        const Vec gu = gi & inside;
+        (kHardswish ? hardswish_grad(gu, vi) : gu).store(pgv + i);
         block = block + gi * (at::vec::clamp(x, vlo, vhi).round() - (x & inside));
       }
       const Vec y = block - carry, next = sum + y;
@@ -71,9 +93,10 @@ std::tuple<at::Tensor, at::Tensor> lsq_backward(const at::Tensor& g, const at::T
     double total = 0.0;
     for (float l : lanes) total += l;
     for (; i < end; ++i) {
-      const float x = pv[i] / fa;
+      const float x = (kHardswish ? hardswish(pv[i]) : pv[i]) / fa;
       const bool in = x > lo && x < hi;
-      pgv[i] = in ? pg[i] : 0.0f;
+      const float gu = in ? pg[i] : 0.0f;
+      pgv[i] = kHardswish ? hardswish_grad(gu, pv[i]) : gu;
       total += pg[i] * (std::nearbyint(std::min(std::max(x, lo), hi)) - (in ? x : 0.0f));
     }
     partial[at::get_thread_num()] += total;
@@ -97,7 +120,7 @@ using torch::autograd::AutogradContext;
 
 struct LSQ : public torch::autograd::Function<LSQ> {
   static at::Tensor forward(AutogradContext* ctx, at::Tensor v, const at::Tensor& step, double qn, double qp,
-                            double grad_scale) {
+                            double grad_scale, bool hardswish) {
     // A sliced weight is copied dense, keeping its layout: the conv would reorder an NCHW copy.
     if (!(v.is_contiguous() || v.is_contiguous(at::MemoryFormat::ChannelsLast))) v = v.contiguous(v.suggest_memory_format());
     const double s = step.item<double>();
@@ -106,24 +129,26 @@ struct LSQ : public torch::autograd::Function<LSQ> {
     ctx->saved_data["qn"] = qn;
     ctx->saved_data["qp"] = qp;
     ctx->saved_data["scale"] = grad_scale * ((s > 0) - (s < 0));
-    return lsq_forward(v, std::abs(s), qn, qp);
+    ctx->saved_data["hardswish"] = hardswish;
+    return (hardswish ? lsq_forward<true> : lsq_forward<false>)(v, std::abs(s), qn, qp);
   }
   static torch::autograd::variable_list backward(AutogradContext* ctx, torch::autograd::variable_list grads) {
     const auto v = ctx->get_saved_variables()[0];
     auto g = grads[0];
     if (!same_memory_order(g, v)) g = at::empty_like(v).copy_(g);
-    auto [grad_v, grad_s] = lsq_backward(g, v, std::abs(ctx->saved_data["s"].toDouble()), ctx->saved_data["qn"].toDouble(),
-                                         ctx->saved_data["qp"].toDouble(), ctx->saved_data["scale"].toDouble());
-    return {grad_v, grad_s, at::Tensor(), at::Tensor(), at::Tensor()};
+    const auto& d = ctx->saved_data;
+    auto [grad_v, grad_s] = (d.at("hardswish").toBool() ? lsq_backward<true> : lsq_backward<false>)(
+        g, v, std::abs(d.at("s").toDouble()), d.at("qn").toDouble(), d.at("qp").toDouble(), d.at("scale").toDouble());
+    return {grad_v, grad_s, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-at::Tensor lsq(const at::Tensor& v, const at::Tensor& step, double qn, double qp, double grad_scale) {
-  return LSQ::apply(v, step, qn, qp, grad_scale);
+at::Tensor lsq(const at::Tensor& v, const at::Tensor& step, double qn, double qp, double grad_scale, bool hardswish) {
+  return LSQ::apply(v, step, qn, qp, grad_scale, hardswish);
 }
 
 }  // namespace
 
 TORCH_LIBRARY(oqat_lsq, m) {
-  m.def("lsq(Tensor v, Tensor step, float qn, float qp, float grad_scale) -> Tensor", &lsq);
+  m.def("lsq(Tensor v, Tensor step, float qn, float qp, float grad_scale, bool hardswish) -> Tensor", &lsq);
 }

@@ -11,6 +11,7 @@ import os
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 FULL_PRECISION = 32  # bits meaning "quantizer off"
@@ -93,14 +94,14 @@ def cpu_kernel():
     return torch.ops.oqat_lsq
 
 
-def lsq(v: torch.Tensor, step: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
-    """Fake-quantize v with step; N for the gradient scale is v.numel() (the active tensor)."""
+def lsq(v: torch.Tensor, step: torch.Tensor, bits: int, signed: bool, hardswish: bool = False) -> torch.Tensor:
+    """Fake-quantize v (or h_swish(v)) with step; N for the gradient scale is v.numel() (the active tensor)."""
     qn, qp = qrange(bits, signed)
     grad_scale = 1.0 / math.sqrt(v.numel() * qp)
     use_sign = signed and bits == 1
     if v.device.type == "cpu" and v.dtype == torch.float32 and not use_sign and (kernel := cpu_kernel()) is not None:
-        return kernel.lsq(v, step, qn, qp, grad_scale)
-    return _LSQFunction.apply(v, step, qn, qp, grad_scale, use_sign)
+        return kernel.lsq(v, step, qn, qp, grad_scale, hardswish)
+    return _LSQFunction.apply(F.hardswish(v) if hardswish else v, step, qn, qp, grad_scale, use_sign)
 
 
 def init_step(v: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
@@ -112,6 +113,10 @@ def init_step(v: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
 def inherit_step(step: torch.Tensor, bits_from: int, bits_to: int) -> torch.Tensor:
     """Bit inheritance: each bit dropped doubles the step, keeping the clipping range close."""
     return step * 2.0 ** (bits_from - bits_to)
+
+
+# The activations a quantizer applies to its input itself (`LSQ.forward`'s act).
+ACTIVATIONS_FOLDED = {"relu": F.relu, "h_swish": F.hardswish}
 
 
 class LSQ(nn.Module):
@@ -129,18 +134,21 @@ class LSQ(nn.Module):
         self.step = nn.Parameter(torch.ones(1))
         self.init_pending = False  # when set, the next forward sets the step from its input
 
-    def forward(self, v: torch.Tensor, relu: bool = False) -> torch.Tensor:
-        """v_hat of v; with `relu`, of relu(v) (unsigned only), for which the clamp at 0 does
-        the ReLU in both passes: a ReLU before the quantizer is then one pass each way for nothing."""
+    def forward(self, v: torch.Tensor, act: str | None = None) -> torch.Tensor:
+        """v_hat of act(v), act one of ACTIVATIONS_FOLDED (or None): the activation before a
+        quantizer applied by it costs no pass of its own. A ReLU is the unsigned clamp at 0
+        (forward and backward); h_swish is computed inside the CPU kernel's two passes."""
+        if act is not None and act not in ACTIVATIONS_FOLDED:
+            raise ValueError(f"a quantizer applies only {', '.join(ACTIVATIONS_FOLDED)}, not {act!r}")
         if self.bits == FULL_PRECISION:
-            return v.relu_() if relu else v
-        if relu and self.signed:
+            return v if act is None else ACTIVATIONS_FOLDED[act](v, inplace=True)
+        if act == "relu" and self.signed:
             raise ValueError("a ReLU folds only into an unsigned quantizer")
         if self.init_pending:
             with torch.no_grad():
-                self.step.copy_(init_step(v.relu() if relu else v, self.bits, self.signed))
+                self.step.copy_(init_step(v if act is None else ACTIVATIONS_FOLDED[act](v), self.bits, self.signed))
             self.init_pending = False
-        return lsq(v, self.step, self.bits, self.signed)
+        return lsq(v, self.step, self.bits, self.signed, hardswish=act == "h_swish")
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}"

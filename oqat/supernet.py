@@ -36,8 +36,8 @@ class ElasticBatchNorm2d(nn.BatchNorm2d):
 class ElasticPointwise(QConv2d):
     """1x1 quantized conv over the first in/out channels of its weight."""
 
-    def forward(self, x, out_channels: int, relu: bool = False):
-        return self.qconv(x, self.weight[:out_channels, :x.shape[1]], 1, relu)
+    def forward(self, x, out_channels: int, act: str | None = None):
+        return self.qconv(x, self.weight[:out_channels, :x.shape[1]], 1, act)
 
 
 class ElasticDepthwise(QConv2d):
@@ -61,9 +61,9 @@ class ElasticDepthwise(QConv2d):
             w = F.linear(centre, self.transforms[f"{big}to{small}"]).reshape(channels, 1, small, small)
         return w
 
-    def forward(self, x, k: int, relu: bool = False):
+    def forward(self, x, k: int, act: str | None = None):
         c = x.shape[1]
-        return self.qconv(x, self.active_weight(c, k), c, relu)
+        return self.qconv(x, self.active_weight(c, k), c, act)
 
 
 class ElasticSE(nn.Module):

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from oqat.quant import LSQ, _backward_closed_form, check_bits, init_step, inherit_step, lsq, qrange
 
@@ -38,6 +39,15 @@ def test_qrange(bits, signed, expected):
 def test_lsq_forward_values(bits, signed, v, step, expected):
     out = lsq(v, t(step), bits, signed)
     assert torch.equal(out, expected)
+
+
+def test_a_quantizer_applies_only_the_activations_it_can():
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="applies only relu, h_swish"):
+        LSQ(signed=False, bits=4)(x, "relu6")
+    with pytest.raises(ValueError, match="folds only into an unsigned"):
+        LSQ(signed=True, bits=4)(x, "relu")
+    assert torch.equal(LSQ(signed=True)(x.clone(), "h_swish"), torch.nn.functional.hardswish(x))  # off: the activation alone
 
 
 def test_full_precision_is_identity_and_off_by_default():
@@ -179,15 +189,18 @@ def kernel_or_skip():
     return kernel
 
 
-def both_paths(v, s, g, bits, signed):
+def both_paths(v, s, g, bits, signed, hardswish=False):
     """(v_hat, dL/dv, dL/ds) from the kernel and from the torch ops, on the same inputs."""
     results = []
     for use_kernel in (True, False):
         vv = v.detach().clone(memory_format=torch.preserve_format).requires_grad_()
         ss = torch.tensor([s], requires_grad=True)
         qn, qp = qrange(bits, signed)
-        args = (vv, ss, qn, qp, 1.0 / math.sqrt(v.numel() * qp))
-        out = kernel_or_skip().lsq(*args) if use_kernel else quant._LSQFunction.apply(*args, False)
+        scale = 1.0 / math.sqrt(v.numel() * qp)
+        if use_kernel:
+            out = kernel_or_skip().lsq(vv, ss, qn, qp, scale, hardswish)
+        else:
+            out = quant._LSQFunction.apply(F.hardswish(vv) if hardswish else vv, ss, qn, qp, scale, False)
         out.backward(g)
         results.append((out.detach(), vv.grad, ss.grad))
     return results
@@ -236,6 +249,19 @@ def test_cpu_kernel_takes_gradients_and_weights_in_any_layout():
         assert torch.equal(o1, o2) and torch.equal(v1, v2)
         assert s1.item() == pytest.approx(s2.item(), rel=2e-6)
     assert both_paths(*cases[1][:1], 0.4, cases[1][1], 4, True)[0][0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_cpu_kernel_applies_h_swish_as_torch_does(signed):
+    """h_swish folded into the kernel = torch's hardswish then the quantizer, bit for bit
+    (values and input gradients), including inputs past +-3 and the vector tail."""
+    gen = torch.Generator().manual_seed(5)
+    v = (torch.randn(4, 24, 7, 7, generator=gen) * 3).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(4, 24, 7, 7, generator=gen).contiguous(memory_format=torch.channels_last)
+    (o1, v1, s1), (o2, v2, s2) = both_paths(v, 0.05, g, 4, signed, hardswish=True)
+    assert torch.equal(o1, o2) and torch.equal(v1, v2)
+    assert s1.item() == pytest.approx(s2.item(), rel=2e-6)
+    assert (v.abs() > 3).any() and ((v1 != 0) & (v1 != g)).any()  # h_swish's slope was applied somewhere
 
 
 def test_lsq_uses_the_kernel_on_cpu_float32_only(monkeypatch):

@@ -267,25 +267,25 @@ def forward_backward(net, x):
 
 
 @pytest.mark.parametrize("space", [MINI, MBV3])
-def test_relu_folded_into_the_next_quantizer_changes_nothing(space, monkeypatch):
-    """ReLU then the unsigned quantizer = the quantizer alone, bit for bit: the step init,
-    the outputs and every gradient, for the supernet and an extracted subnet."""
+def test_activation_folded_into_the_next_quantizer_changes_nothing(space, monkeypatch):
+    """ReLU (or h_swish) then the quantizer = the quantizer applying it, bit for bit: the step
+    init, the outputs and every gradient, for the supernet and an extracted subnet."""
     r = min(space.resolutions)
     x = torch.randn(4, space.in_channels, r, r, generator=torch.Generator().manual_seed(0))
     arch = dataclasses.replace(space.sample(random.Random(2)), r=r)
     results = []
     for fold in (True, False):
         if not fold:
-            monkeypatch.setattr(layers, "folds_relu", lambda block: False)
+            monkeypatch.setattr(layers, "folded_act", lambda block: None)
         torch.manual_seed(1)
         net = Supernet(space, 4).train()
         net.init_steps_(x)
         net.set_arch(arch)
         results.append((torch.cat([q.step for q in net.quantizers()]), *forward_backward(net, x),
                         *forward_backward(net.extract(), x)))
-    assert sum(layers.folds_relu(b) for b in net.blocks) == 0  # the reference run really did not fold
+    assert all(layers.folded_act(b) is None for b in net.blocks)  # the reference run really did not fold
     monkeypatch.undo()
-    assert sum(layers.folds_relu(b) for b in net.blocks) > 0
+    assert {layers.folded_act(b) for b in net.blocks} >= {"relu", "h_swish"}
     for folded, plain in zip(*results):
         if isinstance(folded, dict):
             assert folded.keys() == plain.keys() and all(torch.equal(folded[k], plain[k]) for k in folded)
