@@ -6,9 +6,10 @@ OQAT's subnet is the run's family member as it is: taken from the supernet, BN
 recalibrated, not retrained (one training for all three). The baseline has one kernel,
 expand ratio and depth everywhere; it is trained alone, on labels, with LSQ through the
 run's own stage sequence (same bit-widths, epochs, lr and inheritance per stage), once
-per seed. Both are scored on the whole test split.
+per seed. Both are scored on the whole test split. A run trained under torchrun (as
+scripts/demo.sh does on CPU) has its baselines trained the same way:
 
-    python benchmarks/headline.py RUN_DIR [--bits 2] [--seeds 0 1]
+    [torchrun --standalone --nproc_per_node 2] benchmarks/headline.py RUN_DIR [--bits 2] [--seeds 0 1]
 """
 import argparse
 import dataclasses
@@ -19,7 +20,7 @@ import statistics
 
 import torch
 
-from oqat import config, data
+from oqat import config, data, distributed
 from oqat.cost import cost
 from oqat.evaluate import evaluate, prepare_subnet
 from oqat.experiment import ExperimentConfig
@@ -41,10 +42,10 @@ def uniform_within(space: SearchSpace, budget: float, bits: int) -> Arch:
     return max(within)[2]
 
 
-def train_alone(cfg: ExperimentConfig, arch: Arch, seed: int, folder: str) -> str:
+def train_alone(cfg: ExperimentConfig, arch: Arch, seed: int, folder: str, d: distributed.Dist) -> str:
     """The run's stages with only `arch` trained (labels, no sandwich); the last supernet file."""
     tcfg = dataclasses.replace(cfg.train, arch=arch.to_str(), seed=seed)
-    stages = run_stages(dataclasses.replace(cfg, train=tcfg, run=dataclasses.replace(cfg.run, dir=folder, quiet=True)))
+    stages = run_stages(dataclasses.replace(cfg, train=tcfg, run=dataclasses.replace(cfg.run, dir=folder, quiet=True)), d)
     return os.path.join(folder, stages[-1]["supernet"])
 
 
@@ -65,15 +66,22 @@ def main():
     data_cfg = ckpt["data"]
     space, splits = supernet.space, data.load_splits(data_cfg)
     largest = cost(space.largest(), space, args.bits)["bitops"]
+    nets = [(name, member, fraction * largest, uniform_within(space, fraction * largest, args.bits))
+            for (name, member), fraction in zip(family.items(), cfg.search.family)]
+    trained = {}
+    with distributed.group() as d:  # under torchrun (as the run was) every rank trains; rank 0 scores
+        for _, _, _, base in nets:
+            for seed in args.seeds:
+                folder = os.path.join(args.run_dir, "baseline", f"{base.to_str().replace(':', '_')}-seed{seed}")
+                trained[base, seed] = train_alone(cfg, base, seed, folder, d)
+    if not d.main:
+        return
     rows = []
-    for (name, member), fraction in zip(family.items(), cfg.search.family):
-        budget = fraction * largest
-        base = uniform_within(space, budget, args.bits)
+    for name, member, budget, base in nets:
         tops = []
         for seed in args.seeds:
-            folder = os.path.join(args.run_dir, "baseline", f"{base.to_str().replace(':', '_')}-seed{seed}")
-            trained, _ = load_supernet(train_alone(cfg, base, seed, folder))
-            sub = prepare_subnet(trained, base, data_cfg, splits, cfg.train.calib_images, 0)
+            net, _ = load_supernet(trained[base, seed])
+            sub = prepare_subnet(net, base, data_cfg, splits, cfg.train.calib_images, 0)
             tops.append(evaluate(sub, data.eval_batches(splits.test, data_cfg))["top1"])
         rows.append({"net": name, "budget_bitops": budget,
                      "oqat": None if member is None else {k: member[k] for k in ("arch", "bitops", "macs", "test_top1")},

@@ -9,6 +9,7 @@ flattened all-reduce averages them before the step: one collective per step, and
 correct whatever subset of parameters the step's subnets touched (every rank draws the
 same subnets, so the set of parameters with gradients is the same on every rank).
 """
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -43,6 +44,19 @@ def init() -> Dist:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
     return Dist(dist.get_rank(), dist.get_world_size(), device)
+
+
+@contextlib.contextmanager
+def group():
+    """`init`'s Dist for a block of work, closed after it if this call made the group: a
+    training stage joins the group its caller (`oqat run`, a benchmark) already has."""
+    made = not (dist.is_available() and dist.is_initialized())
+    d = init()
+    try:
+        yield d
+    finally:
+        if made:
+            close(d)
 
 
 def barrier(d: Dist) -> None:

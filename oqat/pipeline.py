@@ -18,7 +18,9 @@ import json
 import os
 import time
 
-from . import checkpoint, config, data, files
+import torch
+
+from . import checkpoint, config, data, distributed, files
 from .cost import cost
 from .experiment import ExperimentConfig, check_inputs, parse_budget
 from .export import export_checkpoint
@@ -36,11 +38,14 @@ def stage_dir(run_dir: str, i: int, bits: int) -> str:
     return os.path.join(run_dir, "stages", f"{i}-{'fp' if bits == FULL_PRECISION else f'{bits}bit'}")
 
 
-def _log(text: str) -> None:
-    print(f"[oqat run] {text}", flush=True)
+def _log(text: str, d: distributed.Dist = distributed.Dist()) -> None:
+    if d.main:
+        print(f"[oqat run] {text}", flush=True)
 
 
-def run_stages(cfg: ExperimentConfig) -> list[dict]:
+def run_stages(cfg: ExperimentConfig, d: distributed.Dist = distributed.Dist()) -> list[dict]:
+    """Train the stages not yet done. Under torchrun every rank trains each stage (`d`, the
+    caller's group); rank 0 writes what lies between stages, the others wait for it."""
     done, previous = [], cfg.train.init_from  # the first stage starts from train.init_from, if given
     for i, st in enumerate(cfg.stages):
         out = stage_dir(cfg.run.dir, i, st.bits)
@@ -52,20 +57,23 @@ def run_stages(cfg: ExperimentConfig) -> list[dict]:
                 init = previous
                 if prev_bits != FULL_PRECISION and st.bits < prev_bits:
                     init = os.path.join(out, "inherited.pt")
-                    if not os.path.isfile(init):
+                    if d.main and not os.path.isfile(init):
                         inherit_file(previous, st.bits, init, st.reinit_steps)
+                    distributed.barrier(d)
                 reinit = True if st.reinit_steps else None
             elif st.reinit_steps:
                 reinit = True
             _log(f"stage {i}: {st.bits}-bit supernet, {st.epochs} epoch(s)"
-                      f"{f' from {os.path.relpath(init, cfg.run.dir)}' if init else ' from scratch'}")
+                 f"{f' from {os.path.relpath(init, cfg.run.dir)}' if init else ' from scratch'}", d)
             overrides = {f: getattr(st, f) for f in STAGE_OVERRIDES if getattr(st, f) is not None}
             train_cfg = dataclasses.replace(cfg.train, bits=st.bits, epochs=st.epochs, init_from=init,
                                             reinit_steps=reinit, **overrides)
             stage_cfg = dataclasses.replace(cfg, train=train_cfg, run=dataclasses.replace(cfg.run, dir=out))
             start = time.time()
             train(stage_cfg)
-            _write_json(os.path.join(out, "stage.json"), {"wall_s": time.time() - start})
+            if d.main:
+                _write_json(os.path.join(out, "stage.json"), {"wall_s": time.time() - start})
+            distributed.barrier(d)
         info = _read_json(os.path.join(out, "stage.json")) or {}
         done.append({"index": i, "bits": st.bits, "epochs": st.epochs, "dir": os.path.relpath(out, cfg.run.dir),
                      "supernet": os.path.relpath(final, cfg.run.dir), "wall_s": info.get("wall_s"),
@@ -131,10 +139,17 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
     check_inputs(cfg)
     for budget in cfg.search.budgets + ([f"{cfg.search.metric}<=1"] if cfg.search.metric else []):
         parse_budget(budget)  # no latency table in a run
-    os.makedirs(cfg.run.dir, exist_ok=True)
-    config.dump(cfg, os.path.join(cfg.run.dir, "config.yaml"))
     start = time.time()
-    stages = run_stages(cfg)
+    with distributed.group() as d:  # under torchrun: every rank trains, rank 0 does the rest
+        if d.main:
+            os.makedirs(cfg.run.dir, exist_ok=True)
+            config.dump(cfg, os.path.join(cfg.run.dir, "config.yaml"))
+        distributed.barrier(d)
+        stages = run_stages(cfg, d)
+    if not d.main:
+        return {}
+    if d.world > 1:  # the other ranks have finished: their cores serve the search
+        torch.set_num_threads(torch.get_num_threads() * d.world)
     supernets = final_supernets(cfg, stages)
     searches = run_search(cfg, supernets) if supernets else {}
     exported = run_export(cfg, supernets, searches) if supernets and cfg.export.enabled else {}

@@ -349,10 +349,7 @@ def train(cfg: ExperimentConfig) -> dict:
     """Train one stage as `cfg` says (resuming from `run.dir`); returns the final metrics.
     Under torchrun, every rank calls this; only rank 0 writes files."""
     check_inputs(cfg)  # before any process group or data is set up
-    dist = distributed.init()
-    try:
+    with distributed.group() as dist:
         final = Trainer(cfg, dist).run()
         distributed.barrier(dist)  # the other ranks return once rank 0 has written supernet.pt
         return final
-    finally:
-        distributed.close(dist)

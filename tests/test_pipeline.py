@@ -139,3 +139,18 @@ def test_the_first_stage_starts_from_train_init_from(tmp_path):
     inherited = tmp_path / "run" / "stages" / "0-2bit" / "inherited.pt"  # 4 -> 2 bits by inheritance
     assert files.load_supernet(str(inherited))[1]["inherited_from"] == {"file": str(start), "bits": 4}
     assert stages[0]["bits"] == 2 and stages[0]["metrics"]["step"] == 8
+
+
+def test_run_under_torchrun_trains_on_every_rank_and_reports_once(tmp_path):
+    """`torchrun -m oqat run` (what scripts/demo.sh does on CPU): both ranks train each stage,
+    rank 0 alone inherits, searches, exports and reports."""
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "oqat", "run", f"run.dir={run}", *TINY_RUN, "--quiet"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("[oqat run] stage 1:") == 1 and done.stdout.count("[oqat run] done:") == 1
+    results = json.loads((run / "results.json").read_text())
+    assert [s["bits"] for s in results["stages"]] == [4, 2] and results["family"]["2"]["L"]
+    metrics = [json.loads(line) for line in (run / "stages" / "0-4bit" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 8  # 256 training images in global batches of 32 (16 per rank), as one process
