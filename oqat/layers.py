@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quant import FULL_PRECISION, LSQ
+from .quant import ACTIVATIONS_FOLDED, FULL_PRECISION, LSQ
 from .space import make_divisible
 
 
@@ -172,7 +172,7 @@ def batch_norm(c: int, momentum: float, eps: float) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(c, eps=eps, momentum=momentum)
 
 
-FOLDABLE = {nn.ReLU: "relu", nn.Hardswish: "h_swish"}
+FOLDABLE = {ACTIVATIONS[name]: name for name in ACTIVATIONS_FOLDED}  # module type -> the name LSQ takes
 
 
 def folded_act(block: nn.Module) -> str | None:
