@@ -6,8 +6,8 @@ OQAT's subnet is the run's family member as it is: taken from the supernet, BN
 recalibrated, not retrained (one training for all three). The baseline has one kernel,
 expand ratio and depth everywhere; it is trained alone, on labels, with LSQ through the
 run's own stage sequence (same bit-widths, epochs, lr and inheritance per stage), once
-per seed. Both are scored on the whole test split. A run trained under torchrun (as
-scripts/demo.sh does on CPU) has its baselines trained the same way:
+per seed. Both are scored on the whole test split. A run trained under torchrun has its
+baselines trained the same way by launching this script under torchrun:
 
     [torchrun --standalone --nproc_per_node 2] benchmarks/headline.py RUN_DIR [--bits 2] [--seeds 0 1]
 """

@@ -142,7 +142,7 @@ def test_the_first_stage_starts_from_train_init_from(tmp_path):
 
 
 def test_run_under_torchrun_trains_on_every_rank_and_reports_once(tmp_path):
-    """`torchrun -m oqat run` (what scripts/demo.sh does on CPU): both ranks train each stage,
+    """`torchrun -m oqat run` (gloo on CPU here): both ranks train each stage,
     rank 0 alone inherits, searches, exports and reports."""
     run = tmp_path / "run"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
