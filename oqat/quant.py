@@ -82,11 +82,14 @@ def cpu_kernel():
     if os.environ.get("OQAT_CPU_KERNEL", "1") == "0":
         return None
     capability = torch.backends.cpu.get_cpu_capability()
-    flags = ["-O3", *_ISA_FLAGS.get(capability, [])]
+    # at::parallel_for splits work across threads only when compiled with torch's threading (OpenMP)
+    omp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
+    flags = ["-O3", *omp, *_ISA_FLAGS.get(capability, [])]
     try:
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime" is no news here
         from torch.utils import cpp_extension
-        cpp_extension.load(f"oqat_lsq_{capability.lower()}", [_KERNEL_SOURCE], extra_cflags=flags, is_python_module=False)
+        cpp_extension.load(f"oqat_lsq_{capability.lower()}", [_KERNEL_SOURCE], extra_cflags=flags,
+                            extra_ldflags=omp, is_python_module=False)
     except Exception as e:  # no compiler, no ninja, an unusual platform: the torch ops still work
         warnings.warn(f"oqat: could not build the CPU LSQ kernel ({type(e).__name__}: {str(e).strip()[:200]}); "
                       "quantized training on CPU takes the slower torch ops")

@@ -264,6 +264,25 @@ def test_cpu_kernel_applies_h_swish_as_torch_does(signed):
     assert (v.abs() > 3).any() and ((v1 != 0) & (v1 != g)).any()  # h_swish's slope was applied somewhere
 
 
+def test_cpu_kernel_gives_the_same_results_on_two_threads():
+    """Split over threads (four grains' worth of elements), each thread's partial dL/ds
+    adds up to the one-thread sum; values and dL/dv do not change at all."""
+    gen = torch.Generator().manual_seed(11)
+    v = torch.randn(4 * 16384 + 37, generator=gen)
+    g = torch.randn(v.shape, generator=gen)
+    previous, results = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(both_paths(v, 0.3, g, 3, True)[0])
+    finally:
+        torch.set_num_threads(previous)
+    (o1, v1, s1), (o2, v2, s2) = results
+    assert torch.equal(o1, o2) and torch.equal(v1, v2)
+    want, size = step_gradient_and_size(v, 0.3, g, 3, True)
+    assert abs(s1.item() - want) < 1e-6 * size and abs(s2.item() - want) < 1e-6 * size
+
+
 def test_lsq_uses_the_kernel_on_cpu_float32_only(monkeypatch):
     kernel_or_skip()
     calls = []
