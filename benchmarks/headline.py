@@ -4,8 +4,9 @@ within the same budget, trained alone.
 
 OQAT's subnet is the run's family member as it is: taken from the supernet, BN
 recalibrated, not retrained (one training for all three). The baseline has one kernel,
-expand ratio and depth everywhere; it is trained alone, on labels, with LSQ through the
-run's own stage sequence (same bit-widths, epochs, lr and inheritance per stage), once
+expand ratio and depth everywhere; it is trained alone, on labels (no teacher, where the run's
+stages have one), with LSQ through the run's own stage sequence (same bit-widths, epochs,
+lr and inheritance per stage), once
 per seed. Both are scored on the whole test split. A run trained under torchrun has its
 baselines trained the same way by launching this script under torchrun:
 
@@ -43,9 +44,11 @@ def uniform_within(space: SearchSpace, budget: float, bits: int) -> Arch:
 
 
 def train_alone(cfg: ExperimentConfig, arch: Arch, seed: int, folder: str, d: distributed.Dist) -> str:
-    """The run's stages with only `arch` trained (labels, no sandwich); the last supernet file."""
-    tcfg = dataclasses.replace(cfg.train, arch=arch.to_str(), seed=seed)
-    stages = run_stages(dataclasses.replace(cfg, train=tcfg, run=dataclasses.replace(cfg.run, dir=folder, quiet=True)), d)
+    """The run's stages with only `arch` trained (labels, no sandwich, no teacher); the last supernet file."""
+    tcfg = dataclasses.replace(cfg.train, arch=arch.to_str(), seed=seed, teacher=None)
+    stages = [dataclasses.replace(s, teacher=None) for s in cfg.stages]
+    alone = dataclasses.replace(cfg, train=tcfg, stages=stages, run=dataclasses.replace(cfg.run, dir=folder, quiet=True))
+    stages = run_stages(alone, d)
     return os.path.join(folder, stages[-1]["supernet"])
 
 

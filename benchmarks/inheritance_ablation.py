@@ -6,6 +6,7 @@
 - scratch, same epochs: a new supernet trained at 2 bits for the 2-bit stage's epochs;
 - scratch, chain's epochs: as many 2-bit epochs as the whole chain has epochs.
 
+The 2-bit stage learns by in-place distillation in all four, also where the run's has a teacher.
 Scratch runs take the best of `--lrs` (picked on the validation split with the first seed,
 at the short length; the long runs use the same lr), with the run's warm-up and clipping; a
 run that diverges takes the next lr of that ranking, and the table says which lr each used.
@@ -68,7 +69,7 @@ def main():
     if len(bits) < 2 or bits[-2:] != [3, 2]:
         raise SystemExit("the run's stages must end 3 -> 2 bits")
     out = os.path.join(args.run_dir, "ablation")
-    two = cfg.stages[-1]
+    two = dataclasses.replace(cfg.stages[-1], teacher=None)  # in-place distillation: inheritance is what differs
     chain_epochs = sum(s.epochs for s in cfg.stages)
     calib = cfg.train.calib_images
     inherit = [dataclasses.replace(two, reinit_steps=False), dataclasses.replace(two, reinit_steps=True)]
@@ -97,7 +98,8 @@ def main():
             link = os.path.join(stage_dir(sub, 0, 3), "supernet.pt")
             if not os.path.exists(link):
                 os.symlink(os.path.abspath(three), link)
-            rows[name].append(scores(stages_run(cfg, [cfg.stages[-2], stage], seed, sub), "test", calib))
+            three_stage = dataclasses.replace(cfg.stages[-2], teacher=None)  # never trained here: its file is there
+            rows[name].append(scores(stages_run(cfg, [three_stage, stage], seed, sub), "test", calib))
         for name, epochs, prefix in ((VARIANTS[2], two.epochs, "scratch"), (VARIANTS[3], chain_epochs, "scratch-long")):
             # A run that diverges takes the next lr in the validation ranking (and says so).
             for rank, x in enumerate(sorted(by_lr, key=by_lr.get, reverse=True)):

@@ -490,7 +490,8 @@ def _epoch_batches(ds: Dataset, cfg: DataConfig, epoch: int, rank: int, world: i
 
 
 def train_batches(ds: Dataset, cfg: DataConfig, epoch: int, rank: int = 0, world: int = 1,
-                  start: int = 0, sizes: Callable[[int], int] | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+                  start: int = 0, sizes: Callable[[int], int] | None = None,
+                  with_index: bool = False) -> Iterator[tuple]:
     """Shuffled, augmented, normalized training batches of rank ``rank`` out of ``world``.
 
     Each rank gets ``cfg.batch_size // world`` images per batch and the same number of
@@ -500,13 +501,15 @@ def train_batches(ds: Dataset, cfg: DataConfig, epoch: int, rank: int = 0, world
     does not depend on ``world`` or ``start``. For imagefolder the order is exact but the
     crops come from the DataLoader workers' RNG, and ``sizes(b)``, the resolution batch ``b``
     will run at, is what its images are cropped to (the authors' random-resized-crop straight
-    at the sampled resolution); in-memory batches come at their native size.
+    at the sampled resolution); in-memory batches come at their native size. ``with_index``:
+    (x, y, the images' positions in ``ds``) for in-memory data, (x, y, None) for folders.
     """
     if isinstance(ds, FolderSubset):
         batches = [[(i, sizes(b)) if sizes else i for i in idx.tolist()]
                    for b, _, idx in _epoch_batches(ds, cfg, epoch, rank, world, start)]
-        yield from torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=cfg.workers,
-                                               pin_memory=torch.cuda.is_available())
+        for x, y in torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=cfg.workers,
+                                                pin_memory=torch.cuda.is_available()):
+            yield (x, y, None) if with_index else (x, y)
         return
     for b, whole, mine in _epoch_batches(ds, cfg, epoch, rank, world, start):
         x = ds.images[mine]
@@ -517,7 +520,7 @@ def train_batches(ds: Dataset, cfg: DataConfig, epoch: int, rank: int = 0, world
             flip = torch.rand(len(whole), generator=g) < 0.5
             share = slice(rank * len(mine), (rank + 1) * len(mine))
             x = _augment(x, ds.pad, dy[share], dx[share], flip[share])
-        yield _normalize(x, ds), ds.labels[mine]
+        yield (_normalize(x, ds), ds.labels[mine]) + ((mine,) if with_index else ())
 
 
 def eval_batches(ds: Dataset, cfg: DataConfig, resolution: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:

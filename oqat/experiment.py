@@ -84,6 +84,7 @@ class TrainConfig:
     label_smoothing: float = 0.1  # for the largest subnet's label loss
     sandwich_random: int = 2  # random subnets per step besides the largest and the smallest
     distill: bool = True  # the other subnets learn from the largest's soft predictions (else labels)
+    teacher: str | None = None  # supernet file whose largest subnet every subnet (the largest too) learns from, fixed; None: the largest teaches (in-place)
     bits: int = 4  # weight and activation bits of this stage; 32 = full precision
     init_from: str | None = None  # supernet file to start from (oqat run: its first stage's start); None: from scratch
     reinit_steps: bool | None = None  # LSQ steps from data at the start; None: only if init_from has no steps at these bits
@@ -105,6 +106,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not (0 <= self.momentum < 1 and 0 <= self.label_smoothing < 1):
             raise ValueError("momentum and label_smoothing must be in [0, 1)")
+        if self.teacher is not None and not self.distill:
+            raise ValueError("teacher is set but distill is false: a teacher is distillation (set distill: true)")
 
 
 @dataclass
@@ -116,6 +119,7 @@ class StageConfig:
     reinit_steps: bool = False  # ablation: LSQ steps from data instead of inherited (doubled) ones
     elastic: list[ArchField] | None = None  # Arch fields the sandwich varies in this stage (see train.elastic); None: train.elastic
     sandwich_random: int | None = None  # random subnets per step in this stage (see train.sandwich_random); None: train's
+    teacher: int | None = None  # index of an earlier stage whose final supernet's largest subnet teaches this stage (see train.teacher); None: train's
 
     def __post_init__(self):
         check_bits(self.bits)
@@ -202,6 +206,10 @@ class ExperimentConfig:
                 raise ValueError(f"stages[{i}] trains {st.bits} bits from the {previous}-bit stage before it; "
                                  "inheritance goes only to fewer bits (use init: scratch to start anew)")
             previous = st.bits
+            if st.teacher is not None and not 0 <= st.teacher < i:
+                raise ValueError(f"stages[{i}].teacher={st.teacher}: a teacher is an earlier stage, one of 0..{i - 1}")
+            if st.teacher is not None and not self.train.distill:
+                raise ValueError(f"stages[{i}].teacher is set but train.distill is false: a teacher is distillation")
         if self.train.arch is not None:
             try:
                 arch = Arch.parse(self.train.arch)
@@ -215,5 +223,7 @@ def check_inputs(cfg: ExperimentConfig) -> None:
     """What a config needs from outside, checked before any work (`oqat run`, `oqat train`,
     `oqat config check`): its data is there or can be fetched, its start file exists."""
     check_source(cfg.data)
-    if cfg.train.init_from is not None and not os.path.isfile(cfg.train.init_from):
-        raise ValueError(f"train.init_from '{cfg.train.init_from}' not found")
+    for name in ("init_from", "teacher"):
+        path = getattr(cfg.train, name)
+        if path is not None and not os.path.isfile(path):
+            raise ValueError(f"train.{name} '{path}' not found")

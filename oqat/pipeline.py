@@ -63,9 +63,13 @@ def run_stages(cfg: ExperimentConfig, d: distributed.Dist = distributed.Dist()) 
                 reinit = True if st.reinit_steps else None
             elif st.reinit_steps:
                 reinit = True
-            _log(f"stage {i}: {st.bits}-bit supernet, {st.epochs} epoch(s)"
-                 f"{f' from {os.path.relpath(init, cfg.run.dir)}' if init else ' from scratch'}", d)
             overrides = {f: getattr(st, f) for f in STAGE_OVERRIDES if getattr(st, f) is not None}
+            if st.teacher is not None:
+                teacher = cfg.stages[st.teacher]
+                overrides["teacher"] = os.path.join(stage_dir(cfg.run.dir, st.teacher, teacher.bits), "supernet.pt")
+            _log(f"stage {i}: {st.bits}-bit supernet, {st.epochs} epoch(s)"
+                 f"{f' from {os.path.relpath(init, cfg.run.dir)}' if init else ' from scratch'}"
+                 f"{f', taught by stage {st.teacher}' if st.teacher is not None else ''}", d)
             train_cfg = dataclasses.replace(cfg.train, bits=st.bits, epochs=st.epochs, init_from=init,
                                             reinit_steps=reinit, **overrides)
             stage_cfg = dataclasses.replace(cfg, train=train_cfg, run=dataclasses.replace(cfg.run, dir=out))

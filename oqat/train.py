@@ -2,7 +2,8 @@
 
 A step is the sandwich rule: the largest subnet learns from the labels, the smallest and
 `sandwich_random` random subnets from the largest's soft predictions (in-place
-distillation); gradients add up over the subnets, then one SGD step. The step's
+distillation), or all of them from a fixed teacher's (`train.teacher`); gradients add up
+over the subnets, then one SGD step. The step's
 resolution and random subnets come from a generator seeded by (seed, step) and the data
 order from (seed, epoch, batch), so a run resumed from `last.pt` replays exactly the
 steps an uninterrupted run takes.
@@ -25,12 +26,12 @@ from torch import nn
 from tqdm import tqdm
 
 from . import checkpoint, config, distributed, files
-from .data import eval_batches, load_splits, num_train_batches, train_batches
+from .data import ArrayDataset, Splits, eval_batches, load_splits, num_train_batches, train_batches
 from .evaluate import evaluate, prepare_subnet, resize
 from .experiment import ExperimentConfig, check_inputs
 from .inherit import REINIT_KEY
 from .quant import FULL_PRECISION, guard_steps_, set_bits_, step_values, steps_of
-from .space import Arch, get_space
+from .space import Arch, SearchSpace, get_space
 from .supernet import FORMAT as SUPERNET_FORMAT
 from .supernet import Supernet
 
@@ -72,11 +73,13 @@ def keep_freed_memory() -> None:
 
 
 def sandwich_step(net: Supernet, archs: list[Arch], x: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.1,
-                  distill: bool = True, autocast=contextlib.nullcontext()) -> torch.Tensor:
+                  distill: bool = True, autocast=contextlib.nullcontext(),
+                  targets: torch.Tensor | None = None) -> torch.Tensor:
     """Forward and backward of each subnet in `archs` on x, gradients adding up: the first
     learns from the labels, the others from its soft predictions (in-place distillation)
-    or, without `distill`, from the labels too. Returns the per-subnet losses."""
-    losses, soft = [], None
+    or, without `distill`, from the labels too; given a teacher's soft predictions
+    `targets`, every subnet learns from those. Returns the per-subnet losses."""
+    losses, soft = [], targets
     for arch in archs:
         net.set_arch(arch)
         with autocast:
@@ -88,6 +91,38 @@ def sandwich_step(net: Supernet, archs: list[Arch], x: torch.Tensor, y: torch.Te
         loss.backward()
         losses.append(loss.detach().float())
     return torch.stack(losses)
+
+
+class Teacher:
+    """The soft predictions every subnet of a stage learns from: the largest subnet of a
+    finished supernet (e.g. the full-precision stage's, teaching the 2-bit one), fixed and in
+    eval mode. In-memory images without augmentation are the same at every step, so their
+    predictions are computed once, in one pass over the training split (seconds), and looked
+    up by image; other data runs the teacher on each batch."""
+
+    def __init__(self, path: str, splits: Splits, data_cfg, student: SearchSpace, device: torch.device,
+                 channels_last: bool):
+        net = files.load_supernet(path)[0]
+        if (net.space.in_channels, net.space.num_classes) != (student.in_channels, student.num_classes):
+            raise ValueError(f"train.teacher '{path}' is for {net.space.in_channels}-channel, "
+                             f"{net.space.num_classes}-class data; this run's data has {student.in_channels} "
+                             f"channels, {student.num_classes} classes")
+        net.set_arch(net.space.largest())
+        self.net = net.eval().to(device)
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.net.to(memory_format=self.layout)
+        self.table = None
+        if isinstance(splits.train, ArrayDataset) and not data_cfg.augment:
+            self.table = torch.cat([self.predict(x.to(device)) for x, _ in eval_batches(splits.train, data_cfg)])
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        x = resize(x, self.net.arch.r).contiguous(memory_format=self.layout)
+        return self.net(x).float().softmax(1)
+
+    def __call__(self, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """The teacher's predictions for the training batch x, whose images are `index` in the split."""
+        return self.predict(x) if self.table is None else self.table[index.to(self.table.device)]
 
 
 class Trainer:
@@ -124,6 +159,8 @@ class Trainer:
         self.val: dict = {}
         self.autocast = torch.autocast(self.dist.device.type, dtype=torch.bfloat16,
                                        enabled=t.amp and self.dist.device.type == "cuda")
+        self.teacher = None if t.teacher is None else \
+            Teacher(t.teacher, self.splits, cfg.data, self.space, self.dist.device, t.channels_last)
 
     def _build(self, space) -> tuple[Supernet, bool]:
         """The supernet to train and whether its steps are to be set from data."""
@@ -162,13 +199,13 @@ class Trainer:
                 tick, seen = time.perf_counter(), 0
                 # Image folders crop each batch straight to its step's resolution, as the authors do.
                 batches = train_batches(self.splits.train, self.cfg.data, epoch, self.dist.rank, world, start,
-                                        sizes=lambda b: self.archs(first + b - start)[0].r)
-                for self.batch, (x, y) in enumerate(batches, start):
+                                        sizes=lambda b: self.archs(first + b - start)[0].r, with_index=True)
+                for self.batch, (x, y, index) in enumerate(batches, start):
                     x, y = x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
                     if self.step == 0 and self.reinit and t.bits != FULL_PRECISION:
                         self.init_steps(x)
                     lr = self.opt.param_groups[0]["lr"]
-                    losses = self.train_step(x, y).tolist()
+                    losses = self.train_step(x, y, None if self.teacher is None else self.teacher(x, index)).tolist()
                     self.step += 1
                     seen += len(y) * world
                     distill = sum(losses[1:]) / max(1, len(losses) - 1)
@@ -242,13 +279,14 @@ class Trainer:
         archs = [self.space.check(replace(a, r=r)) for a in [space.largest(), space.smallest(), *drawn]]
         return list(dict.fromkeys(archs))
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One sandwich step; returns the per-subnet losses (averaged over ranks)."""
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """One sandwich step (on a teacher's soft `targets` if given); returns the per-subnet
+        losses (averaged over ranks)."""
         t = self.cfg.train
         archs = self.archs(self.step)
         self.opt.zero_grad(set_to_none=True)
         losses = sandwich_step(self.net, archs, self._input(x, archs[0].r), y, t.label_smoothing, t.distill,
-                               self.autocast)
+                               self.autocast, targets)
         grads = [p.grad for p in self.net.parameters() if p.grad is not None]
         # One collective for gradients and losses: a NaN on any rank reaches every rank.
         distributed.all_reduce_mean_(grads + [losses], self.dist.world)

@@ -35,6 +35,8 @@ MINI_ARCH = "mini:r28:k3e2-k5e3.k7e4-k3e2-k3e2"
     ("export.test_images=-1", "test_images must be >= 0"),
     ("analysis.samples=3", "samples must be >= 4"),
     ("train.arch=mbv3:r128:k3e3", "train.arch"),
+    ("stages=[{bits: 32}, {bits: 2, teacher: 1}]", "stages[1].teacher=1: a teacher is an earlier stage, one of 0..0"),
+    ("train.distill=false", "stages[3].teacher is set but train.distill is false"),
     ("data.name=imagefolder", "imagefolder needs root"),
 ])
 @pytest.mark.parametrize("command", ["run", "train"])
@@ -51,6 +53,7 @@ def test_a_bad_config_is_refused_before_any_work(command, override, message, tmp
     (["data.root=/nonexistent", "data.name=imagefolder"], "'/nonexistent/train' not found"),
     (["search.budgets=['latency<=3']"], "latency needs --latency-table"),
     (["train.init_from=/nonexistent.pt"], "train.init_from '/nonexistent.pt' not found"),
+    (["train.teacher=/nonexistent.pt"], "train.teacher '/nonexistent.pt' not found"),
 ])
 def test_run_checks_its_data_and_budgets_before_any_work(overrides, message, tmp_path, capsys):
     run_dir = tmp_path / "run"

@@ -200,6 +200,40 @@ def test_each_step_is_a_sandwich_with_inplace_distillation(tmp_path):
     assert grads.keys() == want.keys()
     for name, g in want.items():
         assert torch.allclose(grads[name], g, rtol=1e-4, atol=1e-6), name
+def test_a_teacher_teaches_every_subnet_of_the_sandwich(tmp_path):
+    """With train.teacher every subnet, the largest too, learns from the fixed teacher's soft
+    predictions (its largest subnet, eval mode); on in-memory images without augmentation
+    they are computed once and looked up by image, the same as running the teacher."""
+    space = get_space("mini").with_data(1, 10)
+    torch.manual_seed(5)
+    teacher = Supernet(space, 32)
+    teacher.save(str(tmp_path / "teacher.pt"))
+    cfg = tiny(tmp_path / "run", f"train.teacher={tmp_path / 'teacher.pt'}", "train.bits=32", "train.grad_clip=0",
+               "data.augment=false")
+    t = Trainer(cfg)
+    assert t.teacher.table.shape == (len(t.splits.train), 10)
+    x, y, index = next(iter(train_batches(t.splits.train, cfg.data, 0, with_index=True)))
+    targets = t.teacher(x, index)
+    teacher.set_arch(space.largest())
+    assert torch.allclose(targets, teacher.eval()(x).softmax(1), atol=1e-6)
+    ref = copy.deepcopy(t.net).train()
+    archs = t.archs(t.step)
+    torch.manual_seed(1)  # dropout draws, the same for both
+    losses = t.train_step(x, y, targets)
+    xr = resize(x, archs[0].r).contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(1)
+    expected = []
+    for arch in archs:
+        ref.set_arch(arch)
+        expected.append(F.cross_entropy(ref(xr), targets))
+    assert torch.allclose(losses, torch.stack(expected).detach(), rtol=1e-5, atol=1e-6)
+    # Augmented images differ at every step: the teacher runs on each batch.
+    assert Trainer(tiny(tmp_path / "aug", f"train.teacher={tmp_path / 'teacher.pt'}", "data.augment=true")).teacher.table is None
+    Supernet(get_space("mini").with_data(1, 5), 32).save(str(tmp_path / "five.pt"))
+    with pytest.raises(ValueError, match="train.teacher .*five.pt' is for 1-channel, 5-class data"):
+        Trainer(tiny(tmp_path / "five", f"train.teacher={tmp_path / 'five.pt'}"))
+
+
 def test_elastic_fields_limit_what_the_sandwich_varies(tmp_path):
     space = get_space("mini")
     largest = space.largest()
@@ -225,19 +259,21 @@ def test_elastic_fields_limit_what_the_sandwich_varies(tmp_path):
         assert len({a.r for a in archs}) == 1
 
 
-def test_a_stage_may_set_its_own_elastic_fields_and_random_subnets(tmp_path, monkeypatch):
+def test_a_stage_may_set_its_own_elastic_fields_random_subnets_and_teacher(tmp_path, monkeypatch):
     from oqat import pipeline
     seen = []
 
     def record(cfg):  # what each stage would train, and the file the next stage starts from
-        seen.append((cfg.train.sandwich_random, cfg.train.elastic))
+        seen.append((cfg.train.sandwich_random, cfg.train.elastic, cfg.train.teacher))
         Supernet(get_space("mini").with_data(3, 10), cfg.train.bits).save(os.path.join(cfg.run.dir, "supernet.pt"))
 
     monkeypatch.setattr(pipeline, "train", record)
     cfg = tiny(tmp_path, "train.sandwich_random=1", "train.elastic=[ks,e,d]",
-               "stages=[{bits: 32, epochs: 1, elastic: []}, {bits: 4, epochs: 1, sandwich_random: 3}, {bits: 4, epochs: 1}]")
+               "stages=[{bits: 32, epochs: 1, elastic: []}, {bits: 4, epochs: 1, sandwich_random: 3}, "
+               "{bits: 4, epochs: 1, teacher: 0}]")
     pipeline.run_stages(cfg)
-    assert seen == [(1, []), (3, ["ks", "e", "d"]), (1, ["ks", "e", "d"])]
+    fp = os.path.join(tmp_path, "stages", "0-fp", "supernet.pt")
+    assert seen == [(1, [], None), (3, ["ks", "e", "d"], None), (1, ["ks", "e", "d"], fp)]
     with pytest.raises(ValueError, match="sandwich_random must be >= 0"):
         tiny(tmp_path, "stages=[{bits: 4, epochs: 1, sandwich_random: -1}]")
 
