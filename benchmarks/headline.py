@@ -7,10 +7,13 @@ recalibrated, not retrained (one training for all three). The baseline has one k
 expand ratio and depth everywhere; it is trained alone, on labels (no teacher, where the run's
 stages have one), with LSQ through the run's own stage sequence (same bit-widths, epochs,
 lr and inheritance per stage), once
-per seed. Both are scored on the whole test split. A run trained under torchrun has its
-baselines trained the same way by launching this script under torchrun:
+per seed. Both are scored on the whole test split. With `--distill`, the baselines keep the
+run's stage teachers instead: a stage taught by an earlier stage learns from the baseline's own
+network of that stage (e.g. the 2-bit one from its full-precision self), the usual
+distillation baseline for QAT. A run trained under torchrun has its baselines trained the same
+way by launching this script under torchrun:
 
-    [torchrun --standalone --nproc_per_node 2] benchmarks/headline.py RUN_DIR [--bits 2] [--seeds 0 1]
+    [torchrun --standalone --nproc_per_node 2] benchmarks/headline.py RUN_DIR [--bits 2] [--seeds 0 1] [--distill]
 """
 import argparse
 import dataclasses
@@ -43,10 +46,12 @@ def uniform_within(space: SearchSpace, budget: float, bits: int) -> Arch:
     return max(within)[2]
 
 
-def train_alone(cfg: ExperimentConfig, arch: Arch, seed: int, folder: str, d: distributed.Dist) -> str:
-    """The run's stages with only `arch` trained (labels, no sandwich, no teacher); the last supernet file."""
+def train_alone(cfg: ExperimentConfig, arch: Arch, seed: int, folder: str, d: distributed.Dist,
+                distill: bool = False) -> str:
+    """The run's stages with only `arch` trained (no sandwich; labels, or with `distill` its
+    stages' teachers, its own earlier stages); the last supernet file."""
     tcfg = dataclasses.replace(cfg.train, arch=arch.to_str(), seed=seed, teacher=None)
-    stages = [dataclasses.replace(s, teacher=None) for s in cfg.stages]
+    stages = cfg.stages if distill else [dataclasses.replace(s, teacher=None) for s in cfg.stages]
     alone = dataclasses.replace(cfg, train=tcfg, stages=stages, run=dataclasses.replace(cfg.run, dir=folder, quiet=True))
     stages = run_stages(alone, d)
     return os.path.join(folder, stages[-1]["supernet"])
@@ -57,6 +62,7 @@ def main():
     p.add_argument("run_dir")
     p.add_argument("--bits", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--distill", action="store_true", help="baselines learn from the run's stage teachers (their own)")
     args = p.parse_args()
     torch.manual_seed(0)
     cfg = config.load(ExperimentConfig, os.path.join(args.run_dir, "config.yaml"))
@@ -75,8 +81,9 @@ def main():
     with distributed.group() as d:  # under torchrun (as the run was) every rank trains; rank 0 scores
         for _, _, _, base in nets:
             for seed in args.seeds:
-                folder = os.path.join(args.run_dir, "baseline", f"{base.to_str().replace(':', '_')}-seed{seed}")
-                trained[base, seed] = train_alone(cfg, base, seed, folder, d)
+                name = f"{base.to_str().replace(':', '_')}-seed{seed}{'-distill' if args.distill else ''}"
+                trained[base, seed] = train_alone(cfg, base, seed, os.path.join(args.run_dir, "baseline", name), d,
+                                                  args.distill)
     if not d.main:
         return
     rows = []
@@ -94,7 +101,7 @@ def main():
                                   "spread": max(tops) - min(tops)}})
     epochs = " -> ".join(f"{'fp' if s.bits == 32 else s.bits}:{s.epochs}" for s in cfg.stages)
     print(f"{args.bits}-bit, test top-1 on {len(splits.test)} images; stages (bits:epochs) {epochs}; "
-          f"baseline seeds {args.seeds}")
+          f"baseline seeds {args.seeds}, {'distilled from their stage teachers' if args.distill else 'on labels'}")
     print("| net | budget (M BitOPs) | OQAT subnet | BitOPs (M) | test top-1 | uniform baseline | BitOPs (M) "
           "| test top-1 (mean ± spread/2) | OQAT - baseline |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -104,10 +111,11 @@ def main():
         print(f"| {r['net']} | {r['budget_bitops'] / 1e6:.1f} | {oqat[0]} | {oqat[1]} | {oqat[2]:.2f} | "
               f"`{b['arch']}` | {b['bitops'] / 1e6:.1f} | {b['mean']:.2f} ± {b['spread'] / 2:.2f} | "
               f"{oqat[2] - b['mean']:+.2f} |")
-    out = os.path.join(args.run_dir, "baseline", "headline.json")
+    out = os.path.join(args.run_dir, "baseline", f"headline{'-distill' if args.distill else ''}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"bits": args.bits, "stages": config.to_dict(cfg)["stages"], "rows": rows}, f, indent=1)
+        json.dump({"bits": args.bits, "stages": config.to_dict(cfg)["stages"], "distill": args.distill, "rows": rows},
+                  f, indent=1)
 
 
 if __name__ == "__main__":

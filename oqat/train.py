@@ -94,20 +94,21 @@ def sandwich_step(net: Supernet, archs: list[Arch], x: torch.Tensor, y: torch.Te
 
 
 class Teacher:
-    """The soft predictions every subnet of a stage learns from: the largest subnet of a
-    finished supernet (e.g. the full-precision stage's, teaching the 2-bit one), fixed and in
+    """The soft predictions every subnet of a stage learns from: the network a finished
+    supernet file trained (its largest subnet, e.g. the full-precision stage's teaching the
+    2-bit one; the one architecture of a standalone training, `train.arch`), fixed and in
     eval mode. In-memory images without augmentation are the same at every step, so their
     predictions are computed once, in one pass over the training split (seconds), and looked
     up by image; other data runs the teacher on each batch."""
 
     def __init__(self, path: str, splits: Splits, data_cfg, student: SearchSpace, device: torch.device,
                  channels_last: bool):
-        net = files.load_supernet(path)[0]
+        net, ckpt = files.load_supernet(path)
         if (net.space.in_channels, net.space.num_classes) != (student.in_channels, student.num_classes):
             raise ValueError(f"train.teacher '{path}' is for {net.space.in_channels}-channel, "
                              f"{net.space.num_classes}-class data; this run's data has {student.in_channels} "
                              f"channels, {student.num_classes} classes")
-        net.set_arch(net.space.largest())
+        net.set_arch(trained_arch(net, ckpt, path))
         self.net = net.eval().to(device)
         self.layout = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.layout)
@@ -123,6 +124,19 @@ class Teacher:
     def __call__(self, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         """The teacher's predictions for the training batch x, whose images are `index` in the split."""
         return self.predict(x) if self.table is None else self.table[index.to(self.table.device)]
+
+
+def trained_arch(net: Supernet, ckpt: dict, path: str) -> Arch:
+    """The architecture a supernet file's training taught: its `train.arch` if it trained
+    one alone (a baseline), else the largest."""
+    run = ckpt.get("config")
+    arch = run.get("train", {}).get("arch") if isinstance(run, dict) and isinstance(run.get("train"), dict) else None
+    if arch is None:
+        return net.space.largest()
+    try:
+        return Arch.parse(arch, net.space)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"'{path}': its config's train.arch {arch!r} is not an architecture of its space: {err}") from None
 
 
 class Trainer:

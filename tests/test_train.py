@@ -229,6 +229,11 @@ def test_a_teacher_teaches_every_subnet_of_the_sandwich(tmp_path):
     assert torch.allclose(losses, torch.stack(expected).detach(), rtol=1e-5, atol=1e-6)
     # Augmented images differ at every step: the teacher runs on each batch.
     assert Trainer(tiny(tmp_path / "aug", f"train.teacher={tmp_path / 'teacher.pt'}", "data.augment=true")).teacher.table is None
+    # A standalone training's file teaches with the one architecture it trained.
+    alone = "mini:r28:k5e3-k3e2.k3e2-k3e2-k7e4"
+    teacher.save(str(tmp_path / "alone.pt"), {"config": {"train": {"arch": alone}}})
+    t = Trainer(tiny(tmp_path / "alone", f"train.teacher={tmp_path / 'alone.pt'}", "data.augment=false"))
+    assert t.teacher.net.arch.to_str() == alone
     Supernet(get_space("mini").with_data(1, 5), 32).save(str(tmp_path / "five.pt"))
     with pytest.raises(ValueError, match="train.teacher .*five.pt' is for 1-channel, 5-class data"):
         Trainer(tiny(tmp_path / "five", f"train.teacher={tmp_path / 'five.pt'}"))
