@@ -195,9 +195,9 @@ class Supernet(nn.Module):
         return head_forward(self, x)
 
     def extract(self, arch: Arch | None = None) -> Subnet:
-        """The static subnet of `arch` (default: the active one), in the supernet's mode."""
+        """The static subnet of `arch` (default: the active one), in the supernet's mode and dtype."""
         arch = self.arch if arch is None else self.space.check(arch)
-        net = Subnet(self.space, arch, self.bits)
+        net = Subnet(self.space, arch, self.bits).to(self.stem.conv.weight.dtype)
         with torch.no_grad():
             for name in ["stem", "classifier"] + [h.name for h in self.space.head]:
                 getattr(net, name).load_state_dict(getattr(self, name).state_dict())

@@ -1,4 +1,7 @@
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -300,3 +303,22 @@ def test_kernel_build_failure_warns_and_falls_back(monkeypatch, tmp_path):
         assert quant.cpu_kernel.__wrapped__() is None
     monkeypatch.setenv("OQAT_CPU_KERNEL", "0")
     assert quant.cpu_kernel.__wrapped__() is None
+
+
+CAPABILITIES = ["DEFAULT", "AVX2", "AVX512"]  # torch's CPU capabilities, each implying the ones before
+
+
+@pytest.mark.parametrize("capability", CAPABILITIES)
+def test_each_isa_build_of_the_kernel_equals_the_torch_ops(capability):
+    """The kernel is compiled for the capability torch runs at (ATEN_CPU_CAPABILITY lowers it):
+    every build this CPU can run passes the kernel tests above, in its own process."""
+    top = torch.backends.cpu.get_cpu_capability()
+    if top not in CAPABILITIES or CAPABILITIES.index(capability) > CAPABILITIES.index(top):
+        pytest.skip(f"this CPU runs at most {top}")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability.lower(), "OMP_NUM_THREADS": "1"}
+    probe = "import torch; from oqat import quant; print(torch.backends.cpu.get_cpu_capability(), quant.cpu_kernel() is not None)"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == [capability, "True"], out.stderr[-2000:]
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                          "cpu_kernel and not isa_build"], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-3000:]
