@@ -52,7 +52,8 @@ def train_alone(cfg: ExperimentConfig, arch: Arch, seed: int, folder: str, d: di
     stages' teachers, its own earlier stages); the last supernet file."""
     tcfg = dataclasses.replace(cfg.train, arch=arch.to_str(), seed=seed, teacher=None)
     stages = cfg.stages if distill else [dataclasses.replace(s, teacher=None) for s in cfg.stages]
-    alone = dataclasses.replace(cfg, train=tcfg, stages=stages, run=dataclasses.replace(cfg.run, dir=folder, quiet=True))
+    alone = dataclasses.replace(cfg, train=tcfg, stages=stages,
+                                run=dataclasses.replace(cfg.run, dir=folder, quiet=True))
     stages = run_stages(alone, d)
     return os.path.join(folder, stages[-1]["supernet"])
 
@@ -94,7 +95,8 @@ def main():
             sub = prepare_subnet(net, base, data_cfg, splits, cfg.train.calib_images, 0)
             tops.append(evaluate(sub, data.eval_batches(splits.test, data_cfg))["top1"])
         rows.append({"net": name, "budget_bitops": budget,
-                     "oqat": None if member is None else {k: member[k] for k in ("arch", "bitops", "macs", "test_top1")},
+                     "oqat": None if member is None
+                     else {k: member[k] for k in ("arch", "bitops", "macs", "test_top1")},
                      "baseline": {"arch": base.to_str(), "bitops": cost(base, space, args.bits)["bitops"],
                                   "macs": cost(base, space, args.bits)["macs"], "seeds": args.seeds,
                                   "test_top1": tops, "mean": statistics.mean(tops),
@@ -107,7 +109,8 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         o, b = r["oqat"], r["baseline"]
-        oqat = ("none", "-", float("nan")) if o is None else (f"`{o['arch']}`", f"{o['bitops'] / 1e6:.1f}", o["test_top1"])
+        oqat = (("none", "-", float("nan")) if o is None
+                else (f"`{o['arch']}`", f"{o['bitops'] / 1e6:.1f}", o["test_top1"]))
         print(f"| {r['net']} | {r['budget_bitops'] / 1e6:.1f} | {oqat[0]} | {oqat[1]} | {oqat[2]:.2f} | "
               f"`{b['arch']}` | {b['bitops'] / 1e6:.1f} | {b['mean']:.2f} ± {b['spread'] / 2:.2f} | "
               f"{oqat[2] - b['mean']:+.2f} |")

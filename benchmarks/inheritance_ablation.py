@@ -73,7 +73,8 @@ def main():
     chain_epochs = sum(s.epochs for s in cfg.stages)
     calib = cfg.train.calib_images
     inherit = [dataclasses.replace(two, reinit_steps=False), dataclasses.replace(two, reinit_steps=True)]
-    scratch = lambda lr, epochs: [dataclasses.replace(two, lr=lr, epochs=epochs, init="scratch", reinit_steps=True)]
+    def scratch(lr, epochs):
+        return [dataclasses.replace(two, lr=lr, epochs=epochs, init="scratch", reinit_steps=True)]
 
     # The scratch lr: the best of three on val (mean of the three subnets), first seed, short length.
     s0 = args.seeds[0]
@@ -81,7 +82,7 @@ def main():
                                                    os.path.join(out, f"seed{s0}", f"scratch-lr{lr:g}")),
                                         "val", calib).values()) for lr in args.lrs}
     lr = max(by_lr, key=by_lr.get)
-    print(f"scratch lr on val (mean of largest, middle, smallest): "
+    print("scratch lr on val (mean of largest, middle, smallest): "
           + ", ".join(f"{k:g}: {v:.2f}" for k, v in by_lr.items()) + f" -> {lr:g}")
 
     rows, lrs_used = {v: [] for v in VARIANTS}, {}
@@ -102,7 +103,7 @@ def main():
             rows[name].append(scores(stages_run(cfg, [three_stage, stage], seed, sub), "test", calib))
         for name, epochs, prefix in ((VARIANTS[2], two.epochs, "scratch"), (VARIANTS[3], chain_epochs, "scratch-long")):
             # A run that diverges takes the next lr in the validation ranking (and says so).
-            for rank, x in enumerate(sorted(by_lr, key=by_lr.get, reverse=True)):
+            for x in sorted(by_lr, key=by_lr.get, reverse=True):
                 try:
                     path = stages_run(cfg, scratch(x, epochs), seed, os.path.join(folder, f"{prefix}-lr{x:g}"))
                     break
@@ -119,8 +120,10 @@ def main():
     for name, runs in rows.items():
         cols = {k: [r[k] for r in runs] for k in ("largest", "middle", "smallest")}
         cols["mean"] = [statistics.mean(r.values()) for r in runs]
-        summary[name] = {k: {"values": v, "mean": statistics.mean(v), "spread": max(v) - min(v)} for k, v in cols.items()}
-        print(f"| {name} | " + " | ".join(f"{s['mean']:.2f} ± {s['spread'] / 2:.2f}" for s in summary[name].values()) + " |")
+        summary[name] = {k: {"values": v, "mean": statistics.mean(v), "spread": max(v) - min(v)}
+                         for k, v in cols.items()}
+        print(f"| {name} | "
+              + " | ".join(f"{s['mean']:.2f} ± {s['spread'] / 2:.2f}" for s in summary[name].values()) + " |")
     with open(os.path.join(out, "ablation.json"), "w") as f:
         json.dump({"seeds": args.seeds, "scratch_lr_by_val": by_lr, "scratch_lr": lr, "scratch_lrs_used": lrs_used,
                    "rows": summary}, f, indent=1)

@@ -15,9 +15,8 @@ import tempfile
 import time
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-
 from demo_rate import warm_trainer  # benchmarks/ is on the path when a benchmark runs as a script
+from torch.profiler import ProfilerActivity, profile
 
 GROUPS = [  # (group, substrings of op names), first match wins
     ("quantizers", ("_LSQFunction", "oqat_lsq", "::LSQ>")),  # the torch-ops path, the CPU kernel and its backward

@@ -2,11 +2,12 @@
 
 One sandwich step (the largest, a middle and the smallest subnet, each forward and backward,
 the middle and smallest distilled from the largest, then one SGD step and the step guard),
-in the training layout (channels-last) and allocator setting (`keep_freed_memory`), for mbv3 (batch 32, r128, 3 channels, 1000 classes)
-and mini (batch 128, 28 px, 1 channel, 10 classes). Both bit-widths run interleaved in one
-process, alternating which goes first; times are this process's CPU time (user + system,
-so page faults count), which waiting for a core on a shared machine does not inflate. The
-ratio of the medians and of the best times is printed with the load average. Target: <= 1.10.
+in the training layout (channels-last) and allocator setting (`keep_freed_memory`), for mbv3
+(batch 32, r128, 3 channels, 1000 classes) and mini (batch 128, 28 px, 1 channel, 10 classes).
+Both bit-widths run interleaved in one process, alternating which goes first; times are this
+process's CPU time (user + system, so page faults count), which waiting for a core on a shared
+machine does not inflate. The ratio of the medians and of the best times is printed with the
+load average. Target: <= 1.10.
 
     python benchmarks/quant_step.py [--space mbv3 mini] [--repeats 15] [--bits 4]
 """
@@ -62,7 +63,7 @@ def run(name: str, bits: int, repeats: int) -> dict:
     archs = [replace(space.largest(), r=r), middle_arch(space, r), replace(space.smallest(), r=r)]
     nets = {b: build(space, b, x) for b in (32, bits)}
     times = {b: [] for b in nets}
-    for b, (net, opt) in nets.items():
+    for net, opt in nets.values():
         step(net, opt, archs, x, y)  # warm-up (and, on CPU, the quantizer's one-off compile)
     for i in range(repeats):
         for b in (list(nets) if i % 2 == 0 else list(nets)[::-1]):

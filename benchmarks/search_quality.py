@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from oqat.files import open_supernet
 from oqat.experiment import parse_budget
+from oqat.files import open_supernet
 from oqat.search import Scorer, dominated, sample_points, search
 
 

@@ -3,11 +3,13 @@
 `oqat.cost(arch, space, bits)` is the cost function (its module stays importable as
 `oqat.cost` through `from oqat.cost import ...`).
 """
-from .space import SPACES, Arch, SearchSpace, get_space
-from .supernet import Supernet
-from .subnet import Subnet
 from .files import load_oqa_checkpoint
-from .cost import cost  # noqa: E402  (deliberately shadows the submodule attribute: oqat.cost(...))
+from .space import SPACES, Arch, SearchSpace, get_space
+from .subnet import Subnet
+from .supernet import Supernet
+
+# isort: split
+from .cost import cost  # last, deliberately: shadows the submodule attribute (oqat.cost(...))
 
 __all__ = ["Arch", "SearchSpace", "SPACES", "get_space", "Supernet", "Subnet", "load_oqa_checkpoint", "cost"]
 __version__ = "0.1.0"

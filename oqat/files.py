@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from . import config, data
-from .checkpoint import CheckpointError, read_json, read_torch
-from .checkpoint import load as read
+from .checkpoint import CheckpointError, load as read, read_json, read_torch
 from .data import DataConfig, Splits
 from .oqa import oqa_key
 from .packed import FORMAT as PACKED, quantized_convs, unpack

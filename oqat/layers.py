@@ -191,7 +191,8 @@ def mbconv_forward(block: nn.Module, x: torch.Tensor, expand_args=(), dw_args=()
     fold = folded_act(block)
     h = x if block.expand is None else block.expand(x, *expand_args, act=fold is None)
     # An SE reads the activation's output itself, so the depthwise activation folds only without SE.
-    h = block.dw(h, *dw_args, act_in=fold if block.expand is not None else None, act=fold is None or block.se is not None)
+    h = block.dw(h, *dw_args, act_in=fold if block.expand is not None else None,
+                 act=fold is None or block.se is not None)
     if block.se is not None:
         h = block.se(h)
     h = block.project(h, *project_args, act_in=fold if block.se is None else None)

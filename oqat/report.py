@@ -85,9 +85,12 @@ def markdown(r: dict) -> str:
     lines = [f"# OQAT run: {cfg['data']['name']}, space `{cfg['model']['space']}`", "",
              "## Stages", "", "| # | bits | epochs | wall (s) | val top-1 largest | val top-1 smallest |",
              "|---|---|---|---|---|---|"]
+
+    def fmt(v):
+        return f"{v:.2f}" if isinstance(v, (int, float)) else "-"
+
     for s in r["stages"]:
         m = s.get("metrics") or {}
-        fmt = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "-"
         lines.append(f"| {s['index']} | {s['bits']} | {s['epochs']} | {fmt(s.get('wall_s'))} | "
                      f"{fmt(m.get('val_top1_largest'))} | {fmt(m.get('val_top1_smallest'))} |")
     if r["family"]:
@@ -103,8 +106,9 @@ def markdown(r: dict) -> str:
                 if b is None:
                     lines.append(f"| {bits} | {name} | none on the front within budget | | | | | | |")
                     continue
-                lines.append(f"| {bits} | {name} | `{b['arch']}` | {b['val_top1']:.2f} | {b.get('test_top1', float('nan')):.2f} | "
-                             f"{b['macs'] / 1e6:.2f} M | {b['bitops'] / 1e6:.1f} M | {b['flops_q'] / 1e6:.2f} M | "
+                lines.append(f"| {bits} | {name} | `{b['arch']}` | {b['val_top1']:.2f} | "
+                             f"{b.get('test_top1', float('nan')):.2f} | {b['macs'] / 1e6:.2f} M | "
+                             f"{b['bitops'] / 1e6:.1f} M | {b['flops_q'] / 1e6:.2f} M | "
                              f"{b['size_bits'] / 8192:.1f} |")
         lines += ["", "## Pareto fronts", ""]
         for bits, front in sorted(r["fronts"].items(), key=lambda kv: -int(kv[0])):
@@ -112,12 +116,14 @@ def markdown(r: dict) -> str:
                                                        f"{p['val_top1']:.2f}%" for p in front))
     if r["export"]:
         lines += ["", "## Exported (ONNX with QDQ, packed weights)", "",
-                  "| bits | net | folder | packed size (B) | fp32 state dict (B) | onnxruntime top-1 | agreement with PyTorch |",
+                  "| bits | net | folder | packed size (B) | fp32 state dict (B) | onnxruntime top-1 "
+                  "| agreement with PyTorch |",
                   "|---|---|---|---|---|---|---|"]
         for bits, members in sorted(r["export"].items(), key=lambda kv: -int(kv[0])):
             for name, f in members.items():
                 t = f.get("test") or {}
-                lines.append(f"| {bits} | {name} | {f['dir']} | {f['sizes']['packed']:,} | {f['sizes']['fp32_state_dict']:,} | "
-                             f"{t.get('onnx_top1', float('nan')):.2f} | {t.get('top1_agreement', float('nan')):.2f}% |")
+                lines.append(f"| {bits} | {name} | {f['dir']} | {f['sizes']['packed']:,} | "
+                             f"{f['sizes']['fp32_state_dict']:,} | {t.get('onnx_top1', float('nan')):.2f} | "
+                             f"{t.get('top1_agreement', float('nan')):.2f}% |")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r["plots"]]
     return "\n".join(lines) + "\n"

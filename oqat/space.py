@@ -29,7 +29,8 @@ from .checkpoint import read_json
 
 ArchField = Literal["ks", "e", "d", "r"]  # the fields of an `Arch` a training stage can hold fixed or vary
 ARCH_FIELDS: tuple[str, ...] = get_args(ArchField)
-_CHOICES = dict(zip(ARCH_FIELDS, ("kernel_sizes", "expand_ratios", "depths", "resolutions")))  # field -> its space's choices
+# field -> its space's choices
+_CHOICES = dict(zip(ARCH_FIELDS, ("kernel_sizes", "expand_ratios", "depths", "resolutions")))
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -413,8 +414,8 @@ class Arch:
         unknown = set(d) - {"space", "ks", "e", "d", "r"}
         missing = {"ks", "e", "d", "r"} - set(d)
         if unknown or missing:
-            raise ValueError(f"architecture JSON needs keys ks, e, d, r (and optionally space); "
-                             f"{'unknown: ' + ', '.join(sorted(unknown)) if unknown else 'missing: ' + ', '.join(sorted(missing))}")
+            problem = f"unknown: {', '.join(sorted(unknown))}" if unknown else f"missing: {', '.join(sorted(missing))}"
+            raise ValueError(f"architecture JSON needs keys ks, e, d, r (and optionally space); {problem}")
         sp = _space_for(d.get("space", space.name if space else "mbv3"), space)
         r = d["r"][0] if isinstance(d["r"], list) and len(d["r"]) == 1 else d["r"]
         return sp.check(cls(ks=d["ks"], e=d["e"], d=d["d"], r=r, space=sp.name))

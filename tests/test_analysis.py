@@ -5,10 +5,10 @@ import torch
 
 from oqat import analysis
 from oqat.analysis import pareto, rank_corr
-from oqat.experiment import AnalysisConfig
 from oqat.cli import main
 from oqat.config import to_dict
 from oqat.data import DataConfig
+from oqat.experiment import AnalysisConfig
 from oqat.space import MINI
 from oqat.supernet import Supernet
 

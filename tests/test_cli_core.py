@@ -68,6 +68,7 @@ def test_cost_bad_bits_is_a_usage_error(capsys):
     assert "bits must be 1..8 or 32" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_exit_status():
     exe = os.path.join(os.path.dirname(sys.executable), "oqat")
     cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "oqat.cli"]

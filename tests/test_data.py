@@ -412,7 +412,8 @@ def test_imagefolder_preprocessing_is_the_authors(tmp_path):
         for cls in ("a", "b"):
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(count):
-                Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+                pixels = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
     cfg = DataConfig(name="imagefolder", root=str(tmp_path), val_size=2, batch_size=2, eval_batch_size=2,
                      calib_batch_size=3)
     splits = data.load_splits(cfg)

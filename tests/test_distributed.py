@@ -1,12 +1,15 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 from oqat import config, distributed
 from oqat.experiment import ExperimentConfig
 from oqat.train import Trainer
+
+pytestmark = pytest.mark.slow  # spawns two processes
 
 
 def _free_port() -> int:

@@ -22,7 +22,8 @@ def _has_fmnist() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _has_fmnist(), reason="Fashion-MNIST not installed (scripts/setup.sh installs it)")
+NO_FMNIST = "Fashion-MNIST not installed (scripts/setup.sh installs it)"
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not _has_fmnist(), reason=NO_FMNIST)]
 
 OVERRIDES = [
     f"data.root={FMNIST}", "data.download=false", "data.val_size=200", "data.train_size=640", "data.batch_size=64",

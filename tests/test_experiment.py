@@ -67,6 +67,7 @@ def test_run_checks_its_data_and_budgets_before_any_work(overrides, message, tmp
         assert main(["config", "check", *argv]) == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_console_script_refuses_within_5_seconds(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "oqat")
     start = time.time()
@@ -76,6 +77,7 @@ def test_the_console_script_refuses_within_5_seconds(tmp_path):
     assert time.time() - start < 5
 
 
+@pytest.mark.slow
 def test_python_dash_m_oqat_is_the_cli():
     done = subprocess.run([sys.executable, "-m", "oqat", "cost", "--arch", MINI_ARCH, "--json"],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -216,7 +216,7 @@ def test_fuzz_corrupted_checkpoint_files(good, tmp_path):
 
 
 def test_malformed_corrupted_files_through_the_cli_write_nothing(good, tmp_path, capsys):
-    for kind, path, _ in _corrupted_files({"supernet": good["supernet"]}, str(tmp_path), 30, seed=1):
+    for _kind, path, _ in _corrupted_files({"supernet": good["supernet"]}, str(tmp_path), 30, seed=1):
         out = tmp_path / "out.pt"
         code = main(["inherit", path, "--bits", "2", "--out", str(out)])
         err = capsys.readouterr().err

@@ -15,6 +15,7 @@ import gpu_check  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_without_a_gpu_it_says_so_in_one_line_and_exits_2():
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
@@ -39,5 +40,6 @@ def test_bf16_step_and_throughput_on_cpu():
     assert set(rates) == {4, 32} and all(r > 0 for r in rates.values())
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_end_with_identical_weights():
     assert "identical weights" in gpu_check.check_ddp(2, "gloo", MINI, n=4, r=24, steps=2)

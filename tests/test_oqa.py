@@ -4,6 +4,7 @@ import random
 
 import pytest
 import torch
+from oqa_reference import OQANet, calibrate, randomise
 
 import oqat
 from oqat.checkpoint import CheckpointError
@@ -12,7 +13,6 @@ from oqat.files import load_supernet
 from oqat.oqa import oqa_key
 from oqat.space import MBV3, Arch
 from oqat.supernet import Supernet
-from oqa_reference import OQANet, calibrate, randomise
 
 LARGEST = {"ks": [7] * 20, "e": [6] * 20, "d": [4] * 5}
 # Both networks run in float64: in float32 the engines' summation orders (which differ between

@@ -7,11 +7,16 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+pytestmark = pytest.mark.slow  # whole runs in subprocesses, killed and resumed
+
 # A whole run in about 10 s: two 8-step stages (4 bits, then 2 by inheritance), a search of
 # each bit-width, the S/M/L exports and the report.
 TINY_RUN = ["data.name=synthetic", "data.val_size=64", "data.synthetic_train=320", "data.synthetic_test=64",
             "data.batch_size=32", "data.eval_batch_size=64", "train.calib_images=32", "train.sandwich_random=1",
-            "train.log_every=2", "train.checkpoint_every=2", "stages=[{bits: 4, epochs: 1}, {bits: 2, epochs: 1, lr: 0.05}]",
+            "train.log_every=2", "train.checkpoint_every=2",
+            "stages=[{bits: 4, epochs: 1}, {bits: 2, epochs: 1, lr: 0.05}]",
             "search.population=4", "search.generations=1", "search.val_images=64", "search.calib_images=32",
             "export.test_images=32"]
 TIMING = {"wall_s", "wall_s_this_invocation", "seconds"}
@@ -103,7 +108,8 @@ def test_the_imagenet_mbv3_config_runs_end_to_end_on_a_tiny_image_folder(tmp_pat
     done = subprocess.run(
         [exe, "run", config, f"data.root={root}", f"run.dir={run}", "data.val_size=4", "data.batch_size=8",
          "data.eval_batch_size=8", "data.workers=0", "train.calib_images=4", "train.checkpoint_every=0",
-         "train.log_every=1", "stages=[{bits: 4, epochs: 1}, {bits: 3, epochs: 1, lr: 0.2}, {bits: 2, epochs: 1, lr: 0.2}]",
+         "train.log_every=1",
+         "stages=[{bits: 4, epochs: 1}, {bits: 3, epochs: 1, lr: 0.2}, {bits: 2, epochs: 1, lr: 0.2}]",
          "search.population=2", "search.generations=0", "search.val_images=4", "search.calib_images=4",
          "export.test_images=4", "--quiet"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -126,6 +132,7 @@ def test_the_imagenet_mbv3_config_runs_end_to_end_on_a_tiny_image_folder(tmp_pat
 
 def test_the_first_stage_starts_from_train_init_from(tmp_path):
     import torch
+
     from oqat import config, files
     from oqat.experiment import ExperimentConfig
     from oqat.pipeline import run_stages
@@ -133,8 +140,9 @@ def test_the_first_stage_starts_from_train_init_from(tmp_path):
     torch.set_num_threads(1)
     start = tmp_path / "s4.pt"
     Supernet("mini", 4).save(str(start))
-    cfg = config.load(ExperimentConfig, None, [*TINY_RUN[:8], "stages=[{bits: 2, epochs: 1}]", f"train.init_from={start}",
-                                               f"run.dir={tmp_path / 'run'}", "run.quiet=true"])
+    overrides = [*TINY_RUN[:8], "stages=[{bits: 2, epochs: 1}]", f"train.init_from={start}",
+                 f"run.dir={tmp_path / 'run'}", "run.quiet=true"]
+    cfg = config.load(ExperimentConfig, None, overrides)
     stages = run_stages(cfg)
     inherited = tmp_path / "run" / "stages" / "0-2bit" / "inherited.pt"  # 4 -> 2 bits by inheritance
     assert files.load_supernet(str(inherited))[1]["inherited_from"] == {"file": str(start), "bits": 4}

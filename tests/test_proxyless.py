@@ -7,6 +7,10 @@ import random
 import numpy as np
 import pytest
 import torch
+from test_cost import check_against_hooks
+from test_e2e import FMNIST, _has_fmnist, _oqat
+from test_export import assert_parity, make_subnet
+from test_supernet import max_diff, prepared
 from torch import nn
 
 from oqat import export
@@ -14,10 +18,6 @@ from oqat.cost import cost
 from oqat.layers import QConv2d
 from oqat.space import MINI_PROXYLESS, PROXYLESS, Arch
 from oqat.supernet import Supernet
-from test_cost import check_against_hooks
-from test_e2e import FMNIST, _has_fmnist, _oqat
-from test_export import assert_parity, make_subnet
-from test_supernet import max_diff, prepared
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -112,6 +112,7 @@ def test_onnx_export_matches_pytorch(bits):
     assert_parity(export.parity(net, export.onnx_session(model), x))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _has_fmnist(), reason="Fashion-MNIST not installed (scripts/setup.sh installs it)")
 def test_oqat_run_on_fashion_mnist(tmp_path):
     config = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion-mnist.yaml")

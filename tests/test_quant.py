@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oqat.quant import LSQ, _backward_closed_form, check_bits, init_step, inherit_step, lsq, qrange
+from oqat.quant import LSQ, _backward_closed_form, check_bits, inherit_step, init_step, lsq, qrange
 
 
 def t(*values):
@@ -50,7 +50,8 @@ def test_a_quantizer_applies_only_the_activations_it_can():
         LSQ(signed=False, bits=4)(x, "relu6")
     with pytest.raises(ValueError, match="folds only into an unsigned"):
         LSQ(signed=True, bits=4)(x, "relu")
-    assert torch.equal(LSQ(signed=True)(x.clone(), "h_swish"), torch.nn.functional.hardswish(x))  # off: the activation alone
+    # off: the activation alone
+    assert torch.equal(LSQ(signed=True)(x.clone(), "h_swish"), torch.nn.functional.hardswish(x))
 
 
 def test_full_precision_is_identity_and_off_by_default():
@@ -308,6 +309,7 @@ def test_kernel_build_failure_warns_and_falls_back(monkeypatch, tmp_path):
 CAPABILITIES = ["DEFAULT", "AVX2", "AVX512"]  # torch's CPU capabilities, each implying the ones before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("capability", CAPABILITIES)
 def test_each_isa_build_of_the_kernel_equals_the_torch_ops(capability):
     """The kernel is compiled for the capability torch runs at (ATEN_CPU_CAPABILITY lowers it):
@@ -316,7 +318,8 @@ def test_each_isa_build_of_the_kernel_equals_the_torch_ops(capability):
     if top not in CAPABILITIES or CAPABILITIES.index(capability) > CAPABILITIES.index(top):
         pytest.skip(f"this CPU runs at most {top}")
     env = {**os.environ, "ATEN_CPU_CAPABILITY": capability.lower(), "OMP_NUM_THREADS": "1"}
-    probe = "import torch; from oqat import quant; print(torch.backends.cpu.get_cpu_capability(), quant.cpu_kernel() is not None)"
+    probe = ("import torch; from oqat import quant; "
+             "print(torch.backends.cpu.get_cpu_capability(), quant.cpu_kernel() is not None)")
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
     assert out.stdout.split() == [capability, "True"], out.stderr[-2000:]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",

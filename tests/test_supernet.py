@@ -4,8 +4,7 @@ import random
 import pytest
 import torch
 
-from oqat import layers
-from oqat import supernet as elastic
+from oqat import layers, supernet as elastic
 from oqat.files import load_subnet, load_supernet
 from oqat.layers import MBConv, QConv2d
 from oqat.quant import LSQ, set_bits_
