@@ -1,16 +1,22 @@
 """What makes an architecture quantization-friendly: the paper's analysis at our scale.
 
-Samples architectures (seeded), evaluates each with every supernet of a run (one per
-bit-width), and relates the accuracy lost from the highest to the lowest bit-width to
-depth, expand ratio, kernel size and resolution: Spearman rank correlations with
-bootstrap confidence intervals, the same inside cost bands (does a shallower net at
-higher resolution lose less, as the paper found?), and the pairs of similar cost and
-similar high-bit accuracy whose low-bit accuracies differ most.
+Samples architectures (seeded) from the part of the space the run's quantized supernets
+trained, evaluates each with every supernet that trained it, and relates the accuracy each
+lower bit-width loses against a reference to depth, expand ratio, kernel size and resolution
+(those the training varied): Spearman rank correlations with their p-values and bootstrap
+confidence intervals, the same inside cost bands, and the pairs of similar cost and similar
+reference accuracy whose low-bit accuracies differ most.
+
+The reference is the highest-precision supernet that trained the same subnets (the 4-bit
+supernet of a 4 -> 3 -> 2 run whose full-precision stage trained the largest alone); where
+no such supernet is above the lowest bit-width, it is the largest subnet of the
+highest-precision supernet, one accuracy for every architecture, and the report says so.
 """
 import dataclasses
 import json
 import os
 import random
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -19,10 +25,13 @@ from . import checkpoint, data, files
 from .cost import cost
 from .evaluate import evaluate, prepare_subnet
 from .experiment import AnalysisConfig
+from .quant import FULL_PRECISION
 from .space import Arch, SearchSpace
 from .supernet import Supernet
 
-TRAITS = ("depth", "mean_expand", "mean_kernel", "resolution")
+# Each trait and the Arch field whose choices move it: a trait is analysed only where its field was trained elastic.
+TRAITS = {"depth": "d", "mean_expand": "e", "mean_kernel": "ks", "resolution": "r"}
+MIN_ARCHS = 10  # fewer distinct architectures give rank correlations too coarse to read
 
 
 def traits(arch: Arch, space: SearchSpace) -> dict[str, float]:
@@ -37,43 +46,82 @@ def sample_archs(space, n: int, seed: int) -> list[Arch]:
     for _ in range(100 * n):
         if len(seen) == n:
             break
-        a = space.sample(rng)
-        seen.setdefault(a, None)
+        seen.setdefault(space.sample(rng), None)
     return list(seen)
 
 
-def measure(supernets: dict[int, Supernet], archs: list[Arch], data_cfg, splits, cfg: AnalysisConfig,
-            progress=None) -> list[dict]:
-    """One row per architecture: traits, MACs, and val top-1 and BitOPs at each bit-width."""
+@dataclass
+class Plan:
+    """What the analysis compares: the supernets evaluated on each sampled subnet, and its reference."""
+    space: SearchSpace  # the part of the space every compared supernet trained: samples come from it
+    traits: list[str]  # the traits that part varies
+    compared: list[int]  # bit-widths whose loss is measured, highest first
+    reference: int  # bit-width of the reference supernet
+    largest_only: bool  # the reference trained the largest subnet only: its accuracy is one number
+
+    def describe(self) -> str:
+        name = "full precision" if self.reference == FULL_PRECISION else f"{self.reference} bits"
+        if self.largest_only:
+            return (f"the largest subnet at {name}, one accuracy for every architecture: no higher-precision "
+                    "supernet trained these subnets, so a trait's correlation mixes quantization loss with capacity")
+        return f"each subnet at {name}, the highest precision that trained these subnets"
+
+
+def plan(nets: dict[int, Supernet]) -> Plan:
+    """The lowest bit-width's trained part, the quantized supernets that trained all of it, and the
+    highest-precision supernet that trained it too (else the highest-precision largest)."""
+    quantized = sorted((b for b in nets if b != FULL_PRECISION), reverse=True)
+    if not quantized:
+        raise ValueError("the run has no quantized supernet to analyse")
+    fields = set(nets[quantized[-1]].elastic)
+    covering = sorted((b for b, net in nets.items() if fields <= set(net.elastic)), reverse=True)
+    space = nets[quantized[-1]].trained_space
+    names = [t for t, f in TRAITS.items() if f in fields]
+    if len(covering) > 1:
+        return Plan(space, names, [b for b in covering[1:] if b != FULL_PRECISION], covering[0], False)
+    # run_supernets found two bit-widths at least, so a higher precision than the lowest is there.
+    return Plan(space, names, covering, max(nets), True)
+
+
+def measure(nets: dict[int, Supernet], p: Plan, archs: list[Arch], data_cfg, splits, cfg: AnalysisConfig,
+            progress=None) -> tuple[list[dict], float | None]:
+    """One row per architecture: traits, MACs, and val top-1 and BitOPs at each bit-width; and the
+    reference's one accuracy where it is the largest subnet's."""
     val = data.subset(splits.val, min(cfg.val_images, len(splits.val)), cfg.seed)
-    rows, space = [], next(iter(supernets.values())).space
+
+    def top1(net: Supernet, arch: Arch) -> float:
+        sub = prepare_subnet(net, arch, data_cfg, splits, cfg.calib_images, cfg.seed)
+        return evaluate(sub, data.eval_batches(val, data_cfg, arch.r))["top1"]
+
+    fixed = top1(nets[p.reference], nets[p.reference].space.largest()) if p.largest_only else None
+    evaluated = p.compared if p.largest_only else [p.reference, *p.compared]
+    rows = []
     for i, arch in enumerate(archs):
-        row = {"arch": arch.to_str(), **traits(arch, space), "macs": cost(arch, space, 32)["macs"],
-               "top1": {}, "bitops": {}}
-        for bits, net in supernets.items():
-            sub = prepare_subnet(net, arch, data_cfg, splits, cfg.calib_images, cfg.seed)
-            row["top1"][bits] = evaluate(sub, data.eval_batches(val, data_cfg, arch.r))["top1"]
-            row["bitops"][bits] = cost(arch, space, bits)["bitops"]
+        row = {"arch": arch.to_str(), **traits(arch, p.space), "macs": cost(arch, p.space, 32)["macs"],
+               "top1": {b: top1(nets[b], arch) for b in evaluated},
+               "bitops": {b: cost(arch, p.space, b)["bitops"] for b in evaluated}}
+        reference = fixed if p.largest_only else row["top1"][p.reference]
+        row["loss"] = {b: reference - row["top1"][b] for b in p.compared}
         rows.append(row)
         if progress:
             progress(i + 1, len(archs))
-    return rows
+    return rows, fixed
 
 
 def rank_corr(x, y, n_boot: int, seed: int) -> dict:
-    """Spearman's rho with a percentile bootstrap 95% interval."""
+    """Spearman's rho, its two-sided p-value, and a percentile bootstrap 95% interval."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return {"rho": None, "lo": None, "hi": None, "n": len(x)}
-    rho = spearmanr(x, y).statistic
+        return {"rho": None, "p": None, "lo": None, "hi": None, "n": len(x)}
+    r = spearmanr(x, y)
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):
         idx = rng.integers(0, len(x), len(x))
         if np.ptp(x[idx]) > 0 and np.ptp(y[idx]) > 0:
             boots.append(spearmanr(x[idx], y[idx]).statistic)
-    lo, hi = np.percentile(boots, [2.5, 97.5]) if boots else (None, None)
-    return {"rho": float(rho), "lo": float(lo), "hi": float(hi), "n": len(x)}
+    lo, hi = np.percentile(boots, [2.5, 97.5]) if boots else (np.nan, np.nan)
+    return {"rho": float(r.statistic), "p": float(r.pvalue), "lo": float(lo), "hi": float(hi), "n": len(x)}
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
@@ -87,33 +135,24 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def summarise(rows: list[dict], cfg: AnalysisConfig) -> dict:
-    bits = sorted({b for r in rows for b in r["top1"]}, reverse=True)
-    hi, lo = bits[0], bits[-1]
-    drop = [r["top1"][hi] - r["top1"][lo] for r in rows]
-    out = {"bits": bits, "drop_from": hi, "drop_to": lo,
-           "correlations": {t: rank_corr([r[t] for r in rows], drop, cfg.bootstrap, cfg.seed) for t in TRAITS}}
+def summarise(rows: list[dict], p: Plan, cfg: AnalysisConfig) -> dict:
+    lowest = p.compared[-1]
+    out = {"reference": p.reference, "largest_only": p.largest_only, "bits": p.compared, "traits": p.traits,
+           "mean_loss": {b: float(np.mean([r["loss"][b] for r in rows])) for b in p.compared},
+           "correlations": {b: {t: rank_corr([r[t] for r in rows], [r["loss"][b] for r in rows], cfg.bootstrap,
+                                             cfg.seed) for t in p.traits} for b in p.compared}}
     edges = np.quantile([r["macs"] for r in rows], np.linspace(0, 1, cfg.bands + 1))
     bands = []
     for b in range(cfg.bands):
         last = b == cfg.bands - 1
-        idx = [i for i, r in enumerate(rows) if edges[b] <= r["macs"] and (r["macs"] < edges[b + 1] or last)]
-        sub = [rows[i] for i in idx]
-        d = [drop[i] for i in idx]
-        depth_med = np.median([r["depth"] for r in sub])
-        res_med = np.median([r["resolution"] for r in sub])
-        shallow_hi = [drop[i] for i in idx if rows[i]["depth"] <= depth_med and rows[i]["resolution"] >= res_med]
-        deep_lo = [drop[i] for i in idx if rows[i]["depth"] > depth_med and rows[i]["resolution"] < res_med]
-        bands.append({"macs": [float(edges[b]), float(edges[b + 1])], "n": len(idx),
-                      "rho_depth": rank_corr([r["depth"] for r in sub], d, cfg.bootstrap, cfg.seed),
-                      "rho_resolution": rank_corr([r["resolution"] for r in sub], d, cfg.bootstrap, cfg.seed),
-                      "drop_shallow_high_res": float(np.mean(shallow_hi)) if shallow_hi else None,
-                      "drop_deep_low_res": float(np.mean(deep_lo)) if deep_lo else None,
-                      "n_shallow_high_res": len(shallow_hi), "n_deep_low_res": len(deep_lo)})
+        sub = [r for r in rows if edges[b] <= r["macs"] and (r["macs"] < edges[b + 1] or last)]
+        loss = [r["loss"][lowest] for r in sub]
+        bands.append({"macs": [float(edges[b]), float(edges[b + 1])], "n": len(sub),
+                      "rho": {t: rank_corr([r[t] for r in sub], loss, cfg.bootstrap, cfg.seed) for t in p.traits}})
     out["bands"] = bands
-    out["pairs"] = divergent_pairs(rows, hi, lo)
+    out["pairs"] = [] if p.largest_only else divergent_pairs(rows, p.reference, lowest)
     out["fronts"] = {b: [rows[i]["arch"] for i in pareto([(r["bitops"][b], r["top1"][b]) for r in rows])]
-                     for b in bits}
+                     for b in rows[0]["top1"]}
     return out
 
 
@@ -138,7 +177,7 @@ def plot(rows: list[dict], summary: dict, out_dir: str) -> list[str]:
     import matplotlib.pyplot as plt
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
-    for b in summary["bits"]:
+    for b in rows[0]["top1"]:
         pts = [(r["bitops"][b], r["top1"][b]) for r in rows]
         ax.scatter(*zip(*pts), s=10, alpha=0.5, label=f"{b}-bit")
         front = sorted(pts[i] for i in pareto(pts))
@@ -147,15 +186,13 @@ def plot(rows: list[dict], summary: dict, out_dir: str) -> list[str]:
     ax.set(xlabel="BitOPs", ylabel="val top-1 (%)", title="Sampled subnets and Pareto fronts")
     ax.legend()
     paths.append(_save(fig, out_dir, "analysis_accuracy_vs_bitops.png"))
-    hi, lo = summary["drop_from"], summary["drop_to"]
-    fig, axes = plt.subplots(1, len(TRAITS), figsize=(3.2 * len(TRAITS), 3), sharey=True)
-    drop = [r["top1"][hi] - r["top1"][lo] for r in rows]
-    for ax, t in zip(axes, TRAITS):
-        ax.scatter([r[t] for r in rows], drop, s=10, alpha=0.6)
-        c = summary["correlations"][t]
-        ax.set(xlabel=t, title=f"rho={c['rho']:.2f}" if c["rho"] is not None else "rho=n/a")
-    axes[0].set_ylabel(f"top-1 lost {hi}->{lo} bits")
-    paths.append(_save(fig, out_dir, "analysis_drop_vs_traits.png"))
+    names, lowest = summary["traits"], summary["bits"][-1]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), sharey=True, squeeze=False)
+    for ax, t in zip(axes[0], names):
+        ax.scatter([r[t] for r in rows], [r["loss"][lowest] for r in rows], s=10, alpha=0.6)
+        ax.set(xlabel=t, title=f"rho {_ci(summary['correlations'][lowest][t])}")
+    axes[0][0].set_ylabel(f"top-1 lost at {lowest} bits")
+    paths.append(_save(fig, out_dir, "analysis_loss_vs_traits.png"))
     return paths
 
 
@@ -168,8 +205,9 @@ def _save(fig, out_dir: str, name: str) -> str:
     return path
 
 
-def run_supernets(run_dir: str) -> dict[int, Supernet]:
-    """The last trained supernet of each bit-width in a run directory (later stages win)."""
+def run_supernets(run_dir: str) -> dict[int, tuple[Supernet, object]]:
+    """(supernet, its data config) of the last trained supernet of each bit-width in a run
+    directory (later stages win), full precision included."""
     stages = os.path.join(run_dir, "stages")
     if not os.path.isdir(stages):
         raise ValueError(f"'{run_dir}' is not an oqat run directory (no stages/ folder)")
@@ -186,18 +224,25 @@ def run_supernets(run_dir: str) -> dict[int, Supernet]:
 
 def analyze(run_dir: str, cfg: AnalysisConfig, out_dir: str | None = None, progress=None) -> dict:
     out_dir = out_dir or os.path.join(run_dir, "analysis")
-    nets, data_cfg = {}, None
-    for bits, (net, data_cfg) in sorted(run_supernets(run_dir).items(), reverse=True):
-        nets[bits] = net
+    found = run_supernets(run_dir)
+    nets = {b: net for b, (net, _) in found.items()}
+    p = plan(nets)
+    data_cfg = found[p.compared[-1]][1]
     if data_cfg is None:
         raise ValueError(f"the supernets of '{run_dir}' carry no data config")
+    archs = sample_archs(p.space, cfg.samples, cfg.seed)
+    if len(archs) < MIN_ARCHS:
+        raise ValueError(f"the part of the space the {p.compared[-1]}-bit supernet of '{run_dir}' trained holds "
+                         f"{len(archs)} distinct architecture(s); the analysis needs at least {MIN_ARCHS}")
     splits = data.load_splits(data_cfg)
     os.makedirs(out_dir, exist_ok=True)
-    # Sampled from what the supernets were trained on: an untrained resolution says nothing of quantization.
-    trained = next(iter(nets.values())).trained_space
-    rows = measure(nets, sample_archs(trained, cfg.samples, cfg.seed), data_cfg, splits, cfg, progress)
-    summary = summarise(rows, cfg)
-    summary["plots"] = [os.path.basename(p) for p in plot(rows, summary, out_dir)]
+    rows, fixed = measure(nets, p, archs, data_cfg, splits, cfg, progress)
+    summary = summarise(rows, p, cfg)
+    summary["reference_top1"] = fixed
+    summary["reference_text"] = p.describe()
+    summary["val_images"] = min(cfg.val_images, len(splits.val))
+    summary["calib_images"] = min(cfg.calib_images, len(splits.train))
+    summary["plots"] = [os.path.basename(path) for path in plot(rows, summary, out_dir)]
     result = {"config": dataclasses.asdict(cfg), "rows": rows, "summary": summary}
     checkpoint.atomic_write(os.path.join(out_dir, "analysis.json"),
                             lambda f: f.write(json.dumps(result, indent=1).encode()))
@@ -206,32 +251,35 @@ def analyze(run_dir: str, cfg: AnalysisConfig, out_dir: str | None = None, progr
 
 
 def _ci(c: dict) -> str:
-    return "n/a" if c["rho"] is None else f"{c['rho']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}]"
+    return "n/a" if c["rho"] is None else f"{c['rho']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}], p={c['p']:.2g}"
 
 
 def markdown(s: dict, rows: list[dict]) -> str:
-    hi, lo = s["drop_from"], s["drop_to"]
-    lines = [f"# Quantization-friendly architectures ({len(rows)} sampled subnets)", "",
-             f"Accuracy lost from {hi} to {lo} bits (val top-1 points) against each trait: Spearman's rho "
-             "with a bootstrap 95% interval (positive: more of the trait, more lost).", "",
-             "| trait | rho [95% CI] |", "|---|---|"]
-    lines += [f"| {t} | {_ci(s['correlations'][t])} |" for t in TRAITS]
-    lines += ["", "## At matched cost", "",
-              "Inside each MACs band: rank correlation of the loss with depth and resolution, and the mean "
-              "loss of shallow, high-resolution nets (depth <= band median, resolution >= median) against "
-              "deep, low-resolution ones. The paper found the former lose less at 2 bits.", "",
-              "| MACs band | n | rho depth | rho resolution | loss shallow+high-res (n) | loss deep+low-res (n) |",
-              "|---|---|---|---|---|---|"]
+    bits, lowest = s["bits"], s["bits"][-1]
+    lines = [f"# Quantization-friendly architectures ({len(rows)} distinct sampled subnets)", "",
+             f"Sampled from the part of the space the quantized supernets trained (varying: {', '.join(s['traits'])}). "
+             f"Loss: val top-1 points ({s['val_images']:,} held-out images, BN recalibrated on "
+             f"{s['calib_images']:,} training images) lost against {s['reference_text']}"
+             + (f" ({s['reference_top1']:.2f}%)" if s["reference_top1"] is not None else "") + ".", "",
+             "Per trait: Spearman's rho with the loss, bootstrap 95% interval and p-value (positive: more of the "
+             "trait, more lost).", "",
+             "| trait | " + " | ".join(f"{b}-bit (mean loss {s['mean_loss'][b]:.2f})" for b in bits) + " |",
+             "|---|" + "---|" * len(bits)]
+    lines += [f"| {t} | " + " | ".join(_ci(s["correlations"][b][t]) for b in bits) + " |" for t in s["traits"]]
+    lines += ["", f"## At matched cost ({lowest}-bit loss)", "",
+              "Inside each MACs band (quantiles of the samples), the rank correlation of each trait with the loss.", "",
+              "| MACs band | n | " + " | ".join(s["traits"]) + " |", "|---|---|" + "---|" * len(s["traits"])]
     for b in s["bands"]:
-        fmt = lambda v, n: "n/a" if v is None else f"{v:.2f} ({n})"
-        lines.append(f"| {b['macs'][0] / 1e6:.2f}-{b['macs'][1] / 1e6:.2f} M | {b['n']} | {_ci(b['rho_depth'])} | "
-                     f"{_ci(b['rho_resolution'])} | {fmt(b['drop_shallow_high_res'], b['n_shallow_high_res'])} | "
-                     f"{fmt(b['drop_deep_low_res'], b['n_deep_low_res'])} |")
-    lines += ["", f"## Similar cost and {hi}-bit accuracy, most different at {lo} bits", ""]
-    if not s["pairs"]:
-        lines.append("No pair within 10% MACs and 1 point of accuracy among the samples.")
-    for p in s["pairs"]:
-        lines.append(f"- {p['gap']:.2f} points apart at {lo} bits: `{p['a']}` ({p[f'top1_{hi}bit'][0]:.2f} -> "
-                     f"{p[f'top1_{lo}bit'][0]:.2f}) vs `{p['b']}` ({p[f'top1_{hi}bit'][1]:.2f} -> {p[f'top1_{lo}bit'][1]:.2f})")
+        lines.append(f"| {b['macs'][0] / 1e6:.2f}-{b['macs'][1] / 1e6:.2f} M | {b['n']} | "
+                     + " | ".join(_ci(b["rho"][t]) for t in s["traits"]) + " |")
+    if not s["largest_only"]:
+        hi = s["reference"]
+        lines += ["", f"## Similar cost and {hi}-bit accuracy, most different at {lowest} bits", ""]
+        if not s["pairs"]:
+            lines.append("No pair within 10% MACs and 1 point of accuracy among the samples.")
+        for p in s["pairs"]:
+            lines.append(f"- {p['gap']:.2f} points apart at {lowest} bits: `{p['a']}` ({p[f'top1_{hi}bit'][0]:.2f} -> "
+                         f"{p[f'top1_{lowest}bit'][0]:.2f}) vs `{p['b']}` ({p[f'top1_{hi}bit'][1]:.2f} -> "
+                         f"{p[f'top1_{lowest}bit'][1]:.2f})")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in s.get("plots", [])]
     return "\n".join(lines) + "\n"

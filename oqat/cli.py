@@ -128,7 +128,7 @@ def cmd_inherit(args):
 # --- analyze --------------------------------------------------------------------------
 def add_analyze(sub):
     p = sub.add_parser("analyze", help="which architectural traits make a subnet quantization-friendly")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run folder of `oqat run` (its stages/ hold the supernets)")
     add_settings(p, *(f"analysis.{name}" for name in
                       ("samples", "seed", "calib_images", "val_images", "bootstrap", "bands")))
     p.add_argument("--out", default=None, help="output folder (default RUN_DIR/analysis)")
@@ -143,8 +143,12 @@ def cmd_analyze(args):
     print(file=sys.stderr)
     out = args.out or os.path.join(args.run_dir, "analysis")
     s = result["summary"]
-    for t, c in s["correlations"].items():
-        print(f"  loss {s['drop_from']}->{s['drop_to']} bits vs {t:<12} rho={c['rho']}")
+    print(f"{len(result['rows'])} subnets, val top-1 on {s['val_images']:,} val images; loss against {s['reference_text']}")
+    for b in s["bits"]:
+        print(f"  {b}-bit: mean loss {s['mean_loss'][b]:.2f} points")
+        for t, c in s["correlations"][b].items():
+            print(f"    vs {t:<12} " + ("rho n/a (constant)" if c["rho"] is None else
+                                       f"rho {c['rho']:+.2f} [95% CI {c['lo']:+.2f}, {c['hi']:+.2f}], p={c['p']:.2g}"))
     print(f"wrote {out}/analysis.md, analysis.json and plots")
 
 
@@ -159,8 +163,10 @@ def add_train(sub):
 
 def cmd_train(args):
     cfg = _load_experiment(args, ["run.quiet=true"] if args.quiet else [])  # before the heavy imports: fast errors
+    from .faults import run_dir_lock
     from .train import train
-    final = train(cfg)
+    with run_dir_lock(cfg.run.dir):
+        final = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {os.path.join(cfg.run.dir, 'supernet.pt')}  " + json.dumps(
             {k: round(v, 4) if isinstance(v, float) else v for k, v in final.items()}))
@@ -379,8 +385,10 @@ def add_run(sub):
 
 def cmd_run(args):
     cfg = _load_experiment(args, ["run.quiet=true"] if args.quiet else [])  # before the heavy imports: fast errors
+    from .faults import run_dir_lock
     from .pipeline import run_pipeline
-    run_pipeline(cfg)
+    with run_dir_lock(cfg.run.dir):
+        run_pipeline(cfg)
 
 
 PARSERS = [add_run, add_cost, add_convert_oqa, add_inherit, add_analyze, add_train, add_config, add_export, add_latency, add_eval, add_search, add_sample]
@@ -395,15 +403,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .faults import Stopped, stop_on_signals
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args) or 0
-    except (ValueError, OSError, KeyboardInterrupt) as err:
+        with stop_on_signals():
+            return args.func(args) or 0
+    except (ValueError, OSError, Stopped) as err:
         if os.environ.get("OQAT_DEBUG"):
             raise
-        if isinstance(err, KeyboardInterrupt):
-            print("oqat: interrupted", file=sys.stderr)
-            return 130
+        if isinstance(err, Stopped):  # files are written whole: a rerun resumes from what is there
+            again = "; run it again to resume" if args.command in ("run", "train") else ""
+            print(f"oqat {args.command}: stopped by {err.name}{again}", file=sys.stderr)
+            return 128 + err.signum
         print(f"oqat {args.command}: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
               file=sys.stderr)
         return 2

@@ -177,7 +177,7 @@ class AnalysisConfig:
     bands: int = 3  # cost bands (quantiles of MACs) for the matched-cost comparison
 
     def __post_init__(self):
-        _at_least(self, 4, "samples")  # fewer gives no rank correlation
+        _at_least(self, 10, "samples")  # fewer gives rank correlations too coarse to read (analysis.MIN_ARCHS)
         _at_least(self, 1, "calib_images", "val_images", "bootstrap", "bands")
 
 
