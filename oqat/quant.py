@@ -33,13 +33,18 @@ def check_bits(bits: int) -> int:
 
 class _LSQFunction(torch.autograd.Function):
     """LSQ as its closed form in torch ops, for what the CPU kernel does not take
-    (accelerators, dtypes other than float32, 1-bit sign): no host sync, in any layout."""
+    (accelerators, dtypes other than float32, 1-bit sign): no host sync, in any layout.
+
+    It computes in v's dtype, the step cast to it once: under bf16 autocast an fp32 step
+    would promote v / |s| to fp32, and the conv after it would cast v_hat back to bf16, a
+    round trip through memory per quantized activation. The step gradient is still summed
+    in float64 and handed back in the step's dtype."""
 
     @staticmethod
     def forward(ctx, v, step, qn, qp, grad_scale, use_sign):
         ctx.save_for_backward(v, step)
         ctx.consts = qn, qp, grad_scale, use_sign
-        a = step.abs()
+        a = step.abs().to(v.dtype)
         q = (v / a).clamp_(qn, qp)
         return (q.sign_() if use_sign else q.round_()).mul_(a)
 
@@ -47,22 +52,21 @@ class _LSQFunction(torch.autograd.Function):
     def backward(ctx, grad):
         v, step = ctx.saved_tensors
         qn, qp, grad_scale, use_sign = ctx.consts
-        if v.dtype != grad.dtype:  # under autocast v may be bf16 while v_hat (and its gradient) are float32
-            v = v.to(grad.dtype)
-        grad_v, grad_a = _backward_closed_form(grad, v, step.abs(), qn, qp, use_sign)
+        grad_v, grad_a = _backward_closed_form(grad, v, step.abs().to(v.dtype), qn, qp, use_sign)
         return grad_v, (grad_a * grad_scale * step.sign()).reshape(1).to(step.dtype), None, None, None, None
 
 
 def _backward_closed_form(grad, v, a, qn, qp, use_sign):
     """(dL/dv, dL/d|s|) as written: the straight-through mask strictly inside the range (the
     authors' hardtanh), and d v_hat / d|s| = q - v/|s| inside, q = Qn or Qp outside, summed in
-    float64 (no cancellation; matches the closed form to 1e-6). Tensor bounds: no host sync."""
+    float64 (no cancellation; matches the closed form to 1e-6) and returned so, not rounded
+    to a bf16 v's precision. Tensor bounds: no host sync."""
     x = v / a
     inside = (x > qn) & (x < qp)
     q = x.clamp(qn, qp)
     q = q.sign_() if use_sign else q.round_()
     grad_a = torch.where(inside, grad * (q - x), grad * q).sum(dtype=torch.float64)
-    return torch.where(inside, grad, 0.0), grad_a.to(grad.dtype)
+    return torch.where(inside, grad, 0.0), grad_a
 
 
 _KERNEL_SOURCE = os.path.join(os.path.dirname(__file__), "lsq_cpu.cpp")
