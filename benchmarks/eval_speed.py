@@ -21,7 +21,7 @@ import torch
 
 from oqat import data
 from oqat.data import DataConfig
-from oqat.evaluate import calibrated_subnet, evaluate, inputs
+from oqat.evaluate import evaluate, inputs
 from oqat.space import MINI
 from oqat.supernet import Supernet
 
@@ -54,7 +54,7 @@ def main():
           f"load average before: {os.getloadavg()[0]:.2f}")
     ratios = []
     for name, arch in archs.items():
-        net = calibrated_subnet(supernet, arch, calib)
+        net = supernet.extract(arch, calib)
         times = {"plain": [], "eval": []}
         for i in range(args.repeats + 1):  # the first round warms up
             for kind in (("plain", "eval") if i % 2 == 0 else ("eval", "plain")):
@@ -62,7 +62,7 @@ def main():
                 if kind == "plain":
                     plain_pass(net, calib + val, arch.r)
                 else:
-                    evaluate(calibrated_subnet(supernet, arch, calib), val)
+                    evaluate(supernet.extract(arch, calib), val)
                 if i:
                     times[kind].append(time.process_time() - start)
         plain, full = statistics.median(times["plain"]), statistics.median(times["eval"])

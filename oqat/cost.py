@@ -8,7 +8,7 @@ from functools import lru_cache
 
 from .layers import Cost, MBConv
 from .quant import FULL_PRECISION, check_bits
-from .space import Arch, SearchSpace, get_space, mid_channels
+from .space import Arch, SearchSpace, as_arch, get_space, mid_channels
 from .subnet import head_cost, stem_cost
 
 METRICS = ("macs", "params", "bitops", "flops_q", "size_bits")
@@ -35,9 +35,11 @@ def _head_cost(space: SearchSpace, h: int) -> Cost:
     return head_cost(space, h)
 
 
-def layer_cost(arch: Arch, space: SearchSpace | str | None = None) -> Cost:
-    """MACs and parameters of `arch` (checked by its space), split into quantized and
+def layer_cost(arch: Arch | str | dict, space: SearchSpace | str | None = None) -> Cost:
+    """MACs and parameters of `arch` (any form `space.as_arch` reads), split into quantized and
     full-precision parts. `space`: the arch's space (default: the built-in one it names)."""
+    if not isinstance(arch, Arch):  # an Arch is taken as checked: this is the hot path of search
+        arch = as_arch(arch, space and get_space(space))
     space = get_space(space or arch.space)
     total, h = _stem_cost(space, arch.r)
     mq, mf, pq, pf = total.macs_q, total.macs_fp, total.params_q, total.params_fp
@@ -58,6 +60,7 @@ def metrics(c: Cost, bits: int | tuple[int, int]) -> dict[str, float]:
             "flops_q": bitops / 64 + c.macs_fp, "size_bits": c.params_q * bw + c.params_fp * FULL_PRECISION}
 
 
-def cost(arch: Arch, space: SearchSpace | str | None = None, bits: int | tuple[int, int] = 4) -> dict[str, float]:
+def cost(arch: Arch | str | dict, space: SearchSpace | str | None = None,
+         bits: int | tuple[int, int] = 4) -> dict[str, float]:
     """{macs, params, bitops, flops_q, size_bits} of `arch` at `bits` (weights, activations)."""
     return metrics(layer_cost(arch, space), bits)

@@ -71,7 +71,7 @@ def load_for_latency(source: str, arch: str | None) -> tuple[Subnet, str | None]
     if isinstance(net, Supernet):
         if arch is None:
             raise ValueError(f"'{source}' is a supernet: give --arch to choose the subnet")
-        return net.extract(arch).eval(), None
+        return net.extract(arch, keep_bn=True).eval(), None
     if arch is not None and arch != net.arch:
         raise ValueError(f"--arch {arch} differs from the subnet in '{source}' ({net.arch})")
     return net, onnx_path if os.path.isfile(onnx_path) else None

@@ -31,7 +31,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from . import checkpoint, data
 from .cost import METRICS, cost
 from .data import DataConfig, Splits
-from .evaluate import calibrated_subnet, evaluate
+from .evaluate import evaluate
 from .experiment import LATENCY, Budget, BudgetError
 from .predictor import Predictor
 from .space import Arch, SearchSpace
@@ -95,11 +95,11 @@ class Scorer:
     def __call__(self, arch: Arch) -> float:
         if arch not in self.scores:
             calib, val = self.batches(arch.r)
-            self.scores[arch] = evaluate(calibrated_subnet(self.supernet, arch, calib), val)["top1"]
+            self.scores[arch] = evaluate(self.supernet.extract(arch, calib), val)["top1"]
         return self.scores[arch]
 
     def subnet(self, arch: Arch):
-        return calibrated_subnet(self.supernet, arch, self.batches(arch.r)[0])
+        return self.supernet.extract(arch, self.batches(arch.r)[0])
 
     def test_top1(self, arch: Arch) -> float:
         return evaluate(self.subnet(arch), data.eval_batches(self.splits.test, self.data_cfg, arch.r))["top1"]

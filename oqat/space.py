@@ -30,7 +30,7 @@ from .checkpoint import read_json
 ArchField = Literal["ks", "e", "d", "r"]  # the fields of an `Arch` a training stage can hold fixed or vary
 ARCH_FIELDS: tuple[str, ...] = get_args(ArchField)
 # field -> its space's choices
-_CHOICES = dict(zip(ARCH_FIELDS, ("kernel_sizes", "expand_ratios", "depths", "resolutions")))
+FIELD_CHOICES = dict(zip(ARCH_FIELDS, ("kernel_sizes", "expand_ratios", "depths", "resolutions")))
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -187,11 +187,13 @@ class SearchSpace:
         return [h for h in self.head if not h.pooled] + [None] + [h for h in self.head if h.pooled]
 
     # --- architectures ------------------------------------------------------------------
-    def check(self, arch: "Arch") -> "Arch":
+    def check(self, arch: "Arch | str | dict") -> "Arch":
         """`arch` validated against this space (one-line ValueError naming the field), with the
         kernel and expand entries of blocks beyond a stage's depth set to the smallest choice,
         so that equal networks compare equal. The one place an architecture is validated: an
         arch this space object returned is returned as it is, so each entry point checks once."""
+        if not isinstance(arch, Arch):
+            return as_arch(arch, self)
         if arch.checked_in is self:
             return arch
         if arch.space != self.name:
@@ -229,7 +231,7 @@ class SearchSpace:
         """This space with each Arch field not in `fields` held at the largest's choice: the
         part a sandwich that varies only `fields` trains, and so the part worth searching."""
         return dataclasses.replace(self, **{attr: (max(getattr(self, attr)),)
-                                            for name, attr in _CHOICES.items() if name not in fields})
+                                            for name, attr in FIELD_CHOICES.items() if name not in fields})
 
     def with_data(self, in_channels: int, num_classes: int) -> "SearchSpace":
         return dataclasses.replace(self, in_channels=in_channels, num_classes=num_classes)
@@ -446,6 +448,20 @@ class Arch:
             except ValueError as err:
                 raise ValueError(f"architecture file '{text}': {err}") from None
         return cls.from_str(text, space)
+
+
+def as_arch(arch: "Arch | str | dict", space: SearchSpace | None = None) -> Arch:
+    """An architecture given in any of its forms (an `Arch`, its compact string, a JSON string
+    or file, its dict), checked by `space` (default: the built-in space it names): what every
+    function taking an architecture accepts."""
+    if isinstance(arch, Arch):
+        return (space or get_space(arch.space)).check(arch)
+    if isinstance(arch, str):
+        return Arch.parse(arch, space)
+    if isinstance(arch, dict):
+        return Arch.from_dict(arch, space)
+    raise TypeError(f"an architecture is an Arch, its compact string, a JSON string or file, or its dict; "
+                    f"got {type(arch).__name__}")
 
 
 def _space_for(name: str, space: SearchSpace | None) -> SearchSpace:

@@ -65,15 +65,13 @@ def make_block(block: Block, k: int, e: int, space: SearchSpace) -> MBConv:
 
 class Subnet(nn.Module):
     def __init__(self, space: SearchSpace | str, arch: Arch, bits: int = FULL_PRECISION):
-        """`arch`: an architecture checked by `space` (`space.check`)."""
+        """`arch`: any form `space.check` reads."""
         super().__init__()
         space = get_space(space)
-        if not isinstance(arch, Arch):
-            raise TypeError(f"arch must be an Arch (see Arch.parse), got {type(arch).__name__}")
-        self.space, self.arch = space, arch
+        self.space, self.arch = space, space.check(arch)
         self.stem = make_stem(space)
         self.blocks = nn.Sequential(*[make_block(space.blocks[i], k, e, space)
-                                      for i, k, e in space.active_blocks(arch)])
+                                      for i, k, e in space.active_blocks(self.arch)])
         add_head(self, space)
         set_bits_(self, bits)
 

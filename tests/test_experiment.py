@@ -33,7 +33,7 @@ MINI_ARCH = "mini:r28:k3e2-k5e3.k7e4-k3e2-k3e2"
     ("stages=[{bits: 4, lr: 0}]", "lr must be > 0"),
     ("stages=[{bits: 9}]", "bits must be an integer in 1..8"),
     ("export.test_images=-1", "test_images must be >= 0"),
-    ("analysis.samples=3", "samples must be >= 4"),
+    ("analysis.samples=3", "samples must be >= 10"),
     ("train.arch=mbv3:r128:k3e3", "train.arch"),
     ("stages=[{bits: 32}, {bits: 2, teacher: 1}]", "stages[1].teacher=1: a teacher is an earlier stage, one of 0..0"),
     ("train.distill=false", "stages[3].teacher is set but train.distill is false"),
@@ -94,8 +94,9 @@ def test_the_api_takes_a_space_by_name():
         oqat.Supernet(3, 4)
     with pytest.raises(ValueError, match="unknown search space 'nope'"):
         oqat.Supernet("nope")
-    with pytest.raises(TypeError, match="arch must be an Arch"):
-        oqat.Subnet("mini", MINI_ARCH)
+    assert oqat.Subnet("mini", MINI_ARCH).arch == oqat.Arch.parse(MINI_ARCH)
+    with pytest.raises(TypeError, match="an architecture is an Arch, its compact string"):
+        oqat.Subnet("mini", 3)
     with pytest.raises(ValueError, match="bits"):
         oqat.Supernet("mini", bits="4")
 
@@ -115,7 +116,7 @@ def test_each_subcommand_option_is_a_config_field_with_its_default(capsys):
     args = parser.parse_args(["search", "s.pt", "--population", "1"])
     with pytest.raises(config.ConfigError, match="population must be >= 2"):
         settings(args)
-    assert settings(parser.parse_args(["analyze", "run", "--samples", "9"])).analysis == AnalysisConfig(samples=9)
+    assert settings(parser.parse_args(["analyze", "run", "--samples", "12"])).analysis == AnalysisConfig(samples=12)
     assert settings(parser.parse_args(["export", "s.pt", "--out", "o", "--test-images", "5"])).export == \
         ExportSettings(test_images=5)
     assert main(["config", "show"]) == 0

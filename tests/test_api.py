@@ -1,0 +1,72 @@
+"""The Python API is right by default: extraction recalibrates BN or says it did not, and
+every function taking an architecture takes each of its forms."""
+import warnings
+
+import pytest
+import torch
+
+import oqat
+from oqat.data import DataConfig, calib_batches, load_splits
+from oqat.evaluate import prepare_subnet, recalibrate_bn
+from oqat.space import MINI
+from oqat.supernet import Supernet, UncalibratedWarning
+
+ARCH = "mini:r24:k3e2-k5e3.k7e4-k3e2-k3e2"
+DATA = DataConfig(name="synthetic", val_size=64, synthetic_train=128)
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    net = Supernet(MINI, 2)
+    for q in net.quantizers():
+        q.step.data.fill_(0.1)
+    return net.eval()
+
+
+def bn_means(sub) -> torch.Tensor:
+    return torch.cat([m.running_mean for m in sub.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+
+
+def test_extract_with_calib_recalibrates_and_without_says_it_did_not(net):
+    calib = calib_batches(load_splits(DATA).train, DATA, 64, seed=0)
+    sub = net.extract(ARCH, calib=calib)
+    assert not sub.training
+    by_hand = net.extract(ARCH, keep_bn=True).to(memory_format=torch.channels_last)  # the layout extract takes
+    recalibrate_bn(by_hand, calib)
+    torch.testing.assert_close(bn_means(sub), bn_means(by_hand))
+    with pytest.warns(UncalibratedWarning, match="not recalibrated"):
+        raw = net.extract(ARCH)
+    assert not torch.allclose(bn_means(raw), bn_means(sub))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.extract(ARCH, keep_bn=True)
+        net.train()
+        net.extract(ARCH)  # training mode: BN normalises with each batch's statistics
+        net.eval()
+
+
+def test_every_function_taking_an_architecture_takes_every_form(net, tmp_path):
+    arch = oqat.Arch.parse(ARCH)
+    (tmp_path / "a.json").write_text(arch.to_json())
+    forms = [ARCH, arch.to_json(), str(tmp_path / "a.json"), arch.to_dict()]
+    for form in forms:
+        assert oqat.cost(form, "mini", 2) == oqat.cost(arch, "mini", 2)
+        assert oqat.cost(form, bits=2) == oqat.cost(arch, bits=2)
+        assert net.extract(form, keep_bn=True).arch == arch
+        assert oqat.Subnet("mini", form).arch == arch
+        assert MINI.check(form) == arch
+    assert prepare_subnet(net, ARCH, DATA, load_splits(DATA), 32).arch == arch
+    with pytest.raises(ValueError, match="'r' is 30"):
+        oqat.cost("mini:r30:k3e2-k3e2-k3e2-k3e2", "mini")
+
+
+def test_untrained_names_the_choices_training_never_ran(net):
+    trained = Supernet(MINI, 2)
+    trained.elastic = ("ks", "e", "d")
+    assert trained.untrained(ARCH) == ["r 24 (trained: 28)"]
+    assert trained.untrained(ARCH.replace("r24", "r28")) == []
+    trained.elastic = ("d", "r")
+    # Blocks beyond a stage's depth hold the smallest kernel once normalised: only blocks that run count.
+    assert trained.untrained("mini:r20:k7e4-k7e4-k7e4-k7e4") == []
+    assert trained.untrained(ARCH) == ["ks 3, 5 (trained: 7)", "e 2, 3 (trained: 4)"]
