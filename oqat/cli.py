@@ -10,10 +10,13 @@ traceback instead.
 """
 import argparse
 import functools
+import glob
 import json
 import os
 import sys
 
+
+MIN_HELD_OUT = 10  # held-out pairs below which a predictor's Kendall tau and RMSE are noise
 
 
 def _bits(text: str) -> int:
@@ -52,12 +55,18 @@ def add_settings(p, *keys: str) -> None:
     p.set_defaults(settings=(*(p.get_default("settings") or ()), *keys))
 
 
-def settings(args):
-    """The experiment config's defaults with the options of `add_settings` applied (and checked)."""
+def settings(args, base=None):
+    """`base` (an experiment config; default: the defaults) with the options of `add_settings`
+    applied (and checked)."""
     from .config import apply_overrides
     given = [(k, getattr(args, k)) for k in args.settings if getattr(args, k) is not None]
-    return apply_overrides(_defaults(), [f"{k}={json.dumps(v) if isinstance(v, (list, bool)) else v}"
+    return apply_overrides(base or _defaults(), [f"{k}={json.dumps(v) if isinstance(v, (list, bool)) else v}"
                                          for k, v in given])
+
+
+def _write_json(path: str, obj) -> None:
+    from .checkpoint import atomic_write
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
 
 
 def print_table(rows: dict, title: str | None = None) -> None:
@@ -75,7 +84,7 @@ def add_cost(sub):
     p = sub.add_parser("cost", help="MACs, params, BitOPs, FLOPs_q and size of an architecture")
     p.add_argument("--space", default=None, help="search space (default: the architecture's)")
     p.add_argument("--arch", required=True, help="JSON file, JSON string or compact string")
-    p.add_argument("--bits", type=_bits, default=4, help="weight and activation bits (32 = full precision)")
+    p.add_argument("--bits", type=_bits, default=4, help="weight and activation bits (32 = full precision; default 4)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_cost)
 
@@ -89,7 +98,7 @@ def cmd_cost(args):
     if args.json:
         print(json.dumps(result))
     else:
-        print_table(result, f"{arch}  ({args.bits}-bit)")
+        print_table(_readable(result), f"{arch}  ({args.bits}-bit)")
 
 
 # --- convert-oqa ----------------------------------------------------------------------
@@ -97,7 +106,7 @@ def add_convert_oqa(sub):
     p = sub.add_parser("convert-oqa", help="convert one of the authors' checkpoints to oqat's format")
     p.add_argument("checkpoint")
     p.add_argument("--bits", type=_bits, required=True, help="the checkpoint's bit-width (b4, b3, b2 in its name)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the oqat supernet file to write")
     p.set_defaults(func=cmd_convert_oqa)
 
 
@@ -113,7 +122,7 @@ def add_inherit(sub):
     p = sub.add_parser("inherit", help="bit inheritance: a b-bit supernet to B < b bits (steps x 2^(b-B))")
     p.add_argument("checkpoint", help="a supernet file (supernet.pt of a run)")
     p.add_argument("--bits", type=_bits, required=True, help="target bits, lower than the source's")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the inherited supernet file to write")
     p.add_argument("--reinit-steps", action="store_true",
                    help="ablation: mark the steps for LSQ re-initialisation from data instead of doubling")
     p.set_defaults(func=cmd_inherit)
@@ -174,49 +183,74 @@ def cmd_train(args):
 
 # --- export ---------------------------------------------------------------------------
 def add_export(sub):
-    p = sub.add_parser("export", help="ONNX (explicit low-bit QDQ), packed weights, arch.json and a model card")
+    p = sub.add_parser("export", help="integer ONNX graph, QONNX, packed weights, arch.json, facts.json and a model card with speed")
     p.add_argument("checkpoint", help="a supernet file (with --arch) or a subnet file")
     p.add_argument("--arch", default=None, help="JSON file, JSON string or compact string (needed for a supernet)")
     p.add_argument("--out", required=True, help="output folder")
-    add_settings(p, "search.calib_images", "search.seed", "export.test_images")
-    p.add_argument("--data-config", default=None,
-                   help="experiment YAML whose data section to use (default: the checkpoint's own)")
+    add_settings(p, "search.calib_images", "search.seed", "export.test_images", "export.speed_rounds")
+    _add_data_options(p)
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args):
-    from .config import load
-    from .experiment import ExperimentConfig
+    from .config import apply_overrides
+    from .data import DataConfig
     from .export import export_checkpoint
-    data_cfg = load(ExperimentConfig, args.data_config).data if args.data_config is not None else None
-    cfg = settings(args)
-    facts = export_checkpoint(args.checkpoint, args.arch, args.out, cfg.search.calib_images,
-                              cfg.export.test_images, data_cfg, cfg.search.seed)
-    sizes, test = facts["sizes"], facts.get("test")
-    print(f"wrote {args.out}: {facts['arch']} at {facts['bits']} bits; packed {sizes['packed']:,} bytes "
-          f"(fp32 state dict {sizes['fp32_state_dict']:,}), onnx {sizes['onnx']:,}" +
-          (f"; test top-1 {test['torch_top1']:.2f}% (onnxruntime {test['onnx_top1']:.2f}%, "
-           f"agreement {test['top1_agreement']:.2f}%)" if test else ""))
+    from .files import load_model
+    from .space import Arch
+    from .supernet import Supernet
+    path = _model_file(args.checkpoint)
+    net, ckpt = load_model(path)
+    cfg = _run_settings(args, ckpt)
+    overrides = _data_overrides(args)
+    if isinstance(net, Supernet) and args.arch is not None:
+        if ckpt["data"] is None and not overrides:
+            raise ValueError(f"'{path}' holds no data config, needed to recalibrate BN: give --dataset "
+                             "(and --data-root, --data KEY=VALUE)")
+        _warn_untrained(net, Arch.parse(args.arch, net.space))
+    data_cfg = apply_overrides(ckpt["data"] or DataConfig(), overrides) if ckpt["data"] or overrides else None
+    facts = export_checkpoint(path, args.arch, args.out, cfg.search.calib_images, cfg.export.test_images,
+                              data_cfg, cfg.search.seed, source=path, speed_rounds=cfg.export.speed_rounds)
+    _write_json(os.path.join(args.out, "facts.json"), {**facts, "dir": args.out})
+    print(f"wrote {args.out}: " + export_summary(facts))
+
+
+def export_summary(facts: dict) -> str:
+    """One line of an export's facts: sizes, test top-1 per runtime, speed against fp32."""
+    from .export import speedup
+    s, test, speed = facts["sizes"], facts.get("test"), facts.get("speed")
+    line = (f"{facts['arch']} at {facts['bits']} bits; onnx {s['onnx'] / 1024:,.1f} KiB, packed {s['packed'] / 1024:,.1f} "
+            f"KiB (fp32 {s['fp32'] / 1024:,.1f} KiB)")
+    if test:
+        line += f"; test top-1 on {test['n']:,} test images: PyTorch {test['torch_top1']:.2f}%" + "".join(
+            f", {r} {v['top1']:.2f}% (agreement {v['top1_agreement']:.2f}%)" for r, v in test["runtimes"].items())
+    if speed:
+        line += "; fastest fp32 / export " + ", ".join(
+            f"{speedup(ms):.2f}x at batch {b}" for b, ms in speed["batches"].items())
+    return line
 
 
 # --- latency --------------------------------------------------------------------------
 def add_latency(sub):
-    p = sub.add_parser("latency", help="median latency in onnxruntime (CPU) and PyTorch on this machine")
+    p = sub.add_parser("latency", help="median latency of the deployed graph and its fp32 self in each runtime, "
+                                       "and of PyTorch, on this machine")
     p.add_argument("source", help="an exported folder, a subnet file, or a supernet file with --arch")
     p.add_argument("--arch", default=None, help="JSON file, JSON string or compact string")
     p.add_argument("--batch", type=int, action="append", default=None,
                    help="batch size, repeatable; batch 1 is always measured")
-    p.add_argument("--runs", type=int, default=50, help="timed runs; the median is reported")
-    p.add_argument("--warmup", type=int, default=10, help="untimed runs first")
-    p.add_argument("--threads", type=int, default=1, help="threads for both engines")
+    p.add_argument("--runs", type=int, default=50, help="timed runs; the median is reported (default 50)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
+    p.add_argument("--threads", type=int, default=1, help="threads for every engine (default 1)")
     p.add_argument("--table", default=None,
-                   help="JSON latency table {arch: ms} (one per device) to add the onnxruntime batch-1 ms to")
+                   help="JSON latency table to add the deployed graph's batch-1 ms to (created if missing); it records "
+                        "bits, device and threads, and refuses a measurement of other ones")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_latency)
 
 
 def cmd_latency(args):
-    from .latency import device_name, load_for_latency, measure, update_table
+    from .latency import deployed_engine, load_for_latency, measure, update_table
+    from .machine import cpu_model
     batches = sorted({1, *(args.batch or [])})
     if batches[0] < 1 or args.threads < 1:
         raise ValueError(f"--batch and --threads must be >= 1, got batches {batches}, threads {args.threads}")
@@ -224,41 +258,85 @@ def cmd_latency(args):
     result = measure(net, batches, args.runs, args.warmup, args.threads, onnx_path)
     arch = net.arch.to_str()
     if args.table:
-        update_table(args.table, arch, result["onnxruntime"][1], net.space)
+        update_table(args.table, arch, result[deployed_engine()][1], net.bits, args.threads, net.space)
     if args.json:
-        print(json.dumps({"arch": arch, "bits": net.bits, "device": device_name(), "threads": args.threads,
+        print(json.dumps({"arch": arch, "bits": net.bits, "device": cpu_model(), "threads": args.threads,
                           "ms": result}))
     else:
         rows = {f"{engine} batch {b} (ms)": ms for engine, by_batch in result.items() for b, ms in by_batch.items()}
-        print_table(rows, f"{arch} ({net.bits}-bit) on {device_name()}, {args.threads} thread(s)")
+        print_table(rows, f"{arch} ({net.bits}-bit) on {cpu_model()}, {args.threads} thread(s)")
     if args.table:
         print(f"updated {args.table}", file=sys.stderr)
 
 
 # --- eval / search / sample -------------------------------------------------------------
-def _add_supernet_options(p):
-    p.add_argument("checkpoint", help="a supernet file (supernet.pt of a run)")
-    add_settings(p, "search.calib_images", "search.seed")
-    p.add_argument("--dataset", default=None, help="data.name (default: the checkpoint run's data)")
-    p.add_argument("--data-root", default=None, help="data.root (default: the checkpoint run's data)")
+def _add_data_options(p):
+    p.add_argument("--dataset", default=None, help="data.name (default: the file's run's data)")
+    p.add_argument("--data-root", default=None, help="data.root (default: the file's run's data)")
     p.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
                    help="DataConfig override, repeatable, e.g. --data val_size=5000")
+
+
+def _data_overrides(args) -> list[str]:
+    return [*([f"name={args.dataset}"] if args.dataset else []),
+            *([f"root={args.data_root}"] if args.data_root else []), *args.data]
+
+
+def _add_supernet_options(p, what: str = "a supernet file (supernet.pt of a run)"):
+    p.add_argument("checkpoint", help=what + "; settings not given default to its run's config")
+    add_settings(p, "search.calib_images", "search.seed")
+    _add_data_options(p)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
-def _open_supernet(args):
+def _model_file(path: str) -> str:
+    """`path`, unless it is a folder: then which files to pass instead."""
+    if not os.path.isdir(path):
+        return path
+    found = sorted(glob.glob(os.path.join(path, "stages", "*", "supernet.pt")))
+    if found:
+        raise ValueError(f"'{path}' is a run folder; pass one of its supernet files: {', '.join(found)}")
+    raise ValueError(f"'{path}' is a folder; pass a supernet or subnet file (a run's stages/*/supernet.pt)")
+
+
+def _run_settings(args, ckpt: dict):
+    """The options given over the config of the run that wrote the file (its calibration images,
+    seed, search settings), so that a run's numbers come out again; else over the defaults."""
+    from .config import from_dict
+    from .experiment import ExperimentConfig
+    try:
+        run = from_dict(ExperimentConfig, ckpt["config"], "config") if isinstance(ckpt.get("config"), dict) else None
+    except ValueError as err:
+        print(f"note: the run config in '{args.checkpoint}' does not load ({err}); using the defaults",
+              file=sys.stderr)
+        run = None
+    return settings(args, run)
+
+
+def _open(args, *formats):
+    """(network, settings, data config, splits) of the file args.checkpoint."""
     import torch
-    from .files import open_supernet
-    overrides = [*([f"name={args.dataset}"] if args.dataset else []),
-                 *([f"root={args.data_root}"] if args.data_root else []), *args.data]
+    from .files import open_model
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return open_supernet(args.checkpoint, overrides, device)
+    net, ckpt, data_cfg, splits = open_model(_model_file(args.checkpoint), _data_overrides(args), device, *formats)
+    return net, _run_settings(args, ckpt), data_cfg, splits
+
+
+def _warn_untrained(net, arch) -> None:
+    for choice in net.untrained(arch):
+        print(f"warning: the architecture runs {choice}, which this supernet never trained: "
+              "its accuracy says little of the supernet", file=sys.stderr)
+
+
+def _readable(costs: dict) -> dict:
+    """Costs as printed: size in KiB, the unit of the report and of the export's sizes."""
+    return {("size (KiB)" if k == "size_bits" else k): (v / 8192 if k == "size_bits" else v) for k, v in costs.items()}
 
 
 def add_eval(sub):
-    p = sub.add_parser("eval", help="top-1/top-5 and costs of one subnet (BN recalibrated) of a supernet")
-    _add_supernet_options(p)
-    p.add_argument("--arch", required=True, help="JSON file, JSON string or compact string")
+    p = sub.add_parser("eval", help="top-1/top-5 and costs of one subnet: of a supernet (BN recalibrated) or a subnet file")
+    _add_supernet_options(p, "a supernet file (supernet.pt of a run) or a subnet file")
+    p.add_argument("--arch", default=None, help="JSON file, JSON string or compact string (needed for a supernet)")
     p.add_argument("--split", choices=["val", "test"], default="val", help="held-out val (search) or test (reports)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_eval)
@@ -268,19 +346,31 @@ def cmd_eval(args):
     from .cost import cost
     from .data import eval_batches
     from .evaluate import evaluate, prepare_subnet
+    from .files import SUBNET, SUPERNET
     from .space import Arch
-    s = settings(args).search
-    net, data_cfg, splits = _open_supernet(args)
-    arch = Arch.parse(args.arch, net.space)
-    sub = prepare_subnet(net, arch, data_cfg, splits, s.calib_images, s.seed)
+    from .supernet import Supernet
+    net, cfg, data_cfg, splits = _open(args, SUPERNET, SUBNET)
+    s = cfg.search
+    if isinstance(net, Supernet):
+        if args.arch is None:
+            raise ValueError(f"'{args.checkpoint}' is a supernet: give --arch to choose the subnet")
+        arch = Arch.parse(args.arch, net.space)
+        _warn_untrained(net, arch)
+        sub = prepare_subnet(net, arch, data_cfg, splits, s.calib_images, s.seed)
+        bn = f"BN recalibrated on {min(s.calib_images, len(splits.train)):,} training images, seed {s.seed}"
+    else:
+        if args.arch is not None and Arch.parse(args.arch, net.space) != net.arch:
+            raise ValueError(f"--arch {args.arch} differs from the subnet in '{args.checkpoint}' ({net.arch})")
+        sub, bn = net, "BN as saved in the file"
+    arch = sub.arch
     result = evaluate(sub, eval_batches(getattr(splits, args.split), data_cfg, arch.r))
-    result = {"arch": arch.to_str(), "bits": net.bits, "split": args.split, **result,
-              **cost(arch, net.space, net.bits)}
+    result = {"arch": arch.to_str(), "bits": sub.bits, "split": args.split, **result,
+              **cost(arch, net.space, sub.bits), "calibration": bn}
     if args.json:
         print(json.dumps(result))
     else:
-        print_table({k: v for k, v in result.items() if k not in ("arch", "bits", "split")},
-                    f"{arch}  ({net.bits}-bit, {data_cfg.name} {args.split})")
+        print_table(_readable({k: v for k, v in result.items() if k not in ("arch", "bits", "split", "calibration")}),
+                    f"{arch}  ({sub.bits}-bit; {data_cfg.name} {args.split}, {result['n']:,} images; {bn})")
 
 
 def add_search(sub):
@@ -288,31 +378,42 @@ def add_search(sub):
     _add_supernet_options(p)
     add_settings(p, *(f"search.{name}" for name in
                       ("budgets", "metric", "population", "generations", "val_images", "predictor")))
-    p.add_argument("--latency-table", default=None, help="JSON {arch string: ms} enabling the latency metric")
+    p.add_argument("--latency-table", default=None,
+                   help="latency table of `oqat latency --table` (same bits as CHECKPOINT) enabling the latency metric")
     p.add_argument("--pairs", default=None, help="(arch, val_top1) JSON (oqat sample) to start the predictor from")
     p.add_argument("--out", default="search", help="output folder for pareto.json, evaluated.json, pareto.png")
     p.set_defaults(func=cmd_search)
 
 
 def cmd_search(args):
-    from .experiment import parse_budget
+    from .experiment import LATENCY, parse_budget
     from .files import load_latency_table, load_pairs
     from .search import search, write_outputs
-    s = settings(args).search
     latency = args.latency_table is not None
-    budgets = [parse_budget(b, latency) for b in s.budgets]
-    if s.metric is not None:
-        parse_budget(f"{s.metric}<=1", latency)  # same check and message as a budget's metric
-    net, data_cfg, splits = _open_supernet(args)
-    table = load_latency_table(args.latency_table, net.space) if latency else None
+
+    def budgets_of(s):
+        if s.metric is not None:
+            parse_budget(f"{s.metric}<=1", latency)  # same check and message as a budget's metric
+        return [parse_budget(b, latency) for b in s.budgets]
+
+    budgets_of(settings(args).search)  # the options given: their mistakes stop before the data loads
+    net, cfg, data_cfg, splits = _open(args)
+    s = cfg.search
+    budgets = budgets_of(s)
+    table = load_latency_table(args.latency_table, net.space, net.bits) if latency else None
+    if table:
+        print(f"  latency table: {len(table['ms'])} subnets at {table['bits']} bits on {table['device']}, "
+              f"{table['threads']} thread(s)", file=sys.stderr)
     pairs = load_pairs(args.pairs, net.space) if args.pairs else None
     result = search(net, data_cfg, splits, budgets, s.population, s.generations, s.seed, s.metric,
-                    s.calib_images, s.val_images, table, s.predictor or pairs is not None, pairs,
+                    s.calib_images, s.val_images, table and table["ms"], s.predictor or pairs is not None, pairs,
                     log=lambda text: print(f"  {text}", file=sys.stderr, flush=True))
     write_outputs(result, args.out)
-    m = result.metric
+    m, n_val = result.metric, min(s.val_images or len(splits.val), len(splits.val))
+    print(f"  front ({m}): val top-1 on {n_val:,} val images, test top-1 on {len(splits.test):,} test images")
     for p in result.front:
-        print(f"  {p['arch']:<48} {m} {p[m]:>14,.0f}  val {p['val_top1']:6.2f}%  test {p['test_top1']:6.2f}%")
+        value = f"{p[m]:>9.2f} ms" if m == LATENCY else f"{p[m]:>14,.0f}"
+        print(f"  {p['arch']:<48} {value}  val {p['val_top1']:6.2f}%  test {p['test_top1']:6.2f}%")
     print(f"wrote {args.out}/pareto.json ({len(result.front)} on the front, {result.evaluations} evaluated"
           f"{f', {result.predicted} predicted only' if result.settings['predictor'] else ''}, {result.seconds:.0f} s)")
 
@@ -331,23 +432,27 @@ def cmd_sample(args):
     from .search import Scorer, sample_points
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
-    s = settings(args).search
-    net, data_cfg, splits = _open_supernet(args)
+    net, cfg, data_cfg, splits = _open(args)
+    s = cfg.search
     scorer = Scorer(net, data_cfg, splits, s.calib_images, s.val_images, s.seed)
     points = sample_points(scorer, args.n, s.seed)
     save_pairs(args.out, points)
-    print(f"wrote {args.out} ({len(points)} pairs)")
+    print(f"wrote {args.out} ({len(points)} pairs; val top-1 on {len(scorer.val):,} val images)")
     if len(points) >= 4:
         from .space import Arch
         _, q = fit_and_score([(Arch.parse(p["arch"], net.space), p["val_top1"]) for p in points], net.space, seed=s.seed)
-        print(f"  predictor on {q['n']} held-out pairs: Kendall tau {q['kendall_tau']:.3f}, RMSE {q['rmse']:.2f} points")
+        few = (f" (only {q['n']} held-out pairs: too few to judge the predictor; sample 40 or more)"
+               if q["n"] < MIN_HELD_OUT else "")
+        print(f"  predictor on {q['n']} held-out pairs: Kendall tau {q['kendall_tau']:.3f}, "
+              f"RMSE {q['rmse']:.2f} points{few}")
 
 
 # --- config -----------------------------------------------------------------------------
 def add_config(sub):
     p = sub.add_parser("config", help="show a config (default: the defaults) with a comment per field, or check it")
-    p.add_argument("action", choices=["show", "check"],
-                   help="show: the resolved config; check: also that its data is there, as `oqat run` does first")
+    p.add_argument("action", nargs="?", default="show", choices=["show", "check"],
+                   help="show (default): the resolved config; check: also that its data is there, as `oqat run` "
+                        "does first")
     p.add_argument("config", nargs="?", default=None, help="YAML experiment config (default: the defaults)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. search.population=8")
     p.set_defaults(func=cmd_config)
@@ -399,12 +504,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in PARSERS:
         add(sub)
+    for p in sub.choices.values():
+        p.set_defaults(usage_error=p.error)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from .faults import Stopped, stop_on_signals
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:  # reported with the sub-command's usage, not the top level's
+        args.usage_error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         with stop_on_signals():
             return args.func(args) or 0

@@ -133,13 +133,13 @@ class StageConfig:
 
 @dataclass
 class SearchSettings:
-    budgets: list[str] = field(default_factory=list)  # e.g. ["bitops<=3e7"]; empty: the whole front
+    budgets: list[str] = field(default_factory=list)  # METRIC<=VALUE each, e.g. bitops<=3e7 (quote it in a shell: --budget 'bitops<=3e7'); empty: the whole front
     metric: str | None = None  # cost objective; None: the first budget's metric, else bitops
     population: int = 16  # NSGA-II population
     generations: int = 4  # offspring rounds after the first population
     val_images: int | None = 2000  # val images scoring each candidate (None: the whole val split)
     calib_images: int = 500  # BN recalibration images per subnet (search, eval, sample and export alike)
-    seed: int = 0  # seeds the search and the calibration subset
+    seed: int = 0  # seeds the BN calibration subset (eval, export, sample, search) and the search's draws
     predictor: bool = False  # pre-screen candidates with the accuracy predictor
     family: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # S, M, L budgets: fractions of the largest subnet's BitOPs (the paper's OQATNets)
 
@@ -162,9 +162,11 @@ class SearchSettings:
 class ExportSettings:
     enabled: bool = True  # export the S/M/L family of each bit-width
     test_images: int = 1000  # test images for the model card's accuracy and ONNX parity
+    speed_rounds: int = 5  # rounds of timing the export against its fp32 self, batch 1 and 16, in each runtime (0: skip)
 
     def __post_init__(self):
         _at_least(self, 0, "test_images")
+        _at_least(self, 0, "speed_rounds")
 
 
 @dataclass

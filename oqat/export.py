@@ -1,61 +1,81 @@
-"""Deployable export of one subnet: ONNX with explicit low-bit QDQ, packed weights, a card.
+"""Deployable export of one subnet: an integer-arithmetic ONNX graph, QONNX, packed weights, a card.
 
-The ONNX graph is written with `onnx.helper` straight from the static `Subnet`, not
-traced: every op is chosen, so the quantizers keep their exact arithmetic. A quantized
-conv (weight and input each at b bits, step s) becomes
+The graphs are written with `onnx.helper` straight from the static `Subnet`, not traced:
+every op is chosen, so the quantizers keep their exact arithmetic. A quantized conv
+(weight and input each at b bits, steps s_w and s_a) and the BN after it become the
+standard QDQ pattern that integer runtimes turn into an integer convolution:
 
-    x -> Clip[Qn*|s_a|, Qp*|s_a|] -> QuantizeLinear(|s_a|, uint8 0) -> DequantizeLinear -> Conv
-    w_q (int8 initializer) -> DequantizeLinear(|s_w|, int8 0) ------------------------------^
+    x -> Clip[Qn*|s_a|, Qp*|s_a|] -> QuantizeLinear(|s_a|) -> DequantizeLinear -> Conv -> act
+    weight codes (INT2/INT4/INT8) -> DequantizeLinear(per output channel k_c = |s_w| * gamma_c / sigma_c) --^
+    BN shift beta_c - k_c/|s_w| * mean_c -> Conv bias ------------------------------------------------------^
 
-QuantizeLinear computes round-half-even(x / scale), as LSQ does (onnxruntime divides,
-it does not multiply by 1/scale; tested), and saturates only to the int8/uint8 range, so
-the Clip makes the b-bit range explicit. int8/uint8 carry every width from 1 to 8 bits:
-onnxruntime 1.32 also runs int4/uint4 Q/DQ, but there is no ONNX type for 2 or 3 bits, and
-one path for all widths is simpler to check. Weight codes are precomputed (`packed.weight_codes`),
-so 1-bit (sign) weights export as codes in {-1, 0, 1}. Input: the normalised image batch at
-the architecture's resolution (N x C x r x r, N dynamic); output: logits.
+The BN folds into the weight's per-channel dequantization scale and the conv's bias, so
+not one weight code changes: the runtime multiplies the exact integer accumulator of codes
+by a per-channel scale (its requantization). QuantizeLinear rounds half to even after a
+division, as LSQ does, and saturates only to the uint8/int8 range, so the Clip keeps each
+activation in its b-bit range. Weight codes are stored at their true width: INT4 up to
+4 bits (ONNX opset 21) and INT2 at 1-2 bits (opset 25); a graph takes the lowest opset its
+types need. Input: the normalised image batch at the architecture's resolution (N x C x r x r,
+N dynamic); output: logits. Stem, SE, classifier (and BN of unquantized convs) stay float.
+
+The QONNX graph (`build_qonnx`) is the format Brevitas writes and FINN and hls4ml read:
+a `Quant` node at the real bit-width on every quantized conv's weight and input, BN as is.
 
 Parity is float-exact for most images, not all: the engines sum convolutions and pools in
-different orders and torch's BN uses FMA, so an activation within a float ulp of a rounding
-boundary can round to the neighbouring code in one engine (about 1 image in 1,000).
+different orders (and the integer graph's BN is folded), so an activation within a float
+ulp of a rounding boundary can round to the neighbouring code in one engine.
 """
-import io
+import copy
 import json
 import os
 
+import ml_dtypes
 import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from . import checkpoint, files, packed
+from . import checkpoint, deploy, files, machine, packed
 from .cost import cost
 from .data import DataConfig, eval_batches, load_splits, subset
 from .evaluate import prepare_subnet, resize
 from .layers import ConvBNAct, MBConv, QConv2d, SqueezeExcite
-from .quant import FULL_PRECISION, qrange
+from .quant import FULL_PRECISION, qrange, set_bits_
 from .space import Arch
 from .subnet import Subnet
 from .supernet import Supernet
 
-OPSET = 17  # HardSwish needs 13+; 17 is widely supported by other runtimes
-ONNX_FILE, PACKED_FILE, ARCH_FILE, CARD_FILE = "model.onnx", "weights.oqpk", "arch.json", "MODEL_CARD.md"
+ONNX_FILE, QONNX_FILE, PACKED_FILE, ARCH_FILE, CARD_FILE = (
+    "model.onnx", "model.qonnx.onnx", "weights.oqpk", "arch.json", "MODEL_CARD.md")
 ACT_OPS = {nn.ReLU: "Relu", nn.Hardswish: "HardSwish"}
+# The lowest opset that holds each stored weight type (INT4 came in opset 21, INT2 in 25);
+# HardSwish needs 14, so 17 is the floor, read by every runtime of the last years.
+OPSETS = {TensorProto.INT8: 17, TensorProto.INT4: 21, TensorProto.INT2: 25}
+IR_VERSIONS = {17: 8, 21: 10, 25: 11}  # the IR version each opset came with
+QONNX_DOMAIN = "qonnx.custom_op.general"
 
 
 class _Graph:
     """Nodes and initializers under generated unique names."""
 
     def __init__(self):
-        self.nodes, self.inits = [], []
+        self.nodes, self.inits, self.opset = [], [], 17
 
     def const(self, name: str, array: np.ndarray) -> str:
         self.inits.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def node(self, op: str, inputs: list[str], name: str, **attrs) -> str:
-        self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+    def codes(self, name: str, codes: np.ndarray, bits: int) -> str:
+        """Signed weight codes as an initializer of the narrowest ONNX type that holds `bits`."""
+        dtype = ml_dtypes.int2 if bits <= 2 else ml_dtypes.int4 if bits <= 4 else np.int8
+        tensor = numpy_helper.from_array(codes.astype(dtype), name)  # raw bytes, two or four codes a byte
+        self.inits.append(tensor)
+        self.opset = max(self.opset, OPSETS[tensor.data_type])
+        return name
+
+    def node(self, op: str, inputs: list[str], name: str, domain: str = "", **attrs) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [name], name=name, domain=domain or None, **attrs))
         return name
 
 
@@ -63,46 +83,97 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().contiguous().numpy()
 
 
+def _step(lsq) -> np.ndarray:
+    return lsq.step.detach().abs().float().reshape(()).numpy()
+
+
 def _quantize_input(g: _Graph, x: str, conv: QConv2d, name: str) -> str:
     bits, signed = conv.aq.bits, conv.aq.signed
     qn, qp = qrange(bits, signed)
-    scale = conv.aq.step.detach().abs().float().reshape(())
-    lo, hi = (np.float32(v) * scale.numpy() for v in (qn, qp))
+    scale = _step(conv.aq)
+    lo, hi = (np.float32(v) * scale for v in (qn, qp))
     x = g.node("Clip", [x, g.const(f"{name}.a_min", lo), g.const(f"{name}.a_max", hi)], f"{name}.a_clip")
-    s, z = g.const(f"{name}.a_scale", scale.numpy()), g.const(f"{name}.a_zero", np.int8(0) if signed else np.uint8(0))
+    s, z = g.const(f"{name}.a_scale", scale), g.const(f"{name}.a_zero", np.int8(0) if signed else np.uint8(0))
     x = g.node("QuantizeLinear", [x, s, z], f"{name}.a_q")
     return g.node("DequantizeLinear", [x, s, z], f"{name}.a_dq")
 
 
-def _conv(g: _Graph, x: str, conv: nn.Conv2d, name: str) -> str:
-    """A Conv2d; for a QConv2d at < 32 bits, its input and weight through Q/DQ. Names
-    follow the module names, so `name.w_codes` is the codes of state-dict key `name.weight`."""
-    if isinstance(conv, QConv2d) and conv.wq.bits != FULL_PRECISION:
-        x = _quantize_input(g, x, conv, name)
-        codes = g.const(f"{name}.w_codes", packed.weight_codes(conv).numpy())
-        s = g.const(f"{name}.w_scale", conv.wq.step.detach().abs().float().reshape(()).numpy())
-        w = g.node("DequantizeLinear", [codes, s, g.const(f"{name}.w_zero", np.int8(0))], f"{name}.w_dq")
-    else:
-        w = g.const(f"{name}.weight", _np(conv.weight))
-    inputs = [x, w] + ([g.const(f"{name}.bias", _np(conv.bias))] if conv.bias is not None else [])
+def _conv_node(g: _Graph, inputs: list[str], conv: nn.Conv2d, name: str) -> str:
     k, p = conv.kernel_size, conv.padding
     return g.node("Conv", inputs, name, kernel_shape=list(k), strides=list(conv.stride),
                   pads=[p[0], p[1], p[0], p[1]], group=conv.groups)
 
 
+def _is_quantized(conv: nn.Module) -> bool:
+    return isinstance(conv, QConv2d) and conv.wq.bits != FULL_PRECISION
+
+
+def _conv(g: _Graph, x: str, conv: nn.Conv2d, name: str) -> str:
+    """A full-precision Conv2d (the stem, SE and every conv of a 32-bit net)."""
+    inputs = [x, g.const(f"{name}.weight", _np(conv.weight))]
+    return _conv_node(g, inputs + ([g.const(f"{name}.bias", _np(conv.bias))] if conv.bias is not None else []),
+                      conv, name)
+
+
+def _integer_conv(g: _Graph, x: str, conv: QConv2d, bn: nn.BatchNorm2d | None, name: str) -> str:
+    """A quantized conv and its BN as QDQ: codes as they are, BN in the per-channel scale and
+    the bias. `name.w_codes` holds the codes of state-dict key `name.weight`."""
+    x = _quantize_input(g, x, conv, name)
+    s_w = conv.wq.step.detach().abs().double()
+    if bn is None:
+        scale, bias = s_w.expand(conv.out_channels), None
+    else:  # in float64, so the folded scale and shift are the float32 nearest to BN's
+        k = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        scale, bias = s_w * k, bn.bias.detach().double() - k * bn.running_mean.double()
+    codes = g.codes(f"{name}.w_codes", packed.weight_codes(conv).numpy(), conv.wq.bits)
+    w = g.node("DequantizeLinear", [codes, g.const(f"{name}.w_scale", _np(scale))], f"{name}.w_dq", axis=0)
+    x = _conv_node(g, [x, w], conv, name)
+    # The shift as an Add, not the conv's bias: onnxruntime's optimizer rounds a float bias of a
+    # QDQ conv to int32 steps of s_x * s_w_c, which moves codes (and mishandles a folded scale).
+    return x if bias is None else g.node("Add", [x, g.const(f"{name}.shift", _np(bias).reshape(-1, 1, 1))], f"{name}.add")
+
+
+def _act(g: _Graph, x: str, act: nn.Module | None, name: str) -> str:
+    if isinstance(act, nn.ReLU6):  # Clip takes its bounds as inputs
+        return g.node("Clip", [x, g.const(f"{name}.act_min", np.float32(0)), g.const(f"{name}.act_max", np.float32(6))],
+                      f"{name}.act")
+    return x if act is None else g.node(ACT_OPS[type(act)], [x], f"{name}.act")
+
+
 def _conv_bn_act(g: _Graph, x: str, m: ConvBNAct, name: str) -> str:
-    x = _conv(g, x, m.conv, f"{name}.conv")
-    if m.bn is not None:
-        bn = m.bn
-        x = g.node("BatchNormalization", [x] + [g.const(f"{name}.bn.{k}", _np(getattr(bn, k))) for k in
-                                                ("weight", "bias", "running_mean", "running_var")],
-                   f"{name}.bn", epsilon=bn.eps)
-    if isinstance(m.act, nn.ReLU6):  # Clip takes its bounds as inputs
-        x = g.node("Clip", [x, g.const(f"{name}.act_min", np.float32(0)), g.const(f"{name}.act_max", np.float32(6))],
-                   f"{name}.act")
-    elif m.act is not None:
-        x = g.node(ACT_OPS[type(m.act)], [x], f"{name}.act")
-    return x
+    if _is_quantized(m.conv):
+        return _act(g, _integer_conv(g, x, m.conv, m.bn, f"{name}.conv"), m.act, name)
+    return _act(g, _bn(g, _conv(g, x, m.conv, f"{name}.conv"), m.bn, name), m.act, name)
+
+
+def _bn(g: _Graph, x: str, bn: nn.BatchNorm2d | None, name: str) -> str:
+    if bn is None:
+        return x
+    return g.node("BatchNormalization", [x] + [g.const(f"{name}.bn.{k}", _np(getattr(bn, k))) for k in
+                                               ("weight", "bias", "running_mean", "running_var")],
+                  f"{name}.bn", epsilon=bn.eps)
+
+
+def _quant(g: _Graph, x: str, scale: np.ndarray, bits: int, signed: bool, narrow: bool, name: str) -> str:
+    """QONNX's Quant: clip(round_half_even(x / scale), Qn, Qp) * scale, zero point 0."""
+    inputs = [x, g.const(f"{name}.scale", scale), g.const(f"{name}.zeropt", np.float32(0)),
+              g.const(f"{name}.bitwidth", np.float32(bits))]
+    return g.node("Quant", inputs, name, domain=QONNX_DOMAIN, signed=int(signed), narrow=int(narrow),
+                  rounding_mode="ROUND")
+
+
+def _qonnx_conv_bn_act(g: _Graph, x: str, m: ConvBNAct, name: str) -> str:
+    """A quantized conv as QONNX writes it: Quant on the input and on the weight (w_hat, which
+    quantizes back to exactly its codes), then the float conv, BN and activation."""
+    if not _is_quantized(m.conv):
+        return _conv_bn_act(g, x, m, name)
+    conv, cname = m.conv, f"{name}.conv"
+    x = _quant(g, x, _step(conv.aq), conv.aq.bits, conv.aq.signed, False, f"{cname}.a_quant")
+    w_hat = packed.weight_codes(conv).float() * conv.wq.step.detach().abs().float()
+    # 1-bit weights are LSQ's sign, codes in {-1, 0, 1}: the narrow signed 2-bit range
+    w = _quant(g, g.const(f"{cname}.weight", _np(w_hat)), _step(conv.wq), max(conv.wq.bits, 2), True,
+               conv.wq.bits == 1, f"{cname}.w_quant")
+    return _act(g, _bn(g, _conv_node(g, [x, w], conv, cname), m.bn, name), m.act, name)
 
 
 def _se(g: _Graph, x: str, se: SqueezeExcite, name: str) -> str:
@@ -113,111 +184,115 @@ def _se(g: _Graph, x: str, se: SqueezeExcite, name: str) -> str:
     return g.node("Mul", [x, y], f"{name}.scale")
 
 
-def _mbconv(g: _Graph, x: str, b: MBConv, name: str) -> str:
-    h = x if b.expand is None else _conv_bn_act(g, x, b.expand, f"{name}.expand")
-    h = _conv_bn_act(g, h, b.dw, f"{name}.dw")
-    if b.se is not None:
-        h = _se(g, h, b.se, f"{name}.se")
-    h = _conv_bn_act(g, h, b.project, f"{name}.project")
-    return g.node("Add", [x, h], f"{name}.add") if b.residual else h
 
-
-def build_onnx(net: Subnet) -> onnx.ModelProto:
-    """The ONNX model of `net` as it computes in eval mode (checked by onnx.checker)."""
+def _graph(net: Subnet, conv_bn_act) -> _Graph:
+    """Every node of `net` in eval mode, its quantized convs written by `conv_bn_act`."""
     g = _Graph()
     x = _conv_bn_act(g, "input", net.stem, "stem")
-    for i, block in enumerate(net.blocks):
-        x = _mbconv(g, x, block, f"blocks.{i}")
+    for i, b in enumerate(net.blocks):
+        name = f"blocks.{i}"
+        h = x if b.expand is None else conv_bn_act(g, x, b.expand, f"{name}.expand")
+        h = conv_bn_act(g, h, b.dw, f"{name}.dw")
+        if b.se is not None:
+            h = _se(g, h, b.se, f"{name}.se")
+        h = conv_bn_act(g, h, b.project, f"{name}.project")
+        x = g.node("Add", [x, h], f"{name}.add") if b.residual else h
     for h in net.space.head_layers():
-        x = g.node("GlobalAveragePool", [x], "pool") if h is None else _conv_bn_act(g, x, getattr(net, h.name), h.name)
+        x = g.node("GlobalAveragePool", [x], "pool") if h is None else conv_bn_act(g, x, getattr(net, h.name), h.name)
     x = g.node("Flatten", [x], "flatten")
     c = net.classifier
     g.node("Gemm", [x, g.const("classifier.weight", _np(c.weight)), g.const("classifier.bias", _np(c.bias))],
            "logits", transB=1)
+    return g
+
+
+def _model(net: Subnet, g: _Graph, domains: dict[str, int]) -> onnx.ModelProto:
     space, r = net.space, net.arch.r
     graph = helper.make_graph(
         g.nodes, f"oqat-{net.bits}bit", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
                                                                          ["N", space.in_channels, r, r])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", space.num_classes])], g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="oqat",
+    opsets = [helper.make_opsetid("", g.opset)] + [helper.make_opsetid(d, v) for d, v in domains.items()]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="oqat",
                               doc_string=f"{net.arch.to_str()} at {net.bits} bits")
-    model.ir_version = 8  # what onnxruntime releases since 1.14 read at opset 17
+    model.ir_version = IR_VERSIONS[g.opset]
+    return model
+
+
+def build_onnx(net: Subnet) -> onnx.ModelProto:
+    """The integer-arithmetic ONNX model of `net` as it computes in eval mode (a 32-bit net:
+    its plain float graph), checked by onnx.checker."""
+    model = _model(net, _graph(net, _conv_bn_act), {})
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-def onnx_session(model: "onnx.ModelProto | str", threads: int | None = None):
-    """An onnxruntime CPU session of a model or an .onnx file."""
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-
-
-def run_onnx(session, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
-    """Logits of onnxruntime on a (normalised, resized) batch, `batch` images at a time."""
-    outs = [session.run(None, {"input": _np(x[i:i + batch])})[0] for i in range(0, len(x), batch)]
-    return torch.from_numpy(np.concatenate(outs))
-
-
-def state_dict_bytes(net: nn.Module) -> int:
-    """Size of the plain fp32 state dict as torch.save writes it."""
-    buf = io.BytesIO()
-    torch.save({k: v.contiguous() for k, v in net.state_dict().items()}, buf)
-    return buf.tell()
+def build_qonnx(net: Subnet) -> onnx.ModelProto:
+    """The QONNX model of `net`: Quant nodes at the network's bit-widths (a custom domain, which
+    onnx.checker checks only structurally; the `qonnx` package executes it)."""
+    model = _model(net, _graph(net, _qonnx_conv_bn_act), {QONNX_DOMAIN: 1})
+    onnx.checker.check_model(model)
+    return model
 
 
 def _write_text(path: str, text: str) -> None:
     checkpoint.atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def parity(net: Subnet, session, x: torch.Tensor) -> dict:
-    """How closely onnxruntime follows PyTorch on inputs x: top-1 agreement (fraction), and
-    per image the largest logit difference as a fraction of the logits' range (`gaps`)."""
-    channels_last = net.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        ref = net.eval()(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
-    out = run_onnx(session, x)
-    gaps = (out - ref).abs().max(1).values / (ref.max() - ref.min()).clamp_min(1e-12)
-    return {"n": len(x), "top1_agreement": (out.argmax(1) == ref.argmax(1)).float().mean().item(),
-            "max_gap": gaps.max().item(), "within_1e-3": (gaps <= 1e-3).float().mean().item(),
-            "gaps": gaps, "torch_logits": ref, "onnx_logits": out}
+def fp32_graph(net: Subnet) -> onnx.ModelProto:
+    """The float graph of `net` with its quantizers off: the export's fp32 self, for speed."""
+    return build_onnx(set_bits_(copy.deepcopy(net), FULL_PRECISION))
+
+
+def sizes(model: onnx.ModelProto, fp32: onnx.ModelProto, paths: dict[str, str]) -> dict[str, int]:
+    """Bytes of the network as an ONNX file in fp32, as the export with int8 codes, and as
+    written: the .onnx at the weights' true width, the QONNX file and the packed weights."""
+    return {"fp32": fp32.ByteSize(), "int8": deploy.widened(model).ByteSize(),
+            **{k: os.path.getsize(paths[k]) for k in ("onnx", "qonnx", "packed")}}
 
 
 def export(net: Subnet, out_dir: str, test: tuple[torch.Tensor, torch.Tensor] | None = None,
            mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
-           source: str | None = None) -> dict:
-    """Write model.onnx, weights.oqpk, arch.json and MODEL_CARD.md for `net` (eval mode,
-    BN final) into out_dir. `test` = (normalised images at net.arch.r, labels) gives the
-    card the test top-1 of both PyTorch and onnxruntime. Returns the card's facts."""
+           source: str | None = None, speed_rounds: int = 5) -> dict:
+    """Write model.onnx (integer graph), model.qonnx.onnx, weights.oqpk, arch.json and
+    MODEL_CARD.md for `net` (eval mode, BN final) into out_dir. `test` = (normalised images
+    at net.arch.r, labels) gives the card the test top-1 of PyTorch and of each runtime;
+    `speed_rounds` > 0 times the export against its fp32 self on this machine. Returns the
+    card's facts."""
     net = net.eval()
     os.makedirs(out_dir, exist_ok=True)
-    paths = {k: os.path.join(out_dir, f) for k, f in
-             (("onnx", ONNX_FILE), ("packed", PACKED_FILE), ("arch", ARCH_FILE), ("card", CARD_FILE))}
-    model = build_onnx(net)
-    checkpoint.atomic_write(paths["onnx"], lambda f: f.write(model.SerializeToString()))
+    paths = {k: os.path.join(out_dir, f) for k, f in (("onnx", ONNX_FILE), ("qonnx", QONNX_FILE),
+                                                      ("packed", PACKED_FILE), ("arch", ARCH_FILE), ("card", CARD_FILE))}
+    model, fp32 = build_onnx(net), fp32_graph(net)
+    for key, m in (("onnx", model), ("qonnx", build_qonnx(net))):
+        checkpoint.atomic_write(paths[key], lambda f, m=m: f.write(m.SerializeToString()))
     packed.save(net, paths["packed"], {"source": source})
     arch = net.arch
     _write_text(paths["arch"], json.dumps(arch.to_dict(), indent=1) + "\n")
     facts = {"arch": arch.to_str(), "bits": net.bits, "cost": cost(arch, net.space, net.bits),
              "input": [net.space.in_channels, arch.r, arch.r], "mean": mean, "std": std, "source": source,
-             "sizes": {"fp32_state_dict": state_dict_bytes(net), "packed": os.path.getsize(paths["packed"]),
-                       "onnx": os.path.getsize(paths["onnx"])}}
+             "sizes": sizes(model, fp32, paths), "machine": machine.summary()}
     if test is not None:
         images, labels = test
-        p = parity(net, onnx_session(paths["onnx"]), images)
-        top1 = {k: 100.0 * (p[f"{k}_logits"].argmax(1) == labels).float().mean().item() for k in ("torch", "onnx")}
-        facts["test"] = {"n": p["n"], "torch_top1": top1["torch"], "onnx_top1": top1["onnx"],
-                         "top1_agreement": 100.0 * p["top1_agreement"], "within_1e-3": 100.0 * p["within_1e-3"],
-                         "max_gap": p["max_gap"]}
+        parities = {r: deploy.parity(net, deploy.Runner(model, r), images) for r in deploy.runtimes()}
+        ref = next(iter(parities.values()))["torch_logits"]
+        facts["test"] = {"n": len(images), "torch_top1": _top1(ref, labels), "runtimes": {
+            r: {"top1": _top1(p["runtime_logits"], labels), "top1_agreement": 100.0 * p["top1_agreement"],
+                "within_1e-3": 100.0 * p["within_1e-3"], "max_gap": p["max_gap"]} for r, p in parities.items()}}
+    if speed_rounds > 0:
+        facts["speed"] = deploy.speed({"fp32": fp32, "export": model}, tuple(facts["input"]),
+                                      rounds=speed_rounds)
     _write_text(paths["card"], model_card(facts))
     return facts
 
 
+def _top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * (logits.argmax(1) == labels).float().mean().item()
+
+
 def export_checkpoint(path: str, arch: str | None, out_dir: str, calib_images: int, test_images: int,
-                      data_cfg: DataConfig | None = None, seed: int = 0, source: str | None = None) -> dict:
+                      data_cfg: DataConfig | None = None, seed: int = 0, source: str | None = None,
+                      speed_rounds: int = 5) -> dict:
     """The one path from a trained file to an export folder, for `oqat export` and `oqat run`:
     a supernet file's subnet of `arch` (any form `Arch.parse` reads, checked against the
     file's space) is extracted and its BN recalibrated on `calib_images`
@@ -244,13 +319,13 @@ def export_checkpoint(path: str, arch: str | None, out_dir: str, calib_images: i
         pairs = list(eval_batches(subset(splits.test, min(test_images, len(splits.test)), 0), data_cfg, net.arch.r))
         test = resize(torch.cat([x for x, _ in pairs]), net.arch.r), torch.cat([y for _, y in pairs])
     return export(net, out_dir, test, splits and splits.mean, splits and splits.std,
-                  source or os.path.basename(path))
+                  source or os.path.basename(path), speed_rounds)
 
 
 def model_card(f: dict) -> str:
     c, s = f["cost"], f["sizes"]
     lines = [f"# oqat subnet `{f['arch']}`", "",
-             f"- bits: {f['bits']} (weights and inputs of every quantized conv; stem, SE, BN and classifier fp32)",
+             f"- bits: {f['bits']} (weights and inputs of every quantized conv; stem, SE and classifier fp32)",
              f"- input: float32 N x {' x '.join(map(str, f['input']))}, pixels in [0, 1] normalised as "
              f"(x - mean) / std with mean {_fmt(f['mean'])}, std {_fmt(f['std'])}; resize to "
              f"{f['input'][1]} px bilinear first",
@@ -263,18 +338,36 @@ def model_card(f: dict) -> str:
     if t is None:
         lines.append("not measured (no data given)")
     else:
-        lines += [f"- test top-1 on {t['n']} test images: PyTorch {t['torch_top1']:.2f}%, "
-                  f"onnxruntime {t['onnx_top1']:.2f}%",
-                  f"- onnxruntime vs PyTorch: top-1 agrees on {t['top1_agreement']:.2f}% of images; logits "
-                  f"within 1e-3 of their range on {t['within_1e-3']:.2f}% (largest difference {t['max_gap']:.2e}; "
-                  "an activation within a float ulp of a rounding boundary can round the other way)"]
+        lines.append(f"Top-1 on {t['n']} test images: PyTorch {t['torch_top1']:.2f}%; " + ", ".join(
+            f"{r} {v['top1']:.2f}%" for r, v in t["runtimes"].items()) + ".")
+        for r, v in t["runtimes"].items():
+            lines.append(f"- {r} vs PyTorch: top-1 agrees on {v['top1_agreement']:.2f}% of images; logits within "
+                         f"1e-3 of their range on {v['within_1e-3']:.2f}% (largest difference {v['max_gap']:.2e}: "
+                         "an activation within a float ulp of a rounding boundary can round the other way)")
+    sp = f.get("speed")
+    if sp is not None:
+        lines += ["", f"## Speed on {f['machine']}", "",
+                  f"Median ms per batch, {sp['threads']} thread(s); fp32 = this network with its quantizers off.", ""]
+        names = list(next(iter(sp["batches"].values())))
+        lines += ["| batch | " + " | ".join(names) + " | fastest fp32 / fastest export |",
+                  "|---" * (len(names) + 2) + "|"]
+        for b, ms in sp["batches"].items():
+            lines.append(f"| {b} | " + " | ".join(f"{ms[n]:.3f}" for n in names) + f" | {speedup(ms):.2f}x |")
     lines += ["", "## Files", "",
-              f"- `{ONNX_FILE}` ({s['onnx']:,} bytes): QDQ graph, weight codes as int8, explicit b-bit Clip",
+              f"- `{ONNX_FILE}` ({s['onnx']:,} bytes): integer QDQ graph, weight codes at their true width "
+              "(INT4 to 4 bits, INT2 to 2), BN folded into per-channel scales; `oqat.deploy.Runner` runs it "
+              "(OpenVINO: int8 convolutions; onnxruntime: the reference)",
+              f"- `{QONNX_FILE}` ({s['qonnx']:,} bytes): QONNX (Quant nodes at the real bit-widths) for FINN, hls4ml",
               f"- `{PACKED_FILE}` ({s['packed']:,} bytes): weights packed at b bits; "
               "`oqat.files.load_packed(path)` rebuilds the PyTorch subnet",
-              f"- fp32 state dict for comparison: {s['fp32_state_dict']:,} bytes",
+              f"- for comparison, as .onnx files: fp32 {s['fp32']:,} bytes, the export with int8 codes {s['int8']:,} bytes",
               f"- `{ARCH_FILE}`: the architecture", ""]
     return "\n".join(lines)
+
+
+def speedup(ms: dict[str, float]) -> float:
+    """The fastest fp32 runtime's time over the fastest export's, from one speed row."""
+    return min(v for k, v in ms.items() if k.endswith("fp32")) / min(v for k, v in ms.items() if k.endswith("export"))
 
 
 def _fmt(values) -> str:

@@ -169,17 +169,25 @@ def load_model(path: str, *formats: str) -> tuple[Supernet | Subnet, dict]:
     return net.eval(), {**ckpt, "data": _run_data(ckpt, path)}
 
 
-def open_supernet(path: str, overrides=(), device: str = "cpu") -> tuple[Supernet, DataConfig, Splits]:
-    """A supernet file with its run's data (or the default data), `overrides` (dotted
-    DataConfig keys, e.g. root=/data) applied; the data must fit the supernet's input and classes."""
-    net, ckpt = load_supernet(path)
+def open_model(path: str, overrides=(), device: str = "cpu",
+               *formats: str) -> tuple[Supernet | Subnet, dict, DataConfig, Splits]:
+    """The network of a supernet file (or of `formats`), the file's fields, and its run's data
+    (or the default data) with `overrides` (dotted DataConfig keys, e.g. root=/data) applied;
+    the data must fit the network's input and classes."""
+    net, ckpt = load_model(path, *(formats or (SUPERNET,)))
     cfg = config.apply_overrides(ckpt["data"] or DataConfig(), overrides)
     splits = data.load_splits(cfg)
     space = net.space
     if (splits.in_channels, splits.num_classes) != (space.in_channels, space.num_classes):
         raise ValueError(f"data '{cfg.name}' has {splits.in_channels} channels and {splits.num_classes} classes; "
-                         f"the supernet in '{path}' takes {space.in_channels} and {space.num_classes}")
-    return net.to(device), cfg, splits
+                         f"the network in '{path}' takes {space.in_channels} and {space.num_classes}")
+    return net.to(device), ckpt, cfg, splits
+
+
+def open_supernet(path: str, overrides=(), device: str = "cpu") -> tuple[Supernet, DataConfig, Splits]:
+    """A supernet file with its run's data, as `open_model`."""
+    net, _, cfg, splits = open_model(path, overrides, device)
+    return net, cfg, splits
 
 
 # --- training checkpoints --------------------------------------------------------------------
@@ -274,18 +282,27 @@ def load_oqa_checkpoint(path: str, bits: int, num_classes: int = 1000) -> Supern
 
 
 # --- JSON files ---------------------------------------------------------------------------------
-def load_latency_table(path: str, space: SearchSpace) -> dict[str, float]:
-    """A JSON object mapping architecture strings of `space` to measured latency in ms."""
+def load_latency_table(path: str, space: SearchSpace, bits: int | None = None) -> dict:
+    """A latency table as `oqat latency --table` writes it: {"bits", "device", "threads", "ms":
+    {architecture string of `space`: milliseconds}}. Where `bits` is given it must be the
+    table's: a 2-bit subnet's latency says nothing of a 4-bit one's."""
     table = read_json(path, "latency table")
-    if not isinstance(table, dict) or not table:
-        raise ValueError(f"latency table '{path}' must be a JSON object {{arch string: ms}}, not empty")
-    out = {}
-    for text, ms in table.items():
+    if not isinstance(table, dict) or set(table) != {"bits", "device", "threads", "ms"}:
+        raise ValueError(f"latency table '{path}' must be a JSON object with bits, device, threads and ms "
+                         "{arch string: ms}, as `oqat latency --table` writes it")
+    if not (isinstance(table["bits"], int) and isinstance(table["device"], str) and isinstance(table["threads"], int)):
+        raise ValueError(f"latency table '{path}': bits and threads must be integers, device a string")
+    if bits is not None and table["bits"] != bits:
+        raise ValueError(f"latency table '{path}' holds {table['bits']}-bit timings; the supernet is {bits}-bit")
+    if not isinstance(table["ms"], dict) or not table["ms"]:
+        raise ValueError(f"latency table '{path}': ms must be a JSON object {{arch string: ms}}, not empty")
+    ms = {}
+    for text, value in table["ms"].items():
         arch = _arch_in(text, space, f"latency table '{path}'")
-        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not ms >= 0:
-            raise ValueError(f"latency table '{path}': {text} maps to {ms!r}, expected milliseconds")
-        out[arch.to_str()] = float(ms)
-    return out
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"latency table '{path}': {text} maps to {value!r}, expected milliseconds")
+        ms[arch.to_str()] = float(value)
+    return {**table, "ms": ms}
 
 
 def load_pairs(path: str, space: SearchSpace | None = None) -> list[tuple[Arch, float]]:

@@ -1,65 +1,57 @@
-"""Latency of a subnet on this machine, in onnxruntime (CPU) and in PyTorch (eval, no_grad).
+"""Latency of a subnet on this machine: its deployed graph and its fp32 self in each runtime
+installed (`oqat.deploy`), and its fake-quant forward in PyTorch (eval, no_grad).
 
 Each measurement is the median of `runs` timed forwards after `warmup` untimed ones, on a
-random input of the architecture's shape. Both engines get the same thread count (default
+random input of the architecture's shape. Every engine gets the same thread count (default
 1: stable on a shared machine and what a phone core gives; raise it to measure a server).
 
-A latency table is a JSON object {arch string: ms}, one file per device and bit-width,
-which `oqat search --latency-table FILE` reads as a budget metric.
+A latency table records the bit-width, device and threads it was measured with, and the ms of
+each architecture (`files.load_latency_table`); `oqat search --latency-table FILE` reads it as
+a budget metric, refusing a table of other bits.
 """
 import json
 import os
-import platform
-import statistics
-import time
-from collections.abc import Callable
 
+import onnx
 import torch
 
-from . import checkpoint, files
-from .export import ONNX_FILE, PACKED_FILE, build_onnx, onnx_session
+from . import checkpoint, deploy, files
+from .deploy import median_ms
+from .export import ONNX_FILE, PACKED_FILE, build_onnx, fp32_graph
+from .machine import cpu_model
 from .space import Arch, SearchSpace, get_space
 from .subnet import Subnet
 from .supernet import Supernet
 
-ENGINES = ("onnxruntime", "torch")
-
-
-def median_ms(fn: Callable[[], object], runs: int, warmup: int) -> float:
-    """Median wall time of fn() in milliseconds over `runs` calls, after `warmup` calls."""
-    if runs < 1 or warmup < 0:
-        raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
-
-
 def measure(net: Subnet, batches: list[int], runs: int = 50, warmup: int = 10, threads: int = 1,
             onnx_path: str | None = None) -> dict[str, dict[int, float]]:
-    """{engine: {batch: median ms}} of `net` (moved to channels-last in place); onnxruntime
-    runs `onnx_path` if given, else the model `build_onnx(net)` writes."""
+    """{engine: {batch: median ms}} of `net`: "torch" (its fake-quant forward, channels-last,
+    `net` moved in place), and in each runtime here "<runtime> export" (the deployed graph:
+    `onnx_path` if given, else the one `build_onnx(net)` writes) and "<runtime> fp32" (the
+    same network with its quantizers off)."""
     net = net.eval().to(memory_format=torch.channels_last)  # the fast CPU layout for depthwise convs
-    session = onnx_session(onnx_path or build_onnx(net), threads)
+    graphs = {"export": onnx.load(onnx_path) if onnx_path else build_onnx(net), "fp32": fp32_graph(net)}
+    runners = {f"{r} {kind}": deploy.Runner(m, r, threads) for kind, m in graphs.items() for r in deploy.runtimes()}
     shape = (net.space.in_channels, net.arch.r, net.arch.r)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    result = {engine: {} for engine in ENGINES}
+    result = {engine: {} for engine in ["torch", *runners]}
     try:
         for b in batches:
             x = torch.randn(b, *shape, generator=torch.Generator().manual_seed(b))
-            feed = {"input": x.numpy()}
-            result["onnxruntime"][b] = median_ms(lambda: session.run(None, feed), runs, warmup)
-            xc = x.contiguous(memory_format=torch.channels_last)
+            xc, xn = x.contiguous(memory_format=torch.channels_last), x.numpy()
             with torch.no_grad():
                 result["torch"][b] = median_ms(lambda: net(xc), runs, warmup)
+            for name, run in runners.items():
+                result[name][b] = median_ms(lambda: run(xn), runs, warmup)
     finally:
         torch.set_num_threads(previous)
     return result
+
+
+def deployed_engine() -> str:
+    """The engine whose batch-1 time a latency table holds: the export in the preferred runtime."""
+    return f"{deploy.runtimes()[0]} export"
 
 
 def load_for_latency(source: str, arch: str | None) -> tuple[Subnet, str | None]:
@@ -77,24 +69,19 @@ def load_for_latency(source: str, arch: str | None) -> tuple[Subnet, str | None]
     return net, onnx_path if os.path.isfile(onnx_path) else None
 
 
-def device_name() -> str:
-    """The CPU model (Linux) or platform's processor string."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def update_table(path: str, arch: str, ms: float, space: SearchSpace | None = None) -> dict[str, float]:
-    """Set table[arch] = ms in the JSON latency table of `space`'s architectures at `path`
-    (created if missing); `space` defaults to the built-in one `arch` names."""
+def update_table(path: str, arch: str, ms: float, bits: int, threads: int,
+                 space: SearchSpace | None = None) -> dict:
+    """Set the ms of `arch` (a string of `space`'s, default the built-in space it names) in the
+    latency table at `path` (created if missing) of `bits`-bit subnets timed on this device with
+    `threads` threads; a table of other bits, device or threads is refused: one table, one setting."""
     space = space or get_space(Arch.from_str(arch).space)
-    table = files.load_latency_table(path, space) if os.path.exists(path) else {}
-    table[arch] = round(ms, 4)
-    text = json.dumps(dict(sorted(table.items())), indent=1) + "\n"
+    here = {"bits": bits, "device": cpu_model(), "threads": threads}
+    table = files.load_latency_table(path, space) if os.path.exists(path) else {**here, "ms": {}}
+    if {k: table[k] for k in here} != here:
+        raise ValueError(f"latency table '{path}' holds {table['bits']}-bit timings on {table['device']} with "
+                         f"{table['threads']} thread(s); this is {bits}-bit on {here['device']} with {threads}: "
+                         "give another table file")
+    table["ms"][arch] = round(ms, 4)
+    text = json.dumps({**table, "ms": dict(sorted(table["ms"].items()))}, indent=1) + "\n"
     checkpoint.atomic_write(path, lambda f: f.write(text.encode()))
     return table

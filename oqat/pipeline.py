@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from . import checkpoint, config, data, distributed, files
+from . import checkpoint, config, data, distributed, faults, files
 from .cost import cost
 from .experiment import ExperimentConfig, check_inputs, parse_budget
 from .export import export_checkpoint
@@ -131,8 +131,10 @@ def run_export(cfg: ExperimentConfig, supernets: dict[int, str], searches: dict[
             facts_file = os.path.join(out, "facts.json")
             if not os.path.isfile(facts_file):
                 _log(f"export: {bits}-bit {name} {member['arch']}")
+                faults.pause_point("export")
                 facts = export_checkpoint(path, member["arch"], out, cfg.search.calib_images, cfg.export.test_images,
-                                          seed=cfg.search.seed, source=os.path.relpath(path, cfg.run.dir))
+                                          seed=cfg.search.seed, source=os.path.relpath(path, cfg.run.dir),
+                                          speed_rounds=cfg.export.speed_rounds)
                 _write_json(facts_file, {**facts, "dir": os.path.relpath(out, cfg.run.dir)})
             exported[bits][name] = done[member["arch"]] = _read_json(facts_file)
     return exported

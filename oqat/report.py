@@ -3,6 +3,7 @@ import json
 import os
 
 from . import checkpoint, config
+from .export import speedup
 
 
 def _plot_fronts(searches: dict, path: str) -> None:
@@ -115,15 +116,18 @@ def markdown(r: dict) -> str:
             lines.append(f"- {bits}-bit: " + ", ".join(f"{p['bitops'] / 1e6:.1f} M BitOPs -> "
                                                        f"{p['val_top1']:.2f}%" for p in front))
     if r["export"]:
-        lines += ["", "## Exported (ONNX with QDQ, packed weights)", "",
-                  "| bits | net | folder | packed size (B) | fp32 state dict (B) | onnxruntime top-1 "
-                  "| agreement with PyTorch |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "## Exported (integer ONNX, QONNX, packed weights)", "",
+                  "| bits | net | folder | .onnx (B) | packed (B) | fp32 (B) | test top-1 per runtime (agreement with "
+                  "PyTorch) | fastest fp32 / export, batch 1, 16 |", "|---|---|---|---|---|---|---|---|"]
         for bits, members in sorted(r["export"].items(), key=lambda kv: -int(kv[0])):
             for name, f in members.items():
-                t = f.get("test") or {}
-                lines.append(f"| {bits} | {name} | {f['dir']} | {f['sizes']['packed']:,} | "
-                             f"{f['sizes']['fp32_state_dict']:,} | {t.get('onnx_top1', float('nan')):.2f} | "
-                             f"{t.get('top1_agreement', float('nan')):.2f}% |")
+                t, s, sp = f.get("test") or {}, f["sizes"], f.get("speed")
+                top1 = ", ".join(f"{rt} {v['top1']:.2f}% ({v['top1_agreement']:.2f}%)"
+                                 for rt, v in t.get("runtimes", {}).items()) or "not measured"
+                ratios = ", ".join(f"{speedup(ms):.2f}x" for ms in sp["batches"].values()) if sp else "not measured"
+                lines.append(f"| {bits} | {name} | {f['dir']} | {s['onnx']:,} | {s['packed']:,} | {s['fp32']:,} | "
+                             f"{top1} | {ratios} |")
+        machines = {f["machine"] for members in r["export"].values() for f in members.values() if f.get("speed")}
+        lines += [f"\nSpeed measured on {m}; each member's MODEL_CARD.md has the times." for m in sorted(machines)]
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r["plots"]]
     return "\n".join(lines) + "\n"

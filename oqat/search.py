@@ -232,7 +232,9 @@ def search(supernet: Supernet, data_cfg: DataConfig, splits: Splits, budgets: li
     first budget's metric, else bitops), subject to `budgets`. `generations` offspring rounds
     follow the initial population. With `use_predictor`, candidates are scored by an
     accuracy predictor fitted on the real evaluations so far (and `pairs`); only those that
-    reach the current front are evaluated for real, and the final front is real."""
+    reach the current front are evaluated for real, and the final front is real. With latency
+    as the metric or a budget, every entry of the `latency` table ({arch string: ms}) within the
+    trained part and the budgets is evaluated instead: latency is known for those only."""
     start = time.time()
     space = supernet.trained_space
     metric = metric or (budgets[0].metric if budgets else "bitops")
@@ -241,9 +243,6 @@ def search(supernet: Supernet, data_cfg: DataConfig, splits: Splits, budgets: li
         if name not in METRICS + ((LATENCY,) if latency else ()):
             raise BudgetError(f"unknown metric {name!r}; valid: {', '.join(METRICS)}")
     costs.check(budgets)
-    if metric == LATENCY and all(b.metric != LATENCY for b in budgets):
-        # Latency is known only for the table's architectures: keep the search among them.
-        budgets = [*budgets, Budget(LATENCY, max(latency.values()))]
     # Calibration subset seeded as `prepare_subnet(..., seed=seed)`: the front's numbers are reproducible.
     scorer = Scorer(supernet, data_cfg, splits, calib_images, val_images, seed)
     problem = _ArchProblem(space, costs, budgets)
@@ -269,26 +268,35 @@ def search(supernet: Supernet, data_cfg: DataConfig, splits: Splits, budgets: li
                 F.append([-float(predictor.predict([arch])[0]), c[metric]])
         Evaluator().eval(StaticProblem(problem, F=np.array(F), G=np.array(G).reshape(len(F), -1)), pop)
 
-    algorithm = NSGA2(pop_size=population, sampling=_FeasibleSampling(), crossover=UniformCrossover(),
-                      mutation=_ResetMutation(), repair=_Canonical(), eliminate_duplicates=True)
-    algorithm.setup(problem, termination=("n_gen", generations + 1), seed=seed)
-    if use_predictor:
-        predictor = refit()
-    gen = 0
-    while algorithm.has_next():
-        pop = algorithm.ask()
-        score(pop)
-        algorithm.tell(infills=pop)
-        if use_predictor:  # confirm the current front by real evaluation, then refit
-            for ind in algorithm.opt:
-                arch = decode(ind.X, space)
-                if arch not in scorer.scores and problem.feasible(arch):
-                    ind.set("F", np.array([-scorer(arch), ind.F[1]]))
+    if latency is not None and LATENCY in (metric, *(b.metric for b in budgets)):
+        # Latency is known for the table's architectures only, and a table is small: score them all.
+        in_part = [space.check(text) for text in latency if not supernet.untrained(text)]
+        for arch in in_part:
+            if problem.feasible(arch):
+                scorer(arch)
+        log(f"latency table: {len(latency)} entries, {len(in_part)} in the trained part, "
+            f"{len(scorer.scores)} within budget, all evaluated")
+    else:
+        algorithm = NSGA2(pop_size=population, sampling=_FeasibleSampling(), crossover=UniformCrossover(),
+                          mutation=_ResetMutation(), repair=_Canonical(), eliminate_duplicates=True)
+        algorithm.setup(problem, termination=("n_gen", generations + 1), seed=seed)
+        if use_predictor:
             predictor = refit()
-        best = max(scorer.scores.values(), default=float("nan"))
-        log(f"generation {gen}/{generations}: {len(scorer.scores)} evaluated, "
-            f"{len(predicted - set(scorer.scores))} predicted only, best val top-1 {best:.2f}%")
-        gen += 1
+        gen = 0
+        while algorithm.has_next():
+            pop = algorithm.ask()
+            score(pop)
+            algorithm.tell(infills=pop)
+            if use_predictor:  # confirm the current front by real evaluation, then refit
+                for ind in algorithm.opt:
+                    arch = decode(ind.X, space)
+                    if arch not in scorer.scores and problem.feasible(arch):
+                        ind.set("F", np.array([-scorer(arch), ind.F[1]]))
+                predictor = refit()
+            best = max(scorer.scores.values(), default=float("nan"))
+            log(f"generation {gen}/{generations}: {len(scorer.scores)} evaluated, "
+                f"{len(predicted - set(scorer.scores))} predicted only, best val top-1 {best:.2f}%")
+            gen += 1
     # Only candidates within budget are ever evaluated, so every evaluated point may be on the front.
     evaluated = [{"arch": a.to_str(), **costs(a), "val_top1": s} for a, s in scorer.scores.items()]
     idx = pareto_indices(np.array([p["val_top1"] for p in evaluated]), np.array([p[metric] for p in evaluated]))

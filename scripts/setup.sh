@@ -10,11 +10,11 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   echo "[setup] installing torch 2.14.1 + torchvision 0.29.1 (about 80 s)" >&2
   pip install -q torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "^WARNING: Location" >&2 || true
 fi
-if ! .venv/bin/python -c "import oqat, pytest, onnxruntime, pymoo, ninja" 2>/dev/null; then
-  echo "[setup] installing oqat and its dependencies" >&2
-  pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+if ! .venv/bin/python -c "import oqat, pytest, onnxruntime, pymoo, ninja, openvino, qonnx, ml_dtypes" 2>/dev/null; then
+  echo "[setup] installing oqat and its dependencies (with OpenVINO, the fast runtime for exports)" >&2
+  pip install -q -e ".[test,openvino]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 fi
-.venv/bin/python -c "import torch, torchvision, oqat, pytest" >/dev/null
+.venv/bin/python -c "import torch, torchvision, oqat, pytest, openvino, qonnx" >/dev/null
 # Build the CPU LSQ kernel now (about 10 s, once; torch caches it) rather than in the first run.
 .venv/bin/python -c "from oqat.quant import cpu_kernel; cpu_kernel()"
 # Fashion-MNIST comes from Debian where we can (no download at run time on this machine).

@@ -7,7 +7,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from oqat import export, packed
+from oqat import deploy, export, packed
 from oqat.cli import main
 from oqat.config import to_dict
 from oqat.data import DataConfig, eval_batches, load_splits, subset
@@ -46,33 +46,55 @@ def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
-def test_onnx_quantizes_every_conv_with_an_explicit_b_bit_range():
-    net = make_subnet(3)
+def codes_of(t) -> np.ndarray:
+    return numpy_helper.to_array(t).astype(np.int8)
+
+
+@pytest.mark.parametrize("bits,kind,opset", [(4, onnx.TensorProto.INT4, 21), (3, onnx.TensorProto.INT4, 21),
+                                             (2, onnx.TensorProto.INT2, 25)])
+def test_integer_graph_keeps_every_code_and_folds_bn_into_per_channel_scales(bits, kind, opset):
+    net = make_subnet(bits)
     model = export.build_onnx(net)  # runs onnx.checker with full_check
-    inits = initializers(model)
+    assert model.opset_import[0].version == opset
+    inits = {t.name: t for t in model.graph.initializer}
     convs = packed.quantized_convs(net)
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") == len(convs) and ops.count("DequantizeLinear") == 2 * len(convs)
     se_blocks = sum(b.se is not None for b in net.blocks)
     assert se_blocks > 0 and ops.count("Conv") == len(convs) + 1 + 2 * se_blocks  # stem and SE stay fp32
+    assert ops.count("BatchNormalization") == 1  # the stem's; every quantized conv's BN is folded
+    qn, qp = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     used, signed_inputs = set(), 0
     for name, conv in convs.items():
         codes = inits[f"{name}.w_codes"]
-        assert codes.dtype == np.int8 and codes.min() >= -4 and codes.max() <= 3
-        used |= set(codes.ravel().tolist())
+        assert codes.data_type == kind  # stored at the weights' true width
+        assert np.array_equal(codes_of(codes), packed.weight_codes(conv).numpy())  # not one code changed
+        used |= set(codes_of(codes).ravel().tolist())
+        s_w = conv.wq.step.detach().abs().double()
+        module = net.get_submodule(name.removesuffix(".conv"))
+        bn = module.bn
+        k = s_w if bn is None else s_w * bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        scale = numpy_helper.to_array(inits[f"{name}.w_scale"])
+        assert scale.shape == (conv.out_channels,) and np.allclose(scale, k.detach().numpy(), rtol=1e-7)
         s_a = conv.aq.step.detach().abs().float()
         # mini quantizes linear inputs (expand convs, the first head conv) signed, the others unsigned.
-        lo, hi, zero = (-4, 3, np.int8) if conv.aq.signed else (0, 7, np.uint8)
-        assert inits[f"{name}.a_min"] == np.float32(lo) * s_a.numpy()
-        assert inits[f"{name}.a_max"] == np.float32(hi) * s_a.numpy()
-        assert inits[f"{name}.a_scale"] == s_a.numpy() and inits[f"{name}.a_zero"].dtype == zero
+        lo, hi, zero = (qn, qp, np.int8) if conv.aq.signed else (0, 2 ** bits - 1, np.uint8)
+        assert numpy_helper.to_array(inits[f"{name}.a_min"]) == np.float32(lo) * s_a.numpy()
+        assert numpy_helper.to_array(inits[f"{name}.a_max"]) == np.float32(hi) * s_a.numpy()
+        assert numpy_helper.to_array(inits[f"{name}.a_zero"]).dtype == zero
         signed_inputs += conv.aq.signed
-        # The DQ weight is exactly what the PyTorch quantizer computes.
-        w_hat = torch.tensor(codes).float() * conv.wq.step.detach().abs()
-        assert torch.equal(w_hat, conv.wq(conv.weight).detach())
-    assert used == set(range(-4, 4))  # the whole 3-bit range occurs
+    assert used == set(range(qn, qp + 1))  # the whole b-bit range occurs
     expands = sum(b.expand is not None for b in net.blocks)
     assert signed_inputs == expands + 1 and expands > 0  # + final_expand
+
+
+def test_the_onnx_file_follows_the_packed_size():
+    """Sub-byte initializers: the .onnx of a 2-bit net is smaller than its 4-bit self's, which
+    is smaller than the same graph with int8 codes."""
+    sizes = {bits: len(export.build_onnx(make_subnet(bits)).SerializeToString()) for bits in (4, 2)}
+    wide = len(deploy.widened(export.build_onnx(make_subnet(4))).SerializeToString())
+    weights = sum(c.weight.numel() for c in packed.quantized_convs(make_subnet(4)).values())
+    assert wide - sizes[4] >= 0.45 * weights and sizes[4] - sizes[2] >= 0.2 * weights
 
 
 @pytest.mark.parametrize("step", [0.03125, 0.0371])
@@ -89,32 +111,46 @@ def test_onnx_activation_quantizer_computes_exactly_what_lsq_does(step):
     out = export._quantize_input(g, "input", conv, "q")
     graph = onnx.helper.make_graph(g.nodes, "q", [onnx.helper.make_tensor_value_info("input", 1, [len(x)])],
                                    [onnx.helper.make_tensor_value_info(out, 1, [len(x)])], g.inits)
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", export.OPSET)])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     model.ir_version = 8
-    got = export.onnx_session(model).run(None, {"input": x})[0]
     want = conv.aq(torch.from_numpy(x)).detach().numpy()
-    assert np.array_equal(got, want)
+    assert np.array_equal(deploy.Runner(model, "onnxruntime")(x), want)
     if step == 0.03125:  # 0.5 -> 0, 1.5 -> 2, 2.5 -> 2: half to even
         assert want[2] == 0 and want[3] == want[4] == 2 * s
+    if "openvino" in deploy.runtimes():
+        # OpenVINO multiplies by 1/s where LSQ divides by s: a value within an ulp of k + 0.5
+        # may take the other code, and no other value.
+        got = deploy.Runner(model, "openvino")(x)
+        off = got != want
+        half = np.abs(x.astype(np.float64) / step - np.floor(x.astype(np.float64) / step) - 0.5)
+        ulps = 4 * np.finfo(np.float32).eps * np.abs(x / s)
+        assert np.all(half[off] < ulps[off]) and np.all(np.abs(got - want)[off] <= s * 1.0001)
+
+
+# OpenVINO's quantizer rounds a value within an ulp of a boundary differently (the test above),
+# a few activations in each image here: an untrained net grows some of those flips.
+PARITY = {"onnxruntime": (0.99, 0.99), "openvino": (0.97, 0.98)}  # within 1e-3, top-1 agreement
 
 
 def assert_parity(p: dict) -> None:
     """Most images match to float precision. An activation within a float ulp of a rounding
     boundary may round the other way in one engine (they sum convs and apply BN in different
     orders, and torch's BN uses FMA); in these untrained, chaotic nets the step it moves
-    grows through the layers, so a few images in a thousand differ visibly (trained nets:
+    grows through the layers, so a few images in a hundred differ visibly (trained nets:
     see the report). A wrong rounding mode, scale or clip would move nearly every image."""
+    within, top1 = PARITY[p["runtime"]]
     assert p["gaps"].median() <= 1e-5
-    assert p["within_1e-3"] >= 0.99
-    assert p["top1_agreement"] >= 0.99
+    assert p["within_1e-3"] >= within
+    assert p["top1_agreement"] >= top1
     assert len(p["torch_logits"].argmax(1).unique()) >= 3  # not a constant prediction
 
 
+@pytest.mark.parametrize("runtime", deploy.runtimes())
 @pytest.mark.parametrize("bits", [4, 2])
-def test_onnxruntime_matches_pytorch_on_synthetic_images(bits):
+def test_each_runtime_matches_pytorch_on_synthetic_images(bits, runtime):
     net = make_subnet(bits)
     x = torch.randn(1000, 1, ARCH.r, ARCH.r, generator=torch.Generator().manual_seed(1))
-    assert_parity(export.parity(net, export.onnx_session(export.build_onnx(net)), x))
+    assert_parity(deploy.parity(net, deploy.Runner(export.build_onnx(net), runtime), x))
 
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
@@ -127,7 +163,8 @@ def test_onnxruntime_matches_pytorch_on_1000_fashion_mnist_test_images():
     calib = resize(next(eval_batches(subset(splits.train, 256, 0), cfg))[0], ARCH.r)
     net = make_subnet(4, calib=calib)
     x = resize(torch.cat([x for x, _ in eval_batches(subset(splits.test, 1000, 0), cfg)]), ARCH.r)
-    assert_parity(export.parity(net, export.onnx_session(export.build_onnx(net)), x))
+    for runtime in deploy.runtimes():
+        assert_parity(deploy.parity(net, deploy.Runner(export.build_onnx(net), runtime), x))
 
 
 def synthetic_supernet(tmp_path, with_data: bool = True) -> str:
@@ -146,19 +183,22 @@ def synthetic_supernet(tmp_path, with_data: bool = True) -> str:
 def test_export_cli_writes_a_deployable_folder(tmp_path, capsys):
     out = tmp_path / "deploy"
     code = main(["export", synthetic_supernet(tmp_path), "--arch", ARCH.to_str(), "--out", str(out),
-                 "--calib-images", "64", "--test-images", "64"])
+                 "--calib-images", "64", "--test-images", "64", "--speed-rounds", "1"])
     assert code == 0, capsys.readouterr().err
-    assert sorted(os.listdir(out)) == sorted([export.ONNX_FILE, export.PACKED_FILE, export.ARCH_FILE, export.CARD_FILE])
+    assert sorted(os.listdir(out)) == sorted([export.ONNX_FILE, export.QONNX_FILE, export.PACKED_FILE,
+                                              export.ARCH_FILE, export.CARD_FILE, "facts.json"])
     with open(out / export.ARCH_FILE) as f:
         assert Arch.from_dict(json.load(f)) == ARCH
     card = (out / export.CARD_FILE).read_text()
-    assert "test top-1 on 64 test images" in card
+    assert "Top-1 on 64 test images" in card and "## Speed on " in card and "fastest fp32 / fastest export" in card
     assert "BitOPs" in card and f"N x 1 x {ARCH.r} x {ARCH.r}" in card
     # The folder alone deploys: the ONNX model and the packed subnet agree.
     net = load_packed(str(out / export.PACKED_FILE))
     x = torch.randn(32, 1, ARCH.r, ARCH.r)
-    assert export.parity(net, export.onnx_session(str(out / export.ONNX_FILE)), x)["gaps"].median() <= 1e-5
-    assert os.path.getsize(out / export.PACKED_FILE) < export.state_dict_bytes(net) / 2
+    assert deploy.parity(net, deploy.Runner(str(out / export.ONNX_FILE)), x)["gaps"].median() <= 1e-5
+    facts = json.loads((out / "facts.json").read_text())
+    sizes = facts["sizes"]
+    assert sizes["onnx"] < sizes["int8"] < sizes["fp32"] / 2 and sizes["packed"] < sizes["int8"]
     assert "at 4 bits" in capsys.readouterr().out
 
 

@@ -305,10 +305,15 @@ def test_fuzz_malformed_config_overrides(capsys):
     assert errors >= 200
 
 
+def _table(ms: str) -> str:
+    return f'{{"bits": 2, "device": "cpu", "threads": 1, "ms": {ms}}}'
+
+
 @pytest.mark.parametrize("content,message", [
-    ("[1, 2]", "must be a JSON object"), ("{}", "not empty"), ('{"mini:r28:k3e2": 1.0}', "has 1 stages"),
-    ('{"mini:r20:k3e2-k3e2-k3e2-k3e2": "fast"}', "expected milliseconds"),
-    ('{"mini:r20:k3e2-k3e2-k3e2-k3e2": -1}', "expected milliseconds"), ("{'a': 1}", "is not valid JSON"),
+    ("[1, 2]", "must be a JSON object"), ('{"mini:r20:k3e2-k3e2-k3e2-k3e2": 1.0}', "bits, device, threads and ms"),
+    (_table("{}"), "not empty"), (_table('{"mini:r28:k3e2": 1.0}'), "has 1 stages"),
+    (_table('{"mini:r20:k3e2-k3e2-k3e2-k3e2": "fast"}'), "expected milliseconds"),
+    (_table('{"mini:r20:k3e2-k3e2-k3e2-k3e2": -1}'), "expected milliseconds"), ("{'a': 1}", "is not valid JSON"),
     (b"\xff\xfe\x00binary", "is not valid JSON"),
 ])
 def test_a_malformed_latency_table_is_one_line_naming_it(tmp_path, content, message):

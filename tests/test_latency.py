@@ -4,7 +4,7 @@ import time
 import pytest
 from test_export import ARCH, make_subnet
 
-from oqat import export, latency
+from oqat import deploy, export, latency, machine
 from oqat.cli import main
 from oqat.files import load_latency_table
 from oqat.space import MINI, Arch
@@ -35,10 +35,16 @@ def test_latency_of_subnet_files_builds_a_table_the_search_reads(tmp_path, capsy
         make_subnet(2, arch).save(path)
         result = run_json(capsys, path, "--batch", "3", "--table", table)
         assert result["arch"] == arch.to_str() and result["bits"] == 2
-        assert set(result["ms"]) == set(latency.ENGINES)
+        # the deployed graph and its fp32 self in each runtime, and PyTorch's fake-quant forward
+        assert set(result["ms"]) == {"torch"} | {f"{r} {k}" for r in deploy.runtimes() for k in ("export", "fp32")}
         assert all(set(by_batch) == {"1", "3"} and min(by_batch.values()) > 0 for by_batch in result["ms"].values())
-    read = load_latency_table(table, MINI)
-    assert set(read) == {ARCH.to_str(), other.to_str()} and min(read.values()) > 0
+    read = load_latency_table(table, MINI, bits=2)
+    assert set(read["ms"]) == {ARCH.to_str(), other.to_str()} and min(read["ms"].values()) > 0
+    assert read["device"] == machine.cpu_model() and read["threads"] == 1
+    path = str(tmp_path / "3bit.pt")
+    make_subnet(3, other).save(path)
+    assert main(["latency", path, "--runs", "1", "--warmup", "0", "--table", table]) == 2
+    assert "holds 2-bit timings on" in capsys.readouterr().err
 
 
 def test_latency_of_an_exported_folder(tmp_path, capsys):
@@ -53,4 +59,4 @@ def test_a_latency_table_that_is_not_an_object_is_refused(tmp_path):
     path = tmp_path / "t.json"
     path.write_text("[1, 2]")
     with pytest.raises(ValueError, match="must be a JSON object"):
-        latency.update_table(str(path), ARCH.to_str(), 1.0)
+        latency.update_table(str(path), ARCH.to_str(), 1.0, bits=2, threads=1)

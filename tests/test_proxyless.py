@@ -13,7 +13,7 @@ from test_export import assert_parity, make_subnet
 from test_supernet import max_diff, prepared
 from torch import nn
 
-from oqat import export
+from oqat import deploy, export
 from oqat.cost import cost
 from oqat.layers import QConv2d
 from oqat.space import MINI_PROXYLESS, PROXYLESS, Arch
@@ -109,7 +109,8 @@ def test_onnx_export_matches_pytorch(bits):
     model = export.build_onnx(net)
     assert [n.op_type for n in model.graph.node].count("Clip") >= 10
     x = torch.randn(1000, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    assert_parity(export.parity(net, export.onnx_session(model), x))
+    for runtime in deploy.runtimes():
+        assert_parity(deploy.parity(net, deploy.Runner(model, runtime), x))
 
 
 @pytest.mark.slow

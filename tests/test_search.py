@@ -104,25 +104,38 @@ def test_budget_errors():
             parse_budget(bad)
 
 
+def latency_table(path, ms: dict, bits: int = 4) -> dict:
+    path.write_text(json.dumps({"bits": bits, "device": "test cpu", "threads": 1, "ms": ms}))
+    return load_latency_table(str(path), TINY, bits)["ms"]
+
+
 def test_latency_table(tmp_path):
     small, big = TINY.smallest(), TINY.largest()
     path = tmp_path / "lat.json"
-    path.write_text(json.dumps({small.to_str(): 1.5, big.to_str(): 4.0}))
-    table = load_latency_table(str(path), TINY)
+    table = latency_table(path, {small.to_str(): 1.5, big.to_str(): 4.0})
     costs = S.Costs(TINY, 4, table)
     assert costs(big)["latency"] == 4.0 and "latency" not in costs(TINY.sample(random.Random(3)))
     with pytest.raises(BudgetError, match=r"smallest achievable latency is 1.5 \(evaltiny:r12"):
         costs.check([Budget("latency", 1.0)])
-    archs = [TINY.sample(random.Random(i)) for i in range(6)]
-    path.write_text(json.dumps({a.to_str(): float(i + 1) for i, a in enumerate(archs)}))
-    net, _ = load_supernet(tiny_run())
-    result = S.search(net, DATA, load_splits(DATA), [], population=4, generations=2, metric="latency",
-                      calib_images=64, latency=load_latency_table(str(path), TINY), test=False, log=lambda _: None)
-    assert result.evaluated and {p["arch"] for p in result.evaluated} <= {a.to_str() for a in archs}
-    assert result.front[0]["latency"] == min(p["latency"] for p in result.evaluated)
-    path.write_text(json.dumps({"mini:r28:k3e2-k3e2-k3e2-k3e2": 1.0}))
-    with pytest.raises(ValueError, match="from space 'mini', not 'evaltiny'"):
+    latency_table(path, {big.to_str(): 4.0}, bits=2)
+    with pytest.raises(ValueError, match="holds 2-bit timings; the supernet is 4-bit"):
+        load_latency_table(str(path), TINY, 4)
+    path.write_text(json.dumps({big.to_str(): 4.0}))  # no bits, device, threads: refused
+    with pytest.raises(ValueError, match="with bits, device, threads and ms"):
         load_latency_table(str(path), TINY)
+    with pytest.raises(ValueError, match="from space 'mini', not 'evaltiny'"):
+        latency_table(path, {"mini:r28:k3e2-k3e2-k3e2-k3e2": 1.0})
+
+
+def test_a_latency_search_scores_every_table_entry_within_budget(tmp_path):
+    archs = list(dict.fromkeys(TINY.sample(random.Random(i)) for i in range(6)))
+    table = latency_table(tmp_path / "lat.json", {a.to_str(): 0.25 * (i + 1) for i, a in enumerate(archs)})
+    net, _ = load_supernet(tiny_run())
+    result = S.search(net, DATA, load_splits(DATA), [Budget("latency", 0.25 * (len(archs) - 1))], population=4,
+                      generations=0, calib_images=64, latency=table, test=False, log=lambda _: None)
+    # Every entry but the slowest is within budget, and each is evaluated, however small the population.
+    assert sorted(p["arch"] for p in result.evaluated) == sorted(a.to_str() for a in archs[:-1])
+    assert result.front[0]["latency"] == min(p["latency"] for p in result.evaluated)
 
 
 def test_search_cli_outputs_and_errors(capsys, tmp_path):
