@@ -2,8 +2,9 @@
 PyTorch, and how fast it runs against the same network in full precision.
 
 OpenVINO runs the integer graph's convolutions in int8 (its low-precision transformations
-turn each QDQ conv into one), onnxruntime runs it correctly but does not fuse this graph's
-pattern, so on x86 CPUs OpenVINO is the fast runtime for an export and onnxruntime the
+turn each QDQ conv into one); onnxruntime fuses none of them (an activation sits between each
+conv and the next quantizer, where its QDQ fusion wants Q right after the conv) and computes
+the same codes in float. So OpenVINO is the fast runtime for an export and onnxruntime the
 reference (docs/deployment.md has the measurements). OpenVINO is an optional dependency
 (`pip install oqat[openvino]`); `runtimes()` says which are here.
 """
@@ -58,10 +59,14 @@ class Runner:
         if runtime == "onnxruntime":
             import onnxruntime as ort
             opts = ort.SessionOptions()
+            # onnxruntime's QDQ rewrites fuse none of this graph's convs (an activation sits between
+            # conv and Q) and keep every weight DQ live, 3x slower; its bias quantization rounds
+            # the folded BN shift to int32 steps. Without them it folds the weights once.
+            opts.add_session_config_entry("session.disable_quant_qdq", "1")
             if threads:
                 opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-            session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-            self._run = lambda x: session.run(None, {"input": x})[0]
+            self._session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            self._run = lambda x: self._session.run(["logits"], {"input": x})[0]
         else:
             import openvino as ov
             core = ov.Core()

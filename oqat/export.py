@@ -128,8 +128,9 @@ def _integer_conv(g: _Graph, x: str, conv: QConv2d, bn: nn.BatchNorm2d | None, n
     codes = g.codes(f"{name}.w_codes", packed.weight_codes(conv).numpy(), conv.wq.bits)
     w = g.node("DequantizeLinear", [codes, g.const(f"{name}.w_scale", _np(scale))], f"{name}.w_dq", axis=0)
     x = _conv_node(g, [x, w], conv, name)
-    # The shift as an Add, not the conv's bias: onnxruntime's optimizer rounds a float bias of a
-    # QDQ conv to int32 steps of s_x * s_w_c, which moves codes (and mishandles a folded scale).
+    # The shift as an Add, not the conv's bias: onnxruntime's QDQ optimizer (on by default)
+    # rounds a float bias of a QDQ conv to int32 steps of s_x * s_w_c, moving codes; measured
+    # wrong top-1 on 70% of images with per-channel folded scales.
     return x if bias is None else g.node("Add", [x, g.const(f"{name}.shift", _np(bias).reshape(-1, 1, 1))], f"{name}.add")
 
 
