@@ -1,66 +1,77 @@
-"""Images/s of the demo's training step (configs/fashion-mnist.yaml) at each stage's bits.
+"""Images/s of the demo's training step (configs/fashion-mnist.yaml), stage by stage, and the
+training time they predict on this machine.
 
-Runs `Trainer.train_step` (the sandwich of the demo config's train section: the largest, the
-smallest and random subnets, in-place distillation, SGD) on the demo's data and batch for a few
-steps per bit-width, after one warm-up step, and prints the median images per CPU second
-of each (CPU time of this process: a shared machine's waiting left out), or with `--wall`
-per second of wall time (what more threads buy; OMP_NUM_THREADS sets them). To
-compare two checkouts side by side, alternate them in one shell loop, e.g.
+Runs `Trainer.train_step` with each stage's own settings (bits, sandwich, elastic choices; a
+stage taught by an earlier one gets a teacher of that stage's bits) on the demo's data and
+batch for a few steps, after one warm-up step, and prints a one-line machine summary, the
+median images per second of each stage (wall time; OMP_NUM_THREADS sets the threads), and
+epochs x training images / rate: the training part of the demo's time here (the searches,
+exports and report add a few minutes). With `--cpu` the rate is per CPU second of this
+process (a shared machine's waiting left out). To compare two checkouts side by side,
+alternate them in one shell loop, e.g.
 
     for i in 1 2 3; do for tree in /tmp/before $PWD; do
         PYTHONPATH=$tree python benchmarks/demo_rate.py --steps 6; done; done
 """
 import argparse
+import dataclasses
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 
 import torch
 
-from oqat import config
+from oqat import config, machine
 from oqat.data import train_batches
 from oqat.experiment import ExperimentConfig
+from oqat.pipeline import stage_train_config
+from oqat.supernet import Supernet
 from oqat.train import Trainer
 
 
-def warm_trainer(config_path: str, bits: int, run_dir: str) -> tuple[Trainer, Iterator]:
-    """A demo-config Trainer at `bits` with its steps initialised and one step taken, and
-    the rest of epoch 0's batches."""
-    cfg = config.load(ExperimentConfig, config_path, [f"run.dir={run_dir}", f"train.bits={bits}"])
-    t = Trainer(cfg)
+def warm_trainer(cfg: ExperimentConfig, i: int) -> tuple[Trainer, Iterator]:
+    """A Trainer of stage i of `cfg` (its teacher, if any, a fresh supernet of the teacher
+    stage's bits: speed does not depend on its weights) with its steps initialised and one
+    step taken, and the rest of epoch 0's batches."""
+    train_cfg = stage_train_config(cfg, i)
+    if train_cfg.teacher is not None:
+        Supernet(cfg.model.space, cfg.stages[cfg.stages[i].teacher].bits).save(train_cfg.teacher)
+    t = Trainer(dataclasses.replace(cfg, train=train_cfg))
     t.net.train()
-    batches = train_batches(t.splits.train, cfg.data, 0)
-    x, y = next(batches)
+    batches = train_batches(t.splits.train, cfg.data, 0, with_index=True)
+    x, y, index = next(batches)
     t.init_steps(x)
-    t.train_step(x, y)  # warm-up
+    t.train_step(x, y, t.teacher and t.teacher(x, index))  # warm-up
     return t, batches
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--bits", type=int, nargs="+", default=[4, 3, 2])
-    p.add_argument("--wall", action="store_true", help="wall time instead of this process's CPU time")
+    p.add_argument("--cpu", action="store_true", help="this process's CPU time instead of wall time")
     p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "fashion-mnist.yaml"))
     args = p.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    rates, clock = {}, time.perf_counter if args.wall else time.process_time
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))))
+    print(f"machine: {machine.summary()}")
+    clock, total = time.process_time if args.cpu else time.perf_counter, 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        for bits in args.bits:
-            t, batches = warm_trainer(args.config, bits, tmp)
+        cfg = config.load(ExperimentConfig, args.config, [f"run.dir={tmp}"])
+        for i, stage in enumerate(cfg.stages):
+            t, batches = warm_trainer(cfg, i)
             times = []
             for t.step in range(1, args.steps + 1):
-                x, y = next(batches)
+                x, y, index = next(batches)
                 start = clock()
-                t.train_step(x, y)
+                t.train_step(x, y, t.teacher and t.teacher(x, index))
                 times.append(clock() - start)
-            rates[bits] = len(y) / statistics.median(times)
-    print(f"{sys.modules['oqat'].__file__.rsplit('/oqat/', 1)[0]}: " +
-          "  ".join(f"{b}-bit {r:.0f} img/s" for b, r in rates.items()) +
-          f"{' (wall)' if args.wall else ''}  (load {os.getloadavg()[0]:.1f})")
+            rate = len(y) / statistics.median(times)
+            seconds = stage.epochs * len(t.splits.train) / rate
+            total += seconds
+            print(f"stage {i} ({stage.bits}-bit, {stage.epochs} epoch(s)): {rate:.0f} img/s{' (CPU)' if args.cpu else ''}"
+                  f" -> {seconds:.0f} s", flush=True)
+    print(f"training: {total / 60:.1f} min predicted (load {os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":

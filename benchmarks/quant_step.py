@@ -19,6 +19,7 @@ from dataclasses import replace
 
 import torch
 
+from oqat import machine
 from oqat.quant import guard_steps_, set_bits_, step_values
 from oqat.space import SPACES, SearchSpace
 from oqat.supernet import Supernet
@@ -81,6 +82,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     keep_freed_memory()  # as the Trainer does on CPU
+    print(f"machine: {machine.summary()}")
     print(f"threads={torch.get_num_threads()} channels_last, sandwich = largest + middle + smallest, "
           f"{args.repeats} interleaved repeats; load average before: {os.getloadavg()[0]:.2f}")
     for name in args.space:

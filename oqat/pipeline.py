@@ -43,6 +43,18 @@ def _log(text: str, d: distributed.Dist = distributed.Dist()) -> None:
         print(f"[oqat run] {text}", flush=True)
 
 
+def stage_train_config(cfg: ExperimentConfig, i: int, init: str | None = None, reinit: bool | None = None):
+    """Stage i's training settings: train's, with the stage's bits, epochs and the fields it sets;
+    a stage's teacher is the supernet file of the earlier stage it names."""
+    st = cfg.stages[i]
+    overrides = {f: getattr(st, f) for f in STAGE_OVERRIDES if getattr(st, f) is not None}
+    if st.teacher is not None:
+        teacher = cfg.stages[st.teacher]
+        overrides["teacher"] = os.path.join(stage_dir(cfg.run.dir, st.teacher, teacher.bits), "supernet.pt")
+    return dataclasses.replace(cfg.train, bits=st.bits, epochs=st.epochs, init_from=init, reinit_steps=reinit,
+                               **overrides)
+
+
 def run_stages(cfg: ExperimentConfig, d: distributed.Dist = distributed.Dist()) -> list[dict]:
     """Train the stages not yet done. Under torchrun every rank trains each stage (`d`, the
     caller's group); rank 0 writes what lies between stages, the others wait for it."""
@@ -63,16 +75,11 @@ def run_stages(cfg: ExperimentConfig, d: distributed.Dist = distributed.Dist()) 
                 reinit = True if st.reinit_steps else None
             elif st.reinit_steps:
                 reinit = True
-            overrides = {f: getattr(st, f) for f in STAGE_OVERRIDES if getattr(st, f) is not None}
-            if st.teacher is not None:
-                teacher = cfg.stages[st.teacher]
-                overrides["teacher"] = os.path.join(stage_dir(cfg.run.dir, st.teacher, teacher.bits), "supernet.pt")
             _log(f"stage {i}: {st.bits}-bit supernet, {st.epochs} epoch(s)"
                  f"{f' from {os.path.relpath(init, cfg.run.dir)}' if init else ' from scratch'}"
                  f"{f', taught by stage {st.teacher}' if st.teacher is not None else ''}", d)
-            train_cfg = dataclasses.replace(cfg.train, bits=st.bits, epochs=st.epochs, init_from=init,
-                                            reinit_steps=reinit, **overrides)
-            stage_cfg = dataclasses.replace(cfg, train=train_cfg, run=dataclasses.replace(cfg.run, dir=out))
+            stage_cfg = dataclasses.replace(cfg, train=stage_train_config(cfg, i, init, reinit),
+                                            run=dataclasses.replace(cfg.run, dir=out))
             start = time.time()
             train(stage_cfg)
             if d.main:
