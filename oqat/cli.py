@@ -146,7 +146,10 @@ def add_analyze(sub):
 
 def cmd_analyze(args):
     from .analysis import analyze
-    cfg = settings(args).analysis
+    from .config import load
+    from .experiment import ExperimentConfig
+    run_config = os.path.join(args.run_dir, "config.yaml")
+    cfg = settings(args, load(ExperimentConfig, run_config) if os.path.isfile(run_config) else None).analysis
     result = analyze(args.run_dir, cfg, args.out,
                      progress=lambda i, n: print(f"\r  evaluated {i}/{n} architectures", end="", file=sys.stderr))
     print(file=sys.stderr)

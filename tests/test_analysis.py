@@ -89,6 +89,13 @@ def test_a_run_with_one_quantized_bit_width_measures_loss_from_the_fp_largest(tm
     assert s["reference"] == 32 and s["largest_only"] and s["bits"] == [2] and s["reference_top1"] is not None
 
 
+def test_analyze_takes_its_settings_from_the_run_config(tmp_path, capsys):
+    run = make_run(tmp_path, [(4, ()), (2, ())])
+    (tmp_path / "config.yaml").write_text("analysis: {samples: 3}\n")
+    assert main(["analyze", run]) == 2
+    assert "samples must be >= 10, got 3" in capsys.readouterr().err
+
+
 def test_too_few_trained_architectures_are_refused(tmp_path, capsys):
     run = make_run(tmp_path, [(4, ()), (2, ())])
     assert main(["analyze", run, *SETTINGS]) == 2
