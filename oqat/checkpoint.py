@@ -16,23 +16,43 @@ class CheckpointError(ValueError):
     pass
 
 
+class WriteError(OSError):
+    """An output could not be written (disk full, read-only, ...); the message is one line
+    naming the file. Its previous version, if any, is untouched."""
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    # torch.save reports a failed write as a RuntimeError whose context is the OSError.
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    return err
+
+
 def atomic_write(path: str, write) -> None:
     """Call write(file) on a temp file beside `path`, fsync, then rename over `path`:
-    a crash leaves either the old file or the new one, never half of one."""
+    a crash leaves either the old file or the new one, never half of one. A failure of the
+    file system (ENOSPC, EROFS, ...) is a WriteError naming `path`."""
     path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-" + os.path.basename(path))
+    tmp = None
     try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-" + os.path.basename(path))
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the user's group
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        cause = _os_error(err)
+        if cause is None or not isinstance(err, Exception) or isinstance(err, WriteError):
+            raise
+        kept = "its previous version is kept" if os.path.exists(path) else "nothing was written"
+        error = WriteError(f"cannot write '{path}': {cause.strerror or cause}; {kept}")
+        error.errno = cause.errno
+        raise error from None
     dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable

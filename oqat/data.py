@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import pickle
+import sys
 import urllib.error
 import urllib.request
 import zlib
@@ -141,11 +142,22 @@ class FolderSubset(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, item):
+        """Sample `item`; a file that does not decode is skipped with a warning naming it, the
+        next readable sample of this subset taking its place: one bad file in millions should
+        not end a long run, and batches keep their size and their replay on resume."""
         i, size = item if isinstance(item, tuple) else (item, self.size)
         if size not in self._transforms:
             self._transforms[size] = folder_transform(size, self.augment)
-        path, label = self.folder.samples[int(self.indices[i])]
-        return self._transforms[size](self.folder.loader(path)), label
+        for k in range(len(self.indices)):
+            path, label = self.folder.samples[int(self.indices[(i + k) % len(self.indices)])]
+            try:
+                image = self.folder.loader(path)
+            except Exception as err:  # whatever a broken file makes PIL raise
+                _warn_unreadable(path, err)
+                continue
+            return self._transforms[size](image), label
+        raise DataError(f"imagefolder: none of the {len(self.indices)} images of a split under "
+                        f"'{self.folder.root}' can be read")
 
     def take(self, index: Tensor, evaluation: bool = False) -> FolderSubset:
         return FolderSubset(self.folder, self.indices[index], self.size, self.augment and not evaluation)
@@ -153,6 +165,17 @@ class FolderSubset(torch.utils.data.Dataset):
     def at(self, size: int, augment: bool | None = None) -> FolderSubset:
         """The same samples decoded at `size` (augmented or not; default: as now)."""
         return FolderSubset(self.folder, self.indices, size, self.augment if augment is None else augment)
+
+
+_unreadable: set[str] = set()
+
+
+def _warn_unreadable(path: str, err: Exception) -> None:
+    if path not in _unreadable:  # once per file and process, not once per epoch
+        _unreadable.add(path)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"oqat: warning: skipping unreadable image '{path}' ({first}); the next image of its split "
+              "stands in for it", file=sys.stderr, flush=True)
 
 
 Dataset = ArrayDataset | FolderSubset
@@ -255,14 +278,14 @@ def _load_fmnist(cfg: DataConfig) -> tuple[ArrayDataset, ArrayDataset]:
     folder, present = _fmnist_folder(cfg)
     if not present:
         download_fashion_mnist(folder, FASHION_MNIST_URL, FASHION_MNIST_FILES)
-    stems = _FMNIST_STEMS
-    arrays = [read_idx(_find_fmnist(folder, s), 3 if "images" in s else 1) for s in stems]
+    paths = [_find_fmnist(folder, s) for s in _FMNIST_STEMS]
+    arrays = [read_idx(p, 3 if "images" in s else 1) for p, s in zip(paths, _FMNIST_STEMS)]
     mean, std = STATS["fashion-mnist"]
     out = []
-    for images, labels, stem in ((*arrays[:2], stems[0]), (*arrays[2:], stems[2])):
-        if images.shape[1:] != (28, 28) or len(images) != len(labels) or labels.max() > 9:
-            raise DataError(f"Fashion-MNIST {stem} in '{folder}' is inconsistent: images "
-                            f"{images.shape}, {len(labels)} labels (max {labels.max()}); "
+    for images, labels, path in ((*arrays[:2], paths[0]), (*arrays[2:], paths[2])):
+        if images.shape[1:] != (28, 28) or len(images) != len(labels) or labels.max(initial=0) > 9:
+            raise DataError(f"Fashion-MNIST '{path}' and its labels are inconsistent: images "
+                            f"{images.shape}, {len(labels)} labels (max {labels.max(initial=0)}); "
                             "expected N x 28 x 28 and N labels in 0..9")
         x = torch.from_numpy(images.copy()).unsqueeze(1)  # copy: frombuffer is read-only
         y = torch.from_numpy(labels.astype(np.int64))
@@ -336,8 +359,13 @@ def _cifar_files(cfg: DataConfig) -> tuple[list[str], list[str], bytes]:
 def _load_cifar(cfg: DataConfig) -> tuple[ArrayDataset, ArrayDataset]:
     train_files, test_files, key = _cifar_files(cfg)
     out = []
+    classes = 10 if cfg.name == "cifar10" else 100
     for files in (train_files, test_files):
         parts = [read_cifar_batch(f, key) for f in files]
+        for f, (_, labels) in zip(files, parts):
+            if len(labels) and not 0 <= labels.min() <= labels.max() < classes:
+                raise DataError(f"'{f}' has labels {labels.min()}..{labels.max()}; {cfg.name} labels are "
+                                f"0..{classes - 1}")
         images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
         labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
         mean, std = STATS[cfg.name]
@@ -380,8 +408,10 @@ def _load_folders(cfg: DataConfig) -> tuple[FolderSubset, FolderSubset]:
     from torchvision import datasets
 
     root, size = _check_folders(cfg), cfg.image_size or 224
-    train = datasets.ImageFolder(os.path.join(root, "train"))
-    test = datasets.ImageFolder(os.path.join(root, "val"))
+    try:
+        train, test = (datasets.ImageFolder(os.path.join(root, split)) for split in ("train", "val"))
+    except FileNotFoundError as err:  # a class folder without one image file
+        raise DataError(f"imagefolder '{root}': {str(err).splitlines()[0]}") from None
     if test.classes != train.classes:
         raise DataError(f"imagefolder: val/ classes differ from train/ classes in '{root}'")
     return (FolderSubset(train, torch.arange(len(train.samples)), size, cfg.augment),

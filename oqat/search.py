@@ -28,7 +28,7 @@ from pymoo.operators.crossover.ux import UniformCrossover
 from pymoo.problems.static import StaticProblem
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from . import checkpoint, data
+from . import checkpoint, data, faults
 from .cost import METRICS, cost
 from .data import DataConfig, Splits
 from .evaluate import evaluate
@@ -296,6 +296,7 @@ def search(supernet: Supernet, data_cfg: DataConfig, splits: Splits, budgets: li
             best = max(scorer.scores.values(), default=float("nan"))
             log(f"generation {gen}/{generations}: {len(scorer.scores)} evaluated, "
                 f"{len(predicted - set(scorer.scores))} predicted only, best val top-1 {best:.2f}%")
+            faults.pause_point("search-generation")
             gen += 1
     # Only candidates within budget are ever evaluated, so every evaluated point may be on the front.
     evaluated = [{"arch": a.to_str(), **costs(a), "val_top1": s} for a, s in scorer.scores.items()]

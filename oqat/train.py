@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import checkpoint, config, distributed, files
+from . import checkpoint, config, distributed, faults, files
 from .data import ArrayDataset, Splits, eval_batches, load_splits, num_train_batches, train_batches
 from .evaluate import evaluate, prepare_subnet, resize
 from .experiment import ExperimentConfig, check_inputs
@@ -249,6 +249,7 @@ class Trainer:
                     self.save()
             final = {"epoch": self.epoch, "step": self.step, **self.health, **self.val}
             if main:
+                self.check_finite()
                 self.net.save(os.path.join(self.dir, "supernet.pt"), {
                     "data": config.to_dict(self.cfg.data), "config": config.to_dict(self.cfg), "val": final})
             return final
@@ -306,8 +307,8 @@ class Trainer:
         distributed.all_reduce_mean_(grads + [losses], self.dist.world)
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
-            raise DivergedError(f"non-finite loss at step {self.step} in subnet {archs[int(bad[0])]} "
-                                f"({t.bits}-bit); last good checkpoint: {self.last}")
+            raise DivergedError(f"training diverged: non-finite loss at step {self.step} in subnet "
+                                f"{archs[int(bad[0])]} ({t.bits}-bit); {self._advice()}")
         if t.grad_clip:
             torch.nn.utils.clip_grad_norm_(grads, t.grad_clip)
         before = step_values(self.net)
@@ -332,7 +333,22 @@ class Trainer:
             out[f"val_top1_{name}"], out[f"val_loss_{name}"] = res["top1"], res["loss"]
         return out
 
+    def _advice(self) -> str:
+        # A resumed run keeps the optimizer's lr: a lower one needs a fresh run.dir.
+        kept = f" (the last good checkpoint is '{self.last}')" if os.path.exists(self.last) else ""
+        return f"try a lower lr (this stage's is {self.cfg.train.lr:g}) or train.grad_clip, in a new run.dir{kept}"
+
+    def check_finite(self) -> None:
+        """Refuse to save non-finite weights (an optimizer step can overflow on a finite
+        loss): resuming, searching or exporting from them would only spread NaN."""
+        bad = [k for k, v in self.net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise DivergedError(f"training diverged: non-finite weights after step {self.step} "
+                                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); {self._advice()}")
+
     def save(self) -> None:
+        faults.pause_point("checkpoint")
+        self.check_finite()
         rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -386,8 +402,11 @@ class RunLog:
         self.tb = SummaryWriter(os.path.join(folder, "tb"), purge_step=step + 1 if resumed else None)
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as err:  # a line cut short here is dropped on resume
+            raise checkpoint.WriteError(f"cannot write '{self.path}': {err.strerror}") from None
         for key, value in record.items():
             if isinstance(value, (int, float)) and key not in ("step", "epoch"):
                 self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"])
