@@ -120,8 +120,8 @@ def rank_corr(x, y, n_boot: int, seed: int) -> dict:
         idx = rng.integers(0, len(x), len(x))
         if np.ptp(x[idx]) > 0 and np.ptp(y[idx]) > 0:
             boots.append(spearmanr(x[idx], y[idx]).statistic)
-    lo, hi = np.percentile(boots, [2.5, 97.5]) if boots else (np.nan, np.nan)
-    return {"rho": float(r.statistic), "p": float(r.pvalue), "lo": float(lo), "hi": float(hi), "n": len(x)}
+    lo, hi = map(float, np.percentile(boots, [2.5, 97.5])) if boots else (None, None)
+    return {"rho": float(r.statistic), "p": float(r.pvalue), "lo": lo, "hi": hi, "n": len(x)}
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
@@ -190,7 +190,7 @@ def plot(rows: list[dict], summary: dict, out_dir: str) -> list[str]:
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), sharey=True, squeeze=False)
     for ax, t in zip(axes[0], names):
         ax.scatter([r[t] for r in rows], [r["loss"][lowest] for r in rows], s=10, alpha=0.6)
-        ax.set(xlabel=t, title=f"rho {_ci(summary['correlations'][lowest][t])}")
+        ax.set(xlabel=t, title=f"rho {format_corr(summary['correlations'][lowest][t])}")
     axes[0][0].set_ylabel(f"top-1 lost at {lowest} bits")
     paths.append(_save(fig, out_dir, "analysis_loss_vs_traits.png"))
     return paths
@@ -218,7 +218,8 @@ def run_supernets(run_dir: str) -> dict[int, tuple[Supernet, object]]:
             net, ckpt = files.load_supernet(path)
             found[net.bits] = net, ckpt["data"]
     if len(found) < 2:
-        raise ValueError(f"'{run_dir}' has {len(found)} finished supernet(s); the analysis compares at least two bit-widths")
+        raise ValueError(f"'{run_dir}' has {len(found)} finished supernet(s); the analysis compares at least "
+                         "two bit-widths")
     return found
 
 
@@ -250,8 +251,12 @@ def analyze(run_dir: str, cfg: AnalysisConfig, out_dir: str | None = None, progr
     return result
 
 
-def _ci(c: dict) -> str:
-    return "n/a" if c["rho"] is None else f"{c['rho']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}], p={c['p']:.2g}"
+def format_corr(c: dict) -> str:
+    """rho [95% CI], p; n/a where a trait or the loss was constant."""
+    if c["rho"] is None:
+        return "n/a"
+    interval = "" if c["lo"] is None else f" [{c['lo']:+.2f}, {c['hi']:+.2f}]"
+    return f"{c['rho']:+.2f}{interval}, p={c['p']:.2g}"
 
 
 def markdown(s: dict, rows: list[dict]) -> str:
@@ -265,13 +270,13 @@ def markdown(s: dict, rows: list[dict]) -> str:
              "trait, more lost).", "",
              "| trait | " + " | ".join(f"{b}-bit (mean loss {s['mean_loss'][b]:.2f})" for b in bits) + " |",
              "|---|" + "---|" * len(bits)]
-    lines += [f"| {t} | " + " | ".join(_ci(s["correlations"][b][t]) for b in bits) + " |" for t in s["traits"]]
+    lines += [f"| {t} | " + " | ".join(format_corr(s["correlations"][b][t]) for b in bits) + " |" for t in s["traits"]]
     lines += ["", f"## At matched cost ({lowest}-bit loss)", "",
               "Inside each MACs band (quantiles of the samples), the rank correlation of each trait with the loss.", "",
               "| MACs band | n | " + " | ".join(s["traits"]) + " |", "|---|---|" + "---|" * len(s["traits"])]
     for b in s["bands"]:
         lines.append(f"| {b['macs'][0] / 1e6:.2f}-{b['macs'][1] / 1e6:.2f} M | {b['n']} | "
-                     + " | ".join(_ci(b["rho"][t]) for t in s["traits"]) + " |")
+                     + " | ".join(format_corr(b["rho"][t]) for t in s["traits"]) + " |")
     if not s["largest_only"]:
         hi = s["reference"]
         lines += ["", f"## Similar cost and {hi}-bit accuracy, most different at {lowest} bits", ""]

@@ -15,7 +15,6 @@ import json
 import os
 import sys
 
-
 MIN_HELD_OUT = 10  # held-out pairs below which a predictor's Kendall tau and RMSE are noise
 
 
@@ -145,7 +144,7 @@ def add_analyze(sub):
 
 
 def cmd_analyze(args):
-    from .analysis import analyze
+    from .analysis import analyze, format_corr
     from .config import load
     from .experiment import ExperimentConfig
     run_config = os.path.join(args.run_dir, "config.yaml")
@@ -155,12 +154,12 @@ def cmd_analyze(args):
     print(file=sys.stderr)
     out = args.out or os.path.join(args.run_dir, "analysis")
     s = result["summary"]
-    print(f"{len(result['rows'])} subnets, val top-1 on {s['val_images']:,} val images; loss against {s['reference_text']}")
+    print(f"{len(result['rows'])} subnets, val top-1 on {s['val_images']:,} val images; loss against "
+          f"{s['reference_text']}; per trait Spearman rho [bootstrap 95% CI], p")
     for b in s["bits"]:
         print(f"  {b}-bit: mean loss {s['mean_loss'][b]:.2f} points")
         for t, c in s["correlations"][b].items():
-            print(f"    vs {t:<12} " + ("rho n/a (constant)" if c["rho"] is None else
-                                       f"rho {c['rho']:+.2f} [95% CI {c['lo']:+.2f}, {c['hi']:+.2f}], p={c['p']:.2g}"))
+            print(f"    vs {t:<12} rho {format_corr(c)}")
     print(f"wrote {out}/analysis.md, analysis.json and plots")
 
 
@@ -319,6 +318,7 @@ def _run_settings(args, ckpt: dict):
 def _open(args, *formats):
     """(network, settings, data config, splits) of the file args.checkpoint."""
     import torch
+
     from .files import open_model
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     net, ckpt, data_cfg, splits = open_model(_model_file(args.checkpoint), _data_overrides(args), device, *formats)
@@ -337,7 +337,8 @@ def _readable(costs: dict) -> dict:
 
 
 def add_eval(sub):
-    p = sub.add_parser("eval", help="top-1/top-5 and costs of one subnet: of a supernet (BN recalibrated) or a subnet file")
+    p = sub.add_parser("eval", help="top-1/top-5 and costs of one subnet: of a supernet (BN recalibrated) "
+                                    "or a subnet file")
     _add_supernet_options(p, "a supernet file (supernet.pt of a run) or a subnet file")
     p.add_argument("--arch", default=None, help="JSON file, JSON string or compact string (needed for a supernet)")
     p.add_argument("--split", choices=["val", "test"], default="val", help="held-out val (search) or test (reports)")
@@ -443,7 +444,8 @@ def cmd_sample(args):
     print(f"wrote {args.out} ({len(points)} pairs; val top-1 on {len(scorer.val):,} val images)")
     if len(points) >= 4:
         from .space import Arch
-        _, q = fit_and_score([(Arch.parse(p["arch"], net.space), p["val_top1"]) for p in points], net.space, seed=s.seed)
+        pairs = [(Arch.parse(p["arch"], net.space), p["val_top1"]) for p in points]
+        _, q = fit_and_score(pairs, net.space, seed=s.seed)
         few = (f" (only {q['n']} held-out pairs: too few to judge the predictor; sample 40 or more)"
                if q["n"] < MIN_HELD_OUT else "")
         print(f"  predictor on {q['n']} held-out pairs: Kendall tau {q['kendall_tau']:.3f}, "
@@ -499,7 +501,8 @@ def cmd_run(args):
         run_pipeline(cfg)
 
 
-PARSERS = [add_run, add_cost, add_convert_oqa, add_inherit, add_analyze, add_train, add_config, add_export, add_latency, add_eval, add_search, add_sample]
+PARSERS = [add_run, add_cost, add_convert_oqa, add_inherit, add_analyze, add_train, add_config, add_export,
+           add_latency, add_eval, add_search, add_sample]
 
 
 def build_parser() -> argparse.ArgumentParser:
