@@ -20,12 +20,12 @@ DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "own-data.md")
 TINY = {
     "oqat run": ["data.val_size=4", "data.batch_size=8", "data.eval_batch_size=8", "train.calib_images=4",
                  "train.checkpoint_every=0", "train.log_every=1", "search.population=2", "search.generations=0",
-                 "search.val_images=4", "search.calib_images=4", "export.test_images=4",
+                 "search.val_images=4", "search.calib_images=4", "export.test_images=4", "export.speed_rounds=0",
                  "stages=[{bits: 32, epochs: 1, elastic: []}, {bits: 4, epochs: 1, sandwich_random: 1},"
                  " {bits: 3, epochs: 1, reinit_steps: true, sandwich_random: 1},"
                  " {bits: 2, epochs: 1, reinit_steps: true, teacher: 0}]"],
     "oqat search": ["--population", "2", "--generations", "0", "--val-images", "4", "--calib-images", "4"],
-    "oqat export": ["--calib-images", "4", "--test-images", "4"],
+    "oqat export": ["--calib-images", "4", "--test-images", "4", "--speed-rounds", "0"],
 }
 
 
