@@ -5,13 +5,13 @@
    float64, forward and backward, and returns bf16 for bf16 input (no float32 round trip).
 2. bf16 fp net: a bf16-autocast sandwich step of the 32-bit mbv3 supernet (batch 32, r128)
    against the same step in true float32 (TF32 off): logits per subnet and gradients per
-   tensor, the classifier scaled first so that the logits are far from uniform.
+   tensor, the logits first centred and spread so that they are far from uniform.
 3. bf16 4-bit net: the same for the 4-bit supernet (steps set from data): finite gradients of
    the fp32 step's size. Its logits are reported, not judged: a 4-bit net at init is chaotic
    (rounding only its input to bf16 moves its fp32 logits as far), so no tolerance could tell.
 4. throughput: images/s and peak memory of `Trainer.train_step` (its 4-subnet sandwich,
-   all-reduce, host syncs and host-to-device copy) at r224, batch 128: 4 and 32 bits, each
-   with bf16 autocast and in float32.
+   all-reduce (none with one process), host syncs and the host-to-device copy) at r224,
+   batch 128: 4 and 32 bits, each with bf16 autocast and in float32.
 5. ddp: with two or more GPUs, `Trainer.run` under torchrun (env://, NCCL), one rank per GPU,
    each on its own data, ends with identical weights on every rank.
 
@@ -355,7 +355,7 @@ def check_ddp(plan: Plan, dry_run: bool) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
                os.path.abspath(__file__), "--ddp-worker", tmp] + (["--dry-run"] if dry_run else [])
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
         if run.returncode:
             tail = " | ".join((run.stdout + run.stderr).strip().splitlines()[-6:])
             raise RuntimeError(f"torchrun exited with {run.returncode}: {tail}")
