@@ -27,6 +27,7 @@ import contextlib
 import math
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -355,10 +356,14 @@ def check_ddp(plan: Plan, dry_run: bool) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
                os.path.abspath(__file__), "--ddp-worker", tmp] + (["--dry-run"] if dry_run else [])
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""} if dry_run else None  # gloo on CPU, GPUs or not
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=150, env=env)
         if run.returncode:
-            tail = " | ".join((run.stdout + run.stderr).strip().splitlines()[-6:])
-            raise RuntimeError(f"torchrun exited with {run.returncode}: {tail}")
+            output = run.stdout + run.stderr
+            sys.stderr.write(output)
+            # torchrun ends with its own summary; a rank's exception is the news
+            raised = [line for line in output.splitlines() if re.match(r"[\w.]+(Error|Exception): ", line)]
+            raise RuntimeError(f"torchrun exited with {run.returncode}: {(raised or output.splitlines() or [''])[0]}")
         same, moved, steps = map(int, open(os.path.join(tmp, "result")).read().split())
     backend = "gloo" if dry_run else "NCCL"
     if not (same and moved):
