@@ -69,8 +69,9 @@ def main():
             rate = len(y) / statistics.median(times)
             seconds = stage.epochs * len(t.splits.train) / rate
             total += seconds
-            print(f"stage {i} ({stage.bits}-bit, {stage.epochs} epoch(s)): {rate:.0f} img/s{' (CPU)' if args.cpu else ''}"
-                  f" -> {seconds:.0f} s", flush=True)
+            unit = "img/s (CPU)" if args.cpu else "img/s"
+            print(f"stage {i} ({stage.bits}-bit, {stage.epochs} epoch(s)): {rate:.0f} {unit} -> {seconds:.0f} s",
+                  flush=True)
     print(f"training: {total / 60:.1f} min predicted (load {os.getloadavg()[0]:.1f})")
 
 

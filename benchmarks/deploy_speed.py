@@ -116,7 +116,8 @@ def main(argv=None) -> dict:
             torch.set_num_threads(threads)
             fns = runners(net, threads)
             for batch in args.batches:
-                x = torch.randn(batch, net.space.in_channels, arch.r, arch.r, generator=torch.Generator().manual_seed(1))
+                x = torch.randn(batch, net.space.in_channels, arch.r, arch.r,
+                                generator=torch.Generator().manual_seed(1))
                 ms = interleaved_ms(fns, x, args.rounds, args.calls)
                 fastest_fp32 = min(v for k, v in ms.items() if k.endswith("fp32"))
                 fastest_export = min(v for k, v in ms.items() if k.endswith("export"))

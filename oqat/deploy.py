@@ -96,7 +96,8 @@ def parity(net: torch.nn.Module, runner: Runner, x: torch.Tensor) -> dict:
         ref = net.eval()(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
     out = runner.logits(x)
     gaps = (out - ref).abs().max(1).values / (ref.max() - ref.min()).clamp_min(1e-12)
-    return {"n": len(x), "runtime": runner.runtime, "top1_agreement": (out.argmax(1) == ref.argmax(1)).float().mean().item(),
+    return {"n": len(x), "runtime": runner.runtime,
+            "top1_agreement": (out.argmax(1) == ref.argmax(1)).float().mean().item(),
             "max_gap": gaps.max().item(), "within_1e-3": (gaps <= 1e-3).float().mean().item(),
             "gaps": gaps, "torch_logits": ref, "runtime_logits": out}
 

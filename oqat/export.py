@@ -40,7 +40,7 @@ from . import checkpoint, deploy, files, machine, packed
 from .cost import cost
 from .data import DataConfig, eval_batches, load_splits, subset
 from .evaluate import prepare_subnet, resize
-from .layers import ConvBNAct, MBConv, QConv2d, SqueezeExcite
+from .layers import ConvBNAct, QConv2d, SqueezeExcite
 from .quant import FULL_PRECISION, qrange, set_bits_
 from .space import Arch
 from .subnet import Subnet
@@ -131,7 +131,9 @@ def _integer_conv(g: _Graph, x: str, conv: QConv2d, bn: nn.BatchNorm2d | None, n
     # The shift as an Add, not the conv's bias: onnxruntime's QDQ optimizer (on by default)
     # rounds a float bias of a QDQ conv to int32 steps of s_x * s_w_c, moving codes; measured
     # wrong top-1 on 70% of images with per-channel folded scales.
-    return x if bias is None else g.node("Add", [x, g.const(f"{name}.shift", _np(bias).reshape(-1, 1, 1))], f"{name}.add")
+    if bias is None:
+        return x
+    return g.node("Add", [x, g.const(f"{name}.shift", _np(bias).reshape(-1, 1, 1))], f"{name}.add")
 
 
 def _act(g: _Graph, x: str, act: nn.Module | None, name: str) -> str:
@@ -262,8 +264,9 @@ def export(net: Subnet, out_dir: str, test: tuple[torch.Tensor, torch.Tensor] | 
     card's facts."""
     net = net.eval()
     os.makedirs(out_dir, exist_ok=True)
-    paths = {k: os.path.join(out_dir, f) for k, f in (("onnx", ONNX_FILE), ("qonnx", QONNX_FILE),
-                                                      ("packed", PACKED_FILE), ("arch", ARCH_FILE), ("card", CARD_FILE))}
+    names = (("onnx", ONNX_FILE), ("qonnx", QONNX_FILE), ("packed", PACKED_FILE), ("arch", ARCH_FILE),
+              ("card", CARD_FILE))
+    paths = {k: os.path.join(out_dir, f) for k, f in names}
     model, fp32 = build_onnx(net), fp32_graph(net)
     for key, m in (("onnx", model), ("qonnx", build_qonnx(net))):
         checkpoint.atomic_write(paths[key], lambda f, m=m: f.write(m.SerializeToString()))
@@ -361,7 +364,8 @@ def model_card(f: dict) -> str:
               f"- `{QONNX_FILE}` ({s['qonnx']:,} bytes): QONNX (Quant nodes at the real bit-widths) for FINN, hls4ml",
               f"- `{PACKED_FILE}` ({s['packed']:,} bytes): weights packed at b bits; "
               "`oqat.files.load_packed(path)` rebuilds the PyTorch subnet",
-              f"- for comparison, as .onnx files: fp32 {s['fp32']:,} bytes, the export with int8 codes {s['int8']:,} bytes",
+              f"- for comparison, as .onnx files: fp32 {s['fp32']:,} bytes, the export with int8 codes "
+              f"{s['int8']:,} bytes",
               f"- `{ARCH_FILE}`: the architecture", ""]
     return "\n".join(lines)
 

@@ -23,6 +23,7 @@ from .space import Arch, SearchSpace, get_space
 from .subnet import Subnet
 from .supernet import Supernet
 
+
 def measure(net: Subnet, batches: list[int], runs: int = 50, warmup: int = 10, threads: int = 1,
             onnx_path: str | None = None) -> dict[str, dict[int, float]]:
     """{engine: {batch: median ms}} of `net`: "torch" (its fake-quant forward, channels-last,
@@ -41,9 +42,9 @@ def measure(net: Subnet, batches: list[int], runs: int = 50, warmup: int = 10, t
             x = torch.randn(b, *shape, generator=torch.Generator().manual_seed(b))
             xc, xn = x.contiguous(memory_format=torch.channels_last), x.numpy()
             with torch.no_grad():
-                result["torch"][b] = median_ms(lambda: net(xc), runs, warmup)
+                result["torch"][b] = median_ms(lambda: net(xc), runs, warmup)  # noqa: B023 (called right here)
             for name, run in runners.items():
-                result[name][b] = median_ms(lambda: run(xn), runs, warmup)
+                result[name][b] = median_ms(lambda: run(xn), runs, warmup)  # noqa: B023 (called right here)
     finally:
         torch.set_num_threads(previous)
     return result

@@ -117,15 +117,16 @@ def markdown(r: dict) -> str:
                                                        f"{p['val_top1']:.2f}%" for p in front))
     if r["export"]:
         lines += ["", "## Exported (integer ONNX, QONNX, packed weights)", "",
-                  "| bits | net | folder | .onnx (KiB) | packed (KiB) | fp32 (KiB) | test top-1 per runtime (agreement with "
-                  "PyTorch) | fastest fp32 / export, batch 1, 16 |", "|---|---|---|---|---|---|---|---|"]
+                  "| bits | net | folder | .onnx (KiB) | packed (KiB) | fp32 (KiB) | test top-1 per runtime "
+                  "(agreement with PyTorch) | fastest fp32 / export, batch 1, 16 |",
+                  "|---|---|---|---|---|---|---|---|"]
         for bits, members in sorted(r["export"].items(), key=lambda kv: -int(kv[0])):
             for name, f in members.items():
                 t, s, sp = f.get("test") or {}, f["sizes"], f.get("speed")
                 top1 = ", ".join(f"{rt} {v['top1']:.2f}% ({v['top1_agreement']:.2f}%)"
                                  for rt, v in t.get("runtimes", {}).items()) or "not measured"
                 ratios = ", ".join(f"{speedup(ms):.2f}x" for ms in sp["batches"].values()) if sp else "not measured"
-                kib = " | ".join(f"{s[k] / 1024:,.1f}" for k in ("onnx", "packed", "fp32"))  # the CLI's unit, as size above
+                kib = " | ".join(f"{s[k] / 1024:,.1f}" for k in ("onnx", "packed", "fp32"))  # the CLI's unit
                 lines.append(f"| {bits} | {name} | {f['dir']} | {kib} | "
                              f"{top1} | {ratios} |")
         machines = {f["machine"] for members in r["export"].values() for f in members.values() if f.get("speed")}
