@@ -66,7 +66,8 @@ class Runner:
             if threads:
                 opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
             self._session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-            self._run = lambda x: self._session.run(["logits"], {"input": x})[0]
+            first = self._session.get_outputs()[0].name  # the model's own output; tests may add more
+            self._run = lambda x: self._session.run([first], {"input": x})[0]
         else:
             import openvino as ov
             core = ov.Core()
