@@ -64,7 +64,7 @@ def test_extracted_subnets_match_the_authors_network(bits, reference, images, ch
     with torch.no_grad():
         for arch in archs(bits, 3) + [MBV3.arch(ks=[3] * 20, e=[3] * 20, d=[2] * 5, r=128)]:
             want = reference(images, arch.to_dict())
-            got = net.extract(arch)(images)
+            got = net.extract(arch, keep_bn=True)(images)
             net.set_arch(arch)
             diffs += [(want - got).abs().max().item(), (want - net(images)).abs().max().item()]
             outputs.append(want)
@@ -148,7 +148,7 @@ def test_convert_oqa_cli(checkpoints, images, tmp_path, capsys):
     assert loaded.bits == 2
     arch = archs(7, 1)[0]
     with torch.no_grad():
-        assert torch.equal(loaded.extract(arch)(images), direct.extract(arch)(images))
+        assert torch.equal(loaded.extract(arch, keep_bn=True)(images), direct.extract(arch, keep_bn=True)(images))
 
 
 def test_convert_oqa_cli_errors(checkpoints, tmp_path, capsys):
