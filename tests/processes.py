@@ -17,12 +17,12 @@ TINY_RUN = ["data.name=synthetic", "data.val_size=64", "data.synthetic_train=320
 
 
 def start(run_dir, *args, command: str = "run", pause_at: str | None = None) -> subprocess.Popen:
-    """`oqat COMMAND run.dir=RUN_DIR TINY_RUN... ARGS...`, its output in pipes (a few lines:
-    they cannot fill while the process is stopped)."""
+    """`oqat COMMAND run.dir=RUN_DIR TINY_RUN... ARGS... --quiet`, its output in pipes (a few
+    lines, no progress bars: they cannot fill while the process is stopped)."""
     exe = os.path.join(os.path.dirname(sys.executable), "oqat")
     env = {k: v for k, v in os.environ.items() if k != "OQAT_PAUSE_AT"}
     env.update(OMP_NUM_THREADS="1", **({"OQAT_PAUSE_AT": pause_at} if pause_at else {}))
-    return subprocess.Popen([exe, command, f"run.dir={run_dir}", *TINY_RUN, *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([exe, command, f"run.dir={run_dir}", *TINY_RUN, *args, "--quiet"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
 
 

@@ -22,6 +22,7 @@ from oqat.train import DivergedError, Trainer, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+ONE_STAGE = "stages=[{bits: 4, epochs: 1}]"  # half of TINY_RUN's time, for tests of one stage, search and export
 TINY_TRAIN = [*TINY_RUN[:9], "train.checkpoint_every=3", "train.epochs=1"]  # 8 steps: checkpoints at 3, 6 and 8
 
 
@@ -98,7 +99,7 @@ def fill_disk_for(monkeypatch, name: str, after: int = 0) -> None:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("finished") / "run"
-    proc = start(run, "--quiet")
+    proc = start(run, ONE_STAGE)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     return run
@@ -110,9 +111,10 @@ def _rerun(run, tmp_path, forget: str | None = None) -> tuple[list[str], object]
     shutil.copytree(run, copy)
     if forget:
         os.unlink(copy / forget)
-    return ["run", f"run.dir={copy}", *TINY_RUN, "--quiet"], copy
+    return ["run", f"run.dir={copy}", *TINY_RUN, ONE_STAGE, "--quiet"], copy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output, after", [("last.pt", 1), ("supernet.pt", 0), ("model.onnx", 0),
                                            ("results.json", 0)])
 def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_previous_one(
@@ -138,10 +140,12 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_previous_one(
     assert not temp_files(run)
 
 
+@pytest.mark.slow
+@pytest.mark.signals
 def test_a_full_tmpfs_mid_training_keeps_the_last_checkpoint_and_the_rerun_finishes(tmp_path, mount):
     disk = mount("size=64m")
     run, last = disk / "run", disk / "run" / "stages" / "0-4bit" / "checkpoints" / "last.pt"
-    proc = start(run, "--quiet", pause_at="checkpoint")
+    proc = start(run, ONE_STAGE, pause_at="checkpoint")
     assert paused(proc)
     while not last.exists():
         resume(proc)
@@ -158,7 +162,7 @@ def test_a_full_tmpfs_mid_training_keeps_the_last_checkpoint_and_the_rerun_finis
         f"oqat run: error: cannot write '{last}': No space left on device; its previous version is kept"]
     assert last.read_bytes() == good and not temp_files(run)
     filler.unlink()
-    proc = start(run, "--quiet")
+    proc = start(run, ONE_STAGE)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert (run / "results.json").is_file() and not temp_files(run)
@@ -187,13 +191,15 @@ def test_an_unusable_run_dir_is_refused_before_any_work(kind, tmp_path, mount, c
 
 
 # --- SIGTERM and Ctrl-C ----------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.signals
 def test_sigterm_and_ctrl_c_in_training_search_and_export_stop_cleanly_and_the_rerun_finishes(tmp_path):
     run = tmp_path / "run"
     last = run / "stages" / "0-4bit" / "checkpoints" / "last.pt"
     stops = [("checkpoint", signal.SIGTERM, "SIGTERM"), ("search-generation", signal.SIGINT, "SIGINT (Ctrl-C)"),
              ("export", signal.SIGTERM, "SIGTERM")]
     for event, sig, name in stops:
-        proc = start(run, "--quiet", pause_at=event)
+        proc = start(run, ONE_STAGE, pause_at=event)
         assert paused(proc)
         while event == "checkpoint" and not last.exists():  # in training, once there is a checkpoint to keep
             resume(proc)
@@ -205,15 +211,17 @@ def test_sigterm_and_ctrl_c_in_training_search_and_export_stop_cleanly_and_the_r
         assert out.rstrip().endswith(f"[oqat] paused at {event}") and not temp_files(run)
         assert files.load_training(str(last))["step"] >= 2  # a whole checkpoint to resume from
     assert not (run / "export" / "4bit-S" / "facts.json").exists()  # stopped before the first export
-    proc = start(run, "--quiet")
+    proc = start(run, ONE_STAGE)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "stage " not in out and "search:" not in out  # what was done stays done
     assert (run / "results.json").is_file() and not temp_files(run)
 
 
+@pytest.mark.slow
+@pytest.mark.signals
 def test_sigterm_in_oqat_train_keeps_its_checkpoint_and_the_rerun_finishes(tmp_path):
-    proc = start(tmp_path, "train.epochs=1", "--quiet", command="train", pause_at="checkpoint")
+    proc = start(tmp_path, "train.epochs=1", command="train", pause_at="checkpoint")
     assert paused(proc)
     resume(proc)
     assert paused(proc)  # before the second checkpoint (step 4)
@@ -221,20 +229,22 @@ def test_sigterm_in_oqat_train_keeps_its_checkpoint_and_the_rerun_finishes(tmp_p
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err == "oqat train: stopped by SIGINT (Ctrl-C); run it again to resume\n"
     assert files.load_training(str(tmp_path / "checkpoints" / "last.pt"))["step"] == 2
-    proc = start(tmp_path, "train.epochs=1", "--quiet", command="train")
+    proc = start(tmp_path, "train.epochs=1", command="train")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert files.load_supernet(str(tmp_path / "supernet.pt"))[1]["val"]["step"] == 8
 
 
 # --- two writers -----------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.signals
 def test_a_second_run_or_train_on_a_busy_run_dir_is_refused_and_a_crash_frees_it(tmp_path):
     run = tmp_path / "run"
-    first = start(run, "--quiet", pause_at="checkpoint")
+    first = start(run, ONE_STAGE, pause_at="checkpoint")
     assert paused(first)
     snapshot = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     for command in ("run", "train"):
-        second = start(run, "train.epochs=1", "--quiet", command=command)
+        second = start(run, "train.epochs=1", command=command)
         out, err = second.communicate(timeout=120)
         assert second.returncode == 2 and err == (
             f"oqat {command}: error: run.dir '{run}' is in use by another oqat process (pid {first.pid}); "
@@ -323,6 +333,7 @@ def test_an_unreadable_image_is_skipped_with_one_warning_naming_it(tmp_path, cap
 
 
 # --- divergence ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_diverging_run_stops_saying_so_and_what_to_try_and_saves_no_nonfinite_weights(tmp_path, capsys):
     assert main(["run", f"run.dir={tmp_path}", *TINY_RUN, "train.lr=1e6", "--quiet"]) == 2
     err = one_line(capsys)
@@ -334,6 +345,7 @@ def test_a_diverging_run_stops_saying_so_and_what_to_try_and_saves_no_nonfinite_
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_nonfinite_weights_after_a_finite_loss_are_never_saved(tmp_path, monkeypatch):
     cfg = config.load(ExperimentConfig, None, [*TINY_TRAIN, f"run.dir={tmp_path}", "run.quiet=true"])
     validate = Trainer.validate

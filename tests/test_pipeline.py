@@ -5,40 +5,21 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+from processes import TINY_RUN, paused, resume, start
 
 pytestmark = pytest.mark.slow  # whole runs in subprocesses, killed and resumed
 
-# A whole run in about 10 s: two 8-step stages (4 bits, then 2 by inheritance), a search of
-# each bit-width, the S/M/L exports and the report.
-TINY_RUN = ["data.name=synthetic", "data.val_size=64", "data.synthetic_train=320", "data.synthetic_test=64",
-            "data.batch_size=32", "data.eval_batch_size=64", "train.calib_images=32", "train.sandwich_random=1",
-            "train.log_every=2", "train.checkpoint_every=2",
-            "stages=[{bits: 4, epochs: 1}, {bits: 2, epochs: 1, lr: 0.05}]",
-            "search.population=4", "search.generations=1", "search.val_images=64", "search.calib_images=32",
-            "export.test_images=32"]
-TIMING = {"wall_s", "wall_s_this_invocation", "seconds"}
+TIMING = {"wall_s", "wall_s_this_invocation", "seconds", "speed"}  # speed: an export's measured ms
 
 
-def _start(run_dir) -> subprocess.Popen:
-    exe = os.path.join(os.path.dirname(sys.executable), "oqat")
-    return subprocess.Popen([exe, "run", f"run.dir={run_dir}", *TINY_RUN], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def _kill_when(proc: subprocess.Popen, ready) -> list[str]:
-    """SIGKILL `proc` as soon as `ready(line)` holds for a line it prints; its lines so far."""
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if ready(line):
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "".join(lines)  # killed, not finished
-    return lines
+def _killed(proc: subprocess.Popen) -> str:
+    """SIGKILL the paused `proc`; what it printed."""
+    proc.kill()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, out  # killed, not finished
+    return out
 
 
 def _numbers(results: dict) -> dict:
@@ -52,31 +33,35 @@ def _numbers(results: dict) -> dict:
     return out
 
 
+@pytest.mark.signals
 def test_kill_anywhere_then_rerun_gives_the_uninterrupted_results(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    reference = _start(whole)  # runs beside the victim
+    reference = start(whole)  # runs beside the victim
     last = killed / "stages" / "1-2bit" / "checkpoints" / "last.pt"
-
-    def in_training(line):  # in the 2-bit stage, once it has checkpointed at least once
-        if "stage 1:" in line:
-            deadline = time.time() + 60
-            while not last.exists() and time.time() < deadline:
-                time.sleep(0.01)
-            return True
-        return False
-
-    _kill_when(_start(killed), in_training)
+    proc = start(killed, pause_at="checkpoint")
+    assert paused(proc)
+    while not last.exists():  # in the 2-bit stage, once it has checkpointed at least once
+        resume(proc)
+        assert paused(proc)
+    _killed(proc)
     assert last.exists() and not (killed / "stages" / "1-2bit" / "supernet.pt").exists()
-    lines = _kill_when(_start(killed), lambda line: "generation 0/1" in line)  # mid-search of 4 bits
-    assert "stage 0:" not in "".join(lines)  # the finished stage is not redone; the killed one resumed
+    proc = start(killed, pause_at="search-generation")
+    assert paused(proc)  # after the first generation of the 4-bit search
+    out = _killed(proc)
+    assert "stage 0:" not in out and "stage 1:" in out  # the finished stage is not redone; the killed one resumed
     assert not (killed / "search" / "4bit" / "pareto.json").exists()
-    lines = _kill_when(_start(killed), lambda line: "export: 4-bit M" in line)  # mid-export, S done
-    assert "stage " not in "".join(lines)  # both stages done: the killed search starts over
-    final = _start(killed)
-    out, _ = final.communicate(timeout=300)
-    assert final.returncode == 0, out
+    proc = start(killed, pause_at="export")
+    assert paused(proc)
+    resume(proc)  # the 4-bit S exports
+    assert paused(proc)  # mid-export: the next member is about to
+    out = _killed(proc)
+    assert "stage " not in out and "export: 4-bit S" in out  # both stages done: the killed search starts over
+    final = start(killed)
+    out, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err
     assert "export: 4-bit S" not in out  # what was done stays done
-    assert reference.wait(timeout=300) == 0
+    _, err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, err
     a, b = (json.loads((d / "results.json").read_text()) for d in (whole, killed))
     assert _numbers(a) == _numbers(b)
     assert a["family"]["4"]["L"] and a["export"]["4"]

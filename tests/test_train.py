@@ -2,14 +2,13 @@ import copy
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
+from processes import paused, resume
 
 from oqat import checkpoint, config
 from oqat.checkpoint import CheckpointError
@@ -43,20 +42,21 @@ def weights(path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.signals
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     args = [*TINY, "train.epochs=2", "train.checkpoint_every=3"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     ref = cli(*args, f"run.dir={whole}")
-    victim = cli(*args, f"run.dir={killed}")
+    victim = cli(*args, f"run.dir={killed}", env={"OQAT_PAUSE_AT": "checkpoint"})
     last = killed / "checkpoints" / "last.pt"
-    deadline = time.time() + 60
-    while not last.exists() and time.time() < deadline and victim.poll() is None:
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
+    assert paused(victim)  # before the step-3 checkpoint
+    resume(victim)
+    assert paused(victim)  # before the step-6 one
+    victim.kill()
     victim.wait()
     assert ref.wait(timeout=120) == 0, ref.stderr.read()
     state = checkpoint.load(str(last), "oqat-train")
-    assert 0 < state["batch"] and state["epoch"] == 0 and state["step"] % 3 == 0  # killed mid-epoch
+    assert state["batch"] == state["step"] == 3 and state["epoch"] == 0  # killed mid-epoch
     assert not (killed / "supernet.pt").exists()
     resumed = cli(*args, f"run.dir={killed}")
     out, err = resumed.communicate(timeout=120)
