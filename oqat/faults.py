@@ -6,6 +6,7 @@ import errno
 import fcntl
 import os
 import signal
+import threading
 
 LOCK_FILE = ".oqat.lock"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -34,7 +35,12 @@ class Stopped(KeyboardInterrupt):
 def stop_on_signals():
     """SIGTERM (torchrun, schedulers) and SIGINT raise Stopped in the main thread; a second
     one ends the process at once, for a user who does not want to wait for the unwinding.
-    The previous handlers come back afterwards (main() also runs inside tests)."""
+    The previous handlers come back afterwards (main() also runs inside tests). Only the
+    main thread may set handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
     def stop(signum, frame):
         for s in STOP_SIGNALS:
             signal.signal(s, signal.SIG_DFL)
