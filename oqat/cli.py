@@ -185,7 +185,8 @@ def cmd_train(args):
 
 # --- export ---------------------------------------------------------------------------
 def add_export(sub):
-    p = sub.add_parser("export", help="integer ONNX graph, QONNX, packed weights, arch.json, facts.json and a model card with speed")
+    p = sub.add_parser("export", help="integer ONNX graph, QONNX, packed weights, arch.json, facts.json and a "
+                                      "model card with speed")
     p.add_argument("checkpoint", help="a supernet file (with --arch) or a subnet file")
     p.add_argument("--arch", default=None, help="JSON file, JSON string or compact string (needed for a supernet)")
     p.add_argument("--out", required=True, help="output folder")
@@ -221,7 +222,8 @@ def export_summary(facts: dict) -> str:
     """One line of an export's facts: sizes, test top-1 per runtime, speed against fp32."""
     from .export import speedup
     s, test, speed = facts["sizes"], facts.get("test"), facts.get("speed")
-    line = (f"{facts['arch']} at {facts['bits']} bits; onnx {s['onnx'] / 1024:,.1f} KiB, packed {s['packed'] / 1024:,.1f} "
+    line = (f"{facts['arch']} at {facts['bits']} bits; onnx {s['onnx'] / 1024:,.1f} KiB, "
+            f"packed {s['packed'] / 1024:,.1f} "
             f"KiB (fp32 {s['fp32'] / 1024:,.1f} KiB)")
     if test:
         line += f"; test top-1 on {test['n']:,} test images: PyTorch {test['torch_top1']:.2f}%" + "".join(

@@ -30,7 +30,6 @@ from .report import write_report
 from .search import family, search, write_outputs
 from .train import train
 
-
 STAGE_OVERRIDES = ("lr", "elastic", "sandwich_random")  # StageConfig fields that, when set, replace train's
 
 

@@ -96,7 +96,7 @@ def cpu_kernel():
                             extra_ldflags=omp, is_python_module=False)
     except Exception as e:  # no compiler, no ninja, an unusual platform: the torch ops still work
         warnings.warn(f"oqat: could not build the CPU LSQ kernel ({type(e).__name__}: {str(e).strip()[:200]}); "
-                      "quantized training on CPU takes the slower torch ops")
+                      "quantized training on CPU takes the slower torch ops", stacklevel=2)
         return None
     return torch.ops.oqat_lsq
 

@@ -1,4 +1,4 @@
-"""Supernet training: one stage at one bit-width (METHOD.md "Supernet training").
+"""Supernet training: one stage at one bit-width (docs/method.md, "Training").
 
 A step is the sandwich rule: the largest subnet learns from the labels, the smallest and
 `sandwich_random` random subnets from the largest's soft predictions (in-place
@@ -32,8 +32,7 @@ from .experiment import ExperimentConfig, check_inputs
 from .inherit import REINIT_KEY
 from .quant import FULL_PRECISION, guard_steps_, set_bits_, step_values, steps_of
 from .space import Arch, SearchSpace, get_space
-from .supernet import FORMAT as SUPERNET_FORMAT
-from .supernet import Supernet
+from .supernet import FORMAT as SUPERNET_FORMAT, Supernet
 
 FORMAT = files.TRAINING
 
@@ -136,7 +135,8 @@ def trained_arch(net: Supernet, ckpt: dict, path: str) -> Arch:
     try:
         return Arch.parse(arch, net.space)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"'{path}': its config's train.arch {arch!r} is not an architecture of its space: {err}") from None
+        raise ValueError(f"'{path}': its config's train.arch {arch!r} is not an architecture of its space: "
+                         f"{err}") from None
 
 
 class Trainer:
@@ -213,7 +213,8 @@ class Trainer:
                 tick, seen = time.perf_counter(), 0
                 # Image folders crop each batch straight to its step's resolution, as the authors do.
                 batches = train_batches(self.splits.train, self.cfg.data, epoch, self.dist.rank, world, start,
-                                        sizes=lambda b: self.archs(first + b - start)[0].r, with_index=True)
+                                        sizes=lambda b: self.archs(first + b - start)[0].r,  # noqa: B023 (this epoch's)
+                                        with_index=True)
                 for self.batch, (x, y, index) in enumerate(batches, start):
                     x, y = x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
                     if self.step == 0 and self.reinit and t.bits != FULL_PRECISION:
