@@ -174,8 +174,10 @@ def add_train(sub):
 
 def cmd_train(args):
     cfg = _load_experiment(args, ["run.quiet=true"] if args.quiet else [])  # before the heavy imports: fast errors
+    from .experiment import check_inputs
     from .faults import run_dir_lock
     from .train import train
+    check_inputs(cfg)  # a bad input leaves no run folder (the lock would make one)
     with run_dir_lock(cfg.run.dir):
         final = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -498,7 +500,8 @@ def add_run(sub):
 def cmd_run(args):
     cfg = _load_experiment(args, ["run.quiet=true"] if args.quiet else [])  # before the heavy imports: fast errors
     from .faults import run_dir_lock
-    from .pipeline import run_pipeline
+    from .pipeline import check_run, run_pipeline
+    check_run(cfg)  # a bad input leaves no run folder (the lock would make one)
     with run_dir_lock(cfg.run.dir):
         run_pipeline(cfg)
 

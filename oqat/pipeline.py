@@ -146,11 +146,16 @@ def run_export(cfg: ExperimentConfig, supernets: dict[int, str], searches: dict[
     return exported
 
 
-def run_pipeline(cfg: ExperimentConfig) -> dict:
-    # The config was checked as it loaded; what it needs from outside is checked before any work.
+def check_run(cfg: ExperimentConfig) -> None:
+    """What a run needs from outside (data, start files) and budgets it can search (no latency
+    table in a run), checked before any work: the config itself was checked as it loaded."""
     check_inputs(cfg)
     for budget in cfg.search.budgets + ([f"{cfg.search.metric}<=1"] if cfg.search.metric else []):
-        parse_budget(budget)  # no latency table in a run
+        parse_budget(budget)
+
+
+def run_pipeline(cfg: ExperimentConfig) -> dict:
+    check_run(cfg)
     start = time.time()
     with distributed.group() as d:  # under torchrun: every rank trains, rank 0 does the rest
         if d.main:
