@@ -15,14 +15,13 @@ import copy
 import dataclasses
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from oqat import deploy, machine  # noqa: E402
 from oqat.evaluate import recalibrate_bn  # noqa: E402
-from oqat.export import build_onnx  # noqa: E402
+from oqat.export import build_onnx, fp32_graph  # noqa: E402
 from oqat.quant import FULL_PRECISION, set_bits_  # noqa: E402
 from oqat.space import MBV3, MINI, Arch  # noqa: E402
 from oqat.supernet import Supernet  # noqa: E402
@@ -71,27 +70,9 @@ def runners(net: torch.nn.Module, threads: int) -> dict:
             return fp32_cl(x.contiguous(memory_format=torch.channels_last))
 
     out = {"torch fp32": torch_fp32}
-    fp32_graph, export_graph = build_onnx(fp32), build_onnx(net)
-    for runtime in deploy.runtimes():
-        out[f"{runtime} fp32"] = deploy.Runner(fp32_graph, runtime, threads)
-    for runtime in deploy.runtimes():
-        out[f"{runtime} export"] = deploy.Runner(export_graph, runtime, threads)
+    for kind, graph in (("fp32", fp32_graph(net)), ("export", build_onnx(net))):
+        out.update({f"{r} {kind}": deploy.Runner(graph, r, threads) for r in deploy.runtimes()})
     return out
-
-
-def interleaved_ms(fns: dict, x: torch.Tensor, rounds: int, calls: int) -> dict[str, float]:
-    """Median ms per call of each fn on x, the fns taking turns `calls` calls at a time."""
-    arrays = {name: x if name.startswith("torch") else x.numpy() for name in fns}
-    times = {name: [] for name in fns}
-    for name, fn in fns.items():
-        fn(arrays[name])  # warm-up: first-call allocations and kernel choices
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            for _ in range(calls):
-                start = time.perf_counter()
-                fn(arrays[name])
-                times[name].append(time.perf_counter() - start)
-    return {name: 1000.0 * sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def main(argv=None) -> dict:
@@ -118,7 +99,8 @@ def main(argv=None) -> dict:
             for batch in args.batches:
                 x = torch.randn(batch, net.space.in_channels, arch.r, arch.r,
                                 generator=torch.Generator().manual_seed(1))
-                ms = interleaved_ms(fns, x, args.rounds, args.calls)
+                inputs = {name: x if name.startswith("torch") else x.numpy() for name in fns}
+                ms = deploy.interleaved_ms(fns, inputs, args.rounds, args.calls)
                 fastest_fp32 = min(v for k, v in ms.items() if k.endswith("fp32"))
                 fastest_export = min(v for k, v in ms.items() if k.endswith("export"))
                 results[(name, threads, batch)] = {**ms, "speedup": fastest_fp32 / fastest_export}
