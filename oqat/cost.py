@@ -35,12 +35,16 @@ def _head_cost(space: SearchSpace, h: int) -> Cost:
     return head_cost(space, h)
 
 
+def _arch_space(arch, space) -> tuple[Arch, SearchSpace]:
+    if not isinstance(arch, Arch):  # an Arch is taken as checked: this is the hot path of search
+        arch = as_arch(arch, space and get_space(space))
+    return arch, get_space(space or arch.space)
+
+
 def layer_cost(arch: Arch | str | dict, space: SearchSpace | str | None = None) -> Cost:
     """MACs and parameters of `arch` (any form `space.as_arch` reads), split into quantized and
     full-precision parts. `space`: the arch's space (default: the built-in one it names)."""
-    if not isinstance(arch, Arch):  # an Arch is taken as checked: this is the hot path of search
-        arch = as_arch(arch, space and get_space(space))
-    space = get_space(space or arch.space)
+    arch, space = _arch_space(arch, space)
     total, h = _stem_cost(space, arch.r)
     mq, mf, pq, pf = total.macs_q, total.macs_fp, total.params_q, total.params_fp
     block_cost = _block_costs(space)
@@ -48,6 +52,18 @@ def layer_cost(arch: Arch | str | dict, space: SearchSpace | str | None = None) 
         block, h = block_cost(i, k, e, h)
         mq, mf, pq, pf = mq + block.macs_q, mf + block.macs_fp, pq + block.params_q, pf + block.params_fp
     return Cost(mq, mf, pq, pf) + _head_cost(space, h)
+
+
+def part_costs(arch: Arch | str | dict, space: SearchSpace | str | None = None) -> list[tuple[Cost, int]]:
+    """(cost, bits) of each part of a mixed-precision `arch` that has its own bit-width: the stem
+    (full precision), each active block at its entry of arch.b, the head at the last."""
+    arch, space = _arch_space(arch, space)
+    stem, h = _stem_cost(space, arch.r)
+    out, block_cost = [(stem, FULL_PRECISION)], _block_costs(space)
+    for i, k, e in space.active_blocks(arch):
+        block, h = block_cost(i, k, e, h)
+        out.append((block, arch.b[i]))
+    return out + [(_head_cost(space, h), arch.b[-1])]
 
 
 def metrics(c: Cost, bits: int | tuple[int, int]) -> dict[str, float]:
@@ -62,5 +78,13 @@ def metrics(c: Cost, bits: int | tuple[int, int]) -> dict[str, float]:
 
 def cost(arch: Arch | str | dict, space: SearchSpace | str | None = None,
          bits: int | tuple[int, int] = 4) -> dict[str, float]:
-    """{macs, params, bitops, flops_q, size_bits} of `arch` at `bits` (weights, activations)."""
-    return metrics(layer_cost(arch, space), bits)
+    """{macs, params, bitops, flops_q, size_bits} of `arch` at `bits` (weights, activations);
+    an arch with per-block bits (`arch.b`) counts each part at its own, and `bits` is not read."""
+    arch, space = _arch_space(arch, space)
+    if not arch.b:
+        return metrics(layer_cost(arch, space), bits)
+    total = dict.fromkeys(METRICS, 0)
+    for part, b in part_costs(arch, space):  # each metric is a sum over layers at their own bits
+        for name, value in metrics(part, b).items():
+            total[name] += value
+    return total

@@ -15,8 +15,14 @@ from dataclasses import dataclass, field
 
 from .cost import METRICS
 from .data import DataConfig, check_source
-from .quant import FULL_PRECISION, check_bits
+from .quant import FULL_PRECISION, check_precision
 from .space import Arch, ArchField, get_space
+
+
+def _precision(bits):
+    """A config's bits, checked: an integer, or the sorted list of a mixed precision's widths."""
+    bits = check_precision(bits)
+    return list(bits) if isinstance(bits, tuple) else bits
 
 
 def _at_least(obj, minimum, *names: str) -> None:
@@ -85,7 +91,7 @@ class TrainConfig:
     sandwich_random: int = 2  # random subnets per step besides the largest and the smallest
     distill: bool = True  # the other subnets learn from the largest's soft predictions (else labels)
     teacher: str | None = None  # supernet file whose largest subnet every subnet (the largest too) learns from, fixed; None: the largest teaches (in-place)
-    bits: int = 4  # weight and activation bits of this stage; 32 = full precision
+    bits: int | list[int] = 4  # weight and activation bits of this stage; 32 = full precision; a list (e.g. [2, 3, 4]): mixed precision, each block's bits searched with the architecture
     init_from: str | None = None  # supernet file to start from (oqat run: its first stage's start); None: from scratch
     reinit_steps: bool | None = None  # LSQ steps from data at the start; None: only if init_from has no steps at these bits
     checkpoint_every: int = 200  # also write last.pt every N steps (0: only at epoch ends)
@@ -99,7 +105,7 @@ class TrainConfig:
     elastic: list[ArchField] = field(default_factory=lambda: ["ks", "e", "d", "r"])  # Arch fields the sandwich varies; the others stay the largest's ([] trains the largest alone: OFA's progressive shrinking starts so). The supernet file keeps them, and a search explores only them
 
     def __post_init__(self):
-        check_bits(self.bits)
+        self.bits = _precision(self.bits)
         _at_least(self, 1, "epochs", "calib_images", "log_every")
         _at_least(self, 0, "warmup", "weight_decay", "sandwich_random", "checkpoint_every", "grad_clip")
         if self.lr <= 0:
@@ -112,7 +118,7 @@ class TrainConfig:
 
 @dataclass
 class StageConfig:
-    bits: int = 4  # weight and activation bits; 32 = full precision
+    bits: int | list[int] = 4  # weight and activation bits; 32 = full precision; a list (e.g. [2, 3, 4]): mixed precision, each block's bits searched with the architecture, starting from the chain's supernets
     epochs: int = 1  # training epochs of this stage
     lr: float | None = None  # peak learning rate; None: train.lr
     init: str = "previous"  # "previous": start from the last stage (the first: train.init_from), inheriting when bits drop; "scratch"
@@ -122,7 +128,7 @@ class StageConfig:
     teacher: int | None = None  # index of an earlier stage whose final supernet's largest subnet teaches this stage (see train.teacher); None: train's
 
     def __post_init__(self):
-        check_bits(self.bits)
+        self.bits = _precision(self.bits)
         if self.init not in ("previous", "scratch"):
             raise ValueError(f"init must be 'previous' or 'scratch', got {self.init!r}")
         _at_least(self, 1, "epochs")
@@ -204,7 +210,15 @@ class ExperimentConfig:
         previous = None
         for i, st in enumerate(self.stages):
             # Bit inheritance doubles steps going down; going up has no rule (steps would shrink).
-            if st.init == "previous" and previous not in (None, FULL_PRECISION) and st.bits > previous:
+            # A mixed stage takes each width's steps from the chain's stages, so it may follow any.
+            if st.init == "previous" and isinstance(previous, list) and not isinstance(st.bits, list):
+                raise ValueError(f"stages[{i}] trains {st.bits} bits from the mixed-precision stage before it; "
+                                 "a mixed stage ends the chain (use init: scratch to start anew)")
+            if st.init == "previous" and isinstance(previous, list) and isinstance(st.bits, list):
+                raise ValueError(f"stages[{i}]: a mixed-precision stage after another one is not supported "
+                                 "(give both widths in one stage)")
+            if st.init == "previous" and isinstance(previous, int) and previous != FULL_PRECISION \
+                    and isinstance(st.bits, int) and st.bits > previous:
                 raise ValueError(f"stages[{i}] trains {st.bits} bits from the {previous}-bit stage before it; "
                                  "inheritance goes only to fewer bits (use init: scratch to start anew)")
             previous = st.bits

@@ -25,7 +25,7 @@ from .checkpoint import CheckpointError, load as read, read_json, read_torch
 from .data import DataConfig, Splits
 from .oqa import oqa_key
 from .packed import FORMAT as PACKED, quantized_convs, unpack
-from .quant import check_bits
+from .quant import Precision, check_precision
 from .space import ARCH_FIELDS, MBV3, Arch, SearchSpace
 from .subnet import FORMAT as SUBNET, Subnet
 from .supernet import FORMAT as SUPERNET, Supernet
@@ -52,10 +52,11 @@ def _space(ckpt: dict, path: str) -> SearchSpace:
         raise CheckpointError(f"'{path}': {err}") from None
 
 
-def _bits(ckpt: dict, path: str) -> int:
-    bits = _field(ckpt, path, "bits", int, "an integer")
+def _bits(ckpt: dict, path: str) -> Precision:
+    """The network's bits: an integer, or the list of widths of a mixed-precision one."""
+    bits = _field(ckpt, path, "bits", (int, list, tuple), "an integer or a list of integers")
     try:
-        return check_bits(bits)
+        return check_precision(bits)
     except ValueError as err:
         raise CheckpointError(f"'{path}': {err}") from None
 

@@ -4,9 +4,13 @@ Every weight, BN statistic and kernel matrix is copied; every weight and activat
 step is multiplied by 2^(b-B), which keeps each quantizer's clipping range close to the
 one it learned. The ablation re-initialises the steps per LSQ from data instead (the
 next training stage does that, as it needs data): the file is marked for it.
+
+A mixed-precision supernet inherits from the whole chain: the weights of its last supernet,
+and each width's steps from the supernet that trained at that width (or, for a width the
+chain never trained, the last supernet's own steps carried to it as above).
 """
 from . import config, files
-from .quant import FULL_PRECISION, inherit_step, set_bits_
+from .quant import FULL_PRECISION, check_precision, inherit_step, set_bits_
 from .supernet import Supernet
 
 REINIT_KEY = "reinit_steps"  # set in a supernet file whose steps the next stage must init from data
@@ -35,5 +39,31 @@ def inherit_file(src: str, bits: int, out: str, reinit_steps: bool = False) -> S
     extra["inherited_from"] = {"file": src, "bits": source_bits}
     if reinit_steps:
         extra[REINIT_KEY] = True
+    net.save(out, extra)
+    return net
+
+
+def mixed_file(src: str, widths, chain: dict[int, str], out: str) -> Supernet:
+    """Write the mixed-precision supernet over `widths` that starts from the supernet file `src`
+    (weights, BN, its steps carried to every width) with each width's steps taken from
+    chain[width], the supernet file that trained at that width, where there is one."""
+    net, ckpt = files.load_supernet(src)
+    if net.bits == FULL_PRECISION or isinstance(net.bits, tuple):
+        raise ValueError(f"'{src}' is a {net.bits}-bit supernet; a mixed supernet starts from a quantized one")
+    source_bits, widths = net.bits, check_precision(widths)
+    net.to_mixed_(widths)
+    steps = {}
+    for b in widths:
+        if b in chain:
+            other = files.load_supernet(chain[b])[0]
+            if other.bits != b or other.space.with_bits(widths) != net.space:
+                raise ValueError(f"'{chain[b]}' is not a {b}-bit supernet of the space of '{src}'")
+            steps[b] = chain[b]
+            for name, q in net.named_modules():
+                if hasattr(q, "steps"):
+                    q.steps[str(b)].data.copy_(other.get_submodule(name).step.data)
+    extra = {k: v for k, v in ckpt.items() if k not in {"format", "space", "bits", "elastic", "state_dict", REINIT_KEY}}
+    extra["data"] = config.to_dict(ckpt["data"])
+    extra["inherited_from"] = {"file": src, "bits": source_bits, "steps": steps}
     net.save(out, extra)
     return net

@@ -28,6 +28,10 @@ def features(arch: Arch, space: SearchSpace) -> np.ndarray:
     for d in arch.d:
         parts += [d == v for v in space.depths]
     parts += [arch.r == r for r in space.resolutions]
+    if arch.b:  # each width of the first block, each active block and the head
+        parts += [(i - 1 in active or i in (0, len(arch.b) - 1)) and arch.b[i] == w
+                  for i in range(len(arch.b)) for w in space.bit_widths]
+        parts.append(math.log(cost(arch, space)["bitops"]))
     parts.append(math.log(cost(arch, space, 32)["macs"]))
     return np.array(parts, dtype=np.float64)
 

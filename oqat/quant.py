@@ -31,6 +31,29 @@ def check_bits(bits: int) -> int:
     return bits
 
 
+Precision = int | tuple[int, ...]  # a network's bits: one width for every layer, or the widths its layers choose from
+
+
+def check_precision(bits) -> Precision:
+    """A network's bits: an integer (`check_bits`), or a list of two or more widths in 1..8 that
+    each block chooses from (mixed precision), returned sorted as a tuple."""
+    if not isinstance(bits, (list, tuple)):
+        return check_bits(bits)
+    widths = tuple(sorted(set(bits)))
+    if len(widths) < 2 or len(widths) != len(bits) or FULL_PRECISION in widths:
+        raise ValueError(f"mixed bits must be two or more distinct widths in 1..8, got {list(bits)}")
+    for b in widths:
+        check_bits(b)
+    return widths
+
+
+def precision_name(bits: Precision) -> str:
+    """How files and folders name a precision: fp, 4bit, mixed234."""
+    if isinstance(bits, tuple):
+        return "mixed" + "".join(map(str, bits))
+    return "fp" if bits == FULL_PRECISION else f"{bits}bit"
+
+
 class _LSQFunction(torch.autograd.Function):
     """LSQ as its closed form in torch ops, for what the CPU kernel does not take
     (accelerators, dtypes other than float32, 1-bit sign): no host sync, in any layout.
@@ -161,6 +184,44 @@ class LSQ(nn.Module):
         return f"bits={self.bits}, signed={self.signed}"
 
 
+class ElasticLSQ(LSQ):
+    """One learned step per bit-width in `widths`, each shared by every architecture that runs
+    this tensor at that width (OQAT's shared step, once per width); `bits` picks the one in use.
+    Its state dict holds `steps.{b}` for each width."""
+
+    def __init__(self, signed: bool, widths: tuple[int, ...]):
+        nn.Module.__init__(self)  # LSQ.__init__ would register the single `step` this class replaces
+        self.signed, self.widths = signed, check_precision(widths)
+        self.bits = max(self.widths)
+        self.steps = nn.ParameterDict({str(b): nn.Parameter(torch.ones(1)) for b in self.widths})
+        self.init_pending = False
+
+    @property
+    def step(self) -> nn.Parameter:
+        if self.bits not in self.widths:
+            raise ValueError(f"this quantizer has steps for {self.widths} bits, not {self.bits}")
+        return self.steps[str(self.bits)]
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits} of {self.widths}, signed={self.signed}"
+
+
+def elastic_bits_(net: nn.Module, widths: tuple[int, ...]) -> nn.Module:
+    """Every quantizer of `net` replaced, in place, by an `ElasticLSQ` over `widths`, each width's
+    step starting from the quantizer's own step carried to that width as bit inheritance does."""
+    widths = check_precision(widths)
+    for parent in list(net.modules()):
+        for name, q in list(parent.named_children()):
+            if isinstance(q, LSQ) and not isinstance(q, ElasticLSQ):
+                elastic = ElasticLSQ(q.signed, widths).to(q.step)
+                if q.bits != FULL_PRECISION:
+                    with torch.no_grad():
+                        for b in widths:
+                            elastic.steps[str(b)].copy_(inherit_step(q.step, q.bits, b))
+                setattr(parent, name, elastic)
+    return net
+
+
 def set_bits_(net: nn.Module, bits: int) -> nn.Module:
     """Every quantizer of `net` to `bits` (32: off), in place, as torchao's `quantize_`."""
     check_bits(bits)
@@ -176,8 +237,14 @@ def bits_of(net: nn.Module) -> int:
 
 
 def steps_of(net: nn.Module) -> list[nn.Parameter]:
-    """The learned steps of `net`'s quantizers that are on."""
-    return [m.step for m in net.modules() if isinstance(m, LSQ) and m.bits != FULL_PRECISION]
+    """The learned steps of `net`'s quantizers that are on (every width's, for elastic bits)."""
+    out = []
+    for m in net.modules():
+        if isinstance(m, ElasticLSQ):
+            out += list(m.steps.values())
+        elif isinstance(m, LSQ) and m.bits != FULL_PRECISION:
+            out.append(m.step)
+    return out
 
 
 @torch.no_grad()

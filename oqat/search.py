@@ -120,21 +120,22 @@ def sample_points(scorer: Scorer, n: int, seed: int) -> list[dict]:
 
 # --- genome and pymoo operators -----------------------------------------------------------
 def choices(space: SearchSpace) -> list[tuple[int, ...]]:
-    """The allowed values of each gene: ks per block, e per block, d per elastic stage, r."""
-    n = space.num_blocks
+    """The allowed values of each gene: ks per block, e per block, d per elastic stage, r, and
+    with elastic bits b per block (first block, elastic blocks, head)."""
+    n, b = space.num_blocks, space.bit_widths
     return [space.kernel_sizes] * n + [space.expand_ratios] * n + \
-        [space.depths] * len(space.elastic_stages) + [space.resolutions]
+        [space.depths] * len(space.elastic_stages) + [space.resolutions] + ([b] * (n + 2) if b else [])
 
 
 def encode(arch: Arch, space: SearchSpace) -> np.ndarray:
-    values = list(arch.ks) + list(arch.e) + list(arch.d) + [arch.r]
+    values = list(arch.ks) + list(arch.e) + list(arch.d) + [arch.r] + list(arch.b)
     return np.array([c.index(v) for c, v in zip(choices(space), values)])
 
 
 def decode(x: np.ndarray, space: SearchSpace) -> Arch:
     v = [c[int(i)] for c, i in zip(choices(space), np.asarray(x).round().astype(int))]
-    n = space.num_blocks
-    return space.arch(ks=v[:n], e=v[n:2 * n], d=v[2 * n:-1], r=v[-1])
+    n, nd = space.num_blocks, len(space.elastic_stages)
+    return space.arch(ks=v[:n], e=v[n:2 * n], d=v[2 * n:2 * n + nd], r=v[2 * n + nd], b=v[2 * n + nd + 1:])
 
 
 class _Canonical(Repair):

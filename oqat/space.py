@@ -7,13 +7,16 @@ supernet, the subnet and the cost walk all build from. Adding a space means addi
 `SearchSpace` value, not code (`mbv3` and `proxyless` are the two published ones).
 
 An `Arch` is an immutable choice within a named space: `ks` and `e` (one per elastic
-block), `d` (one per stage with a depth choice), `r` (resolution). The space is the one
+block), `d` (one per stage with a depth choice), `r` (resolution), and in a space with
+elastic bits (`bit_widths`, mixed precision) `b`: the bit-width of the first block, of each
+elastic block and of the head (weights and inputs of their quantized convs). The space is the one
 authority on it: `space.check(arch)` validates it and normalises the kernel and expand
 entries of blocks beyond a stage's depth (they do not change the network) to the smallest
 choice, so equal networks compare (and hash) equal. The parsers and samplers return
 checked architectures.
 Compact form: `mbv3:r160:k3e4.k5e6-k7e3.k3e3.k5e4-...`, one `kKeE` per active block,
-stages separated by `-`.
+stages separated by `-`; with elastic bits `mini:r28:b4:k3e4b2.k5e3b3-...:b2`, the first
+block's bits before the blocks, each block's after its expand ratio, the head's at the end.
 """
 import dataclasses
 import functools
@@ -112,6 +115,9 @@ class SearchSpace:
     # Quantize the linear inputs (a block's output, which can be negative) of every expand conv
     # and of the first head conv as signed. False is the authors' rule: unsigned, clipping them at 0.
     signed_inputs: bool = False
+    # Elastic bits (mixed precision): the widths each block and the head choose from, an `Arch`
+    # field `b` like the kernel; () for a network of one bit-width, which the network holds.
+    bit_widths: tuple[int, ...] = ()
 
     def __post_init__(self):
         def stage(s):
@@ -119,8 +125,12 @@ class SearchSpace:
         object.__setattr__(self, "stages", tuple(stage(s) for s in self.stages))
         object.__setattr__(self, "first_block", stage(self.first_block))
         object.__setattr__(self, "head", tuple(h if isinstance(h, HeadConv) else HeadConv(**h) for h in self.head))
-        for name in ("kernel_sizes", "expand_ratios", "depths", "resolutions"):
+        for name in ("kernel_sizes", "expand_ratios", "depths", "resolutions", "bit_widths"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        w = self.bit_widths
+        if w and (len(w) < 2 or list(w) != sorted(set(w)) or not all(type(b) is int and 1 <= b <= 8 for b in w)):
+            raise ValueError(f"space {self.name}: bit_widths must be two or more increasing widths in 1..8, "
+                             f"got {list(w)}")
         for k in self.kernel_sizes:
             if k % 2 == 0:
                 raise ValueError(f"space {self.name}: kernel sizes must be odd, got {k}")
@@ -199,8 +209,14 @@ class SearchSpace:
         if arch.space != self.name:
             raise ValueError(f"architecture is from space '{arch.space}', not '{self.name}'")
         n, nd = self.num_blocks, len(self.elastic_stages)
-        for name, length, allowed in (("ks", n, self.kernel_sizes), ("e", n, self.expand_ratios),
-                                      ("d", nd, self.depths)):
+        if self.bit_widths and not arch.b:
+            raise ValueError(f"space '{self.name}' has elastic bits ({', '.join(map(str, self.bit_widths))}): "
+                             "the architecture needs field 'b'")
+        if arch.b and not self.bit_widths:
+            raise ValueError(f"arch field 'b' (per-block bits) needs a space with elastic bits; "
+                             f"'{self.name}' has one bit-width for the whole network")
+        fields = [("ks", n, self.kernel_sizes), ("e", n, self.expand_ratios), ("d", nd, self.depths)]
+        for name, length, allowed in fields + ([("b", n + 2, self.bit_widths)] if arch.b else []):
             value = getattr(arch, name)
             if not isinstance(value, tuple) or not all(isinstance(v, int) for v in value):
                 raise ValueError(f"arch field '{name}' must be a list of {length} integers, got {value!r}")
@@ -218,14 +234,22 @@ class SearchSpace:
             raise ValueError(f"arch field 'r' is {arch.r!r}, not a resolution of space '{self.name}' "
                              f"(allowed: {grid})")
         ks, e = [min(self.kernel_sizes)] * n, [min(self.expand_ratios)] * n
-        for i, k, x in self.active_blocks(arch)[1:]:
-            ks[i - 1], e[i - 1] = k, x
-        checked = dataclasses.replace(arch, ks=tuple(ks), e=tuple(e), r=int(arch.r))
+        b = [min(self.bit_widths)] * (n + 1) + list(arch.b[-1:]) if arch.b else []
+        for i, k, x in self.active_blocks(arch):
+            if i:
+                ks[i - 1], e[i - 1] = k, x
+            if b:
+                b[i] = arch.b[i]
+        checked = dataclasses.replace(arch, ks=tuple(ks), e=tuple(e), r=int(arch.r), b=tuple(b))
         object.__setattr__(checked, "checked_in", self)
         return checked
 
-    def arch(self, ks, e, d, r) -> "Arch":
-        return self.check(Arch(ks=ks, e=e, d=d, r=r, space=self.name))
+    def arch(self, ks, e, d, r, b=()) -> "Arch":
+        return self.check(Arch(ks=ks, e=e, d=d, r=r, space=self.name, b=b))
+
+    def with_bits(self, widths) -> "SearchSpace":
+        """This space with elastic bits over `widths` (() for one bit-width)."""
+        return dataclasses.replace(self, bit_widths=tuple(widths))
 
     def elastic_in(self, fields) -> "SearchSpace":
         """This space with each Arch field not in `fields` held at the largest's choice: the
@@ -249,14 +273,18 @@ class SearchSpace:
         return config.from_dict(cls, d, "space")
 
     def largest(self) -> "Arch":
-        n = self.num_blocks
-        return self.arch([max(self.kernel_sizes)] * n, [max(self.expand_ratios)] * n,
-                         [max(self.depths)] * len(self.elastic_stages), max(self.resolutions))
+        """Every choice at its largest, the most bits too."""
+        return self._extreme(max)
 
     def smallest(self) -> "Arch":
+        """Every choice at its smallest, the fewest bits too."""
+        return self._extreme(min)
+
+    def _extreme(self, pick) -> "Arch":
         n = self.num_blocks
-        return self.arch([min(self.kernel_sizes)] * n, [min(self.expand_ratios)] * n,
-                         [min(self.depths)] * len(self.elastic_stages), min(self.resolutions))
+        return self.arch([pick(self.kernel_sizes)] * n, [pick(self.expand_ratios)] * n,
+                         [pick(self.depths)] * len(self.elastic_stages), pick(self.resolutions),
+                         [pick(self.bit_widths)] * (n + 2) if self.bit_widths else ())
 
     def sample(self, rng: random.Random) -> "Arch":
         """A uniformly random architecture; `rng` is an explicit, seeded generator."""
@@ -264,7 +292,8 @@ class SearchSpace:
         return self.arch([rng.choice(self.kernel_sizes) for _ in range(n)],
                          [rng.choice(self.expand_ratios) for _ in range(n)],
                          [rng.choice(self.depths) for _ in self.elastic_stages],
-                         rng.choice(self.resolutions))
+                         rng.choice(self.resolutions),
+                         [rng.choice(self.bit_widths) for _ in range(n + 2)] if self.bit_widths else ())
 
 
 def _grid(lo: int, hi: int, step: int) -> tuple[int, ...]:
@@ -356,41 +385,48 @@ class Arch:
     d: tuple[int, ...]
     r: int
     space: str = "mbv3"
+    b: tuple[int, ...] = ()  # with elastic bits: first block, each elastic block, head; else ()
     # The space object that checked it, set by `space.check` and not part of its value: lets
     # an arch of any space print itself, and spares a second check. `dataclasses.replace`
     # drops it (not an init field), so a changed arch is checked again.
     checked_in: "SearchSpace | None" = dataclasses.field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self):
-        for name in ("ks", "e", "d"):
+        for name in ("ks", "e", "d", "b"):
             if isinstance(getattr(self, name), list):  # lists from JSON; tuples keep it hashable
                 object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def to_str(self) -> str:
         layout = (self.checked_in or get_space(self.space)).layout
-        stages = [".".join(f"k{self.ks[i]}e{self.e[i]}"
+        b = self.b or None
+        stages = [".".join(f"k{self.ks[i]}e{self.e[i]}" + (f"b{b[i + 1]}" if b else "")
                            for i in range(start, start + (m if di is None else self.d[di])))
                   for start, m, di in layout]
+        if b:
+            return f"{self.space}:r{self.r}:b{b[0]}:{'-'.join(stages)}:b{b[-1]}"
         return f"{self.space}:r{self.r}:{'-'.join(stages)}"
 
     __str__ = to_str
 
     @classmethod
     def from_str(cls, text: str, space: "SearchSpace | None" = None) -> "Arch":
-        m = re.fullmatch(r"\s*([\w.-]+?):r(\d+):([k\de.\-]+)\s*", text)
-        if not m:
+        m = re.fullmatch(r"\s*([\w.-]+?):r(\d+):(?:b(\d+):)?([k\deb.\-]+?)(?::b(\d+))?\s*", text)
+        if not m or (m.group(3) is None) != (m.group(5) is None):
             raise ValueError(f"architecture string {text!r} is not of the form "
-                             "SPACE:rRES:kKeE.kKeE-kKeE... (stages separated by '-')")
+                             "SPACE:rRES:kKeE.kKeE-kKeE... (stages separated by '-'), or with bits "
+                             "SPACE:rRES:bB:kKeEbB.kKeEbB-...:bB")
         sp = _space_for(m.group(1), space)
-        stages = m.group(3).split("-")
+        mixed = m.group(3) is not None
+        stages = m.group(4).split("-")
         if len(stages) != len(sp.stages):
             raise ValueError(f"architecture string {text!r} has {len(stages)} stages; "
                              f"space '{sp.name}' has {len(sp.stages)}")
-        ks, e, d = [], [], []
+        ks, e, d, b = [], [], [], [int(m.group(3))] if mixed else []
         for stage, (_, most, di) in zip(stages, sp.layout):
-            blocks = [re.fullmatch(r"k(\d+)e(\d+)", b) for b in stage.split(".")]
+            blocks = [re.fullmatch(r"k(\d+)e(\d+)b(\d+)" if mixed else r"k(\d+)e(\d+)", x) for x in stage.split(".")]
             if not all(blocks):
-                raise ValueError(f"architecture string {text!r}: stage {stage!r} is not kKeE.kKeE...")
+                form = "kKeEbB.kKeEbB..." if mixed else "kKeE.kKeE..."
+                raise ValueError(f"architecture string {text!r}: stage {stage!r} is not {form}")
             if len(blocks) > most:
                 raise ValueError(f"architecture string {text!r}: stage {stage!r} has more than {most} blocks")
             if di is None and len(blocks) != most:
@@ -399,12 +435,17 @@ class Arch:
             pad = most - len(blocks)
             ks += [int(b.group(1)) for b in blocks] + [min(sp.kernel_sizes)] * pad
             e += [int(b.group(2)) for b in blocks] + [min(sp.expand_ratios)] * pad
+            if mixed:
+                b += [int(x.group(3)) for x in blocks] + [min(sp.bit_widths or (0,))] * pad
             if di is not None:
                 d.append(len(blocks))
-        return sp.check(cls(ks=ks, e=e, d=d, r=int(m.group(2)), space=sp.name))
+        if mixed:
+            b.append(int(m.group(5)))
+        return sp.check(cls(ks=ks, e=e, d=d, r=int(m.group(2)), space=sp.name, b=b))
 
     def to_dict(self) -> dict:
-        return {"space": self.space, "ks": list(self.ks), "e": list(self.e), "d": list(self.d), "r": self.r}
+        out = {"space": self.space, "ks": list(self.ks), "e": list(self.e), "d": list(self.d), "r": self.r}
+        return {**out, "b": list(self.b)} if self.b else out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -413,14 +454,14 @@ class Arch:
     def from_dict(cls, d: dict, space: "SearchSpace | None" = None) -> "Arch":
         """Also reads the authors' form {ks, e, d, r} (space: `space`, else mbv3; r may be a
         one-item list)."""
-        unknown = set(d) - {"space", "ks", "e", "d", "r"}
+        unknown = set(d) - {"space", "ks", "e", "d", "r", "b"}
         missing = {"ks", "e", "d", "r"} - set(d)
         if unknown or missing:
             problem = f"unknown: {', '.join(sorted(unknown))}" if unknown else f"missing: {', '.join(sorted(missing))}"
-            raise ValueError(f"architecture JSON needs keys ks, e, d, r (and optionally space); {problem}")
+            raise ValueError(f"architecture JSON needs keys ks, e, d, r (and optionally space, b); {problem}")
         sp = _space_for(d.get("space", space.name if space else "mbv3"), space)
         r = d["r"][0] if isinstance(d["r"], list) and len(d["r"]) == 1 else d["r"]
-        return sp.check(cls(ks=d["ks"], e=d["e"], d=d["d"], r=r, space=sp.name))
+        return sp.check(cls(ks=d["ks"], e=d["e"], d=d["d"], r=r, space=sp.name, b=d.get("b", ())))
 
     @classmethod
     def from_json(cls, text: str, space: "SearchSpace | None" = None) -> "Arch":

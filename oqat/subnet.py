@@ -1,4 +1,5 @@
-"""A static subnet: the deployable network of one architecture at one bit-width.
+"""A static subnet: the deployable network of one architecture at one bit-width, or at the
+bit-width each of its blocks chose (a mixed-precision architecture, `arch.b`).
 
 Nothing elastic runs in its forward. It is rebuilt from its own file (space, arch, bits,
 weights), without the supernet.
@@ -8,7 +9,7 @@ from torch import nn
 
 from . import checkpoint
 from .layers import ConvBNAct, Cost, MBConv, QConv2d, batch_norm, bn_cost, conv_cost, pool
-from .quant import FULL_PRECISION, bits_of, set_bits_
+from .quant import FULL_PRECISION, Precision, bits_of, set_bits_
 from .space import Arch, Block, SearchSpace, get_space, mid_channels
 
 FORMAT = "oqat-subnet"
@@ -58,14 +59,24 @@ def head_cost(space: SearchSpace, h: int) -> Cost:
     return total + Cost(macs_fp=c * space.num_classes, params_fp=(c + 1) * space.num_classes)
 
 
+def set_arch_bits_(net: nn.Module, blocks: list[nn.Module], arch: Arch) -> None:
+    """The quantizers of each active block (`blocks`, in the order of `space.active_blocks`) at
+    its entry of arch.b, the head's at the last entry: where a mixed-precision arch puts its bits."""
+    for block, (i, _, _) in zip(blocks, net.space.active_blocks(arch)):
+        set_bits_(block, arch.b[i])
+    for h in net.space.head:
+        set_bits_(getattr(net, h.name), arch.b[-1])
+
+
 def make_block(block: Block, k: int, e: int, space: SearchSpace) -> MBConv:
     return MBConv(block.c_in, block.c_out, mid_channels(block.c_in, e), k, block.stride, block.act, block.se,
                   (space.bn_momentum, space.bn_eps), block.signed_input)
 
 
 class Subnet(nn.Module):
-    def __init__(self, space: SearchSpace | str, arch: Arch, bits: int = FULL_PRECISION):
-        """`arch`: any form `space.check` reads."""
+    def __init__(self, space: SearchSpace | str, arch: Arch, bits: Precision = FULL_PRECISION):
+        """`arch`: any form `space.check` reads; in a space with elastic bits each block takes
+        its bits from the arch, and `bits` must be the space's widths."""
         super().__init__()
         space = get_space(space)
         self.space, self.arch = space, space.check(arch)
@@ -73,12 +84,19 @@ class Subnet(nn.Module):
         self.blocks = nn.Sequential(*[make_block(space.blocks[i], k, e, space)
                                       for i, k, e in space.active_blocks(self.arch)])
         add_head(self, space)
-        set_bits_(self, bits)
+        if space.bit_widths:
+            if bits != space.bit_widths:
+                raise ValueError(f"a subnet of a space with elastic bits {space.bit_widths} takes its bits from "
+                                 f"its architecture; got bits={bits}")
+            set_arch_bits_(self, list(self.blocks), self.arch)
+        else:
+            set_bits_(self, bits)
 
     @property
-    def bits(self) -> int:
-        """The quantizers' bit-width: they own it; `quant.set_bits_` changes it."""
-        return bits_of(self)
+    def bits(self) -> Precision:
+        """The quantizers' bit-width (they own it; `quant.set_bits_` changes it), or the widths
+        its blocks chose from (`arch.b` says which block has which)."""
+        return self.space.bit_widths or bits_of(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return head_forward(self, self.blocks(self.stem(x)))

@@ -5,9 +5,14 @@ Its modules follow the space's block list (`space.blocks`) and head. `set_arch(a
 block its kernel and expand ratio explicitly. Every quantized conv owns one weight step
 and one activation step, used by every subnet. `extract(arch)` returns the static
 `Subnet` with the sliced (and kernel-transformed) weights and the shared steps.
+
+With elastic bits (mixed precision, `Supernet(space, bits=(2, 3, 4))`) each quantizer holds
+one step per width, shared by every architecture that runs it at that width, and the active
+architecture's `b` sets each block's width.
 """
 import warnings
 from collections.abc import Iterable
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +21,19 @@ from torch import nn
 from . import checkpoint
 from .calibrate import recalibrate_bn
 from .layers import ConvBNAct, MBConv, QConv2d, mbconv_forward, se_forward, se_mid
-from .quant import FULL_PRECISION, LSQ, bits_of, init_step, set_bits_
+from .quant import (
+    FULL_PRECISION,
+    LSQ,
+    ElasticLSQ,
+    Precision,
+    bits_of,
+    check_precision,
+    elastic_bits_,
+    init_step,
+    set_bits_,
+)
 from .space import ARCH_FIELDS, FIELD_CHOICES, Arch, Block, SearchSpace, get_space, mid_channels
-from .subnet import Subnet, add_head, head_forward, make_stem
+from .subnet import Subnet, add_head, head_forward, make_stem, set_arch_bits_
 
 FORMAT = "oqat-supernet"
 
@@ -114,15 +129,25 @@ class ElasticMBConv(nn.Module):
     def extract(self, block: MBConv, k: int) -> None:
         """Load `block` (the static MBConv of this block at kernel k) with the active weights."""
         mid = block.dw.conv.out_channels
-        source = self.state_dict()
-        with torch.no_grad():
-            state = {}
-            for key, target in block.state_dict().items():
-                if key == "dw.conv.weight":
-                    state[key] = self.dw.conv.active_weight(mid, k)
-                else:  # every other tensor is the leading slice of the elastic one
-                    state[key] = source[key][tuple(slice(0, n) for n in target.shape)]
-            block.load_state_dict(state)
+        load_static(block, self, {"dw.conv.weight": lambda: self.dw.conv.active_weight(mid, k)})
+
+
+@torch.no_grad()
+def load_static(target: nn.Module, source: nn.Module, computed: dict | None = None) -> None:
+    """Load `target` (a static module) from `source` (its elastic counterpart, same names): each
+    tensor the leading slice of the elastic one, the keys in `computed` from their function, and
+    each step from an elastic quantizer the step of the width the target's quantizer runs at."""
+    state, elastic = source.state_dict(), dict(source.named_modules())
+    out = {}
+    for key, t in target.state_dict().items():
+        owner, _, attr = key.rpartition(".")
+        if key in (computed or {}):
+            out[key] = computed[key]()
+        elif attr == "step" and isinstance(elastic.get(owner), ElasticLSQ):
+            out[key] = elastic[owner].steps[str(target.get_submodule(owner).bits)]
+        else:
+            out[key] = state[key][tuple(slice(0, n) for n in t.shape)]
+    target.load_state_dict(out)
 
 
 def init_weights(net: nn.Module) -> None:
@@ -142,9 +167,16 @@ def init_weights(net: nn.Module) -> None:
 
 
 class Supernet(nn.Module):
-    def __init__(self, space: SearchSpace | str, bits: int = FULL_PRECISION):
+    def __init__(self, space: SearchSpace | str, bits: Precision = FULL_PRECISION):
+        """`bits`: one width for the whole network, or the widths its blocks choose from (elastic
+        bits: the space gets them as `bit_widths`)."""
         super().__init__()
-        self.space = space = get_space(space)
+        space, bits = get_space(space), check_precision(bits)
+        if isinstance(bits, tuple):
+            space = space.with_bits(bits)
+        elif space.bit_widths:
+            raise ValueError(f"space '{space.name}' has elastic bits {space.bit_widths}; got bits={bits}")
+        self.space = space
         bn = (space.bn_momentum, space.bn_eps)
         self.stem = make_stem(space)
         # The fixed first block keeps its own name: the authors' checkpoints keep it apart too.
@@ -152,7 +184,10 @@ class Supernet(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         add_head(self, space)
         init_weights(self)
-        set_bits_(self, bits)  # the quantizers own the bit-width from here on
+        if space.bit_widths:
+            elastic_bits_(self, space.bit_widths)
+        else:
+            set_bits_(self, bits)  # the quantizers own the bit-width from here on
         # The Arch fields its training varied (its file keeps them): a search explores those,
         # the others held at the largest's choice (`trained_space`).
         self.elastic: tuple[str, ...] = ARCH_FIELDS
@@ -165,15 +200,26 @@ class Supernet(nn.Module):
     def set_arch(self, arch: Arch) -> None:
         self.arch = self.space.check(arch)
         self._active = [(self._block(i), k, e) for i, k, e in self.space.active_blocks(self.arch)]
+        if self.arch.b:
+            set_arch_bits_(self, [block for block, _, _ in self._active], self.arch)
+
+    def to_mixed_(self, widths) -> "Supernet":
+        """This supernet with elastic bits over `widths`, in place: each quantizer gets one step
+        per width, each the quantizer's own carried to that width as bit inheritance does."""
+        self.space = self.space.with_bits(check_precision(widths))
+        elastic_bits_(self, self.space.bit_widths)
+        self.set_arch(self.space.largest())
+        return self
 
     @property
     def trained_space(self) -> SearchSpace:
         return self.space.elastic_in(self.elastic)
 
     @property
-    def bits(self) -> int:
-        """The quantizers' bit-width: they own it; `quant.set_bits_` changes it."""
-        return bits_of(self)
+    def bits(self) -> Precision:
+        """The quantizers' bit-width (they own it; `quant.set_bits_` changes it), or with elastic
+        bits the widths they choose from."""
+        return self.space.bit_widths or bits_of(self)
 
     def quantizers(self) -> list[LSQ]:
         return [m for m in self.modules() if isinstance(m, LSQ)]
@@ -185,12 +231,16 @@ class Supernet(nn.Module):
         resolution is the caller's choice). The active architecture is kept."""
         arch = self.arch
         convs = [m for m in self.modules() if isinstance(m, QConv2d)]
-        for conv in convs:
-            conv.wq.step.copy_(init_step(conv.weight, conv.wq.bits, conv.wq.signed))
-            conv.aq.init_pending = True
         try:
-            self.set_arch(self.space.largest())
-            self(x)
+            for bits in self.space.bit_widths or [None]:  # with elastic bits, each width's steps
+                largest = self.space.largest()
+                if bits is not None:
+                    largest = replace(largest, b=(bits,) * len(largest.b))
+                self.set_arch(largest)
+                for conv in convs:
+                    conv.wq.step.copy_(init_step(conv.weight, conv.wq.bits, conv.wq.signed))
+                    conv.aq.init_pending = True
+                self(x)
         finally:
             for conv in convs:  # every conv runs in the largest subnet; be safe all the same
                 conv.aq.init_pending = False
@@ -217,11 +267,10 @@ class Supernet(nn.Module):
                           "or keep_bn=True where they do not matter); its accuracy will be far below the "
                           "subnet's", UncalibratedWarning, stacklevel=2)
         net = Subnet(self.space, arch, self.bits).to(self.stem.conv.weight)
-        with torch.no_grad():
-            for name in ["stem", "classifier"] + [h.name for h in self.space.head]:
-                getattr(net, name).load_state_dict(getattr(self, name).state_dict())
-            for block, (i, k, _) in zip(net.blocks, self.space.active_blocks(arch)):
-                self._block(i).extract(block, k)
+        for name in ["stem", "classifier"] + [h.name for h in self.space.head]:
+            load_static(getattr(net, name), getattr(self, name))
+        for block, (i, k, _) in zip(net.blocks, self.space.active_blocks(arch)):
+            self._block(i).extract(block, k)
         if calib is None:
             return net.train(self.training)
         if net.stem.conv.weight.device.type == "cpu":

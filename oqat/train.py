@@ -30,7 +30,7 @@ from .data import ArrayDataset, Splits, eval_batches, load_splits, num_train_bat
 from .evaluate import evaluate, prepare_subnet, resize
 from .experiment import ExperimentConfig, check_inputs
 from .inherit import REINIT_KEY
-from .quant import FULL_PRECISION, guard_steps_, set_bits_, step_values, steps_of
+from .quant import FULL_PRECISION, check_precision, guard_steps_, set_bits_, step_values, steps_of
 from .space import Arch, SearchSpace, get_space
 from .supernet import FORMAT as SUPERNET_FORMAT, Supernet
 
@@ -182,12 +182,21 @@ class Trainer:
         if t.init_from is None:
             return Supernet(space, t.bits), t.reinit_steps is not False
         net, ckpt = files.load_supernet(t.init_from, SUPERNET_FORMAT, FORMAT)
-        if net.space != space:
+        if net.space.with_bits(()) != space:
             raise ValueError(f"train.init_from '{t.init_from}' holds a '{net.space.name}' supernet for "
                              f"{net.space.in_channels}-channel, {net.space.num_classes}-class data; this run "
                              f"is '{space.name}' on {space.in_channels} channels, {space.num_classes} classes")
-        has_steps = ckpt["bits"] == t.bits and not ckpt.get(REINIT_KEY, False)
-        set_bits_(net, t.bits)
+        bits = check_precision(t.bits)
+        if isinstance(net.bits, tuple) and net.bits != bits:
+            raise ValueError(f"train.init_from '{t.init_from}' is a mixed-precision supernet over {net.bits} bits; "
+                             f"this stage trains {t.bits}")
+        if isinstance(bits, tuple):  # steps carried from the file's own, where it has them (see inherit.mixed_file)
+            has_steps = net.bits != FULL_PRECISION and not ckpt.get(REINIT_KEY, False)
+            if net.bits != bits:
+                net.to_mixed_(bits)
+        else:
+            has_steps = ckpt["bits"] == bits and not ckpt.get(REINIT_KEY, False)
+            set_bits_(net, bits)
         return net, (not has_steps) if t.reinit_steps is None else t.reinit_steps
 
     # --- the loop -----------------------------------------------------------------------
