@@ -228,9 +228,20 @@ def apply_overrides(cfg: T, overrides: Iterable[str]) -> T:
 
 
 def load(cls: type[T], path: str | None, overrides: Iterable[str] = ()) -> T:
-    """Defaults of ``cls``, updated from the YAML file at ``path`` (if any), then overrides."""
+    """Defaults of ``cls``, updated from the YAML file at ``path`` (if any), then overrides. A
+    file may name another it extends (``base: other.yaml``, relative to it): the other's
+    values first, then this file's on top (mappings merged key by key, lists replaced)."""
     if path is None:
         return from_dict(cls, _apply({}, cls, overrides))
+    tree = _apply(_read(path), cls, overrides)
+    try:
+        return from_dict(cls, tree)
+    except ConfigError as e:
+        raise ConfigError(f"config file '{path}': {e}") from None
+
+
+def _read(path: str, seen: tuple[str, ...] = ()) -> dict:
+    """The mapping in the YAML file at ``path``, merged over its ``base`` file's."""
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
@@ -248,11 +259,22 @@ def load(cls: type[T], path: str | None, overrides: Iterable[str] = ()) -> T:
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' expects a mapping at the top, got {_show(data)}")
-    tree = _apply(data, cls, overrides)
-    try:
-        return from_dict(cls, tree)
-    except ConfigError as e:
-        raise ConfigError(f"config file '{path}': {e}") from None
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"config file '{path}': base must be the path of the YAML file it extends, got {_show(base)}")
+    base = os.path.join(os.path.dirname(path), base)
+    if os.path.abspath(base) in seen:
+        raise ConfigError(f"config file '{path}': base '{base}' extends itself in a cycle")
+    return _merge(_read(base, seen + (os.path.abspath(path),)), data)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def dump(cfg: Any, path: str) -> None:

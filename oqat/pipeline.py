@@ -1,14 +1,17 @@
 """`oqat run`: the whole pipeline a config describes, resumable stage by stage.
 
-    stages (e.g. 4-bit supernet, inherit to 3 bits and train, inherit to 2 bits and train)
-    -> search of each bit-width's final supernet (its S/M/L family named from the front)
-    -> export of the family -> report
+    stages (e.g. 4-bit supernet, inherit to 3 bits and train, inherit to 2 bits and train,
+    optionally a mixed-precision stage that starts from the whole chain)
+    -> search of each precision's final supernet (its S/M/L family named from the front)
+    -> the recommended family, from every front together
+    -> export of the families -> report
 
-Layout of a run directory:
+Layout of a run directory ({p}: fp, 4bit, ..., mixed234 for bits [2, 3, 4]):
     config.yaml                  the resolved config
-    stages/{i}-{bits}bit/        one training stage (checkpoints/, metrics.jsonl, tb/, supernet.pt)
-    search/{bits}bit/            pareto.json, evaluated.json, pareto.png
-    export/{bits}bit-{S,M,L}/    model.onnx, weights.oqpk, arch.json, MODEL_CARD.md
+    stages/{i}-{p}/              one training stage (checkpoints/, metrics.jsonl, tb/, supernet.pt)
+    search/{p}/                  pareto.json, evaluated.json, pareto.png
+    export/{p}-{S,M,L}/          model.onnx, weights.oqpk, arch.json, MODEL_CARD.md
+    export/best-{S,M,L}/         the recommended family's members not exported above
     report.md, results.json, *.png
 Each step is skipped when its output exists, so running again resumes at the first
 unfinished step (and a training stage resumes from its last checkpoint).
@@ -24,17 +27,32 @@ from . import checkpoint, config, data, distributed, faults, files
 from .cost import cost
 from .experiment import ExperimentConfig, check_inputs, parse_budget
 from .export import export_checkpoint
-from .inherit import inherit_file
-from .quant import FULL_PRECISION
-from .report import write_report
+from .inherit import inherit_file, mixed_file
+from .quant import FULL_PRECISION, precision_name
+from .report import precision_order, write_report
 from .search import family, search, write_outputs
+from .space import Arch
 from .train import train
 
 STAGE_OVERRIDES = ("lr", "elastic", "sandwich_random")  # StageConfig fields that, when set, replace train's
 
 
-def stage_dir(run_dir: str, i: int, bits: int) -> str:
-    return os.path.join(run_dir, "stages", f"{i}-{'fp' if bits == FULL_PRECISION else f'{bits}bit'}")
+def stage_dir(run_dir: str, i: int, bits) -> str:
+    return os.path.join(run_dir, "stages", f"{i}-{precision_name(bits)}")
+
+
+def precision_key(bits) -> int | str:
+    """How a run's results key a precision: a uniform one by its width, a mixed one by its name."""
+    return precision_name(bits) if isinstance(bits, (list, tuple)) else bits
+
+
+def _folder(key: int | str) -> str:
+    return key if isinstance(key, str) else precision_name(key)
+
+
+def _label(bits) -> str:
+    """4 -> "4-bit"; a mixed precision (its widths or its key) -> "mixed234"."""
+    return f"{bits}-bit" if isinstance(bits, int) else _folder(precision_key(bits))
 
 
 def _log(text: str, d: distributed.Dist = distributed.Dist()) -> None:
@@ -64,9 +82,14 @@ def run_stages(cfg: ExperimentConfig, d: distributed.Dist = distributed.Dist()) 
         if not os.path.isfile(final):
             init, reinit = None, None
             if st.init == "previous" and previous is not None:
-                prev_bits = files.load_supernet(previous)[0].bits
                 init = previous
-                if prev_bits != FULL_PRECISION and st.bits < prev_bits:
+                if isinstance(st.bits, list):  # each width's steps from the last stage that trained it
+                    init = os.path.join(out, "inherited.pt")
+                    chain = {s["bits"]: os.path.join(cfg.run.dir, s["supernet"]) for s in done}
+                    if d.main and not os.path.isfile(init):
+                        mixed_file(previous, st.bits, chain, init)
+                    distributed.barrier(d)
+                elif (prev_bits := files.load_supernet(previous)[0].bits) != FULL_PRECISION and st.bits < prev_bits:
                     init = os.path.join(out, "inherited.pt")
                     if d.main and not os.path.isfile(init):
                         inherit_file(previous, st.bits, init, st.reinit_steps)
@@ -74,7 +97,7 @@ def run_stages(cfg: ExperimentConfig, d: distributed.Dist = distributed.Dist()) 
                 reinit = True if st.reinit_steps else None
             elif st.reinit_steps:
                 reinit = True
-            _log(f"stage {i}: {st.bits}-bit supernet, {st.epochs} epoch(s)"
+            _log(f"stage {i}: {_label(st.bits)} supernet, {st.epochs} epoch(s)"
                  f"{f' from {os.path.relpath(init, cfg.run.dir)}' if init else ' from scratch'}"
                  f"{f', taught by stage {st.teacher}' if st.teacher is not None else ''}", d)
             stage_cfg = dataclasses.replace(cfg, train=stage_train_config(cfg, i, init, reinit),
@@ -92,22 +115,23 @@ def run_stages(cfg: ExperimentConfig, d: distributed.Dist = distributed.Dist()) 
     return done
 
 
-def final_supernets(cfg: ExperimentConfig, stages: list[dict]) -> dict[int, str]:
-    """The last quantized supernet of each bit-width (full precision is not searched)."""
-    return {s["bits"]: os.path.join(cfg.run.dir, s["supernet"]) for s in stages if s["bits"] != FULL_PRECISION}
+def final_supernets(cfg: ExperimentConfig, stages: list[dict]) -> dict[int | str, str]:
+    """The last quantized supernet of each precision (full precision is not searched), by `precision_key`."""
+    return {precision_key(s["bits"]): os.path.join(cfg.run.dir, s["supernet"])
+            for s in stages if s["bits"] != FULL_PRECISION}
 
 
-def run_search(cfg: ExperimentConfig, supernets: dict[int, str]) -> dict[int, dict]:
-    """Each bit-width's search (pareto.json), with its S/M/L family named from the front."""
+def run_search(cfg: ExperimentConfig, supernets: dict[int | str, str]) -> dict[int | str, dict]:
+    """Each precision's search (pareto.json), with its S/M/L family named from the front."""
     results = {}
     budgets = [parse_budget(b) for b in cfg.search.budgets]
-    for bits, path in sorted(supernets.items(), reverse=True):
-        out = os.path.join(cfg.run.dir, "search", f"{bits}bit")
+    for key, path in sorted(supernets.items(), key=lambda kv: precision_order(kv[0])):
+        out = os.path.join(cfg.run.dir, "search", _folder(key))
         pareto = os.path.join(out, "pareto.json")
         net, ckpt = files.load_supernet(path)
         if not os.path.isfile(pareto):
-            _log(f"search: {bits}-bit supernet, population {cfg.search.population}, "
-                      f"{cfg.search.generations} generations")
+            _log(f"search: {_label(net.bits)} supernet, population {cfg.search.population}, "
+                 f"{cfg.search.generations} generations")
             data_cfg = ckpt["data"] or cfg.data
             s = cfg.search
             result = search(net, data_cfg, data.load_splits(data_cfg), budgets, population=s.population,
@@ -115,34 +139,50 @@ def run_search(cfg: ExperimentConfig, supernets: dict[int, str]) -> dict[int, di
                             val_images=s.val_images, use_predictor=s.predictor,
                             log=lambda text: None if cfg.run.quiet else print(f"  {text}", flush=True))
             write_outputs(result, out)
-        results[bits] = _read_json(pareto)
-        largest = cost(net.space.largest(), net.space, bits)["bitops"]
-        results[bits]["family"] = family(results[bits]["front"], largest, cfg.search.family)
+        results[key] = _read_json(pareto)
+        if net.space.bit_widths:
+            for p in results[key]["front"]:
+                p["stage_bits"] = net.space.stage_bits(Arch.parse(p["arch"], net.space))
+        results[key]["largest_bitops"] = cost(net.space.largest(), net.space, net.bits)["bitops"]
+        results[key]["family"] = family(results[key]["front"], results[key]["largest_bitops"], cfg.search.family)
     return results
 
 
-def run_export(cfg: ExperimentConfig, supernets: dict[int, str], searches: dict[int, dict]) -> dict[int, dict]:
-    """ONNX and packed weights of each family member (S, M, L) of each bit-width, in
-    export/{bits}bit-{name}; a subnet named twice (e.g. M = L) is exported once."""
-    exported = {}
-    for bits, path in sorted(supernets.items(), reverse=True):
-        exported[bits], done = {}, {}
-        for name, member in searches[bits]["family"].items():
+def recommended_family(cfg: ExperimentConfig, searches: dict[int | str, dict]) -> dict[str, dict | None]:
+    """The S/M/L family from every front together, uniform and mixed: for each budget (a
+    fraction of the largest subnet's BitOPs, the most bits of all) the most accurate front
+    member of any precision, which its "bits" names."""
+    points = [{**p, "bits": key} for key, s in searches.items() for p in s["front"]]
+    return family(points, max(s["largest_bitops"] for s in searches.values()), cfg.search.family)
+
+
+def run_export(cfg: ExperimentConfig, supernets: dict[int | str, str], searches: dict[int | str, dict],
+               recommended: dict[str, dict | None] | None = None) -> dict[int | str, dict]:
+    """ONNX and packed weights of each family member (S, M, L) of each precision, in
+    export/{p}-{name}, then of the recommended family (export/best-{name}); a subnet named
+    twice (e.g. M = L, or a recommended member) is exported once."""
+    exported, done = {}, {}
+    groups = [(key, s["family"]) for key, s in sorted(searches.items(), key=lambda kv: precision_order(kv[0]))]
+    for group, members in groups + ([("best", recommended)] if recommended else []):
+        exported[group] = {}
+        for name, member in members.items():
             if member is None:
                 continue
-            if member["arch"] in done:
-                exported[bits][name] = done[member["arch"]]
+            key = member.get("bits", group)  # a recommended member names its precision
+            if (key, member["arch"]) in done:
+                exported[group][name] = done[key, member["arch"]]
                 continue
-            out = os.path.join(cfg.run.dir, "export", f"{bits}bit-{name}")
+            out = os.path.join(cfg.run.dir, "export", f"{_folder(group)}-{name}")
             facts_file = os.path.join(out, "facts.json")
             if not os.path.isfile(facts_file):
-                _log(f"export: {bits}-bit {name} {member['arch']}")
+                _log(f"export: {'best ' if group == 'best' else ''}{_label(key)} {name} {member['arch']}")
                 faults.pause_point("export")
+                path = supernets[key]
                 facts = export_checkpoint(path, member["arch"], out, cfg.search.calib_images, cfg.export.test_images,
                                           seed=cfg.search.seed, source=os.path.relpath(path, cfg.run.dir),
                                           speed_rounds=cfg.export.speed_rounds)
                 _write_json(facts_file, {**facts, "dir": os.path.relpath(out, cfg.run.dir)})
-            exported[bits][name] = done[member["arch"]] = _read_json(facts_file)
+            exported[group][name] = done[key, member["arch"]] = _read_json(facts_file)
     return exported
 
 
@@ -169,8 +209,9 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
         torch.set_num_threads(torch.get_num_threads() * d.world)
     supernets = final_supernets(cfg, stages)
     searches = run_search(cfg, supernets) if supernets else {}
-    exported = run_export(cfg, supernets, searches) if supernets and cfg.export.enabled else {}
-    results = write_report(cfg, stages, searches, exported, time.time() - start)
+    recommended = recommended_family(cfg, searches) if len(searches) > 1 else None
+    exported = run_export(cfg, supernets, searches, recommended) if supernets and cfg.export.enabled else {}
+    results = write_report(cfg, stages, searches, exported, time.time() - start, recommended)
     _log(f"done: results in {os.path.abspath(cfg.run.dir)} (report.md, results.json)")
     return results
 

@@ -47,10 +47,10 @@ def check_precision(bits) -> Precision:
     return widths
 
 
-def precision_name(bits: Precision) -> str:
+def precision_name(bits: Precision | list[int]) -> str:
     """How files and folders name a precision: fp, 4bit, mixed234."""
-    if isinstance(bits, tuple):
-        return "mixed" + "".join(map(str, bits))
+    if isinstance(bits, (list, tuple)):
+        return "mixed" + "".join(map(str, sorted(bits)))
     return "fp" if bits == FULL_PRECISION else f"{bits}bit"
 
 

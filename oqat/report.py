@@ -1,9 +1,45 @@
 """The run's report: results.json (everything measured), report.md and PNG plots."""
 import json
+import math
 import os
 
 from . import checkpoint, config
 from .export import speedup
+from .quant import precision_name
+
+
+def precision_order(key) -> tuple:
+    """Results keys in reading order: uniform bit-widths down (4, 3, 2; "4" once read from
+    JSON), then mixed precisions ("mixed234"), then the recommended family ("best")."""
+    k = str(key)
+    return (0, -int(k)) if k.isdigit() else (1, k) if k.startswith("mixed") else (2, k)
+
+
+def _label(key) -> str:
+    return f"{key}-bit" if str(key).isdigit() else str(key)
+
+
+def _folder(key) -> str:
+    return str(key) if isinstance(key, str) else precision_name(key)
+
+
+def compare_at_budgets(fronts: dict, n: int = 8) -> list[dict]:
+    """At n BitOPs budgets spaced evenly (log scale) from the smallest to the largest uniform
+    front member, the most accurate (val) mixed and uniform front members within each."""
+    uniform = [p for k, f in fronts.items() if str(k).isdigit() for p in f]
+    mixed = [p for k, f in fronts.items() if not str(k).isdigit() for p in f]
+    if not uniform or not mixed:
+        return []
+    lo, hi = min(p["bitops"] for p in uniform), max(p["bitops"] for p in uniform)
+    rows = []
+    for i in range(n):
+        budget = lo * (hi / lo) ** (i / (n - 1))
+        best = {}
+        for kind, points in (("mixed", mixed), ("uniform", uniform)):
+            within = [p for p in points if p["bitops"] <= budget * (1 + 1e-9)]
+            best[kind] = max(within, key=lambda p: p["val_top1"]) if within else None
+        rows.append({"bitops": budget, **best})
+    return rows
 
 
 def _plot_fronts(searches: dict, path: str) -> None:
@@ -11,14 +47,14 @@ def _plot_fronts(searches: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for bits, s in sorted(searches.items(), reverse=True):
+    for key, s in sorted(searches.items(), key=lambda kv: precision_order(kv[0])):
         pts = [(p["bitops"], p["val_top1"]) for p in s.get("evaluated", [])]
         line = ax.plot(*zip(*sorted((p["bitops"], p["val_top1"]) for p in s["front"])),
-                       marker="o", lw=1.5, label=f"{bits}-bit front")[0]
+                       marker="o", lw=1.5, label=f"{_label(key)} front")[0]
         if pts:
             ax.scatter(*zip(*pts), s=8, alpha=0.25, color=line.get_color())
     ax.set_xscale("log")
-    ax.set(xlabel="BitOPs", ylabel="val top-1 (%)", title="OQAT fronts per bit-width (dots: evaluated subnets)")
+    ax.set(xlabel="BitOPs", ylabel="val top-1 (%)", title="OQAT fronts per precision (dots: evaluated subnets)")
     ax.legend()
     _save(fig, path)
 
@@ -35,7 +71,8 @@ def _plot_training(run_dir: str, stages: list[dict], path: str) -> None:
             for line in f:
                 rec = json.loads(line)
                 (steps if rec["kind"] == "step" else epochs).append(rec)
-        label = f"{st['bits']}-bit" if st["bits"] != 32 else "fp"
+        label = _label(st["bits"]) if isinstance(st["bits"], int) else precision_name(st["bits"])
+        label = "fp" if st["bits"] == 32 else label
         if steps:
             ax_loss.plot([offset + r["epoch"] for r in steps], [r["loss"] for r in steps], lw=1, label=label)
         for key, style in (("val_top1_largest", "-o"), ("val_top1_smallest", "--s")):
@@ -57,10 +94,11 @@ def _save(fig, path: str) -> None:
     plt.close(fig)
 
 
-def write_report(cfg, stages: list[dict], searches: dict, exported: dict, wall_s: float) -> dict:
+def write_report(cfg, stages: list[dict], searches: dict, exported: dict, wall_s: float,
+                 recommended: dict | None = None) -> dict:
     run = cfg.run.dir
     for bits in searches:  # the plot shows every evaluated point too
-        ev = os.path.join(run, "search", f"{bits}bit", "evaluated.json")
+        ev = os.path.join(run, "search", _folder(bits), "evaluated.json")
         if os.path.isfile(ev):
             with open(ev) as f:
                 searches[bits] = {**searches[bits], "evaluated": json.load(f)}
@@ -75,6 +113,10 @@ def write_report(cfg, stages: list[dict], searches: dict, exported: dict, wall_s
                "family": {b: s["family"] for b, s in searches.items()},
                "fronts": {b: s["front"] for b, s in searches.items()},
                "export": exported, "plots": plots}
+    if recommended:
+        results["recommended"] = recommended
+    if (table := compare_at_budgets(results["fronts"])):
+        results["mixed_vs_uniform"] = table
     checkpoint.atomic_write(os.path.join(run, "results.json"),
                             lambda f: f.write(json.dumps(results, indent=1, default=float).encode()))
     checkpoint.atomic_write(os.path.join(run, "report.md"), lambda f: f.write(markdown(results).encode()))
@@ -102,7 +144,7 @@ def markdown(r: dict) -> str:
                   + " of the largest subnet's BitOPs.",
                   "", "| bits | net | architecture | val top-1 | test top-1 | MACs | BitOPs | FLOPs_q | size (KiB) |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for bits, fam in sorted(r["family"].items(), key=lambda kv: -int(kv[0])):
+        for bits, fam in sorted(r["family"].items(), key=lambda kv: precision_order(kv[0])):
             for name, b in fam.items():
                 if b is None:
                     lines.append(f"| {bits} | {name} | none on the front within budget | | | | | | |")
@@ -112,15 +154,42 @@ def markdown(r: dict) -> str:
                              f"{b['bitops'] / 1e6:.1f} M | {b['flops_q'] / 1e6:.2f} M | "
                              f"{b['size_bits'] / 8192:.1f} |")
         lines += ["", "## Pareto fronts", ""]
-        for bits, front in sorted(r["fronts"].items(), key=lambda kv: -int(kv[0])):
-            lines.append(f"- {bits}-bit: " + ", ".join(f"{p['bitops'] / 1e6:.1f} M BitOPs -> "
-                                                       f"{p['val_top1']:.2f}%" for p in front))
+        for bits, front in sorted(r["fronts"].items(), key=lambda kv: precision_order(kv[0])):
+            lines.append(f"- {_label(bits)}: " + ", ".join(f"{p['bitops'] / 1e6:.1f} M BitOPs -> "
+                                                          f"{p['val_top1']:.2f}%" for p in front))
+    if r.get("recommended"):
+        lines += ["", "## Recommended family: every front together",
+                  "", "Each budget's most accurate subnet (val) of any precision, uniform or mixed.", "",
+                  "| net | bits | architecture | val top-1 | test top-1 | BitOPs |", "|---|---|---|---|---|---|"]
+        for name, b in r["recommended"].items():
+            lines.append(f"| {name} | none within budget | | | | |" if b is None else
+                         f"| {name} | {_label(b['bits'])} | `{b['arch']}` | {b['val_top1']:.2f} | "
+                         f"{b.get('test_top1', math.nan):.2f} | {b['bitops'] / 1e6:.1f} M |")
+    if r.get("mixed_vs_uniform"):
+        lines += ["", "## Mixed against uniform precision at equal BitOPs", "",
+                  "The best front member (val) within each budget; test top-1 in brackets.", "",
+                  "| BitOPs budget | mixed | uniform | mixed - uniform (val) |", "|---|---|---|---|"]
+        for row in r["mixed_vs_uniform"]:
+            m, u = row["mixed"], row["uniform"]
+            cell = ("-" if p is None else f"{p['val_top1']:.2f} ({p.get('test_top1', math.nan):.2f}), "
+                    f"{p['bitops'] / 1e6:.1f} M" for p in (m, u))
+            gap = f"{m['val_top1'] - u['val_top1']:+.2f}" if m and u else "-"
+            lines.append(f"| {row['bitops'] / 1e6:.1f} M | " + " | ".join(cell) + f" | {gap} |")
+    where = [(k, p) for k, f in r["fronts"].items() if not str(k).isdigit() for p in f if "stage_bits" in p]
+    if where:
+        lines += ["", "## Where the bits went", "", "Bits of each mixed front member: first block | each stage's "
+                  "blocks | head.", "", "| BitOPs | val top-1 | first | stages | head |", "|---|---|---|---|---|"]
+        for _, p in sorted(where, key=lambda kp: kp[1]["bitops"]):
+            sb = p["stage_bits"]
+            stages = " / ".join("".join(map(str, st)) for st in sb["stages"])
+            lines.append(f"| {p['bitops'] / 1e6:.1f} M | {p['val_top1']:.2f} | {sb['first_block']} | {stages} | "
+                         f"{sb['head']} |")
     if r["export"]:
         lines += ["", "## Exported (integer ONNX, QONNX, packed weights)", "",
                   "| bits | net | folder | .onnx (KiB) | packed (KiB) | fp32 (KiB) | test top-1 per runtime "
                   "(agreement with PyTorch) | fastest fp32 / export, batch 1, 16 |",
                   "|---|---|---|---|---|---|---|---|"]
-        for bits, members in sorted(r["export"].items(), key=lambda kv: -int(kv[0])):
+        for bits, members in sorted(r["export"].items(), key=lambda kv: precision_order(kv[0])):
             for name, f in members.items():
                 t, s, sp = f.get("test") or {}, f["sizes"], f.get("speed")
                 top1 = ", ".join(f"{rt} {v['top1']:.2f}% ({v['top1_agreement']:.2f}%)"

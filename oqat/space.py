@@ -190,6 +190,13 @@ class SearchSpace:
                     for j in range(m if di is None else arch.d[di])]
         return out
 
+    def stage_bits(self, arch: "Arch") -> dict:
+        """Where a mixed-precision arch put its bits: the first block's, each stage's active blocks', the head's."""
+        arch = self.check(arch)
+        stages = [[arch.b[start + j + 1] for j in range(m if di is None else arch.d[di])]
+                  for start, m, di in self.layout]
+        return {"first_block": arch.b[0], "stages": stages, "head": arch.b[-1]}
+
     mid_channels = staticmethod(mid_channels)
 
     def head_layers(self) -> list[HeadConv | None]:
