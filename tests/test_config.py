@@ -179,6 +179,24 @@ def test_load_file_and_overrides(tmp_path):
     assert config.load(Root, str(tmp_path / "empty.yaml")) == Root()
 
 
+def test_a_file_extends_its_base(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  lr: 0.2\n  epochs: 5\nstages: [1, 2, 3]\n")
+    (tmp_path / "sub").mkdir()
+    top = tmp_path / "sub" / "top.yaml"
+    top.write_text("base: ../base.yaml\ntrain:\n  epochs: 7\nstages: [4]\n")
+    cfg = config.load(Root, str(top), ["mode=slow"])
+    assert (cfg.train.lr, cfg.train.epochs, cfg.stages, cfg.mode) == (0.2, 7, [4], "slow")  # merged; lists replaced
+    (tmp_path / "base.yaml").write_text("base: sub/top.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        config.load(Root, str(top))
+    top.write_text("base: 3\n")
+    with pytest.raises(ConfigError, match="base must be the path"):
+        config.load(Root, str(top))
+    top.write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml' not found"):
+        config.load(Root, str(top))
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"^config file '.*x.yaml' not found$"):
         config.load(Root, str(tmp_path / "x.yaml"))

@@ -1,6 +1,7 @@
 """Elastic bits (mixed precision): each block's bit-width is a field of the architecture, held
 by the space, trained with one step per width, searched, costed, extracted, exported, loaded."""
 import dataclasses
+import json
 import random
 
 import numpy as np
@@ -163,3 +164,27 @@ def test_a_mixed_stage_starts_from_the_chain_and_trains_every_width(tmp_path):
     with pytest.raises(ValueError, match="a mixed stage ends the chain"):
         config.load(ExperimentConfig, None, ["stages=[{bits: 4}, {bits: [2, 4]}, {bits: 2}]"])
     assert np.isfinite(cost(final.space.sample(random.Random(0)), final.space)["bitops"])
+
+
+@pytest.mark.slow
+def test_oqat_run_trains_searches_and_exports_a_mixed_stage_and_recommends_from_every_front(tmp_path):
+    from processes import start
+    proc = start(tmp_path, "stages=[{bits: 4, epochs: 1}, {bits: [2, 4], epochs: 1, lr: 0.05}]",
+                 "export.speed_rounds=0")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "stage 1: mixed24 supernet" in out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["fronts"]) == {"4", "mixed24"}
+    for p in results["fronts"]["mixed24"]:
+        arch = Arch.parse(p["arch"], MINI.with_bits((2, 4)))
+        assert p["stage_bits"]["head"] == arch.b[-1] and p["bitops"] == cost(arch, MINI.with_bits((2, 4)))["bitops"]
+    best = [m for m in results["recommended"].values() if m]
+    fronts = {(str(k), p["arch"]) for k, f in results["fronts"].items() for p in f}
+    assert best and all((str(m["bits"]), m["arch"]) in fronts for m in best)
+    rows = results["mixed_vs_uniform"]
+    assert rows and all(r["mixed"] is None or r["mixed"]["bitops"] <= r["bitops"] * (1 + 1e-9) for r in rows)
+    facts = next(iter(results["export"]["mixed24"].values()))
+    assert (tmp_path / facts["dir"] / "model.onnx").is_file() and facts["arch"].count("b") > 2
+    report = (tmp_path / "report.md").read_text()
+    assert "## Where the bits went" in report and "## Recommended family" in report
