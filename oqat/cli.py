@@ -97,7 +97,7 @@ def cmd_cost(args):
     if args.json:
         print(json.dumps(result))
     else:
-        print_table(_readable(result), f"{arch}  ({args.bits}-bit)")
+        print_table(_readable(result), f"{arch}  ({'bits per block' if arch.b else f'{args.bits}-bit'})")
 
 
 # --- convert-oqa ----------------------------------------------------------------------

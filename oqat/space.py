@@ -128,9 +128,8 @@ class SearchSpace:
         for name in ("kernel_sizes", "expand_ratios", "depths", "resolutions", "bit_widths"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         w = self.bit_widths
-        if w and (len(w) < 2 or list(w) != sorted(set(w)) or not all(type(b) is int and 1 <= b <= 8 for b in w)):
-            raise ValueError(f"space {self.name}: bit_widths must be two or more increasing widths in 1..8, "
-                             f"got {list(w)}")
+        if list(w) != sorted(set(w)) or not all(type(b) is int and 1 <= b <= 8 for b in w):
+            raise ValueError(f"space {self.name}: bit_widths must be increasing widths in 1..8, got {list(w)}")
         for k in self.kernel_sizes:
             if k % 2 == 0:
                 raise ValueError(f"space {self.name}: kernel sizes must be odd, got {k}")
@@ -422,8 +421,8 @@ class Arch:
             raise ValueError(f"architecture string {text!r} is not of the form "
                              "SPACE:rRES:kKeE.kKeE-kKeE... (stages separated by '-'), or with bits "
                              "SPACE:rRES:bB:kKeEbB.kKeEbB-...:bB")
-        sp = _space_for(m.group(1), space)
         mixed = m.group(3) is not None
+        sp = _space_for(m.group(1), space, [int(x) for x in re.findall(r"b(\d+)", text)] if mixed else ())
         stages = m.group(4).split("-")
         if len(stages) != len(sp.stages):
             raise ValueError(f"architecture string {text!r} has {len(stages)} stages; "
@@ -466,7 +465,7 @@ class Arch:
         if unknown or missing:
             problem = f"unknown: {', '.join(sorted(unknown))}" if unknown else f"missing: {', '.join(sorted(missing))}"
             raise ValueError(f"architecture JSON needs keys ks, e, d, r (and optionally space, b); {problem}")
-        sp = _space_for(d.get("space", space.name if space else "mbv3"), space)
+        sp = _space_for(d.get("space", space.name if space else "mbv3"), space, d.get("b") or ())
         r = d["r"][0] if isinstance(d["r"], list) and len(d["r"]) == 1 else d["r"]
         return sp.check(cls(ks=d["ks"], e=d["e"], d=d["d"], r=r, space=sp.name, b=d.get("b", ())))
 
@@ -512,12 +511,15 @@ def as_arch(arch: "Arch | str | dict", space: SearchSpace | None = None) -> Arch
                     f"got {type(arch).__name__}")
 
 
-def _space_for(name: str, space: SearchSpace | None) -> SearchSpace:
-    """`space` if given (the name must match), else the built-in space called `name`."""
+def _space_for(name: str, space: SearchSpace | None, bits=()) -> SearchSpace:
+    """`space` if given (the name must match), else the built-in space called `name`, with the
+    widths `bits` uses where it has per-block bits (a mixed arch read without its supernet's space)."""
     if not isinstance(name, str):
         raise ValueError(f"arch field 'space' must be a space name, got {name!r:.40}")
     if space is None:
-        return get_space(name)
+        sp = get_space(name)
+        widths = sorted({b for b in bits if isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 8})
+        return sp.with_bits(widths) if widths else sp
     if name != space.name:
         raise ValueError(f"architecture is from space '{name}', not '{space.name}'")
     return space

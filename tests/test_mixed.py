@@ -50,6 +50,13 @@ def test_bits_are_an_arch_field_in_both_forms_checked_by_the_space():
         MINI.with_bits((4, 2))
 
 
+def test_a_mixed_arch_reads_without_its_supernet_for_costing():
+    alone = Arch.parse(str(ARCH))  # the widths it uses make its space's
+    assert alone.b == ARCH.b and cost(alone) == cost(ARCH, MIXED)
+    two = Arch.parse(str(ARCH).replace("b3", "b2").replace("b4", "b2"))
+    assert cost(two)["bitops"] == cost(MINI.check(dataclasses.replace(ARCH, b=())), MINI, 2)["bitops"]
+
+
 def test_each_part_is_costed_at_its_own_bits():
     uniform = MINI.check(dataclasses.replace(ARCH, b=()))
     for w in (2, 3, 4):  # every block at w: the uniform cost at w
