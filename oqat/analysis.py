@@ -13,7 +13,6 @@ no such supernet is above the lowest bit-width, it is the largest subnet of the
 highest-precision supernet, one accuracy for every architecture, and the report says so.
 """
 import dataclasses
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -245,9 +244,8 @@ def analyze(run_dir: str, cfg: AnalysisConfig, out_dir: str | None = None, progr
     summary["calib_images"] = min(cfg.calib_images, len(splits.train))
     summary["plots"] = [os.path.basename(path) for path in plot(rows, summary, out_dir)]
     result = {"config": dataclasses.asdict(cfg), "rows": rows, "summary": summary}
-    checkpoint.atomic_write(os.path.join(out_dir, "analysis.json"),
-                            lambda f: f.write(json.dumps(result, indent=1).encode()))
-    checkpoint.atomic_write(os.path.join(out_dir, "analysis.md"), lambda f: f.write(markdown(summary, rows).encode()))
+    checkpoint.write_json(os.path.join(out_dir, "analysis.json"), result)
+    checkpoint.write_text(os.path.join(out_dir, "analysis.md"), markdown(summary, rows))
     return result
 
 

@@ -63,11 +63,6 @@ def settings(args, base=None):
                                          for k, v in given])
 
 
-def _write_json(path: str, obj) -> None:
-    from .checkpoint import atomic_write
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
-
-
 def print_table(rows: dict, title: str | None = None) -> None:
     if title:
         print(title)
@@ -198,6 +193,7 @@ def add_export(sub):
 
 
 def cmd_export(args):
+    from .checkpoint import write_json
     from .config import apply_overrides
     from .data import DataConfig
     from .export import export_checkpoint
@@ -216,7 +212,7 @@ def cmd_export(args):
     data_cfg = apply_overrides(ckpt["data"] or DataConfig(), overrides) if ckpt["data"] or overrides else None
     facts = export_checkpoint(path, args.arch, args.out, cfg.search.calib_images, cfg.export.test_images,
                               data_cfg, cfg.search.seed, source=path, speed_rounds=cfg.export.speed_rounds)
-    _write_json(os.path.join(args.out, "facts.json"), {**facts, "dir": args.out})
+    write_json(os.path.join(args.out, "facts.json"), {**facts, "dir": args.out})
     print(f"wrote {args.out}: " + export_summary(facts))
 
 

@@ -62,8 +62,7 @@ def write_report(cfg, stages: list[dict], searches: dict, exported: dict, wall_s
     for bits in searches:  # the plot shows every evaluated point too
         ev = os.path.join(run, "search", f"{bits}bit", "evaluated.json")
         if os.path.isfile(ev):
-            with open(ev) as f:
-                searches[bits] = {**searches[bits], "evaluated": json.load(f)}
+            searches[bits] = {**searches[bits], "evaluated": checkpoint.read_json(ev, "search points")}
     plots = []
     if searches:
         _plot_fronts(searches, os.path.join(run, "fronts.png"))
@@ -75,9 +74,8 @@ def write_report(cfg, stages: list[dict], searches: dict, exported: dict, wall_s
                "family": {b: s["family"] for b, s in searches.items()},
                "fronts": {b: s["front"] for b, s in searches.items()},
                "export": exported, "plots": plots}
-    checkpoint.atomic_write(os.path.join(run, "results.json"),
-                            lambda f: f.write(json.dumps(results, indent=1, default=float).encode()))
-    checkpoint.atomic_write(os.path.join(run, "report.md"), lambda f: f.write(markdown(results).encode()))
+    checkpoint.write_json(os.path.join(run, "results.json"), results)
+    checkpoint.write_text(os.path.join(run, "report.md"), markdown(results))
     return results
 
 

@@ -9,7 +9,6 @@ twice. Costs are analytical, so a candidate over budget is never evaluated at al
 ranks infeasible candidates by constraint violation alone). Only the validation split is
 looked at while searching; the final front alone is then scored on the test split.
 """
-import json
 import math
 import os
 import random
@@ -326,10 +325,6 @@ def family(front: list[dict], largest_bitops: float, fractions: list[float]) -> 
 
 
 # --- outputs ----------------------------------------------------------------------------------
-def _write_json(path: str, obj) -> None:
-    checkpoint.atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
-
-
 def plot(result: SearchResult, path: str) -> None:
     """The front over every evaluated point, cost on a log axis, budgets as dashed lines."""
     import matplotlib
@@ -360,6 +355,6 @@ def write_outputs(result: SearchResult, out_dir: str) -> None:
     summary = {"metric": result.metric, "bits": result.bits, "budgets": [asdict(b) for b in result.budgets],
                "evaluations": result.evaluations, "predicted": result.predicted,
                "seconds": round(result.seconds, 2), **result.settings, "front": result.front}
-    _write_json(os.path.join(out_dir, "pareto.json"), summary)
-    _write_json(os.path.join(out_dir, "evaluated.json"), result.evaluated)
+    checkpoint.write_json(os.path.join(out_dir, "pareto.json"), summary)
+    checkpoint.write_json(os.path.join(out_dir, "evaluated.json"), result.evaluated)
     plot(result, os.path.join(out_dir, "pareto.png"))

@@ -398,7 +398,7 @@ class RunLog:
             with open(self.path, encoding="utf-8") as f:
                 kept = [line for line in f if line.endswith("\n") and line.strip()
                         and json.loads(line).get("step", 0) <= step]
-        checkpoint.atomic_write(self.path, lambda f: f.write("".join(kept).encode()))
+        checkpoint.write_text(self.path, "".join(kept))
         self.file = open(self.path, "a", encoding="utf-8")
         self.tb = SummaryWriter(os.path.join(folder, "tb"), purge_step=step + 1 if resumed else None)
 
