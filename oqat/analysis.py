@@ -171,11 +171,10 @@ def divergent_pairs(rows, hi: int, lo: int, cost_tol: float = 0.1, acc_tol: floa
 
 
 def plot(rows: list[dict], summary: dict, out_dir: str) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     paths = []
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for b in rows[0]["top1"]:
         pts = [(r["bitops"][b], r["top1"][b]) for r in rows]
         ax.scatter(*zip(*pts), s=10, alpha=0.5, label=f"{b}-bit")
@@ -186,7 +185,8 @@ def plot(rows: list[dict], summary: dict, out_dir: str) -> list[str]:
     ax.legend()
     paths.append(_save(fig, out_dir, "analysis_accuracy_vs_bitops.png"))
     names, lowest = summary["traits"], summary["bits"][-1]
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), sharey=True, squeeze=False)
+    fig = Figure(figsize=(3.2 * len(names), 3))
+    axes = fig.subplots(1, len(names), sharey=True, squeeze=False)
     for ax, t in zip(axes[0], names):
         ax.scatter([r[t] for r in rows], [r["loss"][lowest] for r in rows], s=10, alpha=0.6)
         ax.set(xlabel=t, title=f"rho {format_corr(summary['correlations'][lowest][t])}")
@@ -197,10 +197,7 @@ def plot(rows: list[dict], summary: dict, out_dir: str) -> list[str]:
 
 def _save(fig, out_dir: str, name: str) -> str:
     path = os.path.join(out_dir, name)
-    fig.tight_layout()
-    checkpoint.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    import matplotlib.pyplot as plt
-    plt.close(fig)
+    checkpoint.write_png(path, fig)
     return path
 
 

@@ -7,10 +7,9 @@ from .export import speedup
 
 
 def _plot_fronts(searches: dict, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
     for bits, s in sorted(searches.items(), reverse=True):
         pts = [(p["bitops"], p["val_top1"]) for p in s.get("evaluated", [])]
         line = ax.plot(*zip(*sorted((p["bitops"], p["val_top1"]) for p in s["front"])),
@@ -20,14 +19,13 @@ def _plot_fronts(searches: dict, path: str) -> None:
     ax.set_xscale("log")
     ax.set(xlabel="BitOPs", ylabel="val top-1 (%)", title="OQAT fronts per bit-width (dots: evaluated subnets)")
     ax.legend()
-    _save(fig, path)
+    checkpoint.write_png(path, fig)
 
 
 def _plot_training(run_dir: str, stages: list[dict], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 3.6))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     offset = 0
     for st in stages:
         steps, epochs = [], []
@@ -47,14 +45,7 @@ def _plot_training(run_dir: str, stages: list[dict], path: str) -> None:
     ax_acc.set(xlabel="epoch (all stages)", ylabel="val top-1 (%)", title="Largest and smallest subnets")
     ax_loss.legend(fontsize=8)
     ax_acc.legend(fontsize=8)
-    _save(fig, path)
-
-
-def _save(fig, path: str) -> None:
-    import matplotlib.pyplot as plt
-    fig.tight_layout()
-    checkpoint.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
+    checkpoint.write_png(path, fig)
 
 
 def write_report(cfg, stages: list[dict], searches: dict, exported: dict, wall_s: float) -> dict:

@@ -327,12 +327,11 @@ def family(front: list[dict], largest_bitops: float, fractions: list[float]) -> 
 # --- outputs ----------------------------------------------------------------------------------
 def plot(result: SearchResult, path: str) -> None:
     """The front over every evaluated point, cost on a log axis, budgets as dashed lines."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     m = result.metric
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.scatter([p[m] for p in result.evaluated], [p["val_top1"] for p in result.evaluated], s=12,
                c="0.6", label=f"evaluated ({result.evaluations})")
     ax.plot([p[m] for p in result.front], [p["val_top1"] for p in result.front], "o-", c="C3", ms=5,
@@ -345,9 +344,7 @@ def plot(result: SearchResult, path: str) -> None:
     ax.set_ylabel("val top-1 (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    checkpoint.atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
+    checkpoint.write_png(path, fig)
 
 
 def write_outputs(result: SearchResult, out_dir: str) -> None:

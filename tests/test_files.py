@@ -349,3 +349,16 @@ def test_json_and_text_outputs_are_written_whole_and_read_back(tmp_path):
     assert path.read_bytes() == "café {".encode("utf-8") and os.listdir(path.parent) == ["a.json"]
     with pytest.raises(ValueError, match=r"^points file '.*a.json' is not valid JSON: "):
         checkpoint.read_json(str(path), "points file")
+
+
+def test_plots_are_pngs_at_one_resolution(tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 1))
+    fig.subplots().plot([1, 2], [3, 4])
+    path = tmp_path / "plot.png"
+    checkpoint.write_png(str(path), fig)
+    png = path.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and os.listdir(tmp_path) == ["plot.png"]
+    size = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # the IHDR chunk
+    assert size == (2 * checkpoint.PNG_DPI, checkpoint.PNG_DPI)
