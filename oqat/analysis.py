@@ -25,6 +25,7 @@ from .cost import cost
 from .evaluate import evaluate, prepare_subnet
 from .experiment import AnalysisConfig
 from .quant import FULL_PRECISION
+from .search import pareto_indices
 from .space import Arch, SearchSpace
 from .supernet import Supernet
 
@@ -123,15 +124,9 @@ def rank_corr(x, y, n_boot: int, seed: int) -> dict:
     return {"rho": float(r.statistic), "p": float(r.pvalue), "lo": lo, "hi": hi, "n": len(x)}
 
 
-def pareto(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats (lower cost, higher accuracy), by cost."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -np.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
+def front(rows: list[dict], bits: int) -> list[int]:
+    """Indices of the rows on the Pareto front of BitOPs and top-1 at `bits`, by BitOPs."""
+    return pareto_indices(np.array([r["top1"][bits] for r in rows]), np.array([r["bitops"][bits] for r in rows]))
 
 
 def summarise(rows: list[dict], p: Plan, cfg: AnalysisConfig) -> dict:
@@ -150,8 +145,7 @@ def summarise(rows: list[dict], p: Plan, cfg: AnalysisConfig) -> dict:
                       "rho": {t: rank_corr([r[t] for r in sub], loss, cfg.bootstrap, cfg.seed) for t in p.traits}})
     out["bands"] = bands
     out["pairs"] = [] if p.largest_only else divergent_pairs(rows, p.reference, lowest)
-    out["fronts"] = {b: [rows[i]["arch"] for i in pareto([(r["bitops"][b], r["top1"][b]) for r in rows])]
-                     for b in rows[0]["top1"]}
+    out["fronts"] = {b: [rows[i]["arch"] for i in front(rows, b)] for b in rows[0]["top1"]}
     return out
 
 
@@ -178,8 +172,7 @@ def plot(rows: list[dict], summary: dict, out_dir: str) -> list[str]:
     for b in rows[0]["top1"]:
         pts = [(r["bitops"][b], r["top1"][b]) for r in rows]
         ax.scatter(*zip(*pts), s=10, alpha=0.5, label=f"{b}-bit")
-        front = sorted(pts[i] for i in pareto(pts))
-        ax.plot(*zip(*front), lw=1.5)
+        ax.plot(*zip(*[pts[i] for i in front(rows, b)]), lw=1.5)
     ax.set_xscale("log")
     ax.set(xlabel="BitOPs", ylabel="val top-1 (%)", title="Sampled subnets and Pareto fronts")
     ax.legend()
