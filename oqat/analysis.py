@@ -41,15 +41,6 @@ def traits(arch: Arch, space: SearchSpace) -> dict[str, float]:
             "mean_kernel": float(np.mean([k for _, k, _ in active])), "resolution": float(arch.r)}
 
 
-def sample_archs(space, n: int, seed: int) -> list[Arch]:
-    rng, seen = random.Random(seed), {}
-    for _ in range(100 * n):
-        if len(seen) == n:
-            break
-        seen.setdefault(space.sample(rng), None)
-    return list(seen)
-
-
 @dataclass
 class Plan:
     """What the analysis compares: the supernets evaluated on each sampled subnet, and its reference."""
@@ -220,7 +211,7 @@ def analyze(run_dir: str, cfg: AnalysisConfig, out_dir: str | None = None, progr
     data_cfg = found[p.compared[-1]][1]
     if data_cfg is None:
         raise ValueError(f"the supernets of '{run_dir}' carry no data config")
-    archs = sample_archs(p.space, cfg.samples, cfg.seed)
+    archs = p.space.sample_distinct(random.Random(cfg.seed), cfg.samples)
     if len(archs) < MIN_ARCHS:
         raise ValueError(f"the part of the space the {p.compared[-1]}-bit supernet of '{run_dir}' trained holds "
                          f"{len(archs)} distinct architecture(s); the analysis needs at least {MIN_ARCHS}")

@@ -106,13 +106,8 @@ class Scorer:
 
 def sample_points(scorer: Scorer, n: int, seed: int) -> list[dict]:
     """`n` distinct uniformly random architectures (seeded) with their costs and val top-1."""
-    space, rng, archs = scorer.supernet.trained_space, random.Random(seed), []
-    for _ in range(100 * n):  # bounded: a tiny space may hold fewer than n architectures
-        arch = space.sample(rng)
-        if arch not in archs:
-            archs.append(arch)
-        if len(archs) == n:
-            break
+    space = scorer.supernet.trained_space
+    archs = space.sample_distinct(random.Random(seed), n)
     costs = Costs(space, scorer.supernet.bits)
     return [{"arch": a.to_str(), **costs(a), "val_top1": scorer(a)} for a in archs]
 
