@@ -81,7 +81,7 @@ def main():
     p.add_argument("--bits", type=int, default=4)
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    keep_freed_memory()  # as the Trainer does on CPU
+    keep_freed_memory()  # as `oqat train` does on CPU
     print(f"machine: {machine.summary()}")
     print(f"threads={torch.get_num_threads()} channels_last, sandwich = largest + middle + smallest, "
           f"{args.repeats} interleaved repeats; load average before: {os.getloadavg()[0]:.2f}")

@@ -171,8 +171,9 @@ def cmd_train(args):
     cfg = _load_experiment(args, ["run.quiet=true"] if args.quiet else [])  # before the heavy imports: fast errors
     from .experiment import check_inputs
     from .faults import run_dir_lock
-    from .train import train
+    from .train import keep_freed_memory_on_cpu, train
     check_inputs(cfg)  # a bad input leaves no run folder (the lock would make one)
+    keep_freed_memory_on_cpu()
     with run_dir_lock(cfg.run.dir):
         final = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -497,7 +498,9 @@ def cmd_run(args):
     cfg = _load_experiment(args, ["run.quiet=true"] if args.quiet else [])  # before the heavy imports: fast errors
     from .faults import run_dir_lock
     from .pipeline import check_run, run_pipeline
+    from .train import keep_freed_memory_on_cpu
     check_run(cfg)  # a bad input leaves no run folder (the lock would make one)
+    keep_freed_memory_on_cpu()
     with run_dir_lock(cfg.run.dir):
         run_pipeline(cfg)
 
