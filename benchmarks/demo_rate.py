@@ -28,7 +28,7 @@ from oqat.data import train_batches
 from oqat.experiment import ExperimentConfig
 from oqat.pipeline import stage_train_config
 from oqat.supernet import Supernet
-from oqat.train import Trainer
+from oqat.train import Trainer, keep_freed_memory
 
 
 def warm_trainer(cfg: ExperimentConfig, i: int) -> tuple[Trainer, Iterator]:
@@ -54,6 +54,7 @@ def main():
     p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "fashion-mnist.yaml"))
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))))
+    keep_freed_memory()  # its Trainers train on the CPU, as `oqat train` does there
     print(f"machine: {machine.summary()}")
     clock, total = time.process_time if args.cpu else time.perf_counter, 0.0
     with tempfile.TemporaryDirectory() as tmp:

@@ -31,6 +31,7 @@ from oqat.experiment import ExperimentConfig
 from oqat.files import load_supernet
 from oqat.pipeline import run_stages
 from oqat.space import Arch, SearchSpace
+from oqat.train import keep_freed_memory_on_cpu
 
 
 def uniform_within(space: SearchSpace, budget: float, bits: int) -> Arch:
@@ -65,6 +66,7 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--distill", action="store_true", help="baselines learn from the run's stage teachers (their own)")
     args = p.parse_args()
+    keep_freed_memory_on_cpu()  # it trains baselines, as `oqat run` does
     torch.manual_seed(0)
     cfg = config.load(ExperimentConfig, os.path.join(args.run_dir, "config.yaml"))
     if cfg.stages[-1].bits != args.bits:

@@ -30,7 +30,7 @@ from oqat.experiment import ExperimentConfig
 from oqat.files import load_supernet
 from oqat.pipeline import run_stages, stage_dir
 from oqat.space import Arch
-from oqat.train import DivergedError
+from oqat.train import DivergedError, keep_freed_memory_on_cpu
 
 VARIANTS = ("inherit, steps doubled", "inherit, steps from data", "scratch, same epochs", "scratch, chain's epochs")
 
@@ -63,6 +63,7 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--lrs", type=float, nargs=3, default=[0.05, 0.1, 0.2])
     args = p.parse_args()
+    keep_freed_memory_on_cpu()  # it trains, as `oqat run` does
     torch.manual_seed(0)
     cfg = config.load(ExperimentConfig, os.path.join(args.run_dir, "config.yaml"))
     bits = [s.bits for s in cfg.stages]

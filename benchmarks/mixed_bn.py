@@ -51,10 +51,7 @@ def main():
         recalibrate_bn(net, calib(largest.r))
         per_width[w] = bn_state(net)
     net.eval()
-    rng, archs = random.Random(args.seed), []
-    while len(archs) < args.subnets:
-        if (a := space.sample(rng)) not in archs:
-            archs.append(a)
+    archs = space.sample_distinct(random.Random(args.seed), args.subnets)
     gaps = []
     for arch in archs:
         own = evaluate(net.extract(arch, calib(arch.r)), data.eval_batches(val, cfg, arch.r))["top1"]

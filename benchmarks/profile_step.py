@@ -18,6 +18,8 @@ import torch
 from demo_rate import warm_trainer  # benchmarks/ is on the path when a benchmark runs as a script
 from torch.profiler import ProfilerActivity, profile
 
+from oqat.train import keep_freed_memory
+
 GROUPS = [  # (group, substrings of op names), first match wins
     ("quantizers", ("_LSQFunction", "oqat_lsq", "::LSQ>")),  # the torch-ops path, the CPU kernel and its backward
     ("optimizer", ("Optimizer.", "clip_grad", "_foreach")),
@@ -41,6 +43,7 @@ def main():
     p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "fashion-mnist.yaml"))
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    keep_freed_memory()  # its Trainer trains on the CPU, as `oqat train` does there
     with tempfile.TemporaryDirectory() as tmp:
         t, batches = warm_trainer(args.config, args.bits, tmp)
         steps = [next(batches) for _ in range(args.steps)]

@@ -106,7 +106,7 @@ def main():
     args = p.parse_args()
     reference, measured = (max(args.mixed), tuple(sorted(set(args.mixed)))) if args.mixed else (32, args.bits)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    keep_freed_memory()  # as the Trainer does on CPU
+    keep_freed_memory()  # as `oqat train` does on CPU
     print(f"machine: {machine.summary()}")
     print(f"threads={torch.get_num_threads()} channels_last, sandwich = largest + middle + smallest, "
           f"{args.repeats} interleaved repeats; load average before: {os.getloadavg()[0]:.2f}")

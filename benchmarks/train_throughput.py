@@ -18,7 +18,7 @@ import torch
 from oqat import config
 from oqat.data import train_batches
 from oqat.experiment import ExperimentConfig
-from oqat.train import Trainer
+from oqat.train import Trainer, keep_freed_memory
 
 
 def trainer(folder: str, overrides: list[str]) -> Trainer:
@@ -35,6 +35,7 @@ def main():
     p.add_argument("--random", type=int, default=2, help="random subnets per sandwich step")
     p.add_argument("--bits", type=int, default=4)
     args = p.parse_args()
+    keep_freed_memory()  # its Trainers train on the CPU, as `oqat train` does there
     data = ["data.name=synthetic", "data.val_size=64", f"data.synthetic_train={args.batch * 4 + 64}",
             f"data.batch_size={args.batch}"]
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,7 +13,6 @@ no such supernet is above the lowest bit-width, it is the largest subnet of the
 highest-precision supernet, one accuracy for every architecture, and the report says so.
 """
 import dataclasses
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from .cost import cost
 from .evaluate import evaluate, prepare_subnet
 from .experiment import AnalysisConfig
 from .quant import FULL_PRECISION
+from .search import pareto_indices
 from .space import Arch, SearchSpace
 from .supernet import Supernet
 
@@ -39,15 +39,6 @@ def traits(arch: Arch, space: SearchSpace) -> dict[str, float]:
     active = space.active_blocks(arch)[1:]
     return {"depth": float(len(active)), "mean_expand": float(np.mean([e for *_, e in active])),
             "mean_kernel": float(np.mean([k for _, k, _ in active])), "resolution": float(arch.r)}
-
-
-def sample_archs(space, n: int, seed: int) -> list[Arch]:
-    rng, seen = random.Random(seed), {}
-    for _ in range(100 * n):
-        if len(seen) == n:
-            break
-        seen.setdefault(space.sample(rng), None)
-    return list(seen)
 
 
 @dataclass
@@ -124,15 +115,9 @@ def rank_corr(x, y, n_boot: int, seed: int) -> dict:
     return {"rho": float(r.statistic), "p": float(r.pvalue), "lo": lo, "hi": hi, "n": len(x)}
 
 
-def pareto(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats (lower cost, higher accuracy), by cost."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -np.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
+def front(rows: list[dict], bits: int) -> list[int]:
+    """Indices of the rows on the Pareto front of BitOPs and top-1 at `bits`, by BitOPs."""
+    return pareto_indices(np.array([r["top1"][bits] for r in rows]), np.array([r["bitops"][bits] for r in rows]))
 
 
 def summarise(rows: list[dict], p: Plan, cfg: AnalysisConfig) -> dict:
@@ -151,8 +136,7 @@ def summarise(rows: list[dict], p: Plan, cfg: AnalysisConfig) -> dict:
                       "rho": {t: rank_corr([r[t] for r in sub], loss, cfg.bootstrap, cfg.seed) for t in p.traits}})
     out["bands"] = bands
     out["pairs"] = [] if p.largest_only else divergent_pairs(rows, p.reference, lowest)
-    out["fronts"] = {b: [rows[i]["arch"] for i in pareto([(r["bitops"][b], r["top1"][b]) for r in rows])]
-                     for b in rows[0]["top1"]}
+    out["fronts"] = {b: [rows[i]["arch"] for i in front(rows, b)] for b in rows[0]["top1"]}
     return out
 
 
@@ -172,22 +156,21 @@ def divergent_pairs(rows, hi: int, lo: int, cost_tol: float = 0.1, acc_tol: floa
 
 
 def plot(rows: list[dict], summary: dict, out_dir: str) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     paths = []
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for b in rows[0]["top1"]:
         pts = [(r["bitops"][b], r["top1"][b]) for r in rows]
         ax.scatter(*zip(*pts), s=10, alpha=0.5, label=f"{b}-bit")
-        front = sorted(pts[i] for i in pareto(pts))
-        ax.plot(*zip(*front), lw=1.5)
+        ax.plot(*zip(*[pts[i] for i in front(rows, b)]), lw=1.5)
     ax.set_xscale("log")
     ax.set(xlabel="BitOPs", ylabel="val top-1 (%)", title="Sampled subnets and Pareto fronts")
     ax.legend()
     paths.append(_save(fig, out_dir, "analysis_accuracy_vs_bitops.png"))
     names, lowest = summary["traits"], summary["bits"][-1]
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), sharey=True, squeeze=False)
+    fig = Figure(figsize=(3.2 * len(names), 3))
+    axes = fig.subplots(1, len(names), sharey=True, squeeze=False)
     for ax, t in zip(axes[0], names):
         ax.scatter([r[t] for r in rows], [r["loss"][lowest] for r in rows], s=10, alpha=0.6)
         ax.set(xlabel=t, title=f"rho {format_corr(summary['correlations'][lowest][t])}")
@@ -198,10 +181,7 @@ def plot(rows: list[dict], summary: dict, out_dir: str) -> list[str]:
 
 def _save(fig, out_dir: str, name: str) -> str:
     path = os.path.join(out_dir, name)
-    fig.tight_layout()
-    checkpoint.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    import matplotlib.pyplot as plt
-    plt.close(fig)
+    checkpoint.write_png(path, fig)
     return path
 
 
@@ -231,7 +211,7 @@ def analyze(run_dir: str, cfg: AnalysisConfig, out_dir: str | None = None, progr
     data_cfg = found[p.compared[-1]][1]
     if data_cfg is None:
         raise ValueError(f"the supernets of '{run_dir}' carry no data config")
-    archs = sample_archs(p.space, cfg.samples, cfg.seed)
+    archs = p.space.sample_distinct(random.Random(cfg.seed), cfg.samples)
     if len(archs) < MIN_ARCHS:
         raise ValueError(f"the part of the space the {p.compared[-1]}-bit supernet of '{run_dir}' trained holds "
                          f"{len(archs)} distinct architecture(s); the analysis needs at least {MIN_ARCHS}")
@@ -245,9 +225,8 @@ def analyze(run_dir: str, cfg: AnalysisConfig, out_dir: str | None = None, progr
     summary["calib_images"] = min(cfg.calib_images, len(splits.train))
     summary["plots"] = [os.path.basename(path) for path in plot(rows, summary, out_dir)]
     result = {"config": dataclasses.asdict(cfg), "rows": rows, "summary": summary}
-    checkpoint.atomic_write(os.path.join(out_dir, "analysis.json"),
-                            lambda f: f.write(json.dumps(result, indent=1).encode()))
-    checkpoint.atomic_write(os.path.join(out_dir, "analysis.md"), lambda f: f.write(markdown(summary, rows).encode()))
+    checkpoint.write_json(os.path.join(out_dir, "analysis.json"), result)
+    checkpoint.write_text(os.path.join(out_dir, "analysis.md"), markdown(summary, rows))
     return result
 
 

@@ -60,6 +60,28 @@ def atomic_write(path: str, write) -> None:
         os.close(dir_fd)
 
 
+def write_text(path: str, text: str) -> None:
+    """`text` as UTF-8, written atomically (atomic_write)."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_json(path: str, obj) -> None:
+    """`obj` as JSON, indented, one newline at the end, written atomically; a number JSON has no
+    type for (a numpy or torch scalar) is written as a float."""
+    write_text(path, json.dumps(obj, indent=1, default=float) + "\n")
+
+
+PNG_DPI = 110  # every plot's resolution
+
+
+def write_png(path: str, fig) -> None:
+    """A matplotlib Figure as a PNG at PNG_DPI, laid out tight, written atomically. Plots are
+    made on matplotlib.figure.Figure, not through pyplot: nothing chooses a backend for the
+    process, and no figure stays open in pyplot's registry."""
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=PNG_DPI))
+
+
 def read_json(path: str, what: str):
     """A JSON file a user gave us; missing, unreadable or malformed: one line naming it as `what`."""
     try:

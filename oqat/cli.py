@@ -63,11 +63,6 @@ def settings(args, base=None):
                                          for k, v in given])
 
 
-def _write_json(path: str, obj) -> None:
-    from .checkpoint import atomic_write
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
-
-
 def print_table(rows: dict, title: str | None = None) -> None:
     if title:
         print(title)
@@ -176,8 +171,9 @@ def cmd_train(args):
     cfg = _load_experiment(args, ["run.quiet=true"] if args.quiet else [])  # before the heavy imports: fast errors
     from .experiment import check_inputs
     from .faults import run_dir_lock
-    from .train import train
+    from .train import keep_freed_memory_on_cpu, train
     check_inputs(cfg)  # a bad input leaves no run folder (the lock would make one)
+    keep_freed_memory_on_cpu()
     with run_dir_lock(cfg.run.dir):
         final = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -198,6 +194,7 @@ def add_export(sub):
 
 
 def cmd_export(args):
+    from .checkpoint import write_json
     from .config import apply_overrides
     from .data import DataConfig
     from .export import export_checkpoint
@@ -216,7 +213,7 @@ def cmd_export(args):
     data_cfg = apply_overrides(ckpt["data"] or DataConfig(), overrides) if ckpt["data"] or overrides else None
     facts = export_checkpoint(path, args.arch, args.out, cfg.search.calib_images, cfg.export.test_images,
                               data_cfg, cfg.search.seed, source=path, speed_rounds=cfg.export.speed_rounds)
-    _write_json(os.path.join(args.out, "facts.json"), {**facts, "dir": args.out})
+    write_json(os.path.join(args.out, "facts.json"), {**facts, "dir": args.out})
     print(f"wrote {args.out}: " + export_summary(facts))
 
 
@@ -501,7 +498,9 @@ def cmd_run(args):
     cfg = _load_experiment(args, ["run.quiet=true"] if args.quiet else [])  # before the heavy imports: fast errors
     from .faults import run_dir_lock
     from .pipeline import check_run, run_pipeline
+    from .train import keep_freed_memory_on_cpu
     check_run(cfg)  # a bad input leaves no run folder (the lock would make one)
+    keep_freed_memory_on_cpu()
     with run_dir_lock(cfg.run.dir):
         run_pipeline(cfg)
 

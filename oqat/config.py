@@ -36,7 +36,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from .checkpoint import atomic_write
+from .checkpoint import write_text
 
 T = TypeVar("T")
 
@@ -280,7 +280,7 @@ def _merge(base: dict, top: dict) -> dict:
 def dump(cfg: Any, path: str) -> None:
     """Write ``cfg`` as YAML atomically: a reader sees the old file or the whole new one."""
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-    atomic_write(os.fspath(path), lambda f: f.write(text.encode("utf-8")))
+    write_text(os.fspath(path), text)
 
 
 @functools.lru_cache(maxsize=None)

@@ -20,8 +20,7 @@ import math
 import os
 import pickle
 import sys
-import urllib.error
-import urllib.request
+import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -39,6 +38,8 @@ class DataError(ValueError):
     """Missing, corrupt or inconsistent data; the message is one line."""
 
 
+# torchvision's FashionMNIST.mirrors[0] and the md5s of its FashionMNIST.resources (a test checks
+# both), written out so that importing this module does not import torchvision (seconds).
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 # Byte size and md5 of the files served at FASHION_MNIST_URL (the zalandoresearch release).
 # Debian's dataset-fashion-mnist holds the same images re-gzipped without the file name in
@@ -197,6 +198,9 @@ class Splits:
 
 def read_idx(path: str, ndim: int) -> np.ndarray:
     """Read an IDX file of unsigned bytes (gzipped or raw) with ``ndim`` dimensions."""
+    # Not torchvision's read_sn3_pascalvincent_tensor: it reads the path as it is, while Debian
+    # ships the files gzipped only, and it checks the header with asserts, which name no file
+    # and vanish under `python -O`.
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
@@ -221,37 +225,34 @@ def _find_fmnist(folder: str, stem: str) -> str | None:
 
 def download_fashion_mnist(dest: str, base_url: str = FASHION_MNIST_URL,
                            files: dict[str, tuple[int, str]] = FASHION_MNIST_FILES) -> None:
-    """Fetch the missing files into ``dest``, verifying byte size and md5 of each.
+    """Fetch the missing files into ``dest`` with torchvision's downloader, verifying byte
+    size and md5 of each.
 
-    A file appears in ``dest`` only whole and verified (temp file, then os.replace).
+    A file appears in ``dest`` only whole and verified: torchvision's download_url writes
+    straight to its target and leaves a file that fails its md5 there, so each file is
+    downloaded into a temporary folder in ``dest``, checked, then moved in (os.replace).
     """
+    from torchvision.datasets.utils import calculate_md5, download_url
+
     os.makedirs(dest, exist_ok=True)
     for name, (size, md5) in files.items():
-        path = os.path.join(dest, name)
         if _find_fmnist(dest, name.removesuffix(".gz")):
             continue
         url = base_url + name
-        tmp = f"{path}.{os.getpid()}.part"
         log.info("downloading %s", url)
         try:
-            digest, got = hashlib.md5(), 0
-            with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
-                while got <= size and (chunk := resp.read(1 << 20)):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    got += len(chunk)
-            if got != size or digest.hexdigest() != md5:
-                raise DataError(f"download of {url} failed verification (expected {size} bytes, "
-                                f"md5 {md5}; got {got} bytes, md5 {digest.hexdigest()}); "
-                                "nothing was saved")
-            os.replace(tmp, path)
-        except (urllib.error.URLError, OSError) as e:
+            with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
+                download_url(url, tmp, name)
+                part = os.path.join(tmp, name)
+                got, digest = os.path.getsize(part), calculate_md5(part)
+                if (got, digest) != (size, md5):
+                    raise DataError(f"download of {url} failed verification (expected {size} bytes, "
+                                    f"md5 {md5}; got {got} bytes, md5 {digest}); nothing was saved")
+                os.replace(part, os.path.join(dest, name))
+        except OSError as e:  # urllib's URLError and HTTPError included
             raise DataError(f"could not download {url} ({e}); install Fashion-MNIST with "
                             "`apt-get install dataset-fashion-mnist` or copy the files into "
                             f"{dest}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
 
 _FMNIST_STEMS = [n.removesuffix(".gz") for n in FASHION_MNIST_FILES]
@@ -275,6 +276,8 @@ def _fmnist_folder(cfg: DataConfig) -> tuple[str, bool]:
 
 
 def _load_fmnist(cfg: DataConfig) -> tuple[ArrayDataset, ArrayDataset]:
+    # Not torchvision's FashionMNIST: it reads gunzipped files under root/FashionMNIST/raw only,
+    # and Debian's are gzipped, in a folder of their own.
     folder, present = _fmnist_folder(cfg)
     if not present:
         download_fashion_mnist(folder, FASHION_MNIST_URL, FASHION_MNIST_FILES)
@@ -294,6 +297,10 @@ def _load_fmnist(cfg: DataConfig) -> tuple[ArrayDataset, ArrayDataset]:
 
 
 # ---------------------------------------------------------------- CIFAR
+
+# torchvision's CIFAR10 and CIFAR100 give the files' layout but read them with pickle.load,
+# which runs whatever code a file names: a downloaded or shared file is untrusted, so the
+# batches are read by this unpickler, which builds numpy arrays and plain containers only.
 
 # numpy's own array-rebuilding function, whatever module path this numpy version gives it.
 _RECONSTRUCT = np.zeros(0).__reduce__()[0]
@@ -339,20 +346,18 @@ def read_cifar_batch(path: str, label_key: bytes) -> tuple[np.ndarray, np.ndarra
 
 
 def _cifar_files(cfg: DataConfig) -> tuple[list[str], list[str], bytes]:
-    """(training batch files, test batch files, label key); missing files: DataError."""
+    """(training batch files, test batch files, label key): torchvision's CIFAR10 or
+    CIFAR100 layout under the root; missing files: DataError."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+
     root = os.path.expanduser(cfg.root or cfg.cache_dir)
-    if cfg.name == "cifar10":
-        sub, archive, key = "cifar-10-batches-py", "cifar-10-python.tar.gz", b"labels"
-        train_files, test_files = [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]
-    else:
-        sub, archive, key = "cifar-100-python", "cifar-100-python.tar.gz", b"fine_labels"
-        train_files, test_files = ["train"], ["test"]
-    paths = [[os.path.join(root, sub, f) for f in files] for files in (train_files, test_files)]
+    layout, key = (CIFAR10, b"labels") if cfg.name == "cifar10" else (CIFAR100, b"fine_labels")
+    paths = [[os.path.join(root, layout.base_folder, f) for f, _ in files]
+             for files in (layout.train_list, layout.test_list)]
     missing = next((p for p in paths[0] + paths[1] if not os.path.isfile(p)), None)
     if missing:
-        raise DataError(f"{cfg.name} not found: missing '{missing}'; download "
-                        f"https://www.cs.toronto.edu/~kriz/{archive}, extract it into '{root}' "
-                        f"(giving {sub}/) or set data.root to where it is")
+        raise DataError(f"{cfg.name} not found: missing '{missing}'; download {layout.url}, extract it "
+                        f"into '{root}' (giving {layout.base_folder}/) or set data.root to where it is")
     return paths[0], paths[1], key
 
 

@@ -29,21 +29,27 @@ class Dist:
         return self.rank == 0
 
 
+def device() -> torch.device:
+    """Where this process computes: its GPU (torchrun's LOCAL_RANK) when CUDA is present, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def init() -> Dist:
     """A process group from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK,
-    MASTER_ADDR/PORT): NCCL with one GPU per rank when CUDA is present, else gloo.
-    Without WORLD_SIZE > 1 it is a single process and no group is made."""
+    MASTER_ADDR/PORT) on `device()`: NCCL with one GPU per rank when CUDA is present, else
+    gloo. Without WORLD_SIZE > 1 it is a single process and no group is made."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    here = device()
+    cuda = here.type == "cuda"
     if cuda:
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(here)
     if world <= 1:
-        return Dist(0, 1, device)
+        return Dist(0, 1, here)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
-    return Dist(dist.get_rank(), dist.get_world_size(), device)
+    return Dist(dist.get_rank(), dist.get_world_size(), here)
 
 
 @contextlib.contextmanager

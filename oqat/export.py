@@ -26,7 +26,6 @@ different orders (and the integer graph's BN is folded), so an activation within
 ulp of a rounding boundary can round to the neighbouring code in one engine.
 """
 import copy
-import json
 import os
 
 import ml_dtypes
@@ -238,10 +237,6 @@ def build_qonnx(net: Subnet) -> onnx.ModelProto:
     return model
 
 
-def _write_text(path: str, text: str) -> None:
-    checkpoint.atomic_write(path, lambda f: f.write(text.encode()))
-
-
 def fp32_graph(net: Subnet) -> onnx.ModelProto:
     """The float graph of `net` with its quantizers off: the export's fp32 self, for speed."""
     return build_onnx(set_bits_(copy.deepcopy(net), FULL_PRECISION))
@@ -272,7 +267,7 @@ def export(net: Subnet, out_dir: str, test: tuple[torch.Tensor, torch.Tensor] | 
         checkpoint.atomic_write(paths[key], lambda f, m=m: f.write(m.SerializeToString()))
     packed.save(net, paths["packed"], {"source": source})
     arch = net.arch
-    _write_text(paths["arch"], json.dumps(arch.to_dict(), indent=1) + "\n")
+    checkpoint.write_json(paths["arch"], arch.to_dict())
     facts = {"arch": arch.to_str(), "bits": net.bits, "cost": cost(arch, net.space, net.bits),
              "input": [net.space.in_channels, arch.r, arch.r], "mean": mean, "std": std, "source": source,
              "sizes": sizes(model, fp32, paths), "machine": machine.summary()}
@@ -286,7 +281,7 @@ def export(net: Subnet, out_dir: str, test: tuple[torch.Tensor, torch.Tensor] | 
     if speed_rounds > 0:
         facts["speed"] = deploy.speed({"fp32": fp32, "export": model}, tuple(facts["input"]),
                                       rounds=speed_rounds)
-    _write_text(paths["card"], model_card(facts))
+    checkpoint.write_text(paths["card"], model_card(facts))
     return facts
 
 

@@ -9,7 +9,6 @@ A latency table records the bit-width, device and threads it was measured with, 
 each architecture (`files.load_latency_table`); `oqat search --latency-table FILE` reads it as
 a budget metric, refusing a table of other bits.
 """
-import json
 import os
 
 import onnx
@@ -83,6 +82,5 @@ def update_table(path: str, arch: str, ms: float, bits: int, threads: int,
                          f"{table['threads']} thread(s); this is {bits}-bit on {here['device']} with {threads}: "
                          "give another table file")
     table["ms"][arch] = round(ms, 4)
-    text = json.dumps({**table, "ms": dict(sorted(table["ms"].items()))}, indent=1) + "\n"
-    checkpoint.atomic_write(path, lambda f: f.write(text.encode()))
+    checkpoint.write_json(path, {**table, "ms": dict(sorted(table["ms"].items()))})
     return table

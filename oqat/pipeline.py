@@ -105,9 +105,10 @@ def run_stages(cfg: ExperimentConfig, d: distributed.Dist = distributed.Dist()) 
             start = time.time()
             train(stage_cfg)
             if d.main:
-                _write_json(os.path.join(out, "stage.json"), {"wall_s": time.time() - start})
+                checkpoint.write_json(os.path.join(out, "stage.json"), {"wall_s": time.time() - start})
             distributed.barrier(d)
-        info = _read_json(os.path.join(out, "stage.json")) or {}
+        record = os.path.join(out, "stage.json")
+        info = checkpoint.read_json(record, "stage record") if os.path.isfile(record) else {}
         done.append({"index": i, "bits": st.bits, "epochs": st.epochs, "dir": os.path.relpath(out, cfg.run.dir),
                      "supernet": os.path.relpath(final, cfg.run.dir), "wall_s": info.get("wall_s"),
                      "metrics": _last_epoch(os.path.join(out, "metrics.jsonl"))})
@@ -139,7 +140,7 @@ def run_search(cfg: ExperimentConfig, supernets: dict[int | str, str]) -> dict[i
                             val_images=s.val_images, use_predictor=s.predictor,
                             log=lambda text: None if cfg.run.quiet else print(f"  {text}", flush=True))
             write_outputs(result, out)
-        results[key] = _read_json(pareto)
+        results[key] = checkpoint.read_json(pareto, "search result")
         if net.space.bit_widths:
             for p in results[key]["front"]:
                 p["stage_bits"] = net.space.stage_bits(Arch.parse(p["arch"], net.space))
@@ -181,8 +182,8 @@ def run_export(cfg: ExperimentConfig, supernets: dict[int | str, str], searches:
                 facts = export_checkpoint(path, member["arch"], out, cfg.search.calib_images, cfg.export.test_images,
                                           seed=cfg.search.seed, source=os.path.relpath(path, cfg.run.dir),
                                           speed_rounds=cfg.export.speed_rounds)
-                _write_json(facts_file, {**facts, "dir": os.path.relpath(out, cfg.run.dir)})
-            exported[group][name] = done[key, member["arch"]] = _read_json(facts_file)
+                checkpoint.write_json(facts_file, {**facts, "dir": os.path.relpath(out, cfg.run.dir)})
+            exported[group][name] = done[key, member["arch"]] = checkpoint.read_json(facts_file, "export facts")
     return exported
 
 
@@ -214,17 +215,6 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
     results = write_report(cfg, stages, searches, exported, time.time() - start, recommended)
     _log(f"done: results in {os.path.abspath(cfg.run.dir)} (report.md, results.json)")
     return results
-
-
-def _write_json(path: str, obj) -> None:
-    checkpoint.atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1, default=float).encode()))
-
-
-def _read_json(path: str):
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def _last_epoch(path: str) -> dict | None:

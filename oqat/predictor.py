@@ -5,7 +5,6 @@ stage's depth), one-hot depth per stage, one-hot resolution, and log MACs. A clo
 ridge on standardised features is enough for the few hundred pairs a search gathers,
 fits in milliseconds, and ranks well (Kendall tau is what pre-screening needs).
 """
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -86,4 +85,4 @@ def fit_and_score(pairs: list[tuple[Arch, float]], space: SearchSpace, holdout: 
 
 def save_pairs(path: str, points: list[dict]) -> None:
     """Points are dicts with at least "arch" (string) and "val_top1" (the search's evaluated.json form)."""
-    checkpoint.atomic_write(path, lambda f: f.write((json.dumps(points, indent=1) + "\n").encode()))
+    checkpoint.write_json(path, points)

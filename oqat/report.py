@@ -43,10 +43,9 @@ def compare_at_budgets(fronts: dict, n: int = 8) -> list[dict]:
 
 
 def _plot_fronts(searches: dict, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
     for key, s in sorted(searches.items(), key=lambda kv: precision_order(kv[0])):
         pts = [(p["bitops"], p["val_top1"]) for p in s.get("evaluated", [])]
         line = ax.plot(*zip(*sorted((p["bitops"], p["val_top1"]) for p in s["front"])),
@@ -56,14 +55,13 @@ def _plot_fronts(searches: dict, path: str) -> None:
     ax.set_xscale("log")
     ax.set(xlabel="BitOPs", ylabel="val top-1 (%)", title="OQAT fronts per precision (dots: evaluated subnets)")
     ax.legend()
-    _save(fig, path)
+    checkpoint.write_png(path, fig)
 
 
 def _plot_training(run_dir: str, stages: list[dict], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 3.6))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     offset = 0
     for st in stages:
         steps, epochs = [], []
@@ -84,14 +82,7 @@ def _plot_training(run_dir: str, stages: list[dict], path: str) -> None:
     ax_acc.set(xlabel="epoch (all stages)", ylabel="val top-1 (%)", title="Largest and smallest subnets")
     ax_loss.legend(fontsize=8)
     ax_acc.legend(fontsize=8)
-    _save(fig, path)
-
-
-def _save(fig, path: str) -> None:
-    import matplotlib.pyplot as plt
-    fig.tight_layout()
-    checkpoint.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
+    checkpoint.write_png(path, fig)
 
 
 def write_report(cfg, stages: list[dict], searches: dict, exported: dict, wall_s: float,
@@ -100,8 +91,7 @@ def write_report(cfg, stages: list[dict], searches: dict, exported: dict, wall_s
     for bits in searches:  # the plot shows every evaluated point too
         ev = os.path.join(run, "search", _folder(bits), "evaluated.json")
         if os.path.isfile(ev):
-            with open(ev) as f:
-                searches[bits] = {**searches[bits], "evaluated": json.load(f)}
+            searches[bits] = {**searches[bits], "evaluated": checkpoint.read_json(ev, "search points")}
     plots = []
     if searches:
         _plot_fronts(searches, os.path.join(run, "fronts.png"))
@@ -117,9 +107,8 @@ def write_report(cfg, stages: list[dict], searches: dict, exported: dict, wall_s
         results["recommended"] = recommended
     if (table := compare_at_budgets(results["fronts"])):
         results["mixed_vs_uniform"] = table
-    checkpoint.atomic_write(os.path.join(run, "results.json"),
-                            lambda f: f.write(json.dumps(results, indent=1, default=float).encode()))
-    checkpoint.atomic_write(os.path.join(run, "report.md"), lambda f: f.write(markdown(results).encode()))
+    checkpoint.write_json(os.path.join(run, "results.json"), results)
+    checkpoint.write_text(os.path.join(run, "report.md"), markdown(results))
     return results
 
 

@@ -9,7 +9,6 @@ twice. Costs are analytical, so a candidate over budget is never evaluated at al
 ranks infeasible candidates by constraint violation alone). Only the validation split is
 looked at while searching; the final front alone is then scored on the test split.
 """
-import json
 import math
 import os
 import random
@@ -107,13 +106,8 @@ class Scorer:
 
 def sample_points(scorer: Scorer, n: int, seed: int) -> list[dict]:
     """`n` distinct uniformly random architectures (seeded) with their costs and val top-1."""
-    space, rng, archs = scorer.supernet.trained_space, random.Random(seed), []
-    for _ in range(100 * n):  # bounded: a tiny space may hold fewer than n architectures
-        arch = space.sample(rng)
-        if arch not in archs:
-            archs.append(arch)
-        if len(archs) == n:
-            break
+    space = scorer.supernet.trained_space
+    archs = space.sample_distinct(random.Random(seed), n)
     costs = Costs(space, scorer.supernet.bits)
     return [{"arch": a.to_str(), **costs(a), "val_top1": scorer(a)} for a in archs]
 
@@ -327,18 +321,13 @@ def family(front: list[dict], largest_bitops: float, fractions: list[float]) -> 
 
 
 # --- outputs ----------------------------------------------------------------------------------
-def _write_json(path: str, obj) -> None:
-    checkpoint.atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
-
-
 def plot(result: SearchResult, path: str) -> None:
     """The front over every evaluated point, cost on a log axis, budgets as dashed lines."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     m = result.metric
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.scatter([p[m] for p in result.evaluated], [p["val_top1"] for p in result.evaluated], s=12,
                c="0.6", label=f"evaluated ({result.evaluations})")
     ax.plot([p[m] for p in result.front], [p["val_top1"] for p in result.front], "o-", c="C3", ms=5,
@@ -351,9 +340,7 @@ def plot(result: SearchResult, path: str) -> None:
     ax.set_ylabel("val top-1 (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    checkpoint.atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
+    checkpoint.write_png(path, fig)
 
 
 def write_outputs(result: SearchResult, out_dir: str) -> None:
@@ -361,6 +348,6 @@ def write_outputs(result: SearchResult, out_dir: str) -> None:
     summary = {"metric": result.metric, "bits": result.bits, "budgets": [asdict(b) for b in result.budgets],
                "evaluations": result.evaluations, "predicted": result.predicted,
                "seconds": round(result.seconds, 2), **result.settings, "front": result.front}
-    _write_json(os.path.join(out_dir, "pareto.json"), summary)
-    _write_json(os.path.join(out_dir, "evaluated.json"), result.evaluated)
+    checkpoint.write_json(os.path.join(out_dir, "pareto.json"), summary)
+    checkpoint.write_json(os.path.join(out_dir, "evaluated.json"), result.evaluated)
     plot(result, os.path.join(out_dir, "pareto.png"))

@@ -301,6 +301,16 @@ class SearchSpace:
                          rng.choice(self.resolutions),
                          [rng.choice(self.bit_widths) for _ in range(n + 2)] if self.bit_widths else ())
 
+    def sample_distinct(self, rng: random.Random, n: int) -> list["Arch"]:
+        """`n` distinct architectures of `sample`, in the order drawn; fewer if 100 * n draws
+        do not find them (a small space may hold fewer than `n`)."""
+        archs: dict[Arch, None] = {}
+        for _ in range(100 * n):
+            if len(archs) == n:
+                break
+            archs.setdefault(self.sample(rng), None)
+        return list(archs)
+
 
 def _grid(lo: int, hi: int, step: int) -> tuple[int, ...]:
     return tuple(range(lo, hi + 1, step))

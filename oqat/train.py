@@ -63,12 +63,20 @@ def keep_freed_memory() -> None:
     training step frees and re-allocates the same activation-sized blocks every step; glibc
     unmaps blocks over its mmap threshold (32 MB at most) and trims the heap's free top, so
     each step page-faults them back in, zeroing every page: 20-25% of a 4-bit mbv3 step on
-    CPU (benchmarks/quant_step.py). Process-wide; a no-op elsewhere."""
+    CPU (benchmarks/quant_step.py). Process-wide, so a program that trains on the CPU sets it
+    where it starts (`keep_freed_memory_on_cpu`), never the library; a no-op elsewhere."""
     if platform.libc_ver()[0] != "glibc":
         return
     libc = ctypes.CDLL(None)
     libc.mallopt(-4, 0)  # M_MMAP_MAX: serve every allocation from the heap
     libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD (an int): trim only past 2 GB free
+
+
+def keep_freed_memory_on_cpu() -> None:
+    """keep_freed_memory if this process trains on the CPU (`distributed.device`): for a
+    program that trains (`oqat train`, `oqat run`) to call where it starts."""
+    if distributed.device().type == "cpu":
+        keep_freed_memory()
 
 
 def sandwich_step(net: Supernet, archs: list[Arch], x: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.1,
@@ -147,8 +155,6 @@ class Trainer:
         self.dir = cfg.run.dir
         self.last = os.path.join(self.dir, "checkpoints", "last.pt")
         torch.manual_seed(t.seed)  # same on every rank: identical init and dropout draws
-        if self.dist.device.type == "cpu":
-            keep_freed_memory()
         self.splits = load_splits(cfg.data)
         space = get_space(cfg.model.space).with_data(self.splits.in_channels, self.splits.num_classes)
         self.net, self.reinit = self._build(space)
@@ -407,7 +413,7 @@ class RunLog:
             with open(self.path, encoding="utf-8") as f:
                 kept = [line for line in f if line.endswith("\n") and line.strip()
                         and json.loads(line).get("step", 0) <= step]
-        checkpoint.atomic_write(self.path, lambda f: f.write("".join(kept).encode()))
+        checkpoint.write_text(self.path, "".join(kept))
         self.file = open(self.path, "a", encoding="utf-8")
         self.tb = SummaryWriter(os.path.join(folder, "tb"), purge_step=step + 1 if resumed else None)
 

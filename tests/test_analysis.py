@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from oqat import analysis
-from oqat.analysis import pareto, rank_corr
+from oqat.analysis import rank_corr
 from oqat.cli import main
 from oqat.config import to_dict
 from oqat.data import DataConfig
@@ -38,11 +38,6 @@ def demo_shaped(tmp_path_factory):
         warnings.simplefilter("always")
         code = main(["analyze", run, *SETTINGS])
     return run, code, caught
-
-
-def test_pareto_keeps_only_non_dominated_points():
-    pts = [(1, 50), (2, 40), (2, 60), (3, 55), (4, 70)]
-    assert [pts[i] for i in pareto(pts)] == [(1, 50), (2, 60), (4, 70)]
 
 
 def test_rank_corr_of_monotone_data_is_one_with_interval_and_p():

@@ -164,6 +164,13 @@ def test_download_checksum_mismatch_leaves_nothing(server, tmp_path):
     assert os.listdir(dest) == ["good.gz"]
 
 
+def test_official_table_is_torchvisions():
+    from torchvision.datasets import FashionMNIST
+
+    assert data.FASHION_MNIST_URL == FashionMNIST.mirrors[0]
+    assert {name: md5 for name, (_, md5) in data.FASHION_MNIST_FILES.items()} == dict(FashionMNIST.resources)
+
+
 @needs_fmnist
 def test_official_table_matches_debian_repack():
     """Debian's copies are the official ones minus the file name stored in the gzip header."""

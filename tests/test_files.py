@@ -336,3 +336,29 @@ def test_a_malformed_architecture_file_is_one_line_naming_it(tmp_path, content, 
     assert main(["cost", "--arch", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(path) in err and message in err, err
+
+
+def test_json_and_text_outputs_are_written_whole_and_read_back(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "out" / "a.json"
+    checkpoint.write_json(str(path), {"x": np.float32(0.5), "n": [1, 2], "t": torch.tensor(2.0)})
+    assert path.read_text() == '{\n "x": 0.5,\n "n": [\n  1,\n  2\n ],\n "t": 2.0\n}\n'
+    assert checkpoint.read_json(str(path), "points file") == {"x": 0.5, "n": [1, 2], "t": 2.0}
+    checkpoint.write_text(str(path), "café {")
+    assert path.read_bytes() == "café {".encode("utf-8") and os.listdir(path.parent) == ["a.json"]
+    with pytest.raises(ValueError, match=r"^points file '.*a.json' is not valid JSON: "):
+        checkpoint.read_json(str(path), "points file")
+
+
+def test_plots_are_pngs_at_one_resolution(tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 1))
+    fig.subplots().plot([1, 2], [3, 4])
+    path = tmp_path / "plot.png"
+    checkpoint.write_png(str(path), fig)
+    png = path.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and os.listdir(tmp_path) == ["plot.png"]
+    size = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # the IHDR chunk
+    assert size == (2 * checkpoint.PNG_DPI, checkpoint.PNG_DPI)

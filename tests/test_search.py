@@ -24,6 +24,13 @@ def non_dominated(points: list[dict], metric: str) -> bool:
     return S.dominated(points, points, metric) == 0
 
 
+def test_pareto_indices_keep_the_non_dominated_points_by_cost():
+    cost_, acc = np.array([1, 2, 2, 3, 4, 4]), np.array([50, 40, 60, 55, 70, 70])
+    # (2, 40) and (3, 55) are beaten; of two equal points neither beats the other, so both stay.
+    assert S.pareto_indices(acc, cost_) == [0, 2, 4, 5]
+    assert S.pareto_indices(np.array([]), np.array([])) == []
+
+
 def test_genome_round_trip_and_canonical_form():
     rng = random.Random(0)
     for _ in range(20):

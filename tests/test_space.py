@@ -117,6 +117,16 @@ def test_sampling_does_not_touch_global_random():
     assert random.random() == expected
 
 
+def test_sample_distinct_keeps_the_first_n_distinct_draws():
+    rng = random.Random(3)
+    draws = list(dict.fromkeys(MINI.sample(rng) for _ in range(200)))
+    assert len(draws) > 10 and MINI.sample_distinct(random.Random(3), 10) == draws[:10]
+    resolutions = MINI.elastic_in(["r"])  # one architecture per resolution
+    got = resolutions.sample_distinct(random.Random(0), len(MINI.resolutions) + 5)
+    assert sorted(a.r for a in got) == sorted(MINI.resolutions)
+    assert MINI.sample_distinct(random.Random(0), 0) == []
+
+
 @pytest.mark.parametrize("space", [MBV3, MINI])
 def test_largest_and_smallest(space):
     big, small = space.largest(), space.smallest()

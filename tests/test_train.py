@@ -114,6 +114,28 @@ def test_config_show_and_unknown_field(capsys):
     assert "bits" in capsys.readouterr().err
 
 
+def test_the_commands_that_train_keep_freed_memory_on_cpu_and_the_trainer_does_not(tmp_path, monkeypatch):
+    """keep_freed_memory changes the whole process's malloc: `oqat train` and `oqat run` (torchrun
+    runs them too) set it where training runs on the CPU; the library leaves the process alone."""
+    import oqat.distributed
+    import oqat.pipeline
+    import oqat.train
+
+    calls = []
+    monkeypatch.setattr(oqat.train, "keep_freed_memory", lambda: calls.append("keep"))
+    monkeypatch.setattr(oqat.train, "train", lambda cfg: calls.append("train") or {})
+    monkeypatch.setattr(oqat.pipeline, "run_pipeline", lambda cfg: calls.append("run"))
+    monkeypatch.setattr(oqat.distributed, "device", lambda: torch.device("cpu"))
+    assert main(["train", *TINY, f"run.dir={tmp_path / 'a'}", "--quiet"]) == 0
+    assert main(["run", *TINY, f"run.dir={tmp_path / 'b'}", "--quiet"]) == 0
+    assert calls == ["keep", "train", "keep", "run"]
+    monkeypatch.setattr(oqat.distributed, "device", lambda: torch.device("cuda", 0))
+    assert main(["train", *TINY, f"run.dir={tmp_path / 'c'}", "--quiet"]) == 0
+    assert calls[4:] == ["train"]
+    Trainer(tiny(tmp_path / "d"))
+    assert len(calls) == 5
+
+
 def test_step_init_weight_decay_groups_and_step_guard(tmp_path):
     t = Trainer(tiny(tmp_path))
     x, _ = next(iter(train_batches(t.splits.train, t.cfg.data, 0)))
