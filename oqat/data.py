@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import pickle
+import socket
 import sys
 import tempfile
 import zlib
@@ -223,6 +224,9 @@ def _find_fmnist(folder: str, stem: str) -> str | None:
     return next((p for p in paths if os.path.isfile(p)), None)
 
 
+DOWNLOAD_TIMEOUT_S = 60  # seconds a download may wait on the server for data
+
+
 def download_fashion_mnist(dest: str, base_url: str = FASHION_MNIST_URL,
                            files: dict[str, tuple[int, str]] = FASHION_MNIST_FILES) -> None:
     """Fetch the missing files into ``dest`` with torchvision's downloader, verifying byte
@@ -235,6 +239,16 @@ def download_fashion_mnist(dest: str, base_url: str = FASHION_MNIST_URL,
     from torchvision.datasets.utils import calculate_md5, download_url
 
     os.makedirs(dest, exist_ok=True)
+    # torchvision's urlopen waits forever on a stalled server; a socket timeout ends it with an error.
+    timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        _download_missing(dest, base_url, files, download_url, calculate_md5)
+    finally:
+        socket.setdefaulttimeout(timeout)
+
+
+def _download_missing(dest, base_url, files, download_url, calculate_md5) -> None:
     for name, (size, md5) in files.items():
         if _find_fmnist(dest, name.removesuffix(".gz")):
             continue

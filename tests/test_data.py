@@ -4,6 +4,7 @@ import hashlib
 import http.server
 import os
 import pickle
+import socket
 import threading
 
 import numpy as np
@@ -442,3 +443,17 @@ def test_imagefolder_preprocessing_is_the_authors(tmp_path):
     aug = data.calib_batches(splits.train, aug_cfg, n=4, seed=0, resolution=10)
     assert torch.equal(aug[0][0], data.calib_batches(splits.train, aug_cfg, n=4, seed=0, resolution=10)[0][0])
     assert not torch.allclose(aug[0][0], plain[0][0])
+
+
+def test_a_stalled_server_ends_the_download_with_an_error(tmp_path, monkeypatch):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)  # accepts the connection, never answers
+    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT_S", 0.5)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    try:
+        with pytest.raises(DataError, match=r"could not download .*x.gz.*timed out"):
+            data.download_fashion_mnist(str(tmp_path / "dest"), url, {"x.gz": (1, "0" * 32)})
+    finally:
+        listener.close()
+    assert socket.getdefaulttimeout() is None and os.listdir(tmp_path / "dest") == []
