@@ -283,7 +283,7 @@ def load_oqa_checkpoint(path: str, bits: int, num_classes: int = 1000) -> Supern
 
 
 # --- JSON files ---------------------------------------------------------------------------------
-def load_latency_table(path: str, space: SearchSpace, bits: int | None = None) -> dict:
+def load_latency_table(path: str, space: SearchSpace, bits: Precision | None = None) -> dict:
     """A latency table as `oqat latency --table` writes it: {"bits", "device", "threads", "ms":
     {architecture string of `space`: milliseconds}}. Where `bits` is given it must be the
     table's: a 2-bit subnet's latency says nothing of a 4-bit one's."""
@@ -291,8 +291,14 @@ def load_latency_table(path: str, space: SearchSpace, bits: int | None = None) -
     if not isinstance(table, dict) or set(table) != {"bits", "device", "threads", "ms"}:
         raise ValueError(f"latency table '{path}' must be a JSON object with bits, device, threads and ms "
                          "{arch string: ms}, as `oqat latency --table` writes it")
-    if not (isinstance(table["bits"], int) and isinstance(table["device"], str) and isinstance(table["threads"], int)):
-        raise ValueError(f"latency table '{path}': bits and threads must be integers, device a string")
+    if not (isinstance(table["bits"], (int, list)) and isinstance(table["device"], str)
+            and isinstance(table["threads"], int)):
+        raise ValueError(f"latency table '{path}': bits must be an integer (or a mixed precision's list of widths), "
+                         "threads an integer, device a string")
+    try:
+        table["bits"] = check_precision(table["bits"])
+    except ValueError as err:
+        raise ValueError(f"latency table '{path}': {err}") from None
     if bits is not None and table["bits"] != bits:
         raise ValueError(f"latency table '{path}' holds {table['bits']}-bit timings; the supernet is {bits}-bit")
     if not isinstance(table["ms"], dict) or not table["ms"]:

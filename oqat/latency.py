@@ -18,7 +18,7 @@ from . import checkpoint, deploy, files
 from .deploy import median_ms
 from .export import ONNX_FILE, PACKED_FILE, build_onnx, fp32_graph
 from .machine import cpu_model
-from .space import Arch, SearchSpace, get_space
+from .space import Arch, SearchSpace
 from .subnet import Subnet
 from .supernet import Supernet
 
@@ -69,12 +69,12 @@ def load_for_latency(source: str, arch: str | None) -> tuple[Subnet, str | None]
     return net, onnx_path if os.path.isfile(onnx_path) else None
 
 
-def update_table(path: str, arch: str, ms: float, bits: int, threads: int,
+def update_table(path: str, arch: str, ms: float, bits, threads: int,
                  space: SearchSpace | None = None) -> dict:
     """Set the ms of `arch` (a string of `space`'s, default the built-in space it names) in the
     latency table at `path` (created if missing) of `bits`-bit subnets timed on this device with
     `threads` threads; a table of other bits, device or threads is refused: one table, one setting."""
-    space = space or get_space(Arch.from_str(arch).space)
+    space = space or Arch.from_str(arch).checked_in
     here = {"bits": bits, "device": cpu_model(), "threads": threads}
     table = files.load_latency_table(path, space) if os.path.exists(path) else {**here, "ms": {}}
     if {k: table[k] for k in here} != here:
