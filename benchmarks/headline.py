@@ -29,6 +29,7 @@ from oqat.cost import cost
 from oqat.evaluate import evaluate, prepare_subnet
 from oqat.experiment import ExperimentConfig
 from oqat.files import load_supernet
+from oqat.layout import RunLayout
 from oqat.pipeline import run_stages
 from oqat.space import Arch, SearchSpace
 from oqat.train import keep_freed_memory_on_cpu
@@ -68,10 +69,11 @@ def main():
     args = p.parse_args()
     keep_freed_memory_on_cpu()  # it trains baselines, as `oqat run` does
     torch.manual_seed(0)
-    cfg = config.load(ExperimentConfig, os.path.join(args.run_dir, "config.yaml"))
+    run = RunLayout(args.run_dir)
+    cfg = config.load(ExperimentConfig, run.config)
     if cfg.stages[-1].bits != args.bits:
         raise SystemExit(f"the run's last stage is {cfg.stages[-1].bits}-bit, not {args.bits}-bit")
-    with open(os.path.join(args.run_dir, "results.json")) as f:
+    with open(run.results) as f:
         results = json.load(f)
     family = results["family"][str(args.bits)]
     supernet, ckpt = load_supernet(os.path.join(args.run_dir, results["stages"][-1]["supernet"]))

@@ -28,7 +28,8 @@ from oqat import config, data
 from oqat.evaluate import evaluate, prepare_subnet
 from oqat.experiment import ExperimentConfig
 from oqat.files import load_supernet
-from oqat.pipeline import run_stages, stage_dir
+from oqat.layout import RunLayout
+from oqat.pipeline import run_stages
 from oqat.space import Arch
 from oqat.train import DivergedError, keep_freed_memory_on_cpu
 
@@ -65,7 +66,7 @@ def main():
     args = p.parse_args()
     keep_freed_memory_on_cpu()  # it trains, as `oqat run` does
     torch.manual_seed(0)
-    cfg = config.load(ExperimentConfig, os.path.join(args.run_dir, "config.yaml"))
+    cfg = config.load(ExperimentConfig, RunLayout(args.run_dir).config)
     bits = [s.bits for s in cfg.stages]
     if len(bits) < 2 or bits[-2:] != [3, 2]:
         raise SystemExit("the run's stages must end 3 -> 2 bits")
@@ -90,14 +91,14 @@ def main():
     for seed in args.seeds:
         folder = os.path.join(out, f"seed{seed}")
         if seed == cfg.train.seed:  # the run's own chain up to 3 bits
-            three = os.path.join(stage_dir(args.run_dir, len(bits) - 2, 3), "supernet.pt")
+            three = RunLayout(args.run_dir).stage(len(bits) - 2, 3).supernet
         else:
             three = stages_run(cfg, cfg.stages[:-1], seed, os.path.join(folder, "chain"))
         for name, stage in zip(VARIANTS[:2], inherit):
             sub = os.path.join(folder, "inherit-reinit" if stage.reinit_steps else "inherit-doubled")
             # The 3-bit supernet as the chain's first stage (one epoch, never run: its file is there).
-            os.makedirs(stage_dir(sub, 0, 3), exist_ok=True)
-            link = os.path.join(stage_dir(sub, 0, 3), "supernet.pt")
+            link = RunLayout(sub).stage(0, 3).supernet
+            os.makedirs(os.path.dirname(link), exist_ok=True)
             if not os.path.exists(link):
                 os.symlink(os.path.abspath(three), link)
             three_stage = dataclasses.replace(cfg.stages[-2], teacher=None)  # never trained here: its file is there

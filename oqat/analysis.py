@@ -24,6 +24,7 @@ from . import checkpoint, data, files
 from .cost import cost
 from .evaluate import evaluate, prepare_subnet
 from .experiment import AnalysisConfig
+from .layout import RunLayout
 from .quant import FULL_PRECISION
 from .search import pareto_indices
 from .space import Arch, SearchSpace
@@ -188,14 +189,13 @@ def _save(fig, out_dir: str, name: str) -> str:
 def run_supernets(run_dir: str) -> dict[int, tuple[Supernet, object]]:
     """(supernet, its data config) of the last trained supernet of each bit-width in a run
     directory (later stages win), full precision included."""
-    stages = os.path.join(run_dir, "stages")
-    if not os.path.isdir(stages):
-        raise ValueError(f"'{run_dir}' is not an oqat run directory (no stages/ folder)")
+    run = RunLayout(run_dir)
+    if not os.path.isdir(run.stages_dir):
+        raise ValueError(f"'{run_dir}' is not an oqat run directory (no {run.relative(run.stages_dir)}/ folder)")
     found = {}
-    for name in sorted(os.listdir(stages), key=lambda n: int(n.split("-")[0]) if n.split("-")[0].isdigit() else -1):
-        path = os.path.join(stages, name, "supernet.pt")
-        if os.path.isfile(path):
-            net, ckpt = files.load_supernet(path)
+    for stage in run.stages():
+        if os.path.isfile(stage.supernet):
+            net, ckpt = files.load_supernet(stage.supernet)
             found[net.bits] = net, ckpt["data"]
     if len(found) < 2:
         raise ValueError(f"'{run_dir}' has {len(found)} finished supernet(s); the analysis compares at least "
@@ -204,7 +204,7 @@ def run_supernets(run_dir: str) -> dict[int, tuple[Supernet, object]]:
 
 
 def analyze(run_dir: str, cfg: AnalysisConfig, out_dir: str | None = None, progress=None) -> dict:
-    out_dir = out_dir or os.path.join(run_dir, "analysis")
+    out_dir = out_dir or RunLayout(run_dir).analysis
     found = run_supernets(run_dir)
     nets = {b: net for b, (net, _) in found.items()}
     p = plan(nets)

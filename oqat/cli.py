@@ -10,7 +10,6 @@ traceback instead.
 """
 import argparse
 import functools
-import glob
 import json
 import os
 import sys
@@ -142,12 +141,13 @@ def cmd_analyze(args):
     from .analysis import analyze, format_corr
     from .config import load
     from .experiment import ExperimentConfig
-    run_config = os.path.join(args.run_dir, "config.yaml")
-    cfg = settings(args, load(ExperimentConfig, run_config) if os.path.isfile(run_config) else None).analysis
+    from .layout import RunLayout
+    run = RunLayout(args.run_dir)
+    cfg = settings(args, load(ExperimentConfig, run.config) if os.path.isfile(run.config) else None).analysis
     result = analyze(args.run_dir, cfg, args.out,
                      progress=lambda i, n: print(f"\r  evaluated {i}/{n} architectures", end="", file=sys.stderr))
     print(file=sys.stderr)
-    out = args.out or os.path.join(args.run_dir, "analysis")
+    out = args.out or run.analysis
     s = result["summary"]
     print(f"{len(result['rows'])} subnets, val top-1 on {s['val_images']:,} val images; loss against "
           f"{s['reference_text']}; per trait Spearman rho [bootstrap 95% CI], p")
@@ -171,13 +171,14 @@ def cmd_train(args):
     cfg = _load_experiment(args, ["run.quiet=true"] if args.quiet else [])  # before the heavy imports: fast errors
     from .experiment import check_inputs
     from .faults import run_dir_lock
+    from .layout import TrainingLayout
     from .train import keep_freed_memory_on_cpu, train
     check_inputs(cfg)  # a bad input leaves no run folder (the lock would make one)
     keep_freed_memory_on_cpu()
     with run_dir_lock(cfg.run.dir):
         final = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"wrote {os.path.join(cfg.run.dir, 'supernet.pt')}  " + json.dumps(
+        print(f"wrote {TrainingLayout(cfg.run.dir).supernet}  " + json.dumps(
             {k: round(v, 4) if isinstance(v, float) else v for k, v in final.items()}))
 
 
@@ -199,6 +200,7 @@ def cmd_export(args):
     from .data import DataConfig
     from .export import export_checkpoint
     from .files import load_model
+    from .layout import ExportLayout
     from .space import Arch
     from .supernet import Supernet
     path = _model_file(args.checkpoint)
@@ -213,7 +215,7 @@ def cmd_export(args):
     data_cfg = apply_overrides(ckpt["data"] or DataConfig(), overrides) if ckpt["data"] or overrides else None
     facts = export_checkpoint(path, args.arch, args.out, cfg.search.calib_images, cfg.export.test_images,
                               data_cfg, cfg.search.seed, source=path, speed_rounds=cfg.export.speed_rounds)
-    write_json(os.path.join(args.out, "facts.json"), {**facts, "dir": args.out})
+    write_json(ExportLayout(args.out).facts, {**facts, "dir": args.out})
     print(f"wrote {args.out}: " + export_summary(facts))
 
 
@@ -294,9 +296,10 @@ def _add_supernet_options(p, what: str = "a supernet file (supernet.pt of a run)
 
 def _model_file(path: str) -> str:
     """`path`, unless it is a folder: then which files to pass instead."""
+    from .layout import RunLayout
     if not os.path.isdir(path):
         return path
-    found = sorted(glob.glob(os.path.join(path, "stages", "*", "supernet.pt")))
+    found = [s.supernet for s in RunLayout(path).stages() if os.path.isfile(s.supernet)]
     if found:
         raise ValueError(f"'{path}' is a run folder; pass one of its supernet files: {', '.join(found)}")
     raise ValueError(f"'{path}' is a folder; pass a supernet or subnet file (a run's stages/*/supernet.pt)")
@@ -393,6 +396,7 @@ def add_search(sub):
 def cmd_search(args):
     from .experiment import LATENCY, parse_budget
     from .files import load_latency_table, load_pairs
+    from .layout import SearchLayout
     from .search import search, write_outputs
     latency = args.latency_table is not None
 
@@ -419,7 +423,7 @@ def cmd_search(args):
     for p in result.front:
         value = f"{p[m]:>9.2f} ms" if m == LATENCY else f"{p[m]:>14,.0f}"
         print(f"  {p['arch']:<48} {value}  val {p['val_top1']:6.2f}%  test {p['test_top1']:6.2f}%")
-    print(f"wrote {args.out}/pareto.json ({len(result.front)} on the front, {result.evaluations} evaluated"
+    print(f"wrote {SearchLayout(args.out).pareto} ({len(result.front)} on the front, {result.evaluations} evaluated"
           f"{f', {result.predicted} predicted only' if result.settings['predictor'] else ''}, {result.seconds:.0f} s)")
 
 

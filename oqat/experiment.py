@@ -76,7 +76,7 @@ class ModelConfig:
 
 @dataclass
 class RunConfig:
-    dir: str = "runs/default"  # run directory: config.yaml, metrics.jsonl, tb/, checkpoints/, supernet.pt
+    dir: str = "runs/default"  # run directory, laid out as oqat.layout says (oqat train: supernet.pt, metrics.jsonl, ...)
     quiet: bool = False  # no progress bar, one line per epoch (for log files)
 
 

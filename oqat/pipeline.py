@@ -6,15 +6,9 @@
     -> the recommended family, from every front together
     -> export of the families -> report
 
-Layout of a run directory ({p}: fp, 4bit, ..., mixed234 for bits [2, 3, 4]):
-    config.yaml                  the resolved config
-    stages/{i}-{p}/              one training stage (checkpoints/, metrics.jsonl, tb/, supernet.pt)
-    search/{p}/                  pareto.json, evaluated.json, pareto.png
-    export/{p}-{S,M,L}/          model.onnx, weights.oqpk, arch.json, MODEL_CARD.md
-    export/best-{S,M,L}/         the recommended family's members not exported above
-    report.md, results.json, *.png
-Each step is skipped when its output exists, so running again resumes at the first
-unfinished step (and a training stage resumes from its last checkpoint).
+The run folder is laid out as `layout.RunLayout` says. Each step is skipped when its output
+exists, so running again resumes at the first unfinished step (and a training stage resumes
+from its last checkpoint).
 """
 import dataclasses
 import json
@@ -28,6 +22,7 @@ from .cost import cost
 from .experiment import ExperimentConfig, check_inputs, parse_budget
 from .export import export_checkpoint
 from .inherit import inherit_file, mixed_file
+from .layout import RunLayout
 from .quant import FULL_PRECISION, precision_name
 from .report import precision_order, write_report
 from .search import family, search, write_outputs
@@ -37,22 +32,14 @@ from .train import train
 STAGE_OVERRIDES = ("lr", "elastic", "sandwich_random")  # StageConfig fields that, when set, replace train's
 
 
-def stage_dir(run_dir: str, i: int, bits) -> str:
-    return os.path.join(run_dir, "stages", f"{i}-{precision_name(bits)}")
-
-
 def precision_key(bits) -> int | str:
     """How a run's results key a precision: a uniform one by its width, a mixed one by its name."""
     return precision_name(bits) if isinstance(bits, (list, tuple)) else bits
 
 
-def _folder(key: int | str) -> str:
-    return key if isinstance(key, str) else precision_name(key)
-
-
 def _label(bits) -> str:
     """4 -> "4-bit"; a mixed precision (its widths or its key) -> "mixed234"."""
-    return f"{bits}-bit" if isinstance(bits, int) else _folder(precision_key(bits))
+    return f"{bits}-bit" if isinstance(bits, int) else precision_name(bits)
 
 
 def _log(text: str, d: distributed.Dist = distributed.Dist()) -> None:
@@ -67,7 +54,7 @@ def stage_train_config(cfg: ExperimentConfig, i: int, init: str | None = None, r
     overrides = {f: getattr(st, f) for f in STAGE_OVERRIDES if getattr(st, f) is not None}
     if st.teacher is not None:
         teacher = cfg.stages[st.teacher]
-        overrides["teacher"] = os.path.join(stage_dir(cfg.run.dir, st.teacher, teacher.bits), "supernet.pt")
+        overrides["teacher"] = RunLayout(cfg.run.dir).stage(st.teacher, teacher.bits).supernet
     return dataclasses.replace(cfg.train, bits=st.bits, epochs=st.epochs, init_from=init, reinit_steps=reinit,
                                **overrides)
 
@@ -75,22 +62,22 @@ def stage_train_config(cfg: ExperimentConfig, i: int, init: str | None = None, r
 def run_stages(cfg: ExperimentConfig, d: distributed.Dist = distributed.Dist()) -> list[dict]:
     """Train the stages not yet done. Under torchrun every rank trains each stage (`d`, the
     caller's group); rank 0 writes what lies between stages, the others wait for it."""
+    run = RunLayout(cfg.run.dir)
     done, previous = [], cfg.train.init_from  # the first stage starts from train.init_from, if given
     for i, st in enumerate(cfg.stages):
-        out = stage_dir(cfg.run.dir, i, st.bits)
-        final = os.path.join(out, "supernet.pt")
-        if not os.path.isfile(final):
+        stage = run.stage(i, st.bits)
+        if not os.path.isfile(stage.supernet):
             init, reinit = None, None
             if st.init == "previous" and previous is not None:
                 init = previous
                 if isinstance(st.bits, list):  # each width's steps from the last stage that trained it
-                    init = os.path.join(out, "inherited.pt")
+                    init = stage.inherited
                     chain = {s["bits"]: os.path.join(cfg.run.dir, s["supernet"]) for s in done}
                     if d.main and not os.path.isfile(init):
                         mixed_file(previous, st.bits, chain, init)
                     distributed.barrier(d)
                 elif (prev_bits := files.load_supernet(previous)[0].bits) != FULL_PRECISION and st.bits < prev_bits:
-                    init = os.path.join(out, "inherited.pt")
+                    init = stage.inherited
                     if d.main and not os.path.isfile(init):
                         inherit_file(previous, st.bits, init, st.reinit_steps)
                     distributed.barrier(d)
@@ -98,21 +85,20 @@ def run_stages(cfg: ExperimentConfig, d: distributed.Dist = distributed.Dist()) 
             elif st.reinit_steps:
                 reinit = True
             _log(f"stage {i}: {_label(st.bits)} supernet, {st.epochs} epoch(s)"
-                 f"{f' from {os.path.relpath(init, cfg.run.dir)}' if init else ' from scratch'}"
+                 f"{f' from {run.relative(init)}' if init else ' from scratch'}"
                  f"{f', taught by stage {st.teacher}' if st.teacher is not None else ''}", d)
             stage_cfg = dataclasses.replace(cfg, train=stage_train_config(cfg, i, init, reinit),
-                                            run=dataclasses.replace(cfg.run, dir=out))
+                                            run=dataclasses.replace(cfg.run, dir=stage.root))
             start = time.time()
             train(stage_cfg)
             if d.main:
-                checkpoint.write_json(os.path.join(out, "stage.json"), {"wall_s": time.time() - start})
+                checkpoint.write_json(stage.timing, {"wall_s": time.time() - start})
             distributed.barrier(d)
-        record = os.path.join(out, "stage.json")
-        info = checkpoint.read_json(record, "stage record") if os.path.isfile(record) else {}
-        done.append({"index": i, "bits": st.bits, "epochs": st.epochs, "dir": os.path.relpath(out, cfg.run.dir),
-                     "supernet": os.path.relpath(final, cfg.run.dir), "wall_s": info.get("wall_s"),
-                     "metrics": _last_epoch(os.path.join(out, "metrics.jsonl"))})
-        previous = final
+        info = checkpoint.read_json(stage.timing, "stage record") if os.path.isfile(stage.timing) else {}
+        done.append({"index": i, "bits": st.bits, "epochs": st.epochs, "dir": run.relative(stage.root),
+                     "supernet": run.relative(stage.supernet), "wall_s": info.get("wall_s"),
+                     "metrics": _last_epoch(stage.metrics)})
+        previous = stage.supernet
     return done
 
 
@@ -127,10 +113,9 @@ def run_search(cfg: ExperimentConfig, supernets: dict[int | str, str]) -> dict[i
     results = {}
     budgets = [parse_budget(b) for b in cfg.search.budgets]
     for key, path in sorted(supernets.items(), key=lambda kv: precision_order(kv[0])):
-        out = os.path.join(cfg.run.dir, "search", _folder(key))
-        pareto = os.path.join(out, "pareto.json")
+        out = RunLayout(cfg.run.dir).search(key)
         net, ckpt = files.load_supernet(path)
-        if not os.path.isfile(pareto):
+        if not os.path.isfile(out.pareto):
             _log(f"search: {_label(net.bits)} supernet, population {cfg.search.population}, "
                  f"{cfg.search.generations} generations")
             data_cfg = ckpt["data"] or cfg.data
@@ -139,8 +124,8 @@ def run_search(cfg: ExperimentConfig, supernets: dict[int | str, str]) -> dict[i
                             generations=s.generations, seed=s.seed, metric=s.metric, calib_images=s.calib_images,
                             val_images=s.val_images, use_predictor=s.predictor,
                             log=lambda text: None if cfg.run.quiet else print(f"  {text}", flush=True))
-            write_outputs(result, out)
-        results[key] = checkpoint.read_json(pareto, "search result")
+            write_outputs(result, out.root)
+        results[key] = checkpoint.read_json(out.pareto, "search result")
         if net.space.bit_widths:
             for p in results[key]["front"]:
                 p["stage_bits"] = net.space.stage_bits(Arch.parse(p["arch"], net.space))
@@ -160,9 +145,9 @@ def recommended_family(cfg: ExperimentConfig, searches: dict[int | str, dict]) -
 def run_export(cfg: ExperimentConfig, supernets: dict[int | str, str], searches: dict[int | str, dict],
                recommended: dict[str, dict | None] | None = None) -> dict[int | str, dict]:
     """ONNX and packed weights of each family member (S, M, L) of each precision, in
-    export/{p}-{name}, then of the recommended family (export/best-{name}); a subnet named
-    twice (e.g. M = L, or a recommended member) is exported once."""
-    exported, done = {}, {}
+    `RunLayout.export(p, name)`, then of the recommended family (`RunLayout.export("best", name)`);
+    a subnet named twice (e.g. M = L, or a recommended member) is exported once."""
+    run, exported, done = RunLayout(cfg.run.dir), {}, {}
     groups = [(key, s["family"]) for key, s in sorted(searches.items(), key=lambda kv: precision_order(kv[0]))]
     for group, members in groups + ([("best", recommended)] if recommended else []):
         exported[group] = {}
@@ -173,17 +158,16 @@ def run_export(cfg: ExperimentConfig, supernets: dict[int | str, str], searches:
             if (key, member["arch"]) in done:
                 exported[group][name] = done[key, member["arch"]]
                 continue
-            out = os.path.join(cfg.run.dir, "export", f"{_folder(group)}-{name}")
-            facts_file = os.path.join(out, "facts.json")
-            if not os.path.isfile(facts_file):
+            out = run.export(group, name)
+            if not os.path.isfile(out.facts):
                 _log(f"export: {'best ' if group == 'best' else ''}{_label(key)} {name} {member['arch']}")
                 faults.pause_point("export")
                 path = supernets[key]
-                facts = export_checkpoint(path, member["arch"], out, cfg.search.calib_images, cfg.export.test_images,
-                                          seed=cfg.search.seed, source=os.path.relpath(path, cfg.run.dir),
+                facts = export_checkpoint(path, member["arch"], out.root, cfg.search.calib_images,
+                                          cfg.export.test_images, seed=cfg.search.seed, source=run.relative(path),
                                           speed_rounds=cfg.export.speed_rounds)
-                checkpoint.write_json(facts_file, {**facts, "dir": os.path.relpath(out, cfg.run.dir)})
-            exported[group][name] = done[key, member["arch"]] = checkpoint.read_json(facts_file, "export facts")
+                checkpoint.write_json(out.facts, {**facts, "dir": run.relative(out.root)})
+            exported[group][name] = done[key, member["arch"]] = checkpoint.read_json(out.facts, "export facts")
     return exported
 
 
@@ -201,7 +185,7 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
     with distributed.group() as d:  # under torchrun: every rank trains, rank 0 does the rest
         if d.main:
             os.makedirs(cfg.run.dir, exist_ok=True)
-            config.dump(cfg, os.path.join(cfg.run.dir, "config.yaml"))
+            config.dump(cfg, RunLayout(cfg.run.dir).config)
         distributed.barrier(d)
         stages = run_stages(cfg, d)
     if not d.main:
@@ -213,7 +197,8 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
     recommended = recommended_family(cfg, searches) if len(searches) > 1 else None
     exported = run_export(cfg, supernets, searches, recommended) if supernets and cfg.export.enabled else {}
     results = write_report(cfg, stages, searches, exported, time.time() - start, recommended)
-    _log(f"done: results in {os.path.abspath(cfg.run.dir)} (report.md, results.json)")
+    run = RunLayout(cfg.run.dir)
+    _log(f"done: results in {os.path.abspath(run.root)} ({run.relative(run.report)}, {run.relative(run.results)})")
     return results
 
 

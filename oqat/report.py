@@ -5,6 +5,7 @@ import os
 
 from . import checkpoint, config
 from .export import speedup
+from .layout import RunLayout, TrainingLayout
 from .quant import precision_name
 
 
@@ -17,10 +18,6 @@ def precision_order(key) -> tuple:
 
 def _label(key) -> str:
     return f"{key}-bit" if str(key).isdigit() else str(key)
-
-
-def _folder(key) -> str:
-    return str(key) if isinstance(key, str) else precision_name(key)
 
 
 def compare_at_budgets(fronts: dict, n: int = 8) -> list[dict]:
@@ -65,7 +62,7 @@ def _plot_training(run_dir: str, stages: list[dict], path: str) -> None:
     offset = 0
     for st in stages:
         steps, epochs = [], []
-        with open(os.path.join(run_dir, st["dir"], "metrics.jsonl")) as f:
+        with open(TrainingLayout(os.path.join(run_dir, st["dir"])).metrics) as f:
             for line in f:
                 rec = json.loads(line)
                 (steps if rec["kind"] == "step" else epochs).append(rec)
@@ -87,18 +84,18 @@ def _plot_training(run_dir: str, stages: list[dict], path: str) -> None:
 
 def write_report(cfg, stages: list[dict], searches: dict, exported: dict, wall_s: float,
                  recommended: dict | None = None) -> dict:
-    run = cfg.run.dir
+    run = RunLayout(cfg.run.dir)
     for bits in searches:  # the plot shows every evaluated point too
-        ev = os.path.join(run, "search", _folder(bits), "evaluated.json")
+        ev = run.search(bits).evaluated
         if os.path.isfile(ev):
             searches[bits] = {**searches[bits], "evaluated": checkpoint.read_json(ev, "search points")}
     plots = []
     if searches:
-        _plot_fronts(searches, os.path.join(run, "fronts.png"))
-        plots.append("fronts.png")
+        _plot_fronts(searches, run.fronts_plot)
+        plots.append(run.relative(run.fronts_plot))
     if stages:
-        _plot_training(run, stages, os.path.join(run, "training.png"))
-        plots.append("training.png")
+        _plot_training(run.root, stages, run.training_plot)
+        plots.append(run.relative(run.training_plot))
     results = {"config": config.to_dict(cfg), "wall_s_this_invocation": wall_s, "stages": stages,
                "family": {b: s["family"] for b, s in searches.items()},
                "fronts": {b: s["front"] for b, s in searches.items()},
@@ -107,8 +104,8 @@ def write_report(cfg, stages: list[dict], searches: dict, exported: dict, wall_s
         results["recommended"] = recommended
     if (table := compare_at_budgets(results["fronts"])):
         results["mixed_vs_uniform"] = table
-    checkpoint.write_json(os.path.join(run, "results.json"), results)
-    checkpoint.write_text(os.path.join(run, "report.md"), markdown(results))
+    checkpoint.write_json(run.results, results)
+    checkpoint.write_text(run.report, markdown(results))
     return results
 
 

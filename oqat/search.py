@@ -10,7 +10,6 @@ ranks infeasible candidates by constraint violation alone). Only the validation 
 looked at while searching; the final front alone is then scored on the test split.
 """
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +31,7 @@ from .cost import METRICS, cost
 from .data import DataConfig, Splits
 from .evaluate import evaluate
 from .experiment import LATENCY, Budget, BudgetError
+from .layout import SearchLayout
 from .predictor import Predictor
 from .space import Arch, SearchSpace
 from .supernet import Supernet
@@ -348,6 +348,7 @@ def write_outputs(result: SearchResult, out_dir: str) -> None:
     summary = {"metric": result.metric, "bits": result.bits, "budgets": [asdict(b) for b in result.budgets],
                "evaluations": result.evaluations, "predicted": result.predicted,
                "seconds": round(result.seconds, 2), **result.settings, "front": result.front}
-    checkpoint.write_json(os.path.join(out_dir, "pareto.json"), summary)
-    checkpoint.write_json(os.path.join(out_dir, "evaluated.json"), result.evaluated)
-    plot(result, os.path.join(out_dir, "pareto.png"))
+    out = SearchLayout(out_dir)
+    checkpoint.write_json(out.pareto, summary)
+    checkpoint.write_json(out.evaluated, result.evaluated)
+    plot(result, out.plot)

@@ -30,6 +30,7 @@ from .data import ArrayDataset, Splits, eval_batches, load_splits, num_train_bat
 from .evaluate import evaluate, prepare_subnet, resize
 from .experiment import ExperimentConfig, check_inputs
 from .inherit import REINIT_KEY
+from .layout import TrainingLayout
 from .quant import FULL_PRECISION, check_precision, guard_steps_, set_bits_, step_values, steps_of
 from .space import Arch, SearchSpace, get_space
 from .supernet import FORMAT as SUPERNET_FORMAT, Supernet
@@ -152,8 +153,8 @@ class Trainer:
 
     def __init__(self, cfg: ExperimentConfig, dist: distributed.Dist | None = None):
         self.cfg, self.dist, t = cfg, dist or distributed.Dist(), cfg.train
-        self.dir = cfg.run.dir
-        self.last = os.path.join(self.dir, "checkpoints", "last.pt")
+        self.layout = TrainingLayout(cfg.run.dir)
+        self.last = self.layout.last
         torch.manual_seed(t.seed)  # same on every rank: identical init and dropout draws
         self.splits = load_splits(cfg.data)
         space = get_space(cfg.model.space).with_data(self.splits.in_channels, self.splits.num_classes)
@@ -216,9 +217,9 @@ class Trainer:
         resumed = self.resume()
         distributed.broadcast_([p.data for p in self.net.parameters()]
                                + [b for b in self.net.buffers() if b.is_floating_point()], world)
-        log = RunLog(self.dir, self.step, resumed) if main else None
+        log = RunLog(self.layout.root, self.step, resumed) if main else None
         if main:
-            config.dump(self.cfg, os.path.join(self.dir, "config.yaml"))
+            config.dump(self.cfg, self.layout.config)
         try:
             for epoch in range(self.epoch, t.epochs):
                 self.net.train()
@@ -266,7 +267,7 @@ class Trainer:
             final = {"epoch": self.epoch, "step": self.step, **self.health, **self.val}
             if main:
                 self.check_finite()
-                self.net.save(os.path.join(self.dir, "supernet.pt"), {
+                self.net.save(self.layout.supernet, {
                     "data": config.to_dict(self.cfg.data), "config": config.to_dict(self.cfg), "val": final})
             return final
         finally:
@@ -406,7 +407,7 @@ class RunLog:
 
     def __init__(self, folder: str, step: int, resumed: bool):
         from torch.utils.tensorboard import SummaryWriter
-        self.path = os.path.join(folder, "metrics.jsonl")
+        self.path = TrainingLayout(folder).metrics
         os.makedirs(folder, exist_ok=True)
         kept = []
         if resumed and os.path.exists(self.path):
@@ -415,7 +416,7 @@ class RunLog:
                         and json.loads(line).get("step", 0) <= step]
         checkpoint.write_text(self.path, "".join(kept))
         self.file = open(self.path, "a", encoding="utf-8")
-        self.tb = SummaryWriter(os.path.join(folder, "tb"), purge_step=step + 1 if resumed else None)
+        self.tb = SummaryWriter(TrainingLayout(folder).tb, purge_step=step + 1 if resumed else None)
 
     def write(self, record: dict) -> None:
         try:

@@ -1,0 +1,152 @@
+"""Where every file of a run lives, named once: the writers and the readers of a run folder
+(pipeline, train, search, report, analysis, cli) take their paths from these values.
+
+A run folder (`oqat run`; {p}: a precision's name, fp, 4bit, ..., mixed234 for bits [2, 3, 4]):
+    config.yaml                  the resolved config
+    stages/{i}-{p}/              one training stage, a training folder
+    search/{p}/                  a search folder
+    export/{p}-{S,M,L}/          an export folder
+    export/best-{S,M,L}/         the recommended family's members not exported above
+    analysis/                    `oqat analyze`
+    report.md, results.json, fronts.png, training.png
+A training folder (`oqat train`'s run.dir; a stage): config.yaml, checkpoints/last.pt,
+metrics.jsonl, tb/, supernet.pt; a stage adds inherited.pt (bit inheritance) and stage.json.
+A search folder: pareto.json, evaluated.json, pareto.png. An export folder: facts.json besides
+what `export.export` writes.
+"""
+import os
+from dataclasses import dataclass
+
+from .quant import Precision, precision_name
+
+
+@dataclass(frozen=True)
+class TrainingLayout:
+    root: str
+
+    @property
+    def config(self) -> str:
+        return os.path.join(self.root, "config.yaml")
+
+    @property
+    def last(self) -> str:
+        """The checkpoint a stopped training resumes from."""
+        return os.path.join(self.root, "checkpoints", "last.pt")
+
+    @property
+    def metrics(self) -> str:
+        return os.path.join(self.root, "metrics.jsonl")
+
+    @property
+    def tb(self) -> str:
+        return os.path.join(self.root, "tb")
+
+    @property
+    def supernet(self) -> str:
+        """The trained supernet, written once the training is done."""
+        return os.path.join(self.root, "supernet.pt")
+
+    @property
+    def inherited(self) -> str:
+        """A stage's start: the previous stage's supernet inherited to this stage's bits."""
+        return os.path.join(self.root, "inherited.pt")
+
+    @property
+    def timing(self) -> str:
+        """A finished stage's wall time."""
+        return os.path.join(self.root, "stage.json")
+
+
+@dataclass(frozen=True)
+class SearchLayout:
+    root: str
+
+    @property
+    def pareto(self) -> str:
+        return os.path.join(self.root, "pareto.json")
+
+    @property
+    def evaluated(self) -> str:
+        return os.path.join(self.root, "evaluated.json")
+
+    @property
+    def plot(self) -> str:
+        return os.path.join(self.root, "pareto.png")
+
+
+@dataclass(frozen=True)
+class ExportLayout:
+    root: str
+
+    @property
+    def facts(self) -> str:
+        return os.path.join(self.root, "facts.json")
+
+
+def _folder(key: Precision | list[int] | str) -> str:
+    """A precision's name (its bits, or a run's key for it: 4, "mixed234"), or a group's ("best")."""
+    return key if isinstance(key, str) else precision_name(key)
+
+
+def _stage_index(name: str) -> int | None:
+    """The index of a stage folder's name (`{i}-...`); None for any other name."""
+    head = name.split("-")[0]
+    return int(head) if head.isdigit() else None
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: str
+
+    def _path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    @property
+    def config(self) -> str:
+        return self._path("config.yaml")
+
+    @property
+    def report(self) -> str:
+        return self._path("report.md")
+
+    @property
+    def results(self) -> str:
+        return self._path("results.json")
+
+    @property
+    def fronts_plot(self) -> str:
+        return self._path("fronts.png")
+
+    @property
+    def training_plot(self) -> str:
+        return self._path("training.png")
+
+    @property
+    def analysis(self) -> str:
+        return self._path("analysis")
+
+    @property
+    def stages_dir(self) -> str:
+        return self._path("stages")
+
+    def stage(self, i: int, bits: Precision | list[int]) -> TrainingLayout:
+        return TrainingLayout(self._path("stages", f"{i}-{_folder(bits)}"))
+
+    def stages(self) -> list[TrainingLayout]:
+        """The stage folders there are, by index (whatever bits their names say)."""
+        if not os.path.isdir(self.stages_dir):
+            return []
+        names = [n for n in os.listdir(self.stages_dir) if _stage_index(n) is not None]
+        return [TrainingLayout(self._path("stages", n)) for n in sorted(names, key=_stage_index)]
+
+    def search(self, key: Precision | str) -> SearchLayout:
+        """`key`: a precision, or a run's key for it (`pipeline.precision_key`)."""
+        return SearchLayout(self._path("search", _folder(key)))
+
+    def export(self, group: Precision | str, name: str) -> ExportLayout:
+        """`group`: a precision (or its key) whose family `name` belongs to, or "best"."""
+        return ExportLayout(self._path("export", f"{_folder(group)}-{name}"))
+
+    def relative(self, path: str) -> str:
+        """`path` as results.json and the log name it: from the run folder."""
+        return os.path.relpath(path, self.root)
