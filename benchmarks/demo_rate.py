@@ -25,19 +25,18 @@ import torch
 
 from oqat import config, machine
 from oqat.data import train_batches
-from oqat.experiment import ExperimentConfig
-from oqat.pipeline import stage_train_config
+from oqat.experiment import ExperimentConfig, stage_train_config
 from oqat.supernet import Supernet
 from oqat.train import Trainer, keep_freed_memory
 
 
 def warm_trainer(cfg: ExperimentConfig, i: int) -> tuple[Trainer, Iterator]:
-    """A Trainer of stage i of `cfg` (its teacher, if any, a fresh supernet of the teacher
-    stage's bits: speed does not depend on its weights) with its steps initialised and one
-    step taken, and the rest of epoch 0's batches."""
-    train_cfg = stage_train_config(cfg, i)
-    if train_cfg.teacher is not None:
-        Supernet(cfg.model.space, cfg.stages[cfg.stages[i].teacher].bits).save(train_cfg.teacher)
+    """A Trainer of stage i of `cfg` (from scratch, and its teacher, if any, a fresh supernet of
+    the teacher stage's bits: speed does not depend on weights) with its steps initialised and
+    one step taken, and the rest of epoch 0's batches."""
+    train_cfg = dataclasses.replace(stage_train_config(cfg, i), init_from=None)
+    if train_cfg.teacher_file is not None:
+        Supernet(cfg.model.space, cfg.stages[cfg.stages[i].teacher].bits).save(train_cfg.teacher_file)
     t = Trainer(dataclasses.replace(cfg, train=train_cfg))
     t.net.train()
     batches = train_batches(t.splits.train, cfg.data, 0, with_index=True)

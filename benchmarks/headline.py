@@ -52,7 +52,7 @@ def train_alone(cfg: ExperimentConfig, arch: Arch, seed: int, folder: str, d: di
                 distill: bool = False) -> str:
     """The run's stages with only `arch` trained (no sandwich; labels, or with `distill` its
     stages' teachers, its own earlier stages); the last supernet file."""
-    tcfg = dataclasses.replace(cfg.train, arch=arch.to_str(), seed=seed, teacher=None)
+    tcfg = dataclasses.replace(cfg.train, arch=arch.to_str(), seed=seed, teacher_file=None)
     stages = cfg.stages if distill else [dataclasses.replace(s, teacher=None) for s in cfg.stages]
     alone = dataclasses.replace(cfg, train=tcfg, stages=stages,
                                 run=dataclasses.replace(cfg.run, dir=folder, quiet=True))

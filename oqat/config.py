@@ -17,6 +17,11 @@ it is and why its default was chosen::
 For a field spanning several lines the comment goes on its last line. Comments
 are read from the class source with ``inspect`` and ``tokenize``; a class whose
 source is unavailable is described without comments.
+
+A dataclass whose fields were renamed or retyped may define a static
+``upgrade(data: dict) -> dict``: it maps the plain form older versions wrote to
+today's, so that their files (a run's config.yaml, the config kept in a supernet
+file) still load.
 """
 
 from __future__ import annotations
@@ -145,6 +150,8 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     """Build dataclass ``cls`` from a plain dict, type-checking every field."""
     if not isinstance(data, dict):
         raise ConfigError(f"section '{where or 'config'}' expects a mapping, got {_show(data)}")
+    if hasattr(cls, "upgrade"):
+        data = cls.upgrade(data)
     fields = {f.name: f for f in _init_fields(cls)}
     for key in data:
         if key not in fields:

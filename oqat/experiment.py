@@ -7,14 +7,17 @@ default, listed with its comment by `oqat config show`. Each dataclass checks it
 fields; `ExperimentConfig` checks what spans sections (stages against each other), so a
 bad config is refused as it is loaded, before any data is read or any step runs.
 
-Sections are added, never reshaped, so older configs keep loading. This module imports
+Sections are added, never reshaped, and a renamed field is read under its old name too
+(`TrainConfig.upgrade`), so older configs keep loading. This module imports
 no workflow module (train, pipeline, search...): they import it.
 """
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
 from .cost import METRICS
 from .data import DataConfig, check_source
+from .layout import RunLayout
 from .quant import FULL_PRECISION, check_precision
 from .space import Arch, ArchField, get_space
 
@@ -90,10 +93,10 @@ class TrainConfig:
     label_smoothing: float = 0.1  # for the largest subnet's label loss
     sandwich_random: int = 2  # random subnets per step besides the largest and the smallest
     distill: bool = True  # the other subnets learn from the largest's soft predictions (else labels)
-    teacher: str | None = None  # supernet file whose largest subnet every subnet (the largest too) learns from, fixed; None: the largest teaches (in-place)
-    bits: int | list[int] = 4  # weight and activation bits of this stage; 32 = full precision; a list (e.g. [2, 3, 4]): mixed precision, each block's bits searched with the architecture
+    teacher_file: str | None = None  # supernet file whose largest subnet every subnet (the largest too) learns from, fixed; None: the largest teaches (in-place). oqat run: the teacher of the stages that name none
+    bits: int | list[int] = 4  # weight and activation bits of this stage; 32 = full precision; a list (e.g. [2, 3, 4]): mixed precision, each block's bits searched with the architecture (oqat run: each stage's own)
     init_from: str | None = None  # supernet file to start from (oqat run: its first stage's start); None: from scratch
-    reinit_steps: bool | None = None  # LSQ steps from data at the start; None: only if init_from has no steps at these bits
+    reinit_steps: bool = False  # LSQ steps from data at the start even where init_from has steps at these bits (an ablation); else only where it has none (oqat run: each stage's own)
     checkpoint_every: int = 200  # also write last.pt every N steps (0: only at epoch ends)
     calib_images: int = 2000  # training images for BN recalibration before each validation
     log_every: int = 20  # steps between metrics.jsonl / TensorBoard entries
@@ -104,6 +107,16 @@ class TrainConfig:
     grad_clip: float = 5.0  # max global gradient norm (0: off); low-bit BN can spike gradients after inheritance
     elastic: list[ArchField] = field(default_factory=lambda: ["ks", "e", "d", "r"])  # Arch fields the sandwich varies; the others stay the largest's ([] trains the largest alone: OFA's progressive shrinking starts so). The supernet file keeps them, and a search explores only them
 
+    @staticmethod
+    def upgrade(data: dict) -> dict:
+        """Configs written before `teacher` was `teacher_file` and `reinit_steps` took null for false."""
+        data = dict(data)
+        if "teacher" in data:
+            data.setdefault("teacher_file", data.pop("teacher"))
+        if "reinit_steps" in data and data["reinit_steps"] is None:
+            data["reinit_steps"] = False
+        return data
+
     def __post_init__(self):
         self.bits = _precision(self.bits)
         _at_least(self, 1, "epochs", "calib_images", "log_every")
@@ -112,8 +125,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not (0 <= self.momentum < 1 and 0 <= self.label_smoothing < 1):
             raise ValueError("momentum and label_smoothing must be in [0, 1)")
-        if self.teacher is not None and not self.distill:
-            raise ValueError("teacher is set but distill is false: a teacher is distillation (set distill: true)")
+        if self.teacher_file is not None and not self.distill:
+            raise ValueError("teacher_file is set but distill is false: a teacher is distillation (set distill: true)")
 
 
 @dataclass
@@ -122,10 +135,10 @@ class StageConfig:
     epochs: int = 1  # training epochs of this stage
     lr: float | None = None  # peak learning rate; None: train.lr
     init: str = "previous"  # "previous": start from the last stage (the first: train.init_from), inheriting when bits drop; "scratch"
-    reinit_steps: bool = False  # ablation: LSQ steps from data instead of inherited (doubled) ones
+    reinit_steps: bool = False  # ablation: LSQ steps from data instead of inherited (doubled) ones (see train.reinit_steps)
     elastic: list[ArchField] | None = None  # Arch fields the sandwich varies in this stage (see train.elastic); None: train.elastic
     sandwich_random: int | None = None  # random subnets per step in this stage (see train.sandwich_random); None: train's
-    teacher: int | None = None  # index of an earlier stage whose final supernet's largest subnet teaches this stage (see train.teacher); None: train's
+    teacher: int | None = None  # index of an earlier stage whose final supernet's largest subnet teaches this stage; None: train.teacher_file
 
     def __post_init__(self):
         self.bits = _precision(self.bits)
@@ -239,7 +252,44 @@ def check_inputs(cfg: ExperimentConfig) -> None:
     """What a config needs from outside, checked before any work (`oqat run`, `oqat train`,
     `oqat config check`): its data is there or can be fetched, its start file exists."""
     check_source(cfg.data)
-    for name in ("init_from", "teacher"):
+    for name in ("init_from", "teacher_file"):
         path = getattr(cfg.train, name)
         if path is not None and not os.path.isfile(path):
             raise ValueError(f"train.{name} '{path}' not found")
+
+
+STAGE_SETS = ("bits", "epochs", "reinit_steps")  # train fields every stage of oqat run sets for itself
+STAGE_MAY_SET = ("lr", "elastic", "sandwich_random")  # stage fields that replace train's where the stage sets them
+
+
+def stage_train_config(cfg: ExperimentConfig, i: int) -> TrainConfig:
+    """Stage i's training settings as `oqat run` trains it: train's, with the stage's
+    STAGE_SETS, and its STAGE_MAY_SET where it sets them. It starts from the previous stage's
+    supernet (the first stage: train.init_from), or from scratch (init: scratch); it learns
+    from the supernet of the stage its `teacher` names, else from train.teacher_file. Where
+    the start has more bits, or the stage is mixed-precision, the run trains instead from the
+    start inherited to the stage's bits (`layout.TrainingLayout.inherited`; a mixed stage takes
+    each width's steps from the chain's stages)."""
+    st, run = cfg.stages[i], RunLayout(cfg.run.dir)
+
+    def supernet(j: int) -> str:
+        return run.stage(j, cfg.stages[j].bits).supernet
+
+    start = None if st.init == "scratch" else cfg.train.init_from if i == 0 else supernet(i - 1)
+    teacher = cfg.train.teacher_file if st.teacher is None else supernet(st.teacher)
+    return dataclasses.replace(cfg.train, init_from=start, teacher_file=teacher,
+                               **{f: getattr(st, f) for f in STAGE_SETS},
+                               **{f: getattr(st, f) for f in STAGE_MAY_SET if getattr(st, f) is not None})
+
+
+def check_run_fields(cfg: ExperimentConfig) -> None:
+    """No train field that `oqat run` would not read is set: those its stages set for themselves
+    (STAGE_SETS, set to other than their defaults), and a start file for a first stage from scratch."""
+    default = TrainConfig()
+    for name in STAGE_SETS:
+        if getattr(cfg.train, name) != getattr(default, name):
+            raise ValueError(f"train.{name} is set, but oqat run's stages set {name} (stages[i].{name}): "
+                             "set it there, or remove it from train")
+    if cfg.train.init_from is not None and cfg.stages[0].init == "scratch":
+        raise ValueError("train.init_from is set, but stages[0] starts from scratch (init: scratch): "
+                         "remove one of them")

@@ -19,7 +19,7 @@ import torch
 
 from . import checkpoint, config, data, distributed, faults, files
 from .cost import cost
-from .experiment import ExperimentConfig, check_inputs, parse_budget
+from .experiment import ExperimentConfig, check_inputs, check_run_fields, parse_budget, stage_train_config
 from .export import export_checkpoint
 from .inherit import inherit_file, mixed_file
 from .layout import RunLayout
@@ -28,8 +28,6 @@ from .report import precision_order, write_report
 from .search import family, search, write_outputs
 from .space import Arch
 from .train import train
-
-STAGE_OVERRIDES = ("lr", "elastic", "sandwich_random")  # StageConfig fields that, when set, replace train's
 
 
 def precision_key(bits) -> int | str:
@@ -47,48 +45,31 @@ def _log(text: str, d: distributed.Dist = distributed.Dist()) -> None:
         print(f"[oqat run] {text}", flush=True)
 
 
-def stage_train_config(cfg: ExperimentConfig, i: int, init: str | None = None, reinit: bool | None = None):
-    """Stage i's training settings: train's, with the stage's bits, epochs and the fields it sets;
-    a stage's teacher is the supernet file of the earlier stage it names."""
-    st = cfg.stages[i]
-    overrides = {f: getattr(st, f) for f in STAGE_OVERRIDES if getattr(st, f) is not None}
-    if st.teacher is not None:
-        teacher = cfg.stages[st.teacher]
-        overrides["teacher"] = RunLayout(cfg.run.dir).stage(st.teacher, teacher.bits).supernet
-    return dataclasses.replace(cfg.train, bits=st.bits, epochs=st.epochs, init_from=init, reinit_steps=reinit,
-                               **overrides)
-
-
 def run_stages(cfg: ExperimentConfig, d: distributed.Dist = distributed.Dist()) -> list[dict]:
     """Train the stages not yet done. Under torchrun every rank trains each stage (`d`, the
     caller's group); rank 0 writes what lies between stages, the others wait for it."""
-    run = RunLayout(cfg.run.dir)
-    done, previous = [], cfg.train.init_from  # the first stage starts from train.init_from, if given
+    run, done = RunLayout(cfg.run.dir), []
     for i, st in enumerate(cfg.stages):
         stage = run.stage(i, st.bits)
         if not os.path.isfile(stage.supernet):
-            init, reinit = None, None
-            if st.init == "previous" and previous is not None:
-                init = previous
+            t = stage_train_config(cfg, i)
+            if t.init_from is not None:
                 if isinstance(st.bits, list):  # each width's steps from the last stage that trained it
-                    init = stage.inherited
-                    chain = {s["bits"]: os.path.join(cfg.run.dir, s["supernet"]) for s in done}
-                    if d.main and not os.path.isfile(init):
-                        mixed_file(previous, st.bits, chain, init)
+                    if d.main and not os.path.isfile(stage.inherited):
+                        chain = {s["bits"]: os.path.join(cfg.run.dir, s["supernet"]) for s in done}
+                        mixed_file(t.init_from, st.bits, chain, stage.inherited)
                     distributed.barrier(d)
-                elif (prev_bits := files.load_supernet(previous)[0].bits) != FULL_PRECISION and st.bits < prev_bits:
-                    init = stage.inherited
-                    if d.main and not os.path.isfile(init):
-                        inherit_file(previous, st.bits, init, st.reinit_steps)
+                    t = dataclasses.replace(t, init_from=stage.inherited)
+                elif (start_bits := files.load_supernet(t.init_from)[0].bits) != FULL_PRECISION \
+                        and st.bits < start_bits:  # bit inheritance
+                    if d.main and not os.path.isfile(stage.inherited):
+                        inherit_file(t.init_from, st.bits, stage.inherited, st.reinit_steps)
                     distributed.barrier(d)
-                reinit = True if st.reinit_steps else None
-            elif st.reinit_steps:
-                reinit = True
+                    t = dataclasses.replace(t, init_from=stage.inherited)
             _log(f"stage {i}: {_label(st.bits)} supernet, {st.epochs} epoch(s)"
-                 f"{f' from {run.relative(init)}' if init else ' from scratch'}"
+                 f"{f' from {run.relative(t.init_from)}' if t.init_from else ' from scratch'}"
                  f"{f', taught by stage {st.teacher}' if st.teacher is not None else ''}", d)
-            stage_cfg = dataclasses.replace(cfg, train=stage_train_config(cfg, i, init, reinit),
-                                            run=dataclasses.replace(cfg.run, dir=stage.root))
+            stage_cfg = dataclasses.replace(cfg, train=t, run=dataclasses.replace(cfg.run, dir=stage.root))
             start = time.time()
             train(stage_cfg)
             if d.main:
@@ -98,7 +79,6 @@ def run_stages(cfg: ExperimentConfig, d: distributed.Dist = distributed.Dist()) 
         done.append({"index": i, "bits": st.bits, "epochs": st.epochs, "dir": run.relative(stage.root),
                      "supernet": run.relative(stage.supernet), "wall_s": info.get("wall_s"),
                      "metrics": _last_epoch(stage.metrics)})
-        previous = stage.supernet
     return done
 
 
@@ -172,8 +152,10 @@ def run_export(cfg: ExperimentConfig, supernets: dict[int | str, str], searches:
 
 
 def check_run(cfg: ExperimentConfig) -> None:
-    """What a run needs from outside (data, start files) and budgets it can search (no latency
-    table in a run), checked before any work: the config itself was checked as it loaded."""
+    """No train field it would not read, what a run needs from outside (data, start files) and
+    budgets it can search (no latency table in a run), checked before any work: the config
+    itself was checked as it loaded."""
+    check_run_fields(cfg)
     check_inputs(cfg)
     for budget in cfg.search.budgets + ([f"{cfg.search.metric}<=1"] if cfg.search.metric else []):
         parse_budget(budget)

@@ -2,7 +2,7 @@
 
 A step is the sandwich rule: the largest subnet learns from the labels, the smallest and
 `sandwich_random` random subnets from the largest's soft predictions (in-place
-distillation), or all of them from a fixed teacher's (`train.teacher`); gradients add up
+distillation), or all of them from a fixed teacher's (`train.teacher_file`); gradients add up
 over the subnets, then one SGD step. The step's
 resolution and random subnets come from a generator seeded by (seed, step) and the data
 order from (seed, epoch, batch), so a run resumed from `last.pt` replays exactly the
@@ -113,7 +113,7 @@ class Teacher:
                  channels_last: bool):
         net, ckpt = files.load_supernet(path)
         if (net.space.in_channels, net.space.num_classes) != (student.in_channels, student.num_classes):
-            raise ValueError(f"train.teacher '{path}' is for {net.space.in_channels}-channel, "
+            raise ValueError(f"train.teacher_file '{path}' is for {net.space.in_channels}-channel, "
                              f"{net.space.num_classes}-class data; this run's data has {student.in_channels} "
                              f"channels, {student.num_classes} classes")
         net.set_arch(trained_arch(net, ckpt, path))
@@ -180,14 +180,14 @@ class Trainer:
         self.val: dict = {}
         self.autocast = torch.autocast(self.dist.device.type, dtype=torch.bfloat16,
                                        enabled=t.amp and self.dist.device.type == "cuda")
-        self.teacher = None if t.teacher is None else \
-            Teacher(t.teacher, self.splits, cfg.data, self.space, self.dist.device, t.channels_last)
+        self.teacher = None if t.teacher_file is None else \
+            Teacher(t.teacher_file, self.splits, cfg.data, self.space, self.dist.device, t.channels_last)
 
     def _build(self, space) -> tuple[Supernet, bool]:
         """The supernet to train and whether its steps are to be set from data."""
         t = self.cfg.train
         if t.init_from is None:
-            return Supernet(space, t.bits), t.reinit_steps is not False
+            return Supernet(space, t.bits), True
         net, ckpt = files.load_supernet(t.init_from, SUPERNET_FORMAT, FORMAT)
         if net.space.with_bits(()) != space:
             raise ValueError(f"train.init_from '{t.init_from}' holds a '{net.space.name}' supernet for "
@@ -204,7 +204,7 @@ class Trainer:
         else:
             has_steps = ckpt["bits"] == bits and not ckpt.get(REINIT_KEY, False)
             set_bits_(net, bits)
-        return net, (not has_steps) if t.reinit_steps is None else t.reinit_steps
+        return net, t.reinit_steps or not has_steps
 
     # --- the loop -----------------------------------------------------------------------
     def run(self) -> dict:

@@ -1,6 +1,7 @@
 """The experiment config: every workflow's settings in one place, checked before any work;
 the sub-commands' options are its fields; the package's imports form no circle."""
 import ast
+import dataclasses
 import json
 import os
 import pathlib
@@ -13,7 +14,14 @@ import pytest
 import oqat
 from oqat import cli, config
 from oqat.cli import build_parser, main, settings
-from oqat.experiment import AnalysisConfig, ExperimentConfig, ExportSettings, SearchSettings
+from oqat.experiment import (
+    AnalysisConfig,
+    ExperimentConfig,
+    ExportSettings,
+    SearchSettings,
+    TrainConfig,
+    stage_train_config,
+)
 from oqat.space import MINI
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion-mnist.yaml")
@@ -53,7 +61,7 @@ def test_a_bad_config_is_refused_before_any_work(command, override, message, tmp
     (["data.root=/nonexistent", "data.name=imagefolder"], "'/nonexistent/train' not found"),
     (["search.budgets=['latency<=3']"], "latency needs --latency-table"),
     (["train.init_from=/nonexistent.pt"], "train.init_from '/nonexistent.pt' not found"),
-    (["train.teacher=/nonexistent.pt"], "train.teacher '/nonexistent.pt' not found"),
+    (["train.teacher_file=/nonexistent.pt"], "train.teacher_file '/nonexistent.pt' not found"),
 ])
 def test_run_checks_its_data_and_budgets_before_any_work(overrides, message, tmp_path, capsys):
     run_dir = tmp_path / "run"
@@ -65,6 +73,48 @@ def test_run_checks_its_data_and_budgets_before_any_work(overrides, message, tmp
     if "budgets" not in overrides[0]:  # `oqat train` has no budgets; it checks the rest the same way
         assert main(["train", *argv]) == 2 and message in capsys.readouterr().err
         assert main(["config", "check", *argv]) == 2 and message in capsys.readouterr().err
+
+
+def test_each_stage_trains_train_s_settings_with_its_own(tmp_path):
+    cfg = config.load(ExperimentConfig, None, [
+        f"run.dir={tmp_path}", "train.lr=0.3", "train.sandwich_random=1", "train.elastic=[ks, e, d]",
+        "train.init_from=start.pt", "train.teacher_file=teacher.pt", "train.seed=7",
+        "stages=[{bits: 32, epochs: 2, elastic: []}, {bits: 4, epochs: 3, lr: 0.1, sandwich_random: 2},"
+        " {bits: 2, reinit_steps: true, teacher: 0}, {bits: 2, init: scratch}]"])
+    stage = [os.path.join(tmp_path, "stages", name, "supernet.pt") for name in ("0-fp", "1-4bit", "2-2bit")]
+    t = [stage_train_config(cfg, i) for i in range(4)]
+    assert [(x.bits, x.epochs, x.lr, x.sandwich_random, x.elastic, x.reinit_steps) for x in t] == [
+        (32, 2, 0.3, 1, [], False), (4, 3, 0.1, 2, ["ks", "e", "d"], False),
+        (2, 1, 0.3, 1, ["ks", "e", "d"], True), (2, 1, 0.3, 1, ["ks", "e", "d"], False)]
+    assert [x.init_from for x in t] == ["start.pt", stage[0], stage[1], None]  # the last from scratch
+    assert [x.teacher_file for x in t] == ["teacher.pt", "teacher.pt", stage[0], "teacher.pt"]
+    assert {x.seed for x in t} == {7}  # what no stage sets is train's
+    assert stage_train_config(cfg, 1) == dataclasses.replace(
+        cfg.train, bits=4, epochs=3, lr=0.1, sandwich_random=2, init_from=stage[0])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.bits=2", "train.bits is set, but oqat run's stages set bits (stages[i].bits)"),
+    ("train.epochs=5", "train.epochs is set, but oqat run's stages set epochs (stages[i].epochs)"),
+    ("train.reinit_steps=true", "train.reinit_steps is set, but oqat run's stages set reinit_steps"),
+    ("train.init_from=s.pt", "train.init_from is set, but stages[0] starts from scratch"),
+])
+def test_a_run_refuses_the_train_fields_its_stages_set(override, message, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["run", CONFIG, f"run.dir={run_dir}", "stages=[{bits: 4, init: scratch}]", override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not run_dir.exists()
+
+
+def test_a_config_written_before_teacher_file_loads_as_it_meant():
+    old = config.to_dict(ExperimentConfig())
+    old["train"] = {k: v for k, v in old["train"].items() if k != "teacher_file"}
+    old["train"].update(teacher="t.pt", reinit_steps=None)
+    train = config.from_dict(ExperimentConfig, old).train
+    assert train == TrainConfig(teacher_file="t.pt", reinit_steps=False)
+    with pytest.raises(config.ConfigError, match="unknown field 'train.teacher'"):  # today's name on the command line
+        config.apply_overrides(ExperimentConfig(), ["train.teacher=t.pt"])
 
 
 @pytest.mark.slow

@@ -243,8 +243,8 @@ def test_a_second_run_or_train_on_a_busy_run_dir_is_refused_and_a_crash_frees_it
     first = start(run, ONE_STAGE, pause_at="checkpoint")
     assert paused(first)
     snapshot = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
-    for command in ("run", "train"):
-        second = start(run, "train.epochs=1", command=command)
+    for command, extra in (("run", []), ("train", ["train.epochs=1"])):  # a run refuses train.epochs
+        second = start(run, *extra, command=command)
         out, err = second.communicate(timeout=120)
         assert second.returncode == 2 and err == (
             f"oqat {command}: error: run.dir '{run}' is in use by another oqat process (pid {first.pid}); "

@@ -224,14 +224,14 @@ def test_each_step_is_a_sandwich_with_inplace_distillation(tmp_path):
     for name, g in want.items():
         assert torch.allclose(grads[name], g, rtol=1e-4, atol=1e-6), name
 def test_a_teacher_teaches_every_subnet_of_the_sandwich(tmp_path):
-    """With train.teacher every subnet, the largest too, learns from the fixed teacher's soft
+    """With train.teacher_file every subnet, the largest too, learns from the fixed teacher's soft
     predictions (its largest subnet, eval mode); on in-memory images without augmentation
     they are computed once and looked up by image, the same as running the teacher."""
     space = get_space("mini").with_data(1, 10)
     torch.manual_seed(5)
     teacher = Supernet(space, 32)
     teacher.save(str(tmp_path / "teacher.pt"))
-    cfg = tiny(tmp_path / "run", f"train.teacher={tmp_path / 'teacher.pt'}", "train.bits=32", "train.grad_clip=0",
+    cfg = tiny(tmp_path / "run", f"train.teacher_file={tmp_path / 'teacher.pt'}", "train.bits=32", "train.grad_clip=0",
                "data.augment=false")
     t = Trainer(cfg)
     assert t.teacher.table.shape == (len(t.splits.train), 10)
@@ -251,16 +251,16 @@ def test_a_teacher_teaches_every_subnet_of_the_sandwich(tmp_path):
         expected.append(F.cross_entropy(ref(xr), targets))
     assert torch.allclose(losses, torch.stack(expected).detach(), rtol=1e-5, atol=1e-6)
     # Augmented images differ at every step: the teacher runs on each batch.
-    augmented = Trainer(tiny(tmp_path / "aug", f"train.teacher={tmp_path / 'teacher.pt'}", "data.augment=true"))
+    augmented = Trainer(tiny(tmp_path / "aug", f"train.teacher_file={tmp_path / 'teacher.pt'}", "data.augment=true"))
     assert augmented.teacher.table is None
     # A standalone training's file teaches with the one architecture it trained.
     alone = "mini:r28:k5e3-k3e2.k3e2-k3e2-k7e4"
     teacher.save(str(tmp_path / "alone.pt"), {"config": {"train": {"arch": alone}}})
-    t = Trainer(tiny(tmp_path / "alone", f"train.teacher={tmp_path / 'alone.pt'}", "data.augment=false"))
+    t = Trainer(tiny(tmp_path / "alone", f"train.teacher_file={tmp_path / 'alone.pt'}", "data.augment=false"))
     assert t.teacher.net.arch.to_str() == alone
     Supernet(get_space("mini").with_data(1, 5), 32).save(str(tmp_path / "five.pt"))
-    with pytest.raises(ValueError, match="train.teacher .*five.pt' is for 1-channel, 5-class data"):
-        Trainer(tiny(tmp_path / "five", f"train.teacher={tmp_path / 'five.pt'}"))
+    with pytest.raises(ValueError, match="train.teacher_file .*five.pt' is for 1-channel, 5-class data"):
+        Trainer(tiny(tmp_path / "five", f"train.teacher_file={tmp_path / 'five.pt'}"))
 
 
 def test_elastic_fields_limit_what_the_sandwich_varies(tmp_path):
@@ -293,7 +293,7 @@ def test_a_stage_may_set_its_own_elastic_fields_random_subnets_and_teacher(tmp_p
     seen = []
 
     def record(cfg):  # what each stage would train, and the file the next stage starts from
-        seen.append((cfg.train.sandwich_random, cfg.train.elastic, cfg.train.teacher))
+        seen.append((cfg.train.sandwich_random, cfg.train.elastic, cfg.train.teacher_file))
         Supernet(get_space("mini").with_data(3, 10), cfg.train.bits).save(os.path.join(cfg.run.dir, "supernet.pt"))
 
     monkeypatch.setattr(pipeline, "train", record)
