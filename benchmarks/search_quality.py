@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from oqat.experiment import parse_budget
+from oqat.budget import Budget
 from oqat.files import open_supernet
 from oqat.search import Scorer, dominated, sample_points, search
 
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = p.parse_args(argv)
     net, data_cfg, splits = open_supernet(args.checkpoint, args.data)
-    budgets = [parse_budget(b) for b in args.budget]
+    budgets = [Budget.parse(b) for b in args.budget]
     metric = budgets[0].metric if budgets else "bitops"
     result = search(net, data_cfg, splits, budgets, args.population, args.generations, args.seed,
                     calib_images=args.calib_images, val_images=args.val_images, use_predictor=args.predictor,

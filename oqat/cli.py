@@ -394,27 +394,21 @@ def add_search(sub):
 
 
 def cmd_search(args):
-    from .experiment import LATENCY, parse_budget
+    from .budget import LATENCY
     from .files import load_latency_table, load_pairs
     from .layout import SearchLayout
     from .search import search, write_outputs
     latency = args.latency_table is not None
-
-    def budgets_of(s):
-        if s.metric is not None:
-            parse_budget(f"{s.metric}<=1", latency)  # same check and message as a budget's metric
-        return [parse_budget(b, latency) for b in s.budgets]
-
-    budgets_of(settings(args).search)  # the options given: their mistakes stop before the data loads
+    settings(args).search.check_metrics(latency)  # the options given: their mistakes stop before the data loads
     net, cfg, data_cfg, splits = _open(args)
     s = cfg.search
-    budgets = budgets_of(s)
+    s.check_metrics(latency)
     table = load_latency_table(args.latency_table, net.space, net.bits) if latency else None
     if table:
         print(f"  latency table: {len(table['ms'])} subnets at {table['bits']} bits on {table['device']}, "
               f"{table['threads']} thread(s)", file=sys.stderr)
     pairs = load_pairs(args.pairs, net.space) if args.pairs else None
-    result = search(net, data_cfg, splits, budgets, s.population, s.generations, s.seed, s.metric,
+    result = search(net, data_cfg, splits, s.budgets, s.population, s.generations, s.seed, s.metric,
                     s.calib_images, s.val_images, table and table["ms"], s.predictor or pairs is not None, pairs,
                     log=lambda text: print(f"  {text}", file=sys.stderr, flush=True))
     write_outputs(result, args.out)

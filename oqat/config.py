@@ -6,7 +6,9 @@ annotation, so a typo or a wrong type stops the run with one line naming the fie
 
 Supported annotations: ``int``, ``float`` (ints accepted), ``bool`` (real bools
 only), ``str``, ``X | None``, ``list[X]``, ``tuple[X, ...]``, ``tuple[X, Y]``,
-``Literal[...]``, nested dataclasses and ``list[SomeDataclass]``.
+``Literal[...]``, nested dataclasses and ``list[SomeDataclass]``, and a class written
+as text: one with a ``parse(text)`` classmethod whose ``str()`` gives the text back
+(e.g. ``budget.Budget``, ``bitops<=3e7``), held parsed and dumped as text.
 
 Comment convention (read by :func:`describe`, shown by ``oqat config show``):
 each field is declared on its own line and ends with a ``#`` comment saying what
@@ -75,6 +77,10 @@ def _init_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.init]
 
 
+def _is_text_type(tp: Any) -> bool:
+    return isinstance(tp, type) and callable(getattr(tp, "parse", None))
+
+
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against annotation ``tp``; return it in the annotated form."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -106,6 +112,15 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 f"field '{where}' expects {len(args)} items ({_type_name(tp)}), got {_show(value)}"
             )
         return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if _is_text_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, str):
+            raise ConfigError(f"field '{where}' expects {_type_name(tp)} text, got {_show(value)}")
+        try:
+            return tp.parse(value)
+        except ValueError as e:
+            raise ConfigError(f"field '{where}': {e}") from None
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -169,6 +184,8 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
 
 def to_dict(cfg: Any) -> Any:
     """Plain, YAML-serialisable form of a config (tuples become lists)."""
+    if _is_text_type(type(cfg)):
+        return str(cfg)
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         return {f.name: to_dict(getattr(cfg, f.name)) for f in _init_fields(type(cfg))}
     if isinstance(cfg, (list, tuple)):

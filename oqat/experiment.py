@@ -15,7 +15,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from .cost import METRICS
+from .budget import Budget, check_metric
 from .data import DataConfig, check_source
 from .layout import RunLayout
 from .quant import FULL_PRECISION, check_precision
@@ -33,40 +33,6 @@ def _at_least(obj, minimum, *names: str) -> None:
         value = getattr(obj, name)
         if value is not None and value < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-LATENCY = "latency"  # a budget metric read from a measured latency table (ms)
-
-
-class BudgetError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class Budget:
-    metric: str  # one of cost.METRICS, or "latency" with a latency table
-    limit: float  # the largest allowed value
-
-    def __str__(self) -> str:
-        return f"{self.metric}<={self.limit:g}"
-
-
-def parse_budget(text: str, latency: bool = False) -> Budget:
-    """`metric<=value`, e.g. `bitops<=2e8`; `latency` only when a latency table is given."""
-    valid = METRICS + ((LATENCY,) if latency else ())
-    metric, sep, value = text.replace(" ", "").partition("<=")
-    if not sep:
-        raise BudgetError(f"budget {text!r} must look like METRIC<=VALUE, e.g. bitops<=2e8")
-    if metric not in valid:
-        hint = "" if latency else f" ({LATENCY} needs --latency-table)"
-        raise BudgetError(f"unknown budget metric {metric!r}; valid: {', '.join(valid)}{hint}")
-    try:
-        limit = float(value)
-    except ValueError:
-        raise BudgetError(f"budget {text!r}: {value!r} is not a number") from None
-    if not limit > 0:
-        raise BudgetError(f"budget {text!r}: the limit must be a positive number")
-    return Budget(metric, limit)
 
 
 @dataclass
@@ -152,7 +118,7 @@ class StageConfig:
 
 @dataclass
 class SearchSettings:
-    budgets: list[str] = field(default_factory=list)  # METRIC<=VALUE each, e.g. bitops<=3e7 (quote it in a shell: --budget 'bitops<=3e7'); empty: the whole front
+    budgets: list[Budget] = field(default_factory=list)  # METRIC<=VALUE each, e.g. bitops<=3e7 (quote it in a shell: --budget 'bitops<=3e7'); empty: the whole front
     metric: str | None = None  # cost objective; None: the first budget's metric, else bitops
     population: int = 16  # NSGA-II population
     generations: int = 4  # offspring rounds after the first population
@@ -166,15 +132,17 @@ class SearchSettings:
         f = self.family
         if len(f) != 3 or not all(a < b for a, b in zip([0.0, *f], f)) or f[-1] > 1:
             raise ValueError(f"family must be 3 increasing fractions in (0, 1] (S, M, L), got {f}")
-        # Latency budgets need a measured table, which only `oqat search --latency-table` gives;
-        # `oqat run` checks its budgets without latency before it starts.
-        for budget in self.budgets:
-            parse_budget(budget, latency=True)
         if self.metric is not None:
-            parse_budget(f"{self.metric}<=1", latency=True)  # the same check and message as a budget's metric
+            check_metric(self.metric)
         _at_least(self, 2, "population")
         _at_least(self, 0, "generations")
         _at_least(self, 1, "val_images", "calib_images")
+
+    def check_metrics(self, latency: bool) -> None:
+        """Its budgets' metrics and `metric` can be computed: latency only with a latency table,
+        which `oqat search --latency-table` gives and `oqat run` never has."""
+        for metric in [b.metric for b in self.budgets] + ([self.metric] if self.metric else []):
+            check_metric(metric, latency)
 
 
 @dataclass

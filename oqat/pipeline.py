@@ -19,7 +19,7 @@ import torch
 
 from . import checkpoint, config, data, distributed, faults, files
 from .cost import cost
-from .experiment import ExperimentConfig, check_inputs, check_run_fields, parse_budget, stage_train_config
+from .experiment import ExperimentConfig, check_inputs, check_run_fields, stage_train_config
 from .export import export_checkpoint
 from .inherit import inherit_file, mixed_file
 from .layout import RunLayout
@@ -91,7 +91,6 @@ def final_supernets(cfg: ExperimentConfig, stages: list[dict]) -> dict[int | str
 def run_search(cfg: ExperimentConfig, supernets: dict[int | str, str]) -> dict[int | str, dict]:
     """Each precision's search (pareto.json), with its S/M/L family named from the front."""
     results = {}
-    budgets = [parse_budget(b) for b in cfg.search.budgets]
     for key, path in sorted(supernets.items(), key=lambda kv: precision_order(kv[0])):
         out = RunLayout(cfg.run.dir).search(key)
         net, ckpt = files.load_supernet(path)
@@ -100,7 +99,7 @@ def run_search(cfg: ExperimentConfig, supernets: dict[int | str, str]) -> dict[i
                  f"{cfg.search.generations} generations")
             data_cfg = ckpt["data"] or cfg.data
             s = cfg.search
-            result = search(net, data_cfg, data.load_splits(data_cfg), budgets, population=s.population,
+            result = search(net, data_cfg, data.load_splits(data_cfg), s.budgets, population=s.population,
                             generations=s.generations, seed=s.seed, metric=s.metric, calib_images=s.calib_images,
                             val_images=s.val_images, use_predictor=s.predictor,
                             log=lambda text: None if cfg.run.quiet else print(f"  {text}", flush=True))
@@ -157,8 +156,7 @@ def check_run(cfg: ExperimentConfig) -> None:
     itself was checked as it loaded."""
     check_run_fields(cfg)
     check_inputs(cfg)
-    for budget in cfg.search.budgets + ([f"{cfg.search.metric}<=1"] if cfg.search.metric else []):
-        parse_budget(budget)
+    cfg.search.check_metrics(latency=False)
 
 
 def run_pipeline(cfg: ExperimentConfig) -> dict:

@@ -27,10 +27,10 @@ from pymoo.problems.static import StaticProblem
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from . import checkpoint, data, faults
-from .cost import METRICS, cost
+from .budget import LATENCY, Budget, BudgetError, check_metric
+from .cost import cost
 from .data import DataConfig, Splits
 from .evaluate import evaluate
-from .experiment import LATENCY, Budget, BudgetError
 from .layout import SearchLayout
 from .predictor import Predictor
 from .space import Arch, SearchSpace
@@ -235,8 +235,7 @@ def search(supernet: Supernet, data_cfg: DataConfig, splits: Splits, budgets: li
     metric = metric or (budgets[0].metric if budgets else "bitops")
     costs = Costs(space, supernet.bits, latency)
     for name in [metric] + [b.metric for b in budgets]:
-        if name not in METRICS + ((LATENCY,) if latency else ()):
-            raise BudgetError(f"unknown metric {name!r}; valid: {', '.join(METRICS)}")
+        check_metric(name, latency is not None)
     costs.check(budgets)
     # Calibration subset seeded as `prepare_subnet(..., seed=seed)`: the front's numbers are reproducible.
     scorer = Scorer(supernet, data_cfg, splits, calib_images, val_images, seed)

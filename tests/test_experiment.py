@@ -13,6 +13,7 @@ import pytest
 
 import oqat
 from oqat import cli, config
+from oqat.budget import Budget
 from oqat.cli import build_parser, main, settings
 from oqat.experiment import (
     AnalysisConfig,
@@ -107,6 +108,20 @@ def test_a_run_refuses_the_train_fields_its_stages_set(override, message, tmp_pa
     assert not run_dir.exists()
 
 
+def test_budgets_are_parsed_as_the_config_loads_and_dumped_as_text(tmp_path):
+    cfg = config.load(ExperimentConfig, None, ["search.budgets=['bitops<=3e7', 'latency <= 2.5']"])
+    assert cfg.search.budgets == [Budget("bitops", 3e7), Budget("latency", 2.5)]
+    config.dump(cfg, tmp_path / "config.yaml")
+    assert "- bitops<=3e+07\n" in (tmp_path / "config.yaml").read_text()
+    assert config.load(ExperimentConfig, str(tmp_path / "config.yaml")) == cfg
+    assert "budgets: [bitops<=3e+07, latency<=2.5]  #" in config.describe(cfg)
+    cfg.search.check_metrics(latency=True)
+    with pytest.raises(ValueError, match="latency needs --latency-table"):
+        cfg.search.check_metrics(latency=False)
+    with pytest.raises(config.ConfigError, match=r"^field 'search.budgets\[0\]' expects Budget text, got 3$"):
+        config.apply_overrides(cfg, ["search.budgets=[3]"])
+
+
 def test_a_config_written_before_teacher_file_loads_as_it_meant():
     old = config.to_dict(ExperimentConfig())
     old["train"] = {k: v for k, v in old["train"].items() if k != "teacher_file"}
@@ -161,7 +176,7 @@ def test_each_subcommand_option_is_a_config_field_with_its_default(capsys):
         assert getattr(settings(parser.parse_args(argv)), section) == getattr(defaults, section)
     args = parser.parse_args(["search", "s.pt", "--population", "6", "--budget", "bitops<=1e7",
                               "--budget", "macs<=1e6", "--predictor", "--val-images", "null"])
-    assert settings(args).search == SearchSettings(population=6, budgets=["bitops<=1e7", "macs<=1e6"],
+    assert settings(args).search == SearchSettings(population=6, budgets=[Budget("bitops", 1e7), Budget("macs", 1e6)],
                                                    predictor=True, val_images=None)
     args = parser.parse_args(["search", "s.pt", "--population", "1"])
     with pytest.raises(config.ConfigError, match="population must be >= 2"):

@@ -6,9 +6,9 @@ import pytest
 from test_evaluate import DATA, TINY, run_cli, tiny_run
 
 from oqat import search as S
+from oqat.budget import Budget, BudgetError, check_metric
 from oqat.cost import METRICS, cost
 from oqat.data import load_splits
-from oqat.experiment import Budget, BudgetError, parse_budget
 from oqat.files import load_latency_table, load_supernet
 from oqat.space import Arch
 
@@ -57,7 +57,7 @@ def test_search_front_is_feasible_non_dominated_and_nothing_is_evaluated_twice(m
     monkeypatch.setattr(S, "evaluate", lambda *a, **k: calls.append(1) or real_evaluate(*a, **k))
     net, _ = load_supernet(tiny_run())
     limit = median_bitops()
-    budgets = [parse_budget(f"bitops<={limit}"), parse_budget("params<=1e9")]
+    budgets = [Budget.parse(f"bitops<={limit}"), Budget.parse("params<=1e9")]
     result = S.search(net, DATA, load_splits(DATA), budgets, population=8, generations=4, seed=0,
                       calib_images=128, log=lambda _: None)
     archs = [p["arch"] for p in result.evaluated]
@@ -100,15 +100,23 @@ def test_budget_errors():
     least = cost(TINY.smallest(), TINY, 4)["bitops"]
     costs = S.Costs(TINY, 4)
     with pytest.raises(BudgetError, match=rf"smallest achievable bitops is {least:g} \(evaltiny:r12:k3e2-k3e2"):
-        costs.check([parse_budget(f"bitops<={least - 1}")])
-    costs.check([parse_budget(f"bitops<={least}")])
+        costs.check([Budget.parse(f"bitops<={least - 1}")])
+    costs.check([Budget.parse(f"bitops<={least}")])
     with pytest.raises(BudgetError, match="unknown budget metric 'flops'; valid: macs, params, bitops, "
+                                            "flops_q, size_bits, latency$"):
+        Budget.parse("flops<=3")
+    with pytest.raises(BudgetError, match="unknown budget metric 'latency'; valid: macs, params, bitops, "
                                             "flops_q, size_bits .latency needs --latency-table"):
-        parse_budget("flops<=3")
-    assert parse_budget("latency <= 2.5", latency=True) == Budget("latency", 2.5)
+        check_metric("latency", latency=False)
+    check_metric("latency", latency=True)
+    assert Budget.parse("latency <= 2.5") == Budget("latency", 2.5)
     for bad in ("bitops=3", "bitops<=x", "bitops<=0"):
         with pytest.raises(BudgetError, match="bitops"):
-            parse_budget(bad)
+            Budget.parse(bad)
+    for limit in (3e7, 2.5, 123456789.0, 0.1):  # the text a config dumps reads back as the same budget
+        budget = Budget("bitops", limit)
+        assert Budget.parse(str(budget)) == budget
+    assert str(Budget("bitops", 3e7)) == "bitops<=3e+07"
 
 
 def latency_table(path, ms: dict, bits: int = 4) -> dict:
