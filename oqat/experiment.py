@@ -117,7 +117,7 @@ class StageConfig:
 
 
 @dataclass
-class SearchSettings:
+class SearchConfig:
     budgets: list[Budget] = field(default_factory=list)  # METRIC<=VALUE each, e.g. bitops<=3e7 (quote it in a shell: --budget 'bitops<=3e7'); empty: the whole front
     metric: str | None = None  # cost objective; None: the first budget's metric, else bitops
     population: int = 16  # NSGA-II population
@@ -146,7 +146,7 @@ class SearchSettings:
 
 
 @dataclass
-class ExportSettings:
+class ExportConfig:
     enabled: bool = True  # export the S/M/L family of each bit-width
     test_images: int = 1000  # test images for the model card's accuracy and ONNX parity
     speed_rounds: int = 5  # rounds of timing the export against its fp32 self, batch 1 and 16, in each runtime (0: skip)
@@ -181,8 +181,8 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)  # one training stage (oqat train; oqat run's stages start from it)
     run: RunConfig = field(default_factory=RunConfig)  # outputs
     stages: list[StageConfig] = field(default_factory=_default_stages)  # oqat run: training stages in order (bit inheritance between them)
-    search: SearchSettings = field(default_factory=SearchSettings)  # oqat run and oqat search/eval/sample: Pareto search
-    export: ExportSettings = field(default_factory=ExportSettings)  # oqat run and oqat export: the S/M/L family
+    search: SearchConfig = field(default_factory=SearchConfig)  # oqat run and oqat search/eval/sample: Pareto search
+    export: ExportConfig = field(default_factory=ExportConfig)  # oqat run and oqat export: the S/M/L family
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)  # oqat analyze: quantization-friendly traits
 
     def __post_init__(self):

@@ -10,7 +10,7 @@ from oqat.cli import main
 from oqat.config import to_dict
 from oqat.data import calib_batches, eval_batches, load_splits
 from oqat.evaluate import evaluate
-from oqat.experiment import ExperimentConfig, SearchSettings
+from oqat.experiment import ExperimentConfig, SearchConfig
 from oqat.files import load_supernet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,7 +23,7 @@ def run_file(tmp_path_factory) -> str:
     trained at 16 px only."""
     net, ckpt = load_supernet(tiny_run())
     net.elastic = ("ks", "e", "d")
-    cfg = ExperimentConfig(data=DATA, search=SearchSettings(calib_images=64, seed=3))
+    cfg = ExperimentConfig(data=DATA, search=SearchConfig(calib_images=64, seed=3))
     path = str(tmp_path_factory.mktemp("run") / "supernet.pt")
     net.save(path, {"data": to_dict(DATA), "config": to_dict(cfg)})
     return path

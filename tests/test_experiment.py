@@ -18,8 +18,8 @@ from oqat.cli import build_parser, main, settings
 from oqat.experiment import (
     AnalysisConfig,
     ExperimentConfig,
-    ExportSettings,
-    SearchSettings,
+    ExportConfig,
+    SearchConfig,
     TrainConfig,
     stage_train_config,
 )
@@ -176,14 +176,14 @@ def test_each_subcommand_option_is_a_config_field_with_its_default(capsys):
         assert getattr(settings(parser.parse_args(argv)), section) == getattr(defaults, section)
     args = parser.parse_args(["search", "s.pt", "--population", "6", "--budget", "bitops<=1e7",
                               "--budget", "macs<=1e6", "--predictor", "--val-images", "null"])
-    assert settings(args).search == SearchSettings(population=6, budgets=[Budget("bitops", 1e7), Budget("macs", 1e6)],
+    assert settings(args).search == SearchConfig(population=6, budgets=[Budget("bitops", 1e7), Budget("macs", 1e6)],
                                                    predictor=True, val_images=None)
     args = parser.parse_args(["search", "s.pt", "--population", "1"])
     with pytest.raises(config.ConfigError, match="population must be >= 2"):
         settings(args)
     assert settings(parser.parse_args(["analyze", "run", "--samples", "12"])).analysis == AnalysisConfig(samples=12)
     assert settings(parser.parse_args(["export", "s.pt", "--out", "o", "--test-images", "5"])).export == \
-        ExportSettings(test_images=5)
+        ExportConfig(test_images=5)
     assert main(["config", "show"]) == 0
     shown = capsys.readouterr().out
     for section in ("search", "export", "analysis", "train", "stages"):
