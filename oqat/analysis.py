@@ -75,8 +75,8 @@ def plan(nets: dict[int, Supernet]) -> Plan:
     return Plan(space, names, covering, max(nets), True)
 
 
-def measure(nets: dict[int, Supernet], p: Plan, archs: list[Arch], data_cfg, splits, cfg: AnalysisConfig,
-            progress=None) -> tuple[list[dict], float | None]:
+def evaluate_archs(nets: dict[int, Supernet], p: Plan, archs: list[Arch], data_cfg, splits, cfg: AnalysisConfig,
+                   progress=None) -> tuple[list[dict], float | None]:
     """One row per architecture: traits, MACs, and val top-1 and BitOPs at each bit-width; and the
     reference's one accuracy where it is the largest subnet's."""
     val = data.subset(splits.val, min(cfg.val_images, len(splits.val)), cfg.seed)
@@ -217,7 +217,7 @@ def analyze(run_dir: str, cfg: AnalysisConfig, out_dir: str | None = None, progr
                          f"{len(archs)} distinct architecture(s); the analysis needs at least {MIN_ARCHS}")
     splits = data.load_splits(data_cfg)
     os.makedirs(out_dir, exist_ok=True)
-    rows, fixed = measure(nets, p, archs, data_cfg, splits, cfg, progress)
+    rows, fixed = evaluate_archs(nets, p, archs, data_cfg, splits, cfg, progress)
     summary = summarise(rows, p, cfg)
     summary["reference_top1"] = fixed
     summary["reference_text"] = p.describe()

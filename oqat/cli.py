@@ -254,13 +254,13 @@ def add_latency(sub):
 
 
 def cmd_latency(args):
-    from .latency import deployed_engine, load_for_latency, measure, update_table
+    from .latency import deployed_engine, load_for_latency, measure_latency, update_table
     from .machine import cpu_model
     batches = sorted({1, *(args.batch or [])})
     if batches[0] < 1 or args.threads < 1:
         raise ValueError(f"--batch and --threads must be >= 1, got batches {batches}, threads {args.threads}")
     net, onnx_path = load_for_latency(args.source, args.arch)
-    result = measure(net, batches, args.runs, args.warmup, args.threads, onnx_path)
+    result = measure_latency(net, batches, args.runs, args.warmup, args.threads, onnx_path)
     arch = net.arch.to_str()
     if args.table:
         update_table(args.table, arch, result[deployed_engine()][1], net.bits, args.threads, net.space)

@@ -23,8 +23,8 @@ from .subnet import Subnet
 from .supernet import Supernet
 
 
-def measure(net: Subnet, batches: list[int], runs: int = 50, warmup: int = 10, threads: int = 1,
-            onnx_path: str | None = None) -> dict[str, dict[int, float]]:
+def measure_latency(net: Subnet, batches: list[int], runs: int = 50, warmup: int = 10, threads: int = 1,
+                    onnx_path: str | None = None) -> dict[str, dict[int, float]]:
     """{engine: {batch: median ms}} of `net`: "torch" (its fake-quant forward, channels-last,
     `net` moved in place), and in each runtime here "<runtime> export" (the deployed graph:
     `onnx_path` if given, else the one `build_onnx(net)` writes) and "<runtime> fp32" (the
