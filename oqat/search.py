@@ -37,7 +37,7 @@ from .space import Arch, SearchSpace
 from .supernet import Supernet
 
 
-class Costs:
+class CostMetrics:
     """Cost metrics of architectures at one bit-width, plus latency from a measured table."""
 
     def __init__(self, space: SearchSpace, bits: int, latency: dict[str, float] | None = None):
@@ -108,7 +108,7 @@ def sample_points(scorer: Scorer, n: int, seed: int) -> list[dict]:
     """`n` distinct uniformly random architectures (seeded) with their costs and val top-1."""
     space = scorer.supernet.trained_space
     archs = space.sample_distinct(random.Random(seed), n)
-    costs = Costs(space, scorer.supernet.bits)
+    costs = CostMetrics(space, scorer.supernet.bits)
     return [{"arch": a.to_str(), **costs(a), "val_top1": scorer(a)} for a in archs]
 
 
@@ -170,7 +170,7 @@ class _ResetMutation(Mutation):
 
 
 class _ArchProblem(Problem):
-    def __init__(self, space: SearchSpace, costs: Costs, budgets: list[Budget]):
+    def __init__(self, space: SearchSpace, costs: CostMetrics, budgets: list[Budget]):
         sizes = np.array([len(c) for c in choices(space)])
         super().__init__(n_var=len(sizes), n_obj=2, n_ieq_constr=len(budgets), xl=0, xu=sizes - 1, vtype=int)
         self.space, self.costs, self.budgets = space, costs, budgets
@@ -233,7 +233,7 @@ def search(supernet: Supernet, data_cfg: DataConfig, splits: Splits, budgets: li
     start = time.time()
     space = supernet.trained_space
     metric = metric or (budgets[0].metric if budgets else "bitops")
-    costs = Costs(space, supernet.bits, latency)
+    costs = CostMetrics(space, supernet.bits, latency)
     for name in [metric] + [b.metric for b in budgets]:
         check_metric(name, latency is not None)
     costs.check(budgets)

@@ -98,7 +98,7 @@ def test_search_with_predictor_confirms_the_front(monkeypatch):
 
 def test_budget_errors():
     least = cost(TINY.smallest(), TINY, 4)["bitops"]
-    costs = S.Costs(TINY, 4)
+    costs = S.CostMetrics(TINY, 4)
     with pytest.raises(BudgetError, match=rf"smallest achievable bitops is {least:g} \(evaltiny:r12:k3e2-k3e2"):
         costs.check([Budget.parse(f"bitops<={least - 1}")])
     costs.check([Budget.parse(f"bitops<={least}")])
@@ -128,7 +128,7 @@ def test_latency_table(tmp_path):
     small, big = TINY.smallest(), TINY.largest()
     path = tmp_path / "lat.json"
     table = latency_table(path, {small.to_str(): 1.5, big.to_str(): 4.0})
-    costs = S.Costs(TINY, 4, table)
+    costs = S.CostMetrics(TINY, 4, table)
     assert costs(big)["latency"] == 4.0 and "latency" not in costs(TINY.sample(random.Random(3)))
     with pytest.raises(BudgetError, match=r"smallest achievable latency is 1.5 \(evaltiny:r12"):
         costs.check([Budget("latency", 1.0)])
