@@ -25,7 +25,7 @@ import statistics
 import torch
 
 from oqat import config, data, distributed
-from oqat.cost import cost
+from oqat.cost import arch_metrics
 from oqat.evaluate import evaluate, prepare_subnet
 from oqat.experiment import ExperimentConfig
 from oqat.files import load_supernet
@@ -41,7 +41,7 @@ def uniform_within(space: SearchSpace, budget: float, bits: int) -> Arch:
     archs = [space.arch([k] * n, [e] * n, [d] * stages, r)
              for k, e, d, r in itertools.product(space.kernel_sizes, space.expand_ratios, space.depths,
                                                  space.resolutions)]
-    within = [(cost(a, space, bits)["bitops"], a.to_str(), a) for a in archs]
+    within = [(arch_metrics(a, space, bits)["bitops"], a.to_str(), a) for a in archs]
     within = [w for w in within if w[0] <= budget]
     if not within:
         raise SystemExit(f"no uniform architecture within {budget:g} BitOPs")
@@ -79,7 +79,7 @@ def main():
     supernet, ckpt = load_supernet(os.path.join(args.run_dir, results["stages"][-1]["supernet"]))
     data_cfg = ckpt["data"]
     space, splits = supernet.space, data.load_splits(data_cfg)
-    largest = cost(space.largest(), space, args.bits)["bitops"]
+    largest = arch_metrics(space.largest(), space, args.bits)["bitops"]
     nets = [(name, member, fraction * largest, uniform_within(space, fraction * largest, args.bits))
             for (name, member), fraction in zip(family.items(), cfg.search.family)]
     trained = {}
@@ -101,8 +101,8 @@ def main():
         rows.append({"net": name, "budget_bitops": budget,
                      "oqat": None if member is None
                      else {k: member[k] for k in ("arch", "bitops", "macs", "test_top1")},
-                     "baseline": {"arch": base.to_str(), "bitops": cost(base, space, args.bits)["bitops"],
-                                  "macs": cost(base, space, args.bits)["macs"], "seeds": args.seeds,
+                     "baseline": {"arch": base.to_str(), "bitops": arch_metrics(base, space, args.bits)["bitops"],
+                                  "macs": arch_metrics(base, space, args.bits)["macs"], "seeds": args.seeds,
                                   "test_top1": tops, "mean": statistics.mean(tops),
                                   "spread": max(tops) - min(tops)}})
     epochs = " -> ".join(f"{'fp' if s.bits == 32 else s.bits}:{s.epochs}" for s in cfg.stages)

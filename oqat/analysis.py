@@ -21,7 +21,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from . import checkpoint, data, files
-from .cost import cost
+from .cost import arch_metrics
 from .evaluate import evaluate, prepare_subnet
 from .experiment import AnalysisConfig
 from .layout import RunLayout
@@ -89,9 +89,9 @@ def evaluate_archs(nets: dict[int, Supernet], p: Plan, archs: list[Arch], data_c
     evaluated = p.compared if p.largest_only else [p.reference, *p.compared]
     rows = []
     for i, arch in enumerate(archs):
-        row = {"arch": arch.to_str(), **traits(arch, p.space), "macs": cost(arch, p.space, 32)["macs"],
+        row = {"arch": arch.to_str(), **traits(arch, p.space), "macs": arch_metrics(arch, p.space, 32)["macs"],
                "top1": {b: top1(nets[b], arch) for b in evaluated},
-               "bitops": {b: cost(arch, p.space, b)["bitops"] for b in evaluated}}
+               "bitops": {b: arch_metrics(arch, p.space, b)["bitops"] for b in evaluated}}
         reference = fixed if p.largest_only else row["top1"][p.reference]
         row["loss"] = {b: reference - row["top1"][b] for b in p.compared}
         rows.append(row)

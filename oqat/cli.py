@@ -83,11 +83,11 @@ def add_cost(sub):
 
 
 def cmd_cost(args):
-    from .cost import cost
+    from .cost import arch_metrics
     from .space import Arch, get_space
     space = get_space(args.space) if args.space else None
     arch = Arch.parse(args.arch, space)
-    result = cost(arch, space, args.bits)
+    result = arch_metrics(arch, space, args.bits)
     if args.json:
         print(json.dumps(result))
     else:
@@ -351,7 +351,7 @@ def add_eval(sub):
 
 
 def cmd_eval(args):
-    from .cost import cost
+    from .cost import arch_metrics
     from .data import eval_batches
     from .evaluate import evaluate, prepare_subnet
     from .files import SUBNET, SUPERNET
@@ -373,7 +373,7 @@ def cmd_eval(args):
     arch = sub.arch
     result = evaluate(sub, eval_batches(getattr(splits, args.split), data_cfg, arch.r))
     result = {"arch": arch.to_str(), "bits": sub.bits, "split": args.split, **result,
-              **cost(arch, net.space, sub.bits), "calibration": bn}
+              **arch_metrics(arch, net.space, sub.bits), "calibration": bn}
     if args.json:
         print(json.dumps(result))
     else:

@@ -1,5 +1,9 @@
 """Cost of an architecture, computed analytically (no network is built).
 
+Names: a `Cost` (`layers.py`) holds MACs and parameters, quantized and full-precision apart;
+each `*_cost` gives one (`arch_cost`: an architecture's; `part_costs`: its parts'). `cost_metrics`
+turns a Cost at given bits into the cost metrics (METRICS); `arch_metrics` gives an architecture's.
+
 The walk reads the space's block list, as `Subnet` does, and adds the formulas that sit next to each
 layer (`layers.py`, `subnet.py`). Block costs are memoised, so costing 10,000
 architectures takes well under a second.
@@ -41,7 +45,7 @@ def _arch_space(arch, space) -> tuple[Arch, SearchSpace]:
     return arch, get_space(space or arch.space)
 
 
-def layer_cost(arch: Arch | str | dict, space: SearchSpace | str | None = None) -> Cost:
+def arch_cost(arch: Arch | str | dict, space: SearchSpace | str | None = None) -> Cost:
     """MACs and parameters of `arch` (any form `space.as_arch` reads), split into quantized and
     full-precision parts. `space`: the arch's space (default: the built-in one it names)."""
     arch, space = _arch_space(arch, space)
@@ -66,7 +70,7 @@ def part_costs(arch: Arch | str | dict, space: SearchSpace | str | None = None) 
     return out + [(_head_cost(space, h), arch.b[-1])]
 
 
-def metrics(c: Cost, bits: int | tuple[int, int]) -> dict[str, float]:
+def cost_metrics(c: Cost, bits: int | tuple[int, int]) -> dict[str, float]:
     """The authors' accounting: BitOPs = quantized MACs * b_w * b_a, FLOPs_q = BitOPs / 64 +
     full-precision MACs, size = quantized weights * b_w + other parameters * 32."""
     bw, ba = (bits, bits) if isinstance(bits, int) else bits
@@ -76,15 +80,15 @@ def metrics(c: Cost, bits: int | tuple[int, int]) -> dict[str, float]:
             "flops_q": bitops / 64 + c.macs_fp, "size_bits": c.params_q * bw + c.params_fp * FULL_PRECISION}
 
 
-def cost(arch: Arch | str | dict, space: SearchSpace | str | None = None,
-         bits: int | tuple[int, int] = 4) -> dict[str, float]:
+def arch_metrics(arch: Arch | str | dict, space: SearchSpace | str | None = None,
+                 bits: int | tuple[int, int] = 4) -> dict[str, float]:
     """{macs, params, bitops, flops_q, size_bits} of `arch` at `bits` (weights, activations);
     an arch with per-block bits (`arch.b`) counts each part at its own, and `bits` is not read."""
     arch, space = _arch_space(arch, space)
     if not arch.b:
-        return metrics(layer_cost(arch, space), bits)
+        return cost_metrics(arch_cost(arch, space), bits)
     total = dict.fromkeys(METRICS, 0)
     for part, b in part_costs(arch, space):  # each metric is a sum over layers at their own bits
-        for name, value in metrics(part, b).items():
+        for name, value in cost_metrics(part, b).items():
             total[name] += value
     return total

@@ -36,7 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from . import checkpoint, deploy, files, machine, packed
-from .cost import cost
+from .cost import arch_metrics
 from .data import DataConfig, eval_batches, load_splits, subset
 from .evaluate import prepare_subnet, resize
 from .layers import ConvBNAct, QConv2d, SqueezeExcite
@@ -268,7 +268,7 @@ def export(net: Subnet, out_dir: str, test: tuple[torch.Tensor, torch.Tensor] | 
     packed.save(net, paths["packed"], {"source": source})
     arch = net.arch
     checkpoint.write_json(paths["arch"], arch.to_dict())
-    facts = {"arch": arch.to_str(), "bits": net.bits, "cost": cost(arch, net.space, net.bits),
+    facts = {"arch": arch.to_str(), "bits": net.bits, "cost": arch_metrics(arch, net.space, net.bits),
              "input": [net.space.in_channels, arch.r, arch.r], "mean": mean, "std": std, "source": source,
              "sizes": sizes(model, fp32, paths), "machine": machine.summary()}
     if test is not None:

@@ -18,7 +18,7 @@ import time
 import torch
 
 from . import checkpoint, config, data, distributed, faults, files
-from .cost import cost
+from .cost import arch_metrics
 from .experiment import ExperimentConfig, check_inputs, check_run_fields, stage_train_config
 from .export import export_checkpoint
 from .inherit import inherit_file, mixed_file
@@ -108,7 +108,7 @@ def run_search(cfg: ExperimentConfig, supernets: dict[int | str, str]) -> dict[i
         if net.space.bit_widths:
             for p in results[key]["front"]:
                 p["stage_bits"] = net.space.stage_bits(Arch.parse(p["arch"], net.space))
-        results[key]["largest_bitops"] = cost(net.space.largest(), net.space, net.bits)["bitops"]
+        results[key]["largest_bitops"] = arch_metrics(net.space.largest(), net.space, net.bits)["bitops"]
         results[key]["family"] = family(results[key]["front"], results[key]["largest_bitops"], cfg.search.family)
     return results
 

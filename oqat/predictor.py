@@ -13,7 +13,7 @@ import numpy as np
 from scipy.stats import kendalltau
 
 from . import checkpoint
-from .cost import cost
+from .cost import arch_metrics
 from .space import Arch, SearchSpace
 
 
@@ -30,8 +30,8 @@ def features(arch: Arch, space: SearchSpace) -> np.ndarray:
     if arch.b:  # each width of the first block, each active block and the head
         parts += [(i - 1 in active or i in (0, len(arch.b) - 1)) and arch.b[i] == w
                   for i in range(len(arch.b)) for w in space.bit_widths]
-        parts.append(math.log(cost(arch, space)["bitops"]))
-    parts.append(math.log(cost(arch, space, 32)["macs"]))
+        parts.append(math.log(arch_metrics(arch, space)["bitops"]))
+    parts.append(math.log(arch_metrics(arch, space, 32)["macs"]))
     return np.array(parts, dtype=np.float64)
 
 

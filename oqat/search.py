@@ -28,7 +28,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from . import checkpoint, data, faults
 from .budget import LATENCY, Budget, BudgetError, check_metric
-from .cost import cost
+from .cost import arch_metrics
 from .data import DataConfig, Splits
 from .evaluate import evaluate
 from .layout import SearchLayout
@@ -44,7 +44,7 @@ class CostMetrics:
         self.space, self.bits, self.latency = space, bits, latency
 
     def __call__(self, arch: Arch) -> dict[str, float]:
-        c = cost(arch, self.space, self.bits)
+        c = arch_metrics(arch, self.space, self.bits)
         if self.latency is not None and arch.to_str() in self.latency:
             c[LATENCY] = self.latency[arch.to_str()]
         return c

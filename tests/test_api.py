@@ -51,14 +51,20 @@ def test_every_function_taking_an_architecture_takes_every_form(net, tmp_path):
     (tmp_path / "a.json").write_text(arch.to_json())
     forms = [ARCH, arch.to_json(), str(tmp_path / "a.json"), arch.to_dict()]
     for form in forms:
-        assert oqat.cost(form, "mini", 2) == oqat.cost(arch, "mini", 2)
-        assert oqat.cost(form, bits=2) == oqat.cost(arch, bits=2)
+        assert oqat.arch_metrics(form, "mini", 2) == oqat.arch_metrics(arch, "mini", 2)
+        assert oqat.arch_metrics(form, bits=2) == oqat.arch_metrics(arch, bits=2)
         assert net.extract(form, keep_bn=True).arch == arch
         assert oqat.Subnet("mini", form).arch == arch
         assert MINI.check(form) == arch
     assert prepare_subnet(net, ARCH, DATA, load_splits(DATA), 32).arch == arch
     with pytest.raises(ValueError, match="'r' is 30"):
-        oqat.cost("mini:r30:k3e2-k3e2-k3e2-k3e2", "mini")
+        oqat.arch_metrics("mini:r30:k3e2-k3e2-k3e2-k3e2", "mini")
+
+
+def test_the_cost_module_is_not_shadowed_by_a_function():
+    import oqat.cost
+    assert oqat.arch_metrics is oqat.cost.arch_metrics and oqat.cost.METRICS == ("macs", "params", "bitops",
+                                                                                 "flops_q", "size_bits")
 
 
 def test_untrained_names_the_choices_training_never_ran(net):

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from oqat.cli import main
-from oqat.cost import METRICS, cost
+from oqat.cost import METRICS, arch_metrics
 from oqat.space import MBV3, Arch
 
 MINI_ARCH = "mini:r28:k3e2-k5e3.k7e4-k3e2-k3e2"
@@ -23,7 +23,7 @@ def test_cost_table(capsys):
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert lines[0] == f"{MINI_ARCH}  (2-bit)"
-    expected = cost(Arch.parse(MINI_ARCH), bits=2)
+    expected = arch_metrics(Arch.parse(MINI_ARCH), bits=2)
     rows = dict(line.strip().rsplit(None, 1) for line in lines[1:])
     assert list(rows) == [m.replace("size_bits", "size (KiB)") for m in METRICS]
     assert int(rows["macs"].replace(",", "")) == expected["macs"]
@@ -38,7 +38,7 @@ def test_cost_json_from_every_arch_form(form, tmp_path, capsys):
     (tmp_path / "a.json").write_text(arch.to_json())
     code, out, err = run(capsys, "cost", "--space", "mbv3", "--arch", text, "--json")
     assert code == 0 and err == ""
-    assert json.loads(out) == cost(arch, "mbv3", 4)
+    assert json.loads(out) == arch_metrics(arch, "mbv3", 4)
 
 
 def test_cost_bits_32(capsys):

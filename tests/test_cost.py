@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from oqat.cost import METRICS, cost, layer_cost
+from oqat.cost import METRICS, arch_cost, arch_metrics
 from oqat.layers import QConv2d, SqueezeExcite
 from oqat.quant import LSQ
 from oqat.space import MBV3, MINI, Arch, SearchSpace, Stage, mbv3_head
@@ -61,7 +61,7 @@ def supernets():
 def check_against_hooks(arch: Arch, net: Supernet, bits: int):
     space = net.space
     counted = hook_count(net.extract(arch), arch.r, space.in_channels)
-    got = cost(arch, space, bits)
+    got = arch_metrics(arch, space, bits)
     macs = counted["macs_q"] + counted["macs_fp"]
     assert got["macs"] == macs, arch
     assert got["params"] == counted["params"], arch
@@ -96,12 +96,12 @@ def test_tiny_space_counted_by_hand():
     # stem weight + BN; BNs of 8, 8, 16, 16, 16, 16 channels; classifier (steps not counted)
     params_fp = 72 + 16 + 2 * (8 + 8 + 16 + 16 + 16 + 16) + 330
     assert (macs_q, macs_fp, params_q, params_fp) == (7360, 1472, 1432, 578)
-    c = layer_cost(arch, TINY)
+    c = arch_cost(arch, TINY)
     assert (c.macs_q, c.macs_fp, c.params_q, c.params_fp) == (macs_q, macs_fp, params_q, params_fp)
-    assert cost(arch, TINY, 4) == {"macs": 8832, "params": 2010, "bitops": 7360 * 16,
+    assert arch_metrics(arch, TINY, 4) == {"macs": 8832, "params": 2010, "bitops": 7360 * 16,
                                    "flops_q": 7360 * 16 / 64 + 1472, "size_bits": 1432 * 4 + 578 * 32}
-    assert cost(arch, TINY, (4, 2))["bitops"] == 7360 * 8
-    assert cost(arch, TINY, 32)["size_bits"] == 2010 * 32
+    assert arch_metrics(arch, TINY, (4, 2))["bitops"] == 7360 * 8
+    assert arch_metrics(arch, TINY, 32)["size_bits"] == 2010 * 32
     torch.manual_seed(0)
     counted = hook_count(Supernet(TINY, 4).extract(arch), 8, 1)
     assert counted == {"macs_q": macs_q, "macs_fp": macs_fp, "params": 2010, "params_q": params_q}
@@ -109,23 +109,23 @@ def test_tiny_space_counted_by_hand():
 
 def test_metrics_keys_and_space_argument():
     arch = MBV3.sample(random.Random(2))
-    result = cost(arch, "mbv3", 4)
+    result = arch_metrics(arch, "mbv3", 4)
     assert tuple(result) == METRICS
-    assert cost(arch) == result == cost(arch, MBV3)
-    assert cost(arch, bits=2)["bitops"] * 4 == result["bitops"]
-    assert cost(arch, bits=2)["macs"] == result["macs"]
+    assert arch_metrics(arch) == result == arch_metrics(arch, MBV3)
+    assert arch_metrics(arch, bits=2)["bitops"] * 4 == result["bitops"]
+    assert arch_metrics(arch, bits=2)["macs"] == result["macs"]
     with pytest.raises(ValueError, match="space 'mbv3', not 'mini'"):
-        cost(arch, "mini")
+        arch_metrics(arch, "mini")
     with pytest.raises(ValueError, match="bits"):
-        cost(arch, bits=0)
+        arch_metrics(arch, bits=0)
 
 
 def test_cost_grows_with_the_architecture():
-    small, big = cost(MBV3.smallest()), cost(MBV3.largest())
+    small, big = arch_metrics(MBV3.smallest()), arch_metrics(MBV3.largest())
     assert all(big[k] > small[k] for k in METRICS)
     arch = MBV3.smallest()
     wider = MBV3.arch(ks=arch.ks, e=[6] + list(arch.e[1:]), d=arch.d, r=arch.r)
-    assert cost(wider)["macs"] > cost(arch)["macs"]
+    assert arch_metrics(wider)["macs"] > arch_metrics(arch)["macs"]
 
 
 def test_ten_thousand_archs_under_budget():
@@ -133,7 +133,7 @@ def test_ten_thousand_archs_under_budget():
     archs = [MBV3.sample(rng) for _ in range(10_000)]
     start = time.perf_counter()
     for arch in archs:
-        cost(arch, "mbv3", 4)
+        arch_metrics(arch, "mbv3", 4)
     elapsed = time.perf_counter() - start
     print(f"costed 10,000 mbv3 archs in {elapsed:.3f} s")
     assert elapsed < 1.5
@@ -168,5 +168,5 @@ PUBLISHED = [
 def test_published_rows_of_the_authors_readme(macs, params, r, ks, e, d):
     arch = MBV3.arch(ks=[int(v) for v in ks.split(",")], e=[int(v) for v in e.split(",")],
                      d=[int(v) for v in d.split(",")], r=r)
-    got = cost(arch, MBV3, 4)
+    got = arch_metrics(arch, MBV3, 4)
     assert f"{got['macs'] / 1e6:.3f}" == f"{macs:.3f}" and f"{got['params'] / 1e6:.3f}" == f"{params:.3f}"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from oqat.cost import cost
+from oqat.cost import arch_metrics
 from oqat.data import DataConfig, DataError, load_splits
 from oqat.space import get_space
 
@@ -50,7 +50,7 @@ def test_pipeline_runs_end_to_end_and_resumes(tmp_path):
     for bits in ("4", "2"):
         fam = results["family"][bits]
         assert list(fam) == ["S", "M", "L"]
-        largest = cost(get_space("mini").largest(), "mini", int(bits))["bitops"]
+        largest = arch_metrics(get_space("mini").largest(), "mini", int(bits))["bitops"]
         front_best = max(p["val_top1"] for p in results["fronts"][bits])
         assert fam["L"]["val_top1"] == front_best  # L: the most accurate within 100% of the largest's BitOPs
         for name, member in fam.items():

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from oqat import cli, config
-from oqat.cost import cost
+from oqat.cost import arch_metrics
 from oqat.data import DataConfig, eval_batches, load_splits, train_batches
 from oqat.evaluate import evaluate, prepare_subnet, recalibrate_bn, resize
 from oqat.files import load_supernet
@@ -147,7 +147,7 @@ def test_eval_cli_is_deterministic_and_reports_costs(capsys):
     assert code == 0
     first = json.loads(out)
     assert run_cli(capsys, *argv)[1] == out
-    c = cost(Arch.parse(arch, TINY), TINY, 4)
+    c = arch_metrics(Arch.parse(arch, TINY), TINY, 4)
     assert {k: first[k] for k in c} == c and first["split"] == "val" and first["n"] == DATA.val_size
     test = json.loads(run_cli(capsys, *argv, "--split", "test")[1])
     assert test["n"] == DATA.synthetic_test

@@ -147,7 +147,7 @@ def test_python_dash_m_oqat_is_the_cli():
     done = subprocess.run([sys.executable, "-m", "oqat", "cost", "--arch", MINI_ARCH, "--json"],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == oqat.cost(oqat.Arch.parse(MINI_ARCH), "mini", 4)
+    assert json.loads(done.stdout) == oqat.arch_metrics(oqat.Arch.parse(MINI_ARCH), "mini", 4)
 
 
 def test_the_api_takes_a_space_by_name():

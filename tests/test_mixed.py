@@ -12,7 +12,7 @@ from test_deploy import assert_same_codes, torch_codes
 from test_export import assert_parity, make_subnet
 
 from oqat import config, deploy, export, files, packed
-from oqat.cost import cost, layer_cost, part_costs
+from oqat.cost import arch_cost, arch_metrics, part_costs
 from oqat.experiment import ExperimentConfig
 from oqat.inherit import mixed_file
 from oqat.quant import ElasticLSQ, elastic_bits_, inherit_step
@@ -52,21 +52,21 @@ def test_bits_are_an_arch_field_in_both_forms_checked_by_the_space():
 
 def test_a_mixed_arch_reads_without_its_supernet_for_costing():
     alone = Arch.parse(str(ARCH))  # the widths it uses make its space's
-    assert alone.b == ARCH.b and cost(alone) == cost(ARCH, MIXED)
+    assert alone.b == ARCH.b and arch_metrics(alone) == arch_metrics(ARCH, MIXED)
     two = Arch.parse(str(ARCH).replace("b3", "b2").replace("b4", "b2"))
-    assert cost(two)["bitops"] == cost(MINI.check(dataclasses.replace(ARCH, b=())), MINI, 2)["bitops"]
+    assert arch_metrics(two)["bitops"] == arch_metrics(MINI.check(dataclasses.replace(ARCH, b=())), MINI, 2)["bitops"]
 
 
 def test_each_part_is_costed_at_its_own_bits():
     uniform = MINI.check(dataclasses.replace(ARCH, b=()))
     for w in (2, 3, 4):  # every block at w: the uniform cost at w
-        assert cost(dataclasses.replace(ARCH, b=(w,) * len(ARCH.b)), MIXED) == cost(uniform, MINI, w)
+        assert arch_metrics(dataclasses.replace(ARCH, b=(w,) * len(ARCH.b)), MIXED) == arch_metrics(uniform, MINI, w)
     parts = part_costs(ARCH, MIXED)
-    assert sum((c for c, _ in parts[1:]), parts[0][0]) == layer_cost(uniform, MINI)
+    assert sum((c for c, _ in parts[1:]), parts[0][0]) == arch_cost(uniform, MINI)
     want = sum(c.macs_q * b * b for c, b in parts)
-    assert cost(ARCH, MIXED)["bitops"] == want
-    assert cost(ARCH, MIXED)["size_bits"] == sum(c.params_q * b + c.params_fp * 32 for c, b in parts)
-    bitops = [cost(a, MIXED)["bitops"] for a in (MIXED.smallest(), ARCH, MIXED.largest())]
+    assert arch_metrics(ARCH, MIXED)["bitops"] == want
+    assert arch_metrics(ARCH, MIXED)["size_bits"] == sum(c.params_q * b + c.params_fp * 32 for c, b in parts)
+    bitops = [arch_metrics(a, MIXED)["bitops"] for a in (MIXED.smallest(), ARCH, MIXED.largest())]
     assert bitops == sorted(set(bitops))
 
 
@@ -170,7 +170,7 @@ def test_a_mixed_stage_starts_from_the_chain_and_trains_every_width(tmp_path):
         config.load(ExperimentConfig, None, ["train.bits=[4]"])
     with pytest.raises(ValueError, match="a mixed stage ends the chain"):
         config.load(ExperimentConfig, None, ["stages=[{bits: 4}, {bits: [2, 4]}, {bits: 2}]"])
-    assert np.isfinite(cost(final.space.sample(random.Random(0)), final.space)["bitops"])
+    assert np.isfinite(arch_metrics(final.space.sample(random.Random(0)), final.space)["bitops"])
 
 
 @pytest.mark.slow
@@ -185,7 +185,8 @@ def test_oqat_run_trains_searches_and_exports_a_mixed_stage_and_recommends_from_
     assert set(results["fronts"]) == {"4", "mixed24"}
     for p in results["fronts"]["mixed24"]:
         arch = Arch.parse(p["arch"], MINI.with_bits((2, 4)))
-        assert p["stage_bits"]["head"] == arch.b[-1] and p["bitops"] == cost(arch, MINI.with_bits((2, 4)))["bitops"]
+        assert p["stage_bits"]["head"] == arch.b[-1]
+        assert p["bitops"] == arch_metrics(arch, MINI.with_bits((2, 4)))["bitops"]
     best = [m for m in results["recommended"].values() if m]
     fronts = {(str(k), p["arch"]) for k, f in results["fronts"].items() for p in f}
     assert best and all((str(m["bits"]), m["arch"]) in fronts for m in best)

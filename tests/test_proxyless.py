@@ -14,7 +14,7 @@ from test_supernet import max_diff, prepared
 from torch import nn
 
 from oqat import deploy, export
-from oqat.cost import cost
+from oqat.cost import arch_metrics
 from oqat.layers import QConv2d
 from oqat.space import MINI_PROXYLESS, PROXYLESS, Arch
 from oqat.supernet import Supernet
@@ -73,7 +73,7 @@ def test_the_supernet_class_builds_it(supernet):
 
 @pytest.mark.parametrize("arch,macs,params", OFA_COUNTS)
 def test_costs_equal_ofas_counter(arch, macs, params):
-    got = cost(Arch.parse(arch), PROXYLESS, 32)
+    got = arch_metrics(Arch.parse(arch), PROXYLESS, 32)
     assert np.float32(got["macs"]) == np.float32(macs) and abs(got["macs"] - macs) <= 16
     assert got["params"] == params
 

@@ -7,7 +7,7 @@ from test_evaluate import DATA, TINY, run_cli, tiny_run
 
 from oqat import search as S
 from oqat.budget import Budget, BudgetError, check_metric
-from oqat.cost import METRICS, cost
+from oqat.cost import METRICS, arch_metrics
 from oqat.data import load_splits
 from oqat.files import load_latency_table, load_supernet
 from oqat.space import Arch
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def median_bitops() -> float:
     rng = random.Random(0)
-    return float(np.median([cost(TINY.sample(rng), TINY, 4)["bitops"] for _ in range(200)]))
+    return float(np.median([arch_metrics(TINY.sample(rng), TINY, 4)["bitops"] for _ in range(200)]))
 
 
 def non_dominated(points: list[dict], metric: str) -> bool:
@@ -44,10 +44,10 @@ def test_genome_round_trip_and_canonical_form():
 
 
 def test_smallest_architecture_minimises_every_metric():
-    least = cost(TINY.smallest(), TINY, 4)
+    least = arch_metrics(TINY.smallest(), TINY, 4)
     rng = random.Random(1)
     for arch in [TINY.sample(rng) for _ in range(100)] + [TINY.largest()]:
-        c = cost(arch, TINY, 4)
+        c = arch_metrics(arch, TINY, 4)
         assert all(least[m] <= c[m] for m in METRICS)
 
 
@@ -97,7 +97,7 @@ def test_search_with_predictor_confirms_the_front(monkeypatch):
 
 
 def test_budget_errors():
-    least = cost(TINY.smallest(), TINY, 4)["bitops"]
+    least = arch_metrics(TINY.smallest(), TINY, 4)["bitops"]
     costs = S.CostMetrics(TINY, 4)
     with pytest.raises(BudgetError, match=rf"smallest achievable bitops is {least:g} \(evaltiny:r12:k3e2-k3e2"):
         costs.check([Budget.parse(f"bitops<={least - 1}")])
