@@ -6,7 +6,8 @@ and the best uniform front member within each budget) and the goal's count.
 """
 import argparse
 import json
-import os
+
+from oqat.layout import RunLayout
 
 
 def main():
@@ -15,7 +16,7 @@ def main():
     args = p.parse_args()
     tables = []
     for run in args.runs:
-        with open(os.path.join(run, "results.json")) as f:
+        with open(RunLayout(run).results) as f:
             results = json.load(f)
         if not results.get("mixed_vs_uniform"):
             raise SystemExit(f"'{run}' has no mixed-precision front (run configs/fashion-mnist-mixed.yaml)")
