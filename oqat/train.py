@@ -319,15 +319,15 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         losses = sandwich_step(self.net, archs, self._input(x, archs[0].r), y, t.label_smoothing, t.distill,
                                self.autocast, targets)
-        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        params = [p for p in self.net.parameters() if p.grad is not None]
         # One collective for gradients and losses: a NaN on any rank reaches every rank.
-        distributed.all_reduce_mean_(grads + [losses], self.dist.world)
+        distributed.all_reduce_mean_([p.grad for p in params] + [losses], self.dist.world)
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             raise DivergedError(f"training diverged: non-finite loss at step {self.step} in subnet "
                                 f"{archs[int(bad[0])]} ({t.bits}-bit); {self._advice()}")
         if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(grads, t.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)  # parameters, not their grads: it reads p.grad
         before = step_values(self.net)
         self.opt.step()
         self.sched.step()

@@ -155,6 +155,16 @@ def test_step_init_weight_decay_groups_and_step_guard(tmp_path):
     assert conv.wq.step.item() == pytest.approx(-STEP_EPS)
 
 
+def test_grad_clip_bounds_the_global_gradient_norm(tmp_path, monkeypatch):
+    t = Trainer(tiny(tmp_path, "train.grad_clip=0.01"))
+    x, y = next(iter(train_batches(t.splits.train, t.cfg.data, 0)))
+    seen = []
+    monkeypatch.setattr(t.opt, "step", lambda: seen.append(torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(p.grad) for p in t.net.parameters() if p.grad is not None]))))
+    t.train_step(x, y)
+    assert seen[0] == pytest.approx(0.01, rel=1e-3)  # clipped to the limit (the raw norm is far above it)
+
+
 def test_reinit_semantics_and_lr_schedule(tmp_path):
     net = Supernet(Trainer(tiny(tmp_path / "a")).space, 4)
     net.save(str(tmp_path / "b4.pt"))
