@@ -25,16 +25,19 @@ def main():
         return "-" if q is None else f"{q['val_top1']:.2f} ({q['test_top1']:.2f}) at {q['bitops'] / 1e6:.1f} M"
 
     for run, rows in zip(args.runs, tables):
-        print(f"\n{run}\n\n| budget (M BitOPs) | mixed: val (test) | uniform: val (test) | mixed - uniform (val) |")
+        print(f"\n{run}\n\n| budget (M BitOPs) | mixed: val (test) | uniform: val (test) "
+              "| mixed - uniform: val (test) |")
         print("|---|---|---|---|")
-        gaps = []
+        gaps = {"val": [], "test": []}
         for row in rows:
             m, u = row["mixed"], row["uniform"]
-            gap = m["val_top1"] - u["val_top1"] if m and u else None
-            gaps += [] if gap is None else [gap]
-            print(f"| {row['bitops'] / 1e6:.1f} | {show(m)} | {show(u)} | {'-' if gap is None else f'{gap:+.2f}'} |")
-        print(f"\nmixed at or above uniform at {sum(g >= 0 for g in gaps)} of {len(gaps)} budgets, "
-              f">= +0.5 at {sum(g >= 0.5 for g in gaps)}; val gaps {min(gaps):+.2f} to {max(gaps):+.2f}")
+            for split in gaps if m and u else ():
+                gaps[split].append(m[f"{split}_top1"] - u[f"{split}_top1"])
+            gap = f"{gaps['val'][-1]:+.2f} ({gaps['test'][-1]:+.2f})" if m and u else "-"
+            print(f"| {row['bitops'] / 1e6:.1f} | {show(m)} | {show(u)} | {gap} |")
+        for split, g in gaps.items():
+            print(f"{split}: mixed at or above uniform at {sum(x >= 0 for x in g)} of {len(g)} budgets, "
+                  f">= +0.5 at {sum(x >= 0.5 for x in g)}; gaps {min(g):+.2f} to {max(g):+.2f}")
 
 if __name__ == "__main__":
     main()
