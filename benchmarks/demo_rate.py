@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import torch
 
-from oqat import config, machine
+from oqat import config, files, machine
 from oqat.data import train_batches
 from oqat.experiment import ExperimentConfig, stage_train_config
 from oqat.supernet import Supernet
@@ -36,7 +36,7 @@ def warm_trainer(cfg: ExperimentConfig, i: int) -> tuple[Trainer, Iterator]:
     one step taken, and the rest of epoch 0's batches."""
     train_cfg = dataclasses.replace(stage_train_config(cfg, i), init_from=None)
     if train_cfg.teacher_file is not None:
-        Supernet(cfg.model.space, cfg.stages[cfg.stages[i].teacher].bits).save(train_cfg.teacher_file)
+        files.save_supernet(Supernet(cfg.model.space, cfg.stages[cfg.stages[i].teacher].bits), train_cfg.teacher_file)
     t = Trainer(dataclasses.replace(cfg, train=train_cfg))
     t.net.train()
     batches = train_batches(t.splits.train, cfg.data, 0, with_index=True)

@@ -2,7 +2,7 @@
 
 Every oqat file is a plain dict with a "format" tag, loaded with weights_only=True (no
 arbitrary unpickling), and carries what is needed to rebuild its model (space, bits, ...).
-`oqat.files` checks each kind of file as a whole on top of these reads.
+`oqat.files` writes each kind of file and checks it as a whole on top of these reads.
 """
 import json
 import os

@@ -104,9 +104,9 @@ def add_convert_oqa(sub):
 
 
 def cmd_convert_oqa(args):
-    from .files import load_oqa_checkpoint
+    from .files import load_oqa_checkpoint, save_supernet
     net = load_oqa_checkpoint(args.checkpoint, args.bits)
-    net.save(args.out, {"source": os.path.basename(args.checkpoint)})
+    save_supernet(net, args.out, {"source": os.path.basename(args.checkpoint)})
     print(f"wrote {args.out} (mbv3 supernet, {args.bits}-bit)")
 
 

@@ -265,7 +265,7 @@ def export(net: Subnet, out_dir: str, test: tuple[torch.Tensor, torch.Tensor] | 
     model, fp32 = build_onnx(net), fp32_graph(net)
     for key, m in (("onnx", model), ("qonnx", build_qonnx(net))):
         checkpoint.atomic_write(paths[key], lambda f, m=m: f.write(m.SerializeToString()))
-    packed.save(net, paths["packed"], {"source": source})
+    files.save_packed(net, paths["packed"], {"source": source})
     arch = net.arch
     checkpoint.write_json(paths["arch"], arch.to_dict())
     facts = {"arch": arch.to_str(), "bits": net.bits, "cost": arch_metrics(arch, net.space, net.bits),

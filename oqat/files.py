@@ -1,36 +1,38 @@
-"""Every file oqat reads: one loader per kind, each file checked as a whole before use.
+"""Every oqat file format, written and read in one place, and every file oqat reads.
 
-    supernet file (oqat-supernet)       load_supernet; open_supernet adds its run's data
-    subnet file (oqat-subnet)           load_subnet
+    supernet file (oqat-supernet)       save_supernet, load_supernet; open_supernet adds its run's data
+    subnet file (oqat-subnet)           save_subnet, load_subnet
     either of the two                   load_model (export, latency)
-    training checkpoint (oqat-train)    load_training
-    packed weights (oqat-packed)        load_packed
+    training checkpoint (oqat-train)    save_training, load_training
+    packed weights (oqat-packed)        save_packed, load_packed (the encoding: `oqat.packed`)
     the authors' checkpoints            load_oqa_checkpoint
     latency table, predictor pairs      load_latency_table, load_pairs (JSON)
 
-A checkpoint is read with torch.load(weights_only=True): no arbitrary unpickling. Then
-every field is checked: its type, the space (as a typed config), the bits, and the state
-dict against the network the file describes (missing, unexpected and mis-shaped keys,
-all of them in one message; non-finite values), before any network takes the weights.
-So a wrong, truncated or foreign file ends in one CheckpointError line naming the file
-and what is wrong, and the caller has written nothing yet.
+Each writer sits beside its loader, so the fields one writes are the fields the other checks.
+A checkpoint is written atomically and read with torch.load(weights_only=True): no arbitrary
+unpickling (`oqat.checkpoint`). Then every field is checked: its type, the space (as a typed
+config), the bits, and the state dict against the network the file describes (missing,
+unexpected and mis-shaped keys, all of them in one message; non-finite values), before any
+network takes the weights. So a wrong, truncated or foreign file ends in one CheckpointError
+line naming the file and what is wrong, and the caller has written nothing yet.
 """
 import random
 
 import torch
 from torch import nn
 
-from . import config, data
+from . import checkpoint, config, data
 from .checkpoint import CheckpointError, load as read, read_json, read_torch
 from .data import DataConfig, Splits
 from .oqa import oqa_key
-from .packed import FORMAT as PACKED, quantized_convs, unpack
+from .packed import pack, quantized_convs, unpack, weight_codes
 from .quant import Precision, check_precision
 from .space import ARCH_FIELDS, MBV3, Arch, SearchSpace
-from .subnet import FORMAT as SUBNET, Subnet
-from .supernet import FORMAT as SUPERNET, Supernet
+from .subnet import Subnet
+from .supernet import Supernet
 
-TRAINING = "oqat-train"
+# Each file's "format" tag.
+SUPERNET, SUBNET, TRAINING, PACKED = "oqat-supernet", "oqat-subnet", "oqat-train", "oqat-packed"
 
 
 def _field(ckpt: dict, path: str, name: str, kind, what: str):
@@ -61,16 +63,12 @@ def _bits(ckpt: dict, path: str) -> Precision:
         raise CheckpointError(f"'{path}': {err}") from None
 
 
-def _elastic(ckpt: dict, path: str) -> tuple[str, ...]:
-    """The Arch fields the file's training varied: all of them where it does not say (the
-    authors' checkpoints, files written before it was kept)."""
+def _elastic(ckpt: dict, path: str) -> list:
+    """The Arch fields the file's training varied (the supernet checks them): all of them where
+    it does not say (the authors' checkpoints, files written before it was kept)."""
     if "elastic" not in ckpt:
-        return ARCH_FIELDS
-    fields = _field(ckpt, path, "elastic", list, f"a list of Arch fields ({', '.join(ARCH_FIELDS)})")
-    if not all(isinstance(f, str) and f in ARCH_FIELDS for f in fields) or len(set(fields)) != len(fields):
-        raise CheckpointError(f"'{path}': field 'elastic' must list distinct Arch fields "
-                              f"({', '.join(ARCH_FIELDS)}), got {fields!r}")
-    return tuple(fields)
+        return list(ARCH_FIELDS)
+    return _field(ckpt, path, "elastic", list, f"a list of Arch fields ({', '.join(ARCH_FIELDS)})")
 
 
 def _arch(ckpt: dict, path: str, space: SearchSpace) -> Arch:
@@ -142,15 +140,27 @@ def _run_data(ckpt: dict, path: str) -> DataConfig | None:
 
 
 # --- supernets and subnets ---------------------------------------------------------------
+def save_supernet(net: Supernet, path: str, extra: dict | None = None) -> None:
+    """A supernet file of `net`: its space, bits, the Arch fields its training varied and its
+    weights, plus `extra` (a run's "data", "config", "val", ...)."""
+    checkpoint.save(path, {"format": SUPERNET, "space": net.space.to_dict(), "bits": net.bits,
+                           "elastic": list(net.elastic), "state_dict": net.state_dict(), **(extra or {})})
+
+
 def load_supernet(path: str, *formats: str) -> tuple[Supernet, dict]:
     """The supernet in a supernet file (or, if `formats` allows, a training checkpoint), in
     eval mode, and the file's fields, its "data" read as a DataConfig (None when absent)."""
     ckpt = read(path, *(formats or (SUPERNET,)))
-    space, bits = _space(ckpt, path), _bits(ckpt, path)
-    net = _build(path, lambda: Supernet(space, bits))
-    net.elastic = _elastic(ckpt, path)
+    space, bits, elastic = _space(ckpt, path), _bits(ckpt, path), _elastic(ckpt, path)
+    net = _build(path, lambda: Supernet(space, bits, elastic))
     load_state(net, ckpt.get("state_dict"), path)
     return net.eval(), {**ckpt, "data": _run_data(ckpt, path)}
+
+
+def save_subnet(net: Subnet, path: str, extra: dict | None = None) -> None:
+    """A subnet file of `net`: its space, architecture, bits and weights, plus `extra`."""
+    checkpoint.save(path, {"format": SUBNET, "space": net.space.to_dict(), "arch": net.arch.to_dict(),
+                           "bits": net.bits, "state_dict": net.state_dict(), **(extra or {})})
 
 
 def load_subnet(path: str) -> Subnet:
@@ -192,6 +202,17 @@ def open_supernet(path: str, overrides=(), device: str = "cpu") -> tuple[Superne
 
 
 # --- training checkpoints --------------------------------------------------------------------
+def save_training(path: str, *, space: SearchSpace, bits: Precision, config: dict, state_dict: dict,
+                  optimizer: dict, scheduler: dict, step: int, epoch: int, batch: int, rng: dict, health: dict,
+                  meter: list, val: dict) -> None:
+    """A training checkpoint: all a stage needs to go on exactly where it stopped (`train.Trainer`);
+    `batch` is the next batch of `epoch` to run."""
+    checkpoint.save(path, {"format": TRAINING, "space": space.to_dict(), "bits": bits, "config": config,
+                           "state_dict": state_dict, "optimizer": optimizer, "scheduler": scheduler,
+                           "step": step, "epoch": epoch, "batch": batch, "rng": rng, "health": health,
+                           "meter": meter, "val": val})
+
+
 def load_training(path: str) -> dict:
     """A training checkpoint (last.pt), every field checked; "state_dict" is left for the
     caller's network (`load_state` checks it against that)."""
@@ -221,6 +242,20 @@ def load_training(path: str) -> dict:
 
 
 # --- packed weights ----------------------------------------------------------------------------
+def save_packed(net: Subnet, path: str, extra: dict | None = None) -> None:
+    """A packed file of `net` (its BN statistics final): each quantized conv's weight as its
+    codes in its bits, everything else as in a subnet file, plus `extra`."""
+    convs = quantized_convs(net)
+    packed = {}
+    for name, conv in convs.items():
+        packed[name] = {"data": pack(weight_codes(conv), conv.wq.bits), "shape": list(conv.weight.shape),
+                        "bits": conv.wq.bits}
+    skip = {f"{name}.weight" for name in convs}
+    state = {k: v.contiguous() for k, v in net.state_dict().items() if k not in skip}
+    checkpoint.save(path, {"format": PACKED, "space": net.space.to_dict(), "arch": net.arch.to_dict(),
+                           "bits": net.bits, "packed": packed, "state_dict": state, **(extra or {})})
+
+
 def load_packed(path: str) -> Subnet:
     """The subnet in a packed file, in eval mode, computing exactly what the saved one did."""
     ckpt = read(path, PACKED)

@@ -39,7 +39,7 @@ def inherit_file(src: str, bits: int, out: str, reinit_steps: bool = False) -> S
     extra["inherited_from"] = {"file": src, "bits": source_bits}
     if reinit_steps:
         extra[REINIT_KEY] = True
-    net.save(out, extra)
+    files.save_supernet(net, out, extra)
     return net
 
 
@@ -65,5 +65,5 @@ def mixed_file(src: str, widths, chain: dict[int, str], out: str) -> Supernet:
     extra = {k: v for k, v in ckpt.items() if k not in {"format", "space", "bits", "elastic", "state_dict", REINIT_KEY}}
     extra["data"] = config.to_dict(ckpt["data"])
     extra["inherited_from"] = {"file": src, "bits": source_bits, "steps": steps}
-    net.save(out, extra)
+    files.save_supernet(net, out, extra)
     return net

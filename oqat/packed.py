@@ -1,4 +1,4 @@
-"""Packed weight file: each quantized weight stored in its b bits, and a loader.
+"""Packed weights: each quantized weight stored in its b bits.
 
 A quantized conv computes with w_hat = q * |s|, q = round(clamp(w / |s|, Qn, Qp)) (sign at
 1 bit), so q and s are all a deployment needs of w. Each q is stored as q - Qn in a
@@ -6,10 +6,10 @@ little-endian bit stream of the fewest bits that hold Qp - Qn + 1 levels: b bits
 (four codes per byte at 2 bits, two at 4, a stream across bytes at 3) and 2 bits at 1 bit,
 whose sign has three levels. Everything else (steps, BN, stem, SE, classifier) stays fp32.
 
-The container is an oqat checkpoint (torch zip, read with weights_only=True) holding
-uint8 and float tensors and plain metadata. `oqat.files.load_packed` rebuilds a `Subnet`
-whose weights are q * |s|; these quantize back to exactly q, so its outputs equal the
-original's bit for bit.
+This module is the encoding; the file (`oqat.files.save_packed`, `load_packed`) is an oqat
+checkpoint (torch zip, read with weights_only=True) holding uint8 and float tensors and plain
+metadata. `load_packed` rebuilds a `Subnet` whose weights are q * |s|; these quantize back to
+exactly q, so its outputs equal the original's bit for bit.
 """
 import numpy as np
 import torch
@@ -18,8 +18,6 @@ from . import checkpoint
 from .layers import QConv2d
 from .quant import FULL_PRECISION, qrange
 from .subnet import Subnet
-
-FORMAT = "oqat-packed"
 
 
 def code_width(bits: int) -> int:
@@ -62,15 +60,3 @@ def unpack(data: torch.Tensor, shape: tuple[int, ...], bits: int) -> torch.Tenso
     u = (planes.astype(np.int16) << np.arange(width, dtype=np.int16)).sum(1)
     return torch.from_numpy((u + qn).astype(np.int8)).reshape(shape)
 
-
-def save(net: Subnet, path: str, extra: dict | None = None) -> None:
-    """Write `net` (its BN statistics final) with each quantized weight in its bits."""
-    convs = quantized_convs(net)
-    packed = {}
-    for name, conv in convs.items():
-        packed[name] = {"data": pack(weight_codes(conv), conv.wq.bits), "shape": list(conv.weight.shape),
-                        "bits": conv.wq.bits}
-    skip = {f"{name}.weight" for name in convs}
-    state = {k: v.contiguous() for k, v in net.state_dict().items() if k not in skip}
-    checkpoint.save(path, {"format": FORMAT, "space": net.space.to_dict(), "arch": net.arch.to_dict(),
-                           "bits": net.bits, "packed": packed, "state_dict": state, **(extra or {})})

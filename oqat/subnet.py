@@ -7,12 +7,9 @@ weights), without the supernet.
 import torch
 from torch import nn
 
-from . import checkpoint
 from .layers import ConvBNAct, Cost, MBConv, QConv2d, batch_norm, bn_cost, conv_cost, pool
 from .quant import FULL_PRECISION, Precision, bits_of, set_bits_
 from .space import Arch, Block, SearchSpace, get_space, mid_channels
-
-FORMAT = "oqat-subnet"
 
 
 def make_stem(space: SearchSpace) -> ConvBNAct:
@@ -100,7 +97,3 @@ class Subnet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return head_forward(self, self.blocks(self.stem(x)))
-
-    def save(self, path: str, extra: dict | None = None) -> None:
-        checkpoint.save(path, {"format": FORMAT, "space": self.space.to_dict(), "arch": self.arch.to_dict(),
-                               "bits": self.bits, "state_dict": self.state_dict(), **(extra or {})})

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint
 from .calibrate import recalibrate_bn
 from .layers import ConvBNAct, MBConv, QConv2d, mbconv_forward, se_forward, se_mid
 from .quant import (
@@ -34,8 +33,6 @@ from .quant import (
 )
 from .space import ARCH_FIELDS, FIELD_CHOICES, Arch, Block, SearchSpace, get_space, mid_channels
 from .subnet import Subnet, add_head, head_forward, make_stem, set_arch_bits_
-
-FORMAT = "oqat-supernet"
 
 
 class UncalibratedWarning(UserWarning):
@@ -167,9 +164,11 @@ def init_weights(net: nn.Module) -> None:
 
 
 class Supernet(nn.Module):
-    def __init__(self, space: SearchSpace | str, bits: Precision = FULL_PRECISION):
+    def __init__(self, space: SearchSpace | str, bits: Precision = FULL_PRECISION,
+                 elastic: Iterable[str] = ARCH_FIELDS):
         """`bits`: one width for the whole network, or the widths its blocks choose from (elastic
-        bits: the space gets them as `bit_widths`)."""
+        bits: the space gets them as `bit_widths`). `elastic`: the Arch fields its training
+        varies (`set_elastic_`)."""
         super().__init__()
         space, bits = get_space(space), check_precision(bits)
         if isinstance(bits, tuple):
@@ -188,9 +187,7 @@ class Supernet(nn.Module):
             elastic_bits_(self, space.bit_widths)
         else:
             set_bits_(self, bits)  # the quantizers own the bit-width from here on
-        # The Arch fields its training varied (its file keeps them): a search explores those,
-        # the others held at the largest's choice (`trained_space`).
-        self.elastic: tuple[str, ...] = ARCH_FIELDS
+        self.set_elastic_(elastic)
         self.set_arch(space.largest())
 
     def _block(self, i: int) -> ElasticMBConv:
@@ -210,6 +207,21 @@ class Supernet(nn.Module):
         elastic_bits_(self, self.space.bit_widths)
         self.set_arch(self.space.largest())
         return self
+
+    def set_elastic_(self, fields) -> "Supernet":
+        """This supernet as one whose training varies the Arch `fields`, in place (a stage that
+        starts from another stage's supernet trains what it varies itself). Its file keeps them:
+        a search explores those, the others held at the largest's choice (`trained_space`)."""
+        fields = tuple(fields)
+        if not all(isinstance(f, str) and f in ARCH_FIELDS for f in fields) or len(set(fields)) != len(fields):
+            raise ValueError(f"elastic must list distinct Arch fields ({', '.join(ARCH_FIELDS)}), got {list(fields)!r}")
+        self._elastic = fields
+        return self
+
+    @property
+    def elastic(self) -> tuple[str, ...]:
+        """The Arch fields its training varied."""
+        return self._elastic
 
     @property
     def trained_space(self) -> SearchSpace:
@@ -290,7 +302,3 @@ class Supernet(nn.Module):
             if bad:
                 out.append(f"{field} {', '.join(map(str, bad))} (trained: {', '.join(map(str, getattr(t, attr)))})")
         return out
-
-    def save(self, path: str, extra: dict | None = None) -> None:
-        checkpoint.save(path, {"format": FORMAT, "space": self.space.to_dict(), "bits": self.bits,
-                               "elastic": list(self.elastic), "state_dict": self.state_dict(), **(extra or {})})

@@ -33,9 +33,7 @@ from .inherit import REINIT_KEY
 from .layout import TrainingLayout
 from .quant import FULL_PRECISION, check_precision, guard_steps_, set_bits_, step_values, steps_of
 from .space import Arch, SearchSpace, get_space
-from .supernet import FORMAT as SUPERNET_FORMAT, Supernet
-
-FORMAT = files.TRAINING
+from .supernet import Supernet
 
 
 class DivergedError(ValueError):
@@ -160,7 +158,6 @@ class Trainer:
         space = get_space(cfg.model.space).with_data(self.splits.in_channels, self.splits.num_classes)
         self.net, self.reinit = self._build(space)
         self.space = self.net.space
-        self.net.elastic = tuple(t.elastic)  # what this stage trains; its supernet.pt keeps it
         self.trained = self.net.trained_space
         self.fixed = Arch.parse(t.arch, self.space) if t.arch else None
         self.net.to(self.dist.device)
@@ -184,11 +181,13 @@ class Trainer:
             Teacher(t.teacher_file, self.splits, cfg.data, self.space, self.dist.device, t.channels_last)
 
     def _build(self, space) -> tuple[Supernet, bool]:
-        """The supernet to train and whether its steps are to be set from data."""
+        """The supernet to train, varying this stage's `train.elastic`, and whether its steps are
+        to be set from data."""
         t = self.cfg.train
         if t.init_from is None:
-            return Supernet(space, t.bits), True
-        net, ckpt = files.load_supernet(t.init_from, SUPERNET_FORMAT, FORMAT)
+            return Supernet(space, t.bits, t.elastic), True
+        net, ckpt = files.load_supernet(t.init_from, files.SUPERNET, files.TRAINING)
+        net.set_elastic_(t.elastic)  # the file's are what the stage before varied
         if net.space.with_bits(()) != space:
             raise ValueError(f"train.init_from '{t.init_from}' holds a '{net.space.name}' supernet for "
                              f"{net.space.in_channels}-channel, {net.space.num_classes}-class data; this run "
@@ -267,7 +266,7 @@ class Trainer:
             final = {"epoch": self.epoch, "step": self.step, **self.health, **self.val}
             if main:
                 self.check_finite()
-                self.net.save(self.layout.supernet, {
+                files.save_supernet(self.net, self.layout.supernet, {
                     "data": config.to_dict(self.cfg.data), "config": config.to_dict(self.cfg), "val": final})
             return final
         finally:
@@ -369,12 +368,11 @@ class Trainer:
         rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        checkpoint.save(self.last, {
-            "format": FORMAT, "space": self.space.to_dict(), "bits": self.cfg.train.bits,
-            "config": config.to_dict(self.cfg), "state_dict": self.net.state_dict(),
-            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-            "step": self.step, "epoch": self.epoch, "batch": self.batch, "rng": rng,
-            "health": dict(self.health), "meter": list(self.meter), "val": dict(self.val)})
+        files.save_training(
+            self.last, space=self.space, bits=self.cfg.train.bits, config=config.to_dict(self.cfg),
+            state_dict=self.net.state_dict(), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
+            step=self.step, epoch=self.epoch, batch=self.batch, rng=rng, health=dict(self.health),
+            meter=list(self.meter), val=dict(self.val))
 
     def resume(self) -> bool:
         if not os.path.exists(self.last):

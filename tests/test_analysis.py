@@ -4,7 +4,7 @@ import warnings
 import pytest
 import torch
 
-from oqat import analysis
+from oqat import analysis, files
 from oqat.analysis import rank_corr
 from oqat.cli import main
 from oqat.config import to_dict
@@ -21,11 +21,10 @@ def make_run(root, stages) -> str:
     """A run directory of untrained supernets (steps set by hand), one per (bits, elastic) stage."""
     for i, (bits, elastic) in enumerate(stages):
         torch.manual_seed(0)  # one set of weights at every bit-width, as bit inheritance gives
-        net = Supernet(MINI, bits)
+        net = Supernet(MINI, bits, elastic)
         for q in net.quantizers():
             q.step.data.fill_(0.1)
-        net.elastic = elastic
-        net.save(str(root / "stages" / f"{i}-{bits}bit" / "supernet.pt"), {"data": DATA})
+        files.save_supernet(net, str(root / "stages" / f"{i}-{bits}bit" / "supernet.pt"), {"data": DATA})
     return str(root)
 
 

@@ -68,11 +68,10 @@ def test_the_cost_module_is_not_shadowed_by_a_function():
 
 
 def test_untrained_names_the_choices_training_never_ran(net):
-    trained = Supernet(MINI, 2)
-    trained.elastic = ("ks", "e", "d")
+    trained = Supernet(MINI, 2, elastic=("ks", "e", "d"))
     assert trained.untrained(ARCH) == ["r 24 (trained: 28)"]
     assert trained.untrained(ARCH.replace("r24", "r28")) == []
-    trained.elastic = ("d", "r")
+    trained.set_elastic_(("d", "r"))
     # Blocks beyond a stage's depth hold the smallest kernel once normalised: only blocks that run count.
     assert trained.untrained("mini:r20:k7e4-k7e4-k7e4-k7e4") == []
     assert trained.untrained(ARCH) == ["ks 3, 5 (trained: 7)", "e 2, 3 (trained: 4)"]

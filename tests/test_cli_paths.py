@@ -11,7 +11,7 @@ from oqat.config import to_dict
 from oqat.data import calib_batches, eval_batches, load_splits
 from oqat.evaluate import evaluate
 from oqat.experiment import ExperimentConfig, SearchConfig
-from oqat.files import load_supernet
+from oqat.files import load_supernet, save_subnet, save_supernet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ARCH = "evaltiny:r16:k5e3.k3e2-k3e3"
@@ -22,10 +22,10 @@ def run_file(tmp_path_factory) -> str:
     """tiny_run's supernet as a run writes it: with its config (calibration on 64 images, seed 3),
     trained at 16 px only."""
     net, ckpt = load_supernet(tiny_run())
-    net.elastic = ("ks", "e", "d")
+    net.set_elastic_(("ks", "e", "d"))
     cfg = ExperimentConfig(data=DATA, search=SearchConfig(calib_images=64, seed=3))
     path = str(tmp_path_factory.mktemp("run") / "supernet.pt")
-    net.save(path, {"data": to_dict(DATA), "config": to_dict(cfg)})
+    save_supernet(net, path, {"data": to_dict(DATA), "config": to_dict(cfg)})
     return path
 
 
@@ -53,7 +53,7 @@ def test_eval_of_a_saved_subnet_file(tmp_path, capsys):
     splits = load_splits(DATA)
     sub = net.extract(ARCH, calib=calib_batches(splits.train, DATA, 64, seed=0))
     path = str(tmp_path / "subnet.pt")
-    sub.save(path, {"data": to_dict(DATA)})
+    save_subnet(sub, path, {"data": to_dict(DATA)})
     code, out, _ = run_cli(capsys, "eval", path, "--json")
     assert code == 0
     got = json.loads(out)

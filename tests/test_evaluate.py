@@ -15,7 +15,7 @@ from oqat import cli, config
 from oqat.cost import arch_metrics
 from oqat.data import DataConfig, eval_batches, load_splits, train_batches
 from oqat.evaluate import evaluate, prepare_subnet, recalibrate_bn, resize
-from oqat.files import load_supernet
+from oqat.files import load_supernet, save_supernet
 from oqat.space import Arch, SearchSpace, Stage, mbv3_head
 from oqat.supernet import Supernet
 
@@ -54,7 +54,7 @@ def tiny_run() -> str:
     folder = tempfile.mkdtemp(prefix="oqat-evaltiny-")
     atexit.register(shutil.rmtree, folder, True)
     path = os.path.join(folder, "supernet.pt")
-    net.save(path, {"data": config.to_dict(DATA)})
+    save_supernet(net, path, {"data": config.to_dict(DATA)})
     return path
 
 
@@ -129,7 +129,7 @@ def test_prepare_subnet_is_deterministic_and_differs_from_supernet_stats():
 
 
 def test_load_supernet_without_data(tmp_path):
-    Supernet(TINY, 4).save(tmp_path / "s.pt")
+    save_supernet(Supernet(TINY, 4), tmp_path / "s.pt")
     net, ckpt = load_supernet(str(tmp_path / "s.pt"))
     assert ckpt["data"] is None and net.bits == 4 and net.space == TINY
 

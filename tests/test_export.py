@@ -12,7 +12,7 @@ from oqat.cli import main
 from oqat.config import to_dict
 from oqat.data import DataConfig, eval_batches, load_splits, subset
 from oqat.evaluate import recalibrate_bn, resize
-from oqat.files import load_packed
+from oqat.files import load_packed, save_supernet
 from oqat.layers import QConv2d
 from oqat.quant import set_bits_
 from oqat.space import MINI, Arch, get_space
@@ -176,7 +176,7 @@ def synthetic_supernet(tmp_path, with_data: bool = True) -> str:
     with torch.no_grad():
         sn.train()(torch.randn(16, 1, 32, 32))
     path = str(tmp_path / "supernet.pt")
-    sn.save(path, {"data": to_dict(cfg)} if with_data else {})
+    save_supernet(sn, path, {"data": to_dict(cfg)} if with_data else {})
     return path
 
 

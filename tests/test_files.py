@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-from oqat import checkpoint, config, files, packed
+from oqat import checkpoint, config, files
 from oqat.checkpoint import CheckpointError
 from oqat.cli import main
 from oqat.data import DataConfig
@@ -40,9 +40,9 @@ def good_files(folder: str) -> dict[str, str]:
         q.step.data.fill_(0.02 * (i + 1))
     arch = TINY.sample(random.Random(0))
     paths = {kind: os.path.join(folder, f"{kind}.pt") for kind in ("supernet", "subnet", "packed")}
-    net.save(paths["supernet"], {"data": config.to_dict(DATA)})
-    net.extract(arch).save(paths["subnet"])
-    packed.save(net.extract(arch).eval(), paths["packed"])
+    files.save_supernet(net, paths["supernet"], {"data": config.to_dict(DATA)})
+    files.save_subnet(net.extract(arch), paths["subnet"])
+    files.save_packed(net.extract(arch).eval(), paths["packed"])
     run = os.path.join(folder, "train")
     train(config.load(_experiment(), None, [
         "data.name=synthetic", "data.val_size=16", "data.synthetic_train=80", "data.batch_size=32",
@@ -93,7 +93,7 @@ def test_good_files_load(good):
     (lambda c: c.pop("state_dict"), "must map names to tensors"),
     (lambda c: c.update(data={"name": "cifar"}), "field 'data.name' expects one of"),
     (lambda c: c.update(elastic="r"), "field 'elastic' must be a list of Arch fields"),
-    (lambda c: c.update(elastic=["ks", "width"]), "field 'elastic' must list distinct Arch fields"),
+    (lambda c: c.update(elastic=["ks", "width"]), "elastic must list distinct Arch fields"),
 ])
 def test_a_wrong_supernet_file_is_one_line_and_nothing_is_written(good, tmp_path, change, message, capsys):
     ckpt = checkpoint.load(good["supernet"])

@@ -5,7 +5,7 @@ from oqat import checkpoint
 from oqat.cli import main
 from oqat.config import to_dict
 from oqat.data import DataConfig
-from oqat.files import load_supernet
+from oqat.files import load_supernet, save_supernet
 from oqat.inherit import REINIT_KEY, inherit
 from oqat.space import MINI
 from oqat.supernet import Supernet
@@ -17,7 +17,7 @@ def _supernet(tmp_path, bits=4):
     for i, q in enumerate(net.quantizers()):
         q.step.data.fill_(0.01 * (i + 1))
     path = tmp_path / f"s{bits}.pt"
-    net.save(str(path), {"data": {"name": "synthetic", "val_size": 100}})
+    save_supernet(net, str(path), {"data": {"name": "synthetic", "val_size": 100}})
     return net, path
 
 

@@ -4,7 +4,7 @@ import time
 import pytest
 from test_export import ARCH, make_subnet
 
-from oqat import deploy, export, latency, machine
+from oqat import deploy, export, files, latency, machine
 from oqat.cli import main
 from oqat.files import load_latency_table
 from oqat.space import MINI, Arch
@@ -32,7 +32,7 @@ def test_latency_of_subnet_files_builds_a_table_the_search_reads(tmp_path, capsy
     other = Arch.parse("mini:r28:k7e4-k3e2-k3e2-k5e3.k5e3")
     for arch in (ARCH, other):
         path = str(tmp_path / f"{arch.r}.pt")
-        make_subnet(2, arch).save(path)
+        files.save_subnet(make_subnet(2, arch), path)
         result = run_json(capsys, path, "--batch", "3", "--table", table)
         assert result["arch"] == arch.to_str() and result["bits"] == 2
         # the deployed graph and its fp32 self in each runtime, and PyTorch's fake-quant forward
@@ -42,7 +42,7 @@ def test_latency_of_subnet_files_builds_a_table_the_search_reads(tmp_path, capsy
     assert set(read["ms"]) == {ARCH.to_str(), other.to_str()} and min(read["ms"].values()) > 0
     assert read["device"] == machine.cpu_model() and read["threads"] == 1
     path = str(tmp_path / "3bit.pt")
-    make_subnet(3, other).save(path)
+    files.save_subnet(make_subnet(3, other), path)
     assert main(["latency", path, "--runs", "1", "--warmup", "0", "--table", table]) == 2
     assert "holds 2-bit timings on" in capsys.readouterr().err
 

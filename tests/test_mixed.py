@@ -11,7 +11,7 @@ import torch
 from test_deploy import assert_same_codes, torch_codes
 from test_export import assert_parity, make_subnet
 
-from oqat import config, deploy, export, files, packed
+from oqat import config, deploy, export, files
 from oqat.cost import arch_cost, arch_metrics, part_costs
 from oqat.experiment import ExperimentConfig
 from oqat.inherit import mixed_file
@@ -113,13 +113,13 @@ def test_files_keep_the_bits_of_every_layer(tmp_path):
     x = torch.randn(8, 1, 24, 24)
     with torch.no_grad():
         want = net(x)
-    net.save(str(tmp_path / "sub.pt"))
-    packed.save(net, str(tmp_path / "p.oqpk"))
+    files.save_subnet(net, str(tmp_path / "sub.pt"))
+    files.save_packed(net, str(tmp_path / "p.oqpk"))
     for loaded in (files.load_subnet(str(tmp_path / "sub.pt")), files.load_packed(str(tmp_path / "p.oqpk"))):
         assert loaded.arch == ARCH
         with torch.no_grad():
             assert torch.equal(loaded(x), want)
-    widths = {entry["bits"] for entry in files.read(str(tmp_path / "p.oqpk"), packed.FORMAT)["packed"].values()}
+    widths = {entry["bits"] for entry in files.read(str(tmp_path / "p.oqpk"), files.PACKED)["packed"].values()}
     assert widths == {2, 3, 4}
 
 

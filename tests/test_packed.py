@@ -5,7 +5,7 @@ import pytest
 import torch
 from test_export import make_subnet
 
-from oqat import checkpoint, packed
+from oqat import checkpoint, files, packed
 from oqat.files import load_packed
 from oqat.quant import qrange
 
@@ -33,7 +33,7 @@ def test_pack_unpack_round_trip(bits):
 def test_packed_file_rebuilds_a_bit_identical_subnet(bits, tmp_path):
     net = make_subnet(bits)
     path = str(tmp_path / "w.oqpk")
-    packed.save(net, path)
+    files.save_packed(net, path)
     loaded = load_packed(path)
     assert not loaded.training and loaded.arch == net.arch and loaded.bits == bits
     x = torch.randn(16, 1, net.arch.r, net.arch.r)
@@ -52,8 +52,8 @@ def test_packed_file_rebuilds_a_bit_identical_subnet(bits, tmp_path):
 def test_packed_file_that_does_not_match_its_architecture_is_refused(tmp_path):
     net = make_subnet(2)
     path = str(tmp_path / "w.oqpk")
-    packed.save(net, path)
-    ckpt = checkpoint.load(path, packed.FORMAT)
+    files.save_packed(net, path)
+    ckpt = checkpoint.load(path, files.PACKED)
     ckpt["packed"]["blocks.0.dw.conv"]["bits"] = 3
     checkpoint.save(path, ckpt)
     with pytest.raises(checkpoint.CheckpointError, match="blocks.0.dw.conv is packed at 3 bits"):

@@ -124,7 +124,7 @@ def test_the_first_stage_starts_from_train_init_from(tmp_path):
     from oqat.supernet import Supernet
     torch.set_num_threads(1)
     start = tmp_path / "s4.pt"
-    Supernet("mini", 4).save(str(start))
+    files.save_supernet(Supernet("mini", 4), str(start))
     overrides = [*TINY_RUN[:8], "stages=[{bits: 2, epochs: 1}]", f"train.init_from={start}",
                  f"run.dir={tmp_path / 'run'}", "run.quiet=true"]
     cfg = config.load(ExperimentConfig, None, overrides)

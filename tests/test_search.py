@@ -79,7 +79,7 @@ def test_search_front_is_feasible_non_dominated_and_nothing_is_evaluated_twice(m
 
 def test_search_explores_only_what_the_supernet_was_trained_on():
     net, _ = load_supernet(tiny_run())
-    net.elastic = ("ks", "e", "d")  # trained at the largest resolution only
+    net.set_elastic_(("ks", "e", "d"))  # trained at the largest resolution only
     result = S.search(net, DATA, load_splits(DATA), [], population=6, generations=1, seed=0,
                       calib_images=64, test=False, log=lambda _: None)
     r = {Arch.parse(p["arch"], TINY).r for p in result.evaluated}

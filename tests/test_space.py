@@ -182,14 +182,14 @@ def test_json_must_be_an_object():
 
 
 def test_reading_a_file_registers_no_space(tmp_path):
-    from oqat.files import load_supernet
+    from oqat.files import load_supernet, save_supernet
     from oqat.space import SPACES, SearchSpace, Stage, mbv3_head
     from oqat.supernet import Supernet
 
     tiny = SearchSpace(name="tiny-file", stem_width=8, stem_stride=2, first_block=Stage(8, 1, "relu", False),
                        stages=(Stage(16, 2, "relu", False),), kernel_sizes=(3,), expand_ratios=(2,), depths=(1,),
                        resolutions=(16,), head=mbv3_head(16, 32), in_channels=1, num_classes=3)
-    Supernet(tiny, 4).save(str(tmp_path / "s.pt"))
+    save_supernet(Supernet(tiny, 4), str(tmp_path / "s.pt"))
     before = dict(SPACES)
     net = load_supernet(str(tmp_path / "s.pt"))[0]
     assert SPACES == before and net.space == tiny

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from oqat import layers, supernet as elastic
-from oqat.files import load_subnet, load_supernet
+from oqat.files import load_subnet, load_supernet, save_subnet, save_supernet
 from oqat.layers import MBConv, QConv2d
 from oqat.quant import LSQ, set_bits_
 from oqat.space import MBV3, MINI, Arch, SearchSpace, Stage, mbv3_head
@@ -97,7 +97,7 @@ def test_subnet_is_static_and_reloads_from_its_own_file(tmp_path):
     assert not any(isinstance(m, ELASTIC) for m in sub.modules())
     assert not sub.training  # extracted in the supernet's mode
     path = tmp_path / "sub.pt"
-    sub.save(str(path), {"note": "x"})
+    save_subnet(sub, str(path), {"note": "x"})
     del net
     again = load_subnet(str(path))
     assert not any(isinstance(m, ELASTIC) for m in again.modules())
@@ -111,11 +111,11 @@ def test_subnet_is_static_and_reloads_from_its_own_file(tmp_path):
 def test_supernet_save_load_round_trip(tmp_path):
     net = prepared(MINI, 2, seed=5, r=24)
     path = tmp_path / "super.pt"
-    net.save(str(path))
+    save_supernet(net, str(path))
     again = load_supernet(str(path))[0]
     assert again.bits == 2 and again.elastic == ("ks", "e", "d", "r")
-    net.elastic = ("ks", "d")
-    net.save(str(path))
+    net.set_elastic_(("ks", "d"))
+    save_supernet(net, str(path))
     assert load_supernet(str(path))[0].trained_space == MINI.elastic_in(["ks", "d"])
     arch = MINI.sample(random.Random(5))
     x = torch.randn(2, 1, arch.r, arch.r)
@@ -123,6 +123,15 @@ def test_supernet_save_load_round_trip(tmp_path):
     again.set_arch(arch)
     with torch.no_grad():
         assert torch.equal(net(x), again(x))
+
+
+def test_the_elastic_fields_are_the_supernets_own():
+    assert Supernet(MINI, 2, elastic=["d"]).trained_space == MINI.elastic_in(["d"])
+    for bad in (["ks", "ks"], ["width"], [3]):
+        with pytest.raises(ValueError, match="elastic must list distinct Arch fields"):
+            Supernet(MINI, 2, elastic=bad)
+    with pytest.raises(AttributeError):
+        Supernet(MINI, 2).elastic = ("ks",)  # set_elastic_ checks them
 
 
 @pytest.mark.parametrize("space", [MINI, dataclasses.replace(MINI, signed_inputs=False)], ids=["signed", "authors"])

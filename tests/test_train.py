@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from processes import paused, resume
 
-from oqat import checkpoint, config
+from oqat import checkpoint, config, files
 from oqat.checkpoint import CheckpointError
 from oqat.cli import main
 from oqat.data import train_batches
@@ -79,7 +79,7 @@ def test_bad_checkpoint_is_an_error_and_is_kept(tmp_path, damage):
     last = tmp_path / "checkpoints" / "last.pt"
     last.parent.mkdir(parents=True)
     if damage == "foreign":
-        Supernet(Trainer(cfg).space, 4).save(str(last))
+        files.save_supernet(Supernet(Trainer(cfg).space, 4), str(last))
     else:
         good = tmp_path / "good.pt"
         torch.save({"format": "oqat-train", "x": torch.zeros(1000)}, good)
@@ -167,7 +167,7 @@ def test_grad_clip_bounds_the_global_gradient_norm(tmp_path, monkeypatch):
 
 def test_reinit_semantics_and_lr_schedule(tmp_path):
     net = Supernet(Trainer(tiny(tmp_path / "a")).space, 4)
-    net.save(str(tmp_path / "b4.pt"))
+    files.save_supernet(net, str(tmp_path / "b4.pt"))
     assert not Trainer(tiny(tmp_path / "a", f"train.init_from={tmp_path / 'b4.pt'}")).reinit
     assert Trainer(tiny(tmp_path / "a", f"train.init_from={tmp_path / 'b4.pt'}", "train.bits=3")).reinit
     assert Trainer(tiny(tmp_path / "a", f"train.init_from={tmp_path / 'b4.pt'}",
@@ -240,7 +240,7 @@ def test_a_teacher_teaches_every_subnet_of_the_sandwich(tmp_path):
     space = get_space("mini").with_data(1, 10)
     torch.manual_seed(5)
     teacher = Supernet(space, 32)
-    teacher.save(str(tmp_path / "teacher.pt"))
+    files.save_supernet(teacher, str(tmp_path / "teacher.pt"))
     cfg = tiny(tmp_path / "run", f"train.teacher_file={tmp_path / 'teacher.pt'}", "train.bits=32", "train.grad_clip=0",
                "data.augment=false")
     t = Trainer(cfg)
@@ -265,10 +265,10 @@ def test_a_teacher_teaches_every_subnet_of_the_sandwich(tmp_path):
     assert augmented.teacher.table is None
     # A standalone training's file teaches with the one architecture it trained.
     alone = "mini:r28:k5e3-k3e2.k3e2-k3e2-k7e4"
-    teacher.save(str(tmp_path / "alone.pt"), {"config": {"train": {"arch": alone}}})
+    files.save_supernet(teacher, str(tmp_path / "alone.pt"), {"config": {"train": {"arch": alone}}})
     t = Trainer(tiny(tmp_path / "alone", f"train.teacher_file={tmp_path / 'alone.pt'}", "data.augment=false"))
     assert t.teacher.net.arch.to_str() == alone
-    Supernet(get_space("mini").with_data(1, 5), 32).save(str(tmp_path / "five.pt"))
+    files.save_supernet(Supernet(get_space("mini").with_data(1, 5), 32), str(tmp_path / "five.pt"))
     with pytest.raises(ValueError, match="train.teacher_file .*five.pt' is for 1-channel, 5-class data"):
         Trainer(tiny(tmp_path / "five", f"train.teacher_file={tmp_path / 'five.pt'}"))
 
@@ -304,7 +304,8 @@ def test_a_stage_may_set_its_own_elastic_fields_random_subnets_and_teacher(tmp_p
 
     def record(cfg):  # what each stage would train, and the file the next stage starts from
         seen.append((cfg.train.sandwich_random, cfg.train.elastic, cfg.train.teacher_file))
-        Supernet(get_space("mini").with_data(3, 10), cfg.train.bits).save(os.path.join(cfg.run.dir, "supernet.pt"))
+        files.save_supernet(Supernet(get_space("mini").with_data(3, 10), cfg.train.bits),
+                            os.path.join(cfg.run.dir, "supernet.pt"))
 
     monkeypatch.setattr(pipeline, "train", record)
     cfg = tiny(tmp_path, "train.sandwich_random=1", "train.elastic=[ks,e,d]",
