@@ -140,7 +140,7 @@ class RunLayout:
         return [TrainingLayout(self._path("stages", n)) for n in sorted(names, key=_stage_index)]
 
     def search(self, key: Precision | str) -> SearchLayout:
-        """`key`: a precision, or a run's key for it (`pipeline.precision_key`)."""
+        """`key`: a precision, or a run's key for it (`report.precision_key`)."""
         return SearchLayout(self._path("search", _folder(key)))
 
     def export(self, group: Precision | str, name: str) -> ExportLayout:

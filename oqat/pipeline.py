@@ -23,21 +23,11 @@ from .experiment import ExperimentConfig, check_inputs, check_run_fields, stage_
 from .export import export_checkpoint
 from .inherit import inherit_file, mixed_file
 from .layout import RunLayout
-from .quant import FULL_PRECISION, precision_name
-from .report import precision_order, write_report
+from .quant import FULL_PRECISION
+from .report import precision_key, precision_label, precision_order, write_report
 from .search import family, search, write_outputs
 from .space import Arch
 from .train import train
-
-
-def precision_key(bits) -> int | str:
-    """How a run's results key a precision: a uniform one by its width, a mixed one by its name."""
-    return precision_name(bits) if isinstance(bits, (list, tuple)) else bits
-
-
-def _label(bits) -> str:
-    """4 -> "4-bit"; a mixed precision (its widths or its key) -> "mixed234"."""
-    return f"{bits}-bit" if isinstance(bits, int) else precision_name(bits)
 
 
 def _log(text: str, d: distributed.Dist = distributed.Dist()) -> None:
@@ -66,7 +56,7 @@ def run_stages(cfg: ExperimentConfig, d: distributed.Dist = distributed.Dist()) 
                         inherit_file(t.init_from, st.bits, stage.inherited, st.reinit_steps)
                     distributed.barrier(d)
                     t = dataclasses.replace(t, init_from=stage.inherited)
-            _log(f"stage {i}: {_label(st.bits)} supernet, {st.epochs} epoch(s)"
+            _log(f"stage {i}: {precision_label(st.bits)} supernet, {st.epochs} epoch(s)"
                  f"{f' from {run.relative(t.init_from)}' if t.init_from else ' from scratch'}"
                  f"{f', taught by stage {st.teacher}' if st.teacher is not None else ''}", d)
             stage_cfg = dataclasses.replace(cfg, train=t, run=dataclasses.replace(cfg.run, dir=stage.root))
@@ -95,7 +85,7 @@ def run_search(cfg: ExperimentConfig, supernets: dict[int | str, str]) -> dict[i
         out = RunLayout(cfg.run.dir).search(key)
         net, ckpt = files.load_supernet(path)
         if not os.path.isfile(out.pareto):
-            _log(f"search: {_label(net.bits)} supernet, population {cfg.search.population}, "
+            _log(f"search: {precision_label(net.bits)} supernet, population {cfg.search.population}, "
                  f"{cfg.search.generations} generations")
             data_cfg = ckpt["data"] or cfg.data
             s = cfg.search
@@ -139,7 +129,7 @@ def run_export(cfg: ExperimentConfig, supernets: dict[int | str, str], searches:
                 continue
             out = run.export(group, name)
             if not os.path.isfile(out.facts):
-                _log(f"export: {'best ' if group == 'best' else ''}{_label(key)} {name} {member['arch']}")
+                _log(f"export: {'best ' if group == 'best' else ''}{precision_label(key)} {name} {member['arch']}")
                 faults.pause_point("export")
                 path = supernets[key]
                 facts = export_checkpoint(path, member["arch"], out.root, cfg.search.calib_images,

@@ -16,8 +16,14 @@ def precision_order(key) -> tuple:
     return (0, -int(k)) if k.isdigit() else (1, k) if k.startswith("mixed") else (2, k)
 
 
-def _label(key) -> str:
-    return f"{key}-bit" if str(key).isdigit() else str(key)
+def precision_key(bits) -> int | str:
+    """How a run's results key a precision: a uniform one by its width, a mixed one by its name."""
+    return precision_name(bits) if isinstance(bits, (list, tuple)) else bits
+
+
+def precision_label(key) -> str:
+    """4 (or "4", once read from JSON) -> "4-bit"; a mixed precision, its widths or its key -> "mixed234"."""
+    return f"{key}-bit" if str(key).isdigit() else str(precision_key(key))
 
 
 def compare_at_budgets(fronts: dict, n: int = 8) -> list[dict]:
@@ -46,7 +52,7 @@ def _plot_fronts(searches: dict, path: str) -> None:
     for key, s in sorted(searches.items(), key=lambda kv: precision_order(kv[0])):
         pts = [(p["bitops"], p["val_top1"]) for p in s.get("evaluated", [])]
         line = ax.plot(*zip(*sorted((p["bitops"], p["val_top1"]) for p in s["front"])),
-                       marker="o", lw=1.5, label=f"{_label(key)} front")[0]
+                       marker="o", lw=1.5, label=f"{precision_label(key)} front")[0]
         if pts:
             ax.scatter(*zip(*pts), s=8, alpha=0.25, color=line.get_color())
     ax.set_xscale("log")
@@ -66,8 +72,7 @@ def _plot_training(run_dir: str, stages: list[dict], path: str) -> None:
             for line in f:
                 rec = json.loads(line)
                 (steps if rec["kind"] == "step" else epochs).append(rec)
-        label = _label(st["bits"]) if isinstance(st["bits"], int) else precision_name(st["bits"])
-        label = "fp" if st["bits"] == 32 else label
+        label = "fp" if st["bits"] == 32 else precision_label(st["bits"])
         if steps:
             ax_loss.plot([offset + r["epoch"] for r in steps], [r["loss"] for r in steps], lw=1, label=label)
         for key, style in (("val_top1_largest", "-o"), ("val_top1_smallest", "--s")):
@@ -141,7 +146,7 @@ def markdown(r: dict) -> str:
                              f"{b['size_bits'] / 8192:.1f} |")
         lines += ["", "## Pareto fronts", ""]
         for bits, front in sorted(r["fronts"].items(), key=lambda kv: precision_order(kv[0])):
-            lines.append(f"- {_label(bits)}: " + ", ".join(f"{p['bitops'] / 1e6:.1f} M BitOPs -> "
+            lines.append(f"- {precision_label(bits)}: " + ", ".join(f"{p['bitops'] / 1e6:.1f} M BitOPs -> "
                                                           f"{p['val_top1']:.2f}%" for p in front))
     if r.get("recommended"):
         lines += ["", "## Recommended family: every front together",
@@ -149,7 +154,7 @@ def markdown(r: dict) -> str:
                   "| net | bits | architecture | val top-1 | test top-1 | BitOPs |", "|---|---|---|---|---|---|"]
         for name, b in r["recommended"].items():
             lines.append(f"| {name} | none within budget | | | | |" if b is None else
-                         f"| {name} | {_label(b['bits'])} | `{b['arch']}` | {b['val_top1']:.2f} | "
+                         f"| {name} | {precision_label(b['bits'])} | `{b['arch']}` | {b['val_top1']:.2f} | "
                          f"{b.get('test_top1', math.nan):.2f} | {b['bitops'] / 1e6:.1f} M |")
     if r.get("mixed_vs_uniform"):
         lines += ["", "## Mixed against uniform precision at equal BitOPs", "",
