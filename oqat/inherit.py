@@ -10,7 +10,7 @@ and each width's steps from the supernet that trained at that width (or, for a w
 chain never trained, the last supernet's own steps carried to it as above).
 """
 from . import config, files
-from .quant import FULL_PRECISION, check_precision, inherit_step, set_bits_
+from .quant import FULL_PRECISION, ElasticLSQ, check_precision, inherit_step, set_bits_
 from .supernet import Supernet
 
 REINIT_KEY = "reinit_steps"  # set in a supernet file whose steps the next stage must init from data
@@ -60,7 +60,7 @@ def mixed_file(src: str, widths, chain: dict[int, str], out: str) -> Supernet:
                 raise ValueError(f"'{chain[b]}' is not a {b}-bit supernet of the space of '{src}'")
             steps[b] = chain[b]
             for name, q in net.named_modules():
-                if hasattr(q, "steps"):
+                if isinstance(q, ElasticLSQ):
                     q.steps[str(b)].data.copy_(other.get_submodule(name).step.data)
     extra = {k: v for k, v in ckpt.items() if k not in {"format", "space", "bits", "elastic", "state_dict", REINIT_KEY}}
     extra["data"] = config.to_dict(ckpt["data"])
