@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+import tiny
 import torch
 
 from oqat import config, files, machine
@@ -46,18 +47,21 @@ def warm_trainer(cfg: ExperimentConfig, i: int) -> tuple[Trainer, Iterator]:
     return t, batches
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--cpu", action="store_true", help="this process's CPU time instead of wall time")
     p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "fashion-mnist.yaml"))
-    args = p.parse_args()
+    p.add_argument("--tiny", action="store_true", help="1 step per stage on tiny synthetic data")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.steps = 1
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))))
     keep_freed_memory()  # its Trainers train on the CPU, as `oqat train` does there
     print(f"machine: {machine.summary()}")
     clock, total = time.process_time if args.cpu else time.perf_counter, 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = config.load(ExperimentConfig, args.config, [f"run.dir={tmp}"])
+        cfg = config.load(ExperimentConfig, args.config, [f"run.dir={tmp}", *(tiny.DATA if args.tiny else [])])
         for i, stage in enumerate(cfg.stages):
             t, batches = warm_trainer(cfg, i)
             times = []

@@ -9,7 +9,7 @@ a random and the smallest subnet of a 4-bit `mini` supernet (steps set from data
 Fashion-MNIST (synthetic images of the same size where it is absent). Times are this
 process's CPU time (a shared machine's waiting left out). Target: <= 1.2x.
 
-    python benchmarks/eval_speed.py [--calib 500] [--val 2000] [--repeats 7]
+    python benchmarks/eval_speed.py [--calib 500] [--val 2000] [--repeats 7] [--tiny]
 """
 import argparse
 import os
@@ -32,15 +32,18 @@ def plain_pass(net, batches, r: int) -> None:
             net(inputs(net, x, r))
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calib", type=int, default=500)
     p.add_argument("--val", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=7)
-    args = p.parse_args()
+    p.add_argument("--tiny", action="store_true", help="1 repeat of 32 + 64 synthetic images")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.calib, args.val, args.repeats = 32, 64, 1
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     cfg = DataConfig(val_size=args.val)
-    if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+    if args.tiny or not os.path.isdir("/usr/share/datasets/fashion-mnist"):
         cfg = DataConfig(name="synthetic", val_size=args.val, synthetic_train=args.val + args.calib + 1)
     splits = data.load_splits(cfg)
     calib = data.calib_batches(splits.train, cfg, args.calib, 0)

@@ -14,6 +14,9 @@ distillation baseline for QAT. A run trained under torchrun has its baselines tr
 way by launching this script under torchrun:
 
     [torchrun --standalone --nproc_per_node 2] benchmarks/headline.py RUN_DIR [--bits 2] [--seeds 0 1] [--distill]
+
+The baselines go through the run's stages up to its last stage of `--bits` (a mixed stage after
+it is left out); `--tiny` trains one seed.
 """
 import argparse
 import dataclasses
@@ -50,7 +53,7 @@ def uniform_within(space: SearchSpace, budget: float, bits: int) -> Arch:
 
 def train_alone(cfg: ExperimentConfig, arch: Arch, seed: int, folder: str, d: distributed.Dist,
                 distill: bool = False) -> str:
-    """The run's stages with only `arch` trained (no sandwich; labels, or with `distill` its
+    """The config's stages with only `arch` trained (no sandwich; labels, or with `distill` its
     stages' teachers, its own earlier stages); the last supernet file."""
     tcfg = dataclasses.replace(cfg.train, arch=arch.to_str(), seed=seed, teacher_file=None)
     stages = cfg.stages if distill else [dataclasses.replace(s, teacher=None) for s in cfg.stages]
@@ -60,23 +63,28 @@ def train_alone(cfg: ExperimentConfig, arch: Arch, seed: int, folder: str, d: di
     return os.path.join(folder, stages[-1]["supernet"])
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
     p.add_argument("--bits", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--distill", action="store_true", help="baselines learn from the run's stage teachers (their own)")
-    args = p.parse_args()
+    p.add_argument("--tiny", action="store_true", help="one seed (run it on a tiny run)")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.seeds = args.seeds[:1]
     keep_freed_memory_on_cpu()  # it trains baselines, as `oqat run` does
     torch.manual_seed(0)
     run = RunLayout(args.run_dir)
     cfg = config.load(ExperimentConfig, run.config)
-    if cfg.stages[-1].bits != args.bits:
-        raise SystemExit(f"the run's last stage is {cfg.stages[-1].bits}-bit, not {args.bits}-bit")
+    last = max((i for i, s in enumerate(cfg.stages) if s.bits == args.bits), default=None)
+    if last is None:
+        raise SystemExit(f"the run has no {args.bits}-bit stage")
+    cfg = dataclasses.replace(cfg, stages=cfg.stages[:last + 1])
     with open(run.results) as f:
         results = json.load(f)
     family = results["family"][str(args.bits)]
-    supernet, ckpt = load_supernet(os.path.join(args.run_dir, results["stages"][-1]["supernet"]))
+    supernet, ckpt = load_supernet(os.path.join(args.run_dir, results["stages"][last]["supernet"]))
     data_cfg = ckpt["data"]
     space, splits = supernet.space, data.load_splits(data_cfg)
     largest = arch_metrics(space.largest(), space, args.bits)["bitops"]

@@ -15,6 +15,8 @@ other seeds train that chain again. Test top-1 of the largest, middle and smalle
 (BN recalibrated), mean and spread over seeds.
 
     python benchmarks/inheritance_ablation.py RUN_DIR [--seeds 0 1] [--lrs 0.05 0.1 0.2]
+
+The stages from the first mixed one on are left out; `--tiny` trains one seed.
 """
 import argparse
 import dataclasses
@@ -58,18 +60,23 @@ def scores(path: str, split: str, calib: int) -> dict[str, float]:
                         data.eval_batches(getattr(splits, split), data_cfg))["top1"] for k, a in archs.items()}
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--lrs", type=float, nargs=3, default=[0.05, 0.1, 0.2])
-    args = p.parse_args()
+    p.add_argument("--tiny", action="store_true", help="one seed (run it on a tiny run)")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.seeds = args.seeds[:1]
     keep_freed_memory_on_cpu()  # it trains, as `oqat run` does
     torch.manual_seed(0)
     cfg = config.load(ExperimentConfig, RunLayout(args.run_dir).config)
+    mixed = next((i for i, s in enumerate(cfg.stages) if isinstance(s.bits, list)), len(cfg.stages))
+    cfg = dataclasses.replace(cfg, stages=cfg.stages[:mixed])
     bits = [s.bits for s in cfg.stages]
     if len(bits) < 2 or bits[-2:] != [3, 2]:
-        raise SystemExit("the run's stages must end 3 -> 2 bits")
+        raise SystemExit("the run's stages (before a mixed one) must end 3 -> 2 bits")
     out = os.path.join(args.run_dir, "ablation")
     two = dataclasses.replace(cfg.stages[-1], teacher=None)  # in-place distillation: inheritance is what differs
     chain_epochs = sum(s.epochs for s in cfg.stages)

@@ -7,7 +7,7 @@ those of its width (as separate BN layers per width would hold at the end of tra
 training, BN normalises with the batch's own statistics either way). For random subnets
 of the trained space, val top-1 with each, side by side.
 
-    python benchmarks/mixed_bn.py runs/fashion-mnist/stages/4-mixed234/supernet.pt [--subnets 20]
+    python benchmarks/mixed_bn.py runs/fashion-mnist/stages/4-mixed234/supernet.pt [--subnets 20] [--tiny]
 """
 import argparse
 import random
@@ -25,14 +25,17 @@ def bn_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in net.state_dict().items() if k.endswith(("running_mean", "running_var"))}
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("supernet", help="a mixed-precision supernet file")
     p.add_argument("--subnets", type=int, default=20)
     p.add_argument("--calib-images", type=int, default=1000)
     p.add_argument("--val-images", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    p.add_argument("--tiny", action="store_true", help="2 subnets, 32 + 64 images")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.subnets, args.calib_images, args.val_images = 2, 32, 64
     net, cfg, splits = files.open_supernet(args.supernet)
     if not net.space.bit_widths:
         raise SystemExit(f"'{args.supernet}' is a {net.bits}-bit supernet; this compares BN in mixed-precision ones")

@@ -10,10 +10,10 @@ import json
 from oqat.layout import RunLayout
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="run folders of configs/fashion-mnist-mixed.yaml")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     tables = []
     for run in args.runs:
         with open(RunLayout(run).results) as f:

@@ -6,7 +6,7 @@ convs, quantizers (LSQ forward/backward with everything they call), BN, activati
 slicing and kernel transforms, the optimizer; wall time the profiler sees in no op is Python
 and framework overhead. Wall time (the profiler's clock): on a shared machine run it when quiet.
 
-    python benchmarks/profile_step.py [--steps 4] [--bits 4]
+    python benchmarks/profile_step.py [--steps 4] [--bits 4] [--tiny]
 """
 import argparse
 import collections
@@ -14,10 +14,13 @@ import os
 import tempfile
 import time
 
+import tiny  # benchmarks/ is on the path when a benchmark runs as a script
 import torch
-from demo_rate import warm_trainer  # benchmarks/ is on the path when a benchmark runs as a script
+from demo_rate import warm_trainer
 from torch.profiler import ProfilerActivity, profile
 
+from oqat import config
+from oqat.experiment import ExperimentConfig
 from oqat.train import keep_freed_memory
 
 GROUPS = [  # (group, substrings of op names), first match wins
@@ -36,21 +39,28 @@ def group(name: str) -> str | None:
     return next((g for g, keys in GROUPS if any(k.lower() in name.lower() for k in keys)), None)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "fashion-mnist.yaml"))
-    args = p.parse_args()
+    p.add_argument("--tiny", action="store_true", help="1 step on tiny synthetic data")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.steps = 1
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     keep_freed_memory()  # its Trainer trains on the CPU, as `oqat train` does there
     with tempfile.TemporaryDirectory() as tmp:
-        t, batches = warm_trainer(args.config, args.bits, tmp)
+        cfg = config.load(ExperimentConfig, args.config, [f"run.dir={tmp}", *(tiny.DATA if args.tiny else [])])
+        stage = next((i for i, s in enumerate(cfg.stages) if s.bits == args.bits), None)
+        if stage is None:
+            raise SystemExit(f"'{args.config}' has no {args.bits}-bit stage")
+        t, batches = warm_trainer(cfg, stage)
         steps = [next(batches) for _ in range(args.steps)]
         wall = time.perf_counter()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for t.step, (x, y) in enumerate(steps, 1):
-                t.train_step(x, y)
+            for t.step, (x, y, index) in enumerate(steps, 1):
+                t.train_step(x, y, t.teacher and t.teacher(x, index))
         wall = (time.perf_counter() - wall) / args.steps * 1e3
     totals = collections.Counter()
     for e in prof.events():

@@ -14,7 +14,7 @@ step (largest at 4 bits, smallest at 2, the middle with its blocks' bits drawn f
 against the uniform step at the largest width on the same architectures. Target: <= 1.0x
 plus noise (an elastic quantizer selects its step; nothing else changes).
 
-    python benchmarks/quant_step.py [--space mbv3 mini] [--repeats 15] [--bits 4] [--mixed 2 3 4]
+    python benchmarks/quant_step.py [--space mbv3 mini] [--repeats 15] [--bits 4] [--mixed 2 3 4] [--tiny]
 """
 import argparse
 import os
@@ -97,13 +97,16 @@ def run(name: str, reference, measured, repeats: int) -> dict:
             "ratio (medians)": statistics.median(q) / statistics.median(ref), "ratio (best)": min(q) / min(ref)}
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", nargs="+", default=["mbv3", "mini"], choices=list(SETTINGS))
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--mixed", type=int, nargs="+", help="widths of elastic bits, measured against the largest")
-    args = p.parse_args()
+    p.add_argument("--tiny", action="store_true", help="mini only, 1 repeat")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.space, args.repeats = ["mini"], 1
     reference, measured = (max(args.mixed), tuple(sorted(set(args.mixed)))) if args.mixed else (32, args.bits)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     keep_freed_memory()  # as `oqat train` does on CPU

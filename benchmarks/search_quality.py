@@ -1,6 +1,6 @@
 """Search quality: does the NSGA-II front dominate random subnets of the same supernet?
 
-    python benchmarks/search_quality.py RUN/supernet.pt [--population 20 --generations 5 ...]
+    python benchmarks/search_quality.py RUN/supernet.pt [--population 20 --generations 5 ...] [--tiny]
 
 Runs the search (val split only, no test evaluation), then scores `--random` uniformly
 random subnets with the same calibration and validation images, and prints how many of
@@ -38,7 +38,10 @@ def main(argv=None) -> int:
     p.add_argument("--predictor", action="store_true")
     p.add_argument("--data", action="append", default=[], metavar="KEY=VALUE", help="DataConfig override")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    p.add_argument("--tiny", action="store_true", help="a population of 4 for 1 generation, 2 random, 32 + 64 images")
     args = p.parse_args(argv)
+    if args.tiny:
+        args.population, args.generations, args.random, args.calib_images, args.val_images = 4, 1, 2, 32, 64
     net, data_cfg, splits = open_supernet(args.checkpoint, args.data)
     budgets = [Budget.parse(b) for b in args.budget]
     metric = budgets[0].metric if budgets else "bitops"

@@ -6,7 +6,7 @@ Both run through `Trainer.train_step` on the same synthetic Fashion-MNIST-sized 
 forwards and backwards 2 + sandwich_random subnets, so it is expected to be several times
 slower per image than one plain step; the ratio shows what the sandwich rule costs.
 
-    python benchmarks/train_throughput.py [--iters 5] [--batch 128] [--random 2]
+    python benchmarks/train_throughput.py [--iters 5] [--batch 128] [--random 2] [--tiny]
 """
 import argparse
 import statistics
@@ -28,13 +28,16 @@ def trainer(folder: str, overrides: list[str]) -> Trainer:
     return t
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--random", type=int, default=2, help="random subnets per sandwich step")
     p.add_argument("--bits", type=int, default=4)
-    args = p.parse_args()
+    p.add_argument("--tiny", action="store_true", help="1 step of batch 16, 1 random subnet")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.iters, args.batch, args.random = 1, 16, 1
     keep_freed_memory()  # its Trainers train on the CPU, as `oqat train` does there
     data = ["data.name=synthetic", "data.val_size=64", f"data.synthetic_train={args.batch * 4 + 64}",
             f"data.batch_size={args.batch}"]

@@ -1,10 +1,5 @@
 """The deployed graphs compute the network's own codes: the integer ONNX graph in onnxruntime
-and the QONNX graph in the qonnx package's executor, activation by activation; the deployment
-speed benchmark runs."""
-import os
-import subprocess
-import sys
-
+and the QONNX graph in the qonnx package's executor, activation by activation."""
 import numpy as np
 import onnx
 import pytest
@@ -14,7 +9,6 @@ from test_export import ARCH, make_subnet
 from oqat import deploy, export, packed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def torch_codes(net, x: torch.Tensor) -> dict[str, np.ndarray]:
@@ -79,16 +73,3 @@ def test_the_qonnx_executor_computes_the_network_codes(bits):
     with torch.no_grad():
         ref = net(x).numpy()
     assert (context["logits"].argmax(1) == ref.argmax(1)).all()
-
-
-@pytest.mark.slow
-def test_the_deployment_benchmark_runs_at_a_tiny_size():
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "deploy_speed.py"), "--tiny"],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    lines = run.stdout.splitlines()
-    assert lines[0].startswith("machine: ") and "torch " in lines[0]
-    rows = [line for line in lines if line.startswith("mini L r28")]
-    assert len(rows) == 2 and all("fastest fp32 / fastest export" in r for r in rows)
-    assert all(f"{r} export" in rows[0] for r in deploy.runtimes())

@@ -7,7 +7,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -133,13 +132,12 @@ def test_a_config_written_before_teacher_file_loads_as_it_meant():
 
 
 @pytest.mark.slow
-def test_the_console_script_refuses_within_5_seconds(tmp_path):
+def test_the_console_script_refuses_before_any_work(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "oqat")
-    start = time.time()
     done = subprocess.run([exe, "run", CONFIG, f"run.dir={tmp_path / 'r'}", "stages=[{bits: 2}, {bits: 3}]"],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "stages[1]" in done.stderr
-    assert time.time() - start < 5
+    assert not (tmp_path / "r").exists()  # refused from the config alone: no run folder, no data read
 
 
 @pytest.mark.slow

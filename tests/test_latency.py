@@ -1,5 +1,4 @@
 import json
-import time
 
 import pytest
 from test_export import ARCH, make_subnet
@@ -12,10 +11,14 @@ from oqat.space import MINI, Arch
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_median_ms_times_runs_after_warmup():
-    calls = []
-    ms = latency.median_ms(lambda: (calls.append(1), time.sleep(0.002)), runs=3, warmup=2)
-    assert len(calls) == 5 and 2.0 <= ms < 200
+def test_median_ms_times_runs_after_warmup(monkeypatch):
+    # A clock that advances by the call's number of ms: the 3 timed calls (after 2 untimed)
+    # take 3, 4 and 5 ms, so the median is 4 whatever the machine's load.
+    calls, now = [], [0.0]
+    monkeypatch.setattr(deploy.time, "perf_counter", lambda: now[0])
+    ms = latency.median_ms(lambda: (calls.append(1), now.__setitem__(0, now[0] + len(calls) / 1e3)),
+                           runs=3, warmup=2)
+    assert len(calls) == 5 and ms == pytest.approx(4.0)
     with pytest.raises(ValueError, match="runs must be >= 1"):
         latency.median_ms(lambda: None, runs=0, warmup=0)
 
