@@ -1,0 +1,79 @@
+/* Packing of 1x1 weights for the SIMD paths: plain C, included by each SIMD kernel file, which
+ * picks its own channel tile. See kernels_avx512.c for the layout. */
+#ifndef OQAT_KERNELS_PACK_H
+#define OQAT_KERNELS_PACK_H
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* Width at which weights are stored: 1-bit codes (-1..1) need 2 bits, 3 bits are stored in 4. */
+static inline int oq_pack_store_bits(int wbits) { return wbits <= 2 ? 2 : wbits <= 4 ? 4 : 8; }
+
+/* Channels of tile t: `tile` for all but the last, whose rest is rounded up to whole vectors. */
+static inline int oq_pack_tile_channels(int cout, int t, int tile, int lanes) {
+  int rest = cout - t * tile;
+  return rest >= tile ? tile : (rest + lanes - 1) / lanes * lanes;
+}
+
+/* Bytes of a tile of nc channels in the kernel layout [ceil(cin/4)][nc][4], rounded to 64. */
+static inline size_t oq_pack_tile_bytes(int cin, int nc) {
+  return ((size_t)(cin + 3) / 4 * nc * 4 + 63) / 64 * 64;
+}
+
+static inline size_t oq_pack_size(int cout, int cin, int wbits, int tile, int lanes) {
+  size_t n = sizeof(oq_packed1x1);
+  for (int t = 0; t * tile < cout; t++)
+    n += oq_pack_tile_bytes(cin, oq_pack_tile_channels(cout, t, tile, lanes)) * oq_pack_store_bits(wbits) / 8;
+  return n;
+}
+
+/* Offset from the header's end of tile t's stored bytes (all tiles before it are full). */
+static inline size_t oq_pack_tile_offset(int cin, int wbits, int t, int tile) {
+  return (size_t)t * oq_pack_tile_bytes(cin, tile) * oq_pack_store_bits(wbits) / 8;
+}
+
+/* Layout bytes in chunks of 64, stored at s bits as unsigned codes w + 2^(s-1): field f of
+   stored byte j is layout byte j + f * (64 * s / 8). */
+static inline void oq_pack_store(const int8_t *layout, size_t n, int s, uint8_t *dst) {
+  if (s == 8) {
+    memcpy(dst, layout, n);
+    return;
+  }
+  int nb = 64 * s / 8, fields = 8 / s;
+  for (size_t i = 0; i < n; i += 64, dst += nb)
+    for (int j = 0; j < nb; j++) {
+      unsigned byte = 0;
+      for (int f = 0; f < fields; f++) byte |= (unsigned)(layout[i + j + f * nb] + (1 << (s - 1))) << (f * s);
+      dst[j] = (uint8_t)byte;
+    }
+}
+
+static inline void oq_pack(const int8_t *codes, int cout, int cin, int wbits, int abits, int tile, int lanes,
+                           uint32_t magic, int32_t layout_id, void *dst) {
+  oq_packed1x1 *h = dst;
+  memset(h, 0, sizeof *h);
+  h->magic = magic;
+  h->cout = cout, h->cin = cin, h->wbits = wbits, h->abits = abits, h->layout = layout_id;
+  int s = oq_pack_store_bits(wbits), k4 = (cin + 3) / 4;
+  int8_t *layout = malloc(oq_pack_tile_bytes(cin, tile));
+  if (!layout) abort();
+  uint8_t *out = (uint8_t *)(h + 1);
+  for (int t = 0; t * tile < cout; t++) {
+    int nc = oq_pack_tile_channels(cout, t, tile, lanes);
+    size_t n = oq_pack_tile_bytes(cin, nc);
+    memset(layout, 0, n);
+    for (int kq = 0; kq < k4; kq++)
+      for (int j = 0; j < nc; j++)
+        for (int b = 0; b < 4; b++) {
+          int c = t * tile + j, k = kq * 4 + b;
+          if (c < cout && k < cin) layout[((size_t)kq * nc + j) * 4 + b] = codes[(size_t)c * cin + k];
+        }
+    oq_pack_store(layout, n, s, out);
+    out += n * s / 8;
+  }
+  free(layout);
+}
+
+#endif
