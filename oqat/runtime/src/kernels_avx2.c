@@ -1,23 +1,291 @@
-/* avx2 kernels. FIRST CUT: forwards to the scalar reference until the SIMD kernels land. */
+/* AVX2 kernels.
+ *
+ * 1x1 conv: a 4-row x 16-channel register tile. vpmaddubsw multiplies 4 u8 activation codes
+ * (broadcast) by 4 s8 weight codes per channel into two int16 pair sums, which are added in
+ * int16 (vpaddw) for as many steps as cannot overflow (abits=4, wbits=4: 136 steps of 4 codes;
+ * 2x2 bits: 2730) and then widened to int32 (vpmaddwd by ones). A pair sum saturates only at
+ * 8-bit activations x 8-bit weights: there the activations are split into nibbles and the tile
+ * is summed twice (hi * 16 + lo).
+ * Weights: the c4 layout and true-width storage of kernels_avx512.c with tiles of 16 channels
+ * (the last one 8 or 16).
+ *
+ * Depthwise: 16 channels per vector, int16 products, summed in int16 when exact, else in int32.
+ */
 #include "kernels.h"
 
 #if defined(__x86_64__)
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels_common.h"
+
+enum { LANES = 8, NRV = 2, TILE = LANES * NRV, MR = 4 };
+
 static size_t pack1x1_size(int cout, int cin, int wbits) {
-  return oq_kernels_scalar.pack1x1_size(cout, cin, wbits);
+  return oq_pack_size(cout, cin, wbits, TILE, LANES);
 }
+
 static void pack1x1(const int8_t *codes, int cout, int cin, int wbits, int abits, void *dst) {
-  oq_kernels_scalar.pack1x1(codes, cout, cin, wbits, abits, dst);
+  oq_pack(codes, cout, cin, wbits, abits, TILE, LANES, OQ_PACK_AVX2, 0, dst);
 }
+
 static size_t scratch1x1_size(int cout, int cin, int wbits) {
-  return oq_kernels_scalar.scratch1x1_size(cout, cin, wbits);
+  (void)cout;
+  return oq_pack_store_bits(wbits) == 8 ? 0 : oq_pack_tile_bytes(cin, TILE);
 }
+
+/* Layout bytes from their 2- or 4-bit storage, 64 at a time. */
+static void expand_tile(const uint8_t *src, int bits, size_t layout_bytes, int8_t *dst) {
+  const __m256i mask = _mm256_set1_epi8(bits == 2 ? 3 : 15), bias = _mm256_set1_epi8(bits == 2 ? 2 : 8);
+  const __m256i sh01 = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2), sh23 = _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6);
+  for (size_t i = 0; i < layout_bytes; i += 64) {
+    __m256i lo, hi;
+    if (bits == 2) {
+      __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128((const void *)src));
+      lo = _mm256_srlv_epi32(x, sh01), hi = _mm256_srlv_epi32(x, sh23);
+      src += 16;
+    } else {
+      __m256i x = _mm256_loadu_si256((const void *)src);
+      lo = x, hi = _mm256_srli_epi32(x, 4);
+      src += 32;
+    }
+    _mm256_store_si256((void *)(dst + i), _mm256_sub_epi8(_mm256_and_si256(lo, mask), bias));
+    _mm256_store_si256((void *)(dst + i + 32), _mm256_sub_epi8(_mm256_and_si256(hi, mask), bias));
+  }
+}
+
+static __m256i lanes_mask(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* The epilogue of 8 channels c0..c0+n-1 of row r; the same float operations, in the same
+   order, as oq_epilogue_value and oq_epilogue_store. */
+static void epilogue8(const oq_epilogue *e, int r, int c0, int n, __m256i acc) {
+  __m256i m = lanes_mask(n);
+  if (e->acc_bias) acc = _mm256_add_epi32(acc, _mm256_maskload_epi32(e->acc_bias + c0, m));
+  __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_maskload_ps(e->scale + c0, m));
+  y = _mm256_add_ps(y, _mm256_maskload_ps(e->shift + c0, m));
+  if (e->residual) y = _mm256_add_ps(y, _mm256_maskload_ps(e->residual + (size_t)r * e->ld_res + c0, m));
+  const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
+  switch (e->act) {
+    case OQ_ACT_RELU: y = _mm256_max_ps(y, zero); break;
+    case OQ_ACT_RELU6: y = _mm256_min_ps(_mm256_max_ps(y, zero), six); break;
+    case OQ_ACT_HSWISH: {
+      __m256 t = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(y, _mm256_set1_ps(3.0f)), zero), six);
+      y = _mm256_div_ps(_mm256_mul_ps(y, t), six);
+      break;
+    }
+    default: break;
+  }
+  size_t o = (size_t)r * e->ld_out + c0;
+  if (e->out_f32) {
+    _mm256_maskstore_ps(e->out_f32 + o, m, y);
+    return;
+  }
+  __m256 q = _mm256_div_ps(y, _mm256_set1_ps(e->step));
+  q = _mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps((float)e->qn)), _mm256_set1_ps((float)e->qp));
+  q = _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256i u = _mm256_sub_epi32(_mm256_cvttps_epi32(q), _mm256_set1_epi32(e->qn));
+  __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
+  __m128i b = _mm_packus_epi16(w16, w16);  /* codes are 0..255: no saturation */
+  if (n >= 8) {
+    _mm_storel_epi64((void *)(e->out_u8 + o), b);
+  } else {
+    uint8_t tmp[16];
+    _mm_storeu_si128((void *)tmp, b);
+    memcpy(e->out_u8 + o, tmp, n);
+  }
+}
+
+/* Activation codes for the nibble split: 0 all 8 bits, 1 the low nibble, 2 the high one. */
+static inline __attribute__((always_inline)) __m256i nibble(__m256i b, int nib) {
+  if (nib == 2) b = _mm256_srli_epi16(b, 4);
+  return nib ? _mm256_and_si256(b, _mm256_set1_epi8(15)) : b;
+}
+
+/* One step of 4 codes: rows' quads q[i] times the tile's weights at w, into int16 sums. */
+static inline __attribute__((always_inline)) void step(const uint32_t q[MR], const int8_t *w, int nrv, int nib,
+                                                       __m256i s[MR][NRV]) {
+  __m256i wv[NRV];
+#pragma GCC unroll 2
+  for (int j = 0; j < nrv; j++) wv[j] = _mm256_loadu_si256((const void *)(w + 32 * j));
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; i++) {
+    __m256i b = nibble(_mm256_set1_epi32((int)q[i]), nib);
+#pragma GCC unroll 2
+    for (int j = 0; j < nrv; j++) s[i][j] = _mm256_add_epi16(s[i][j], _mm256_maddubs_epi16(b, wv[j]));
+  }
+}
+
+/* Integer sums of rows a[0..MR-1] with the nrv*8 channels of a tile in the c4 layout; int16
+   sums are widened every `period` steps. */
+static inline __attribute__((always_inline)) void sums(const uint8_t *const a[MR], int cin, const int8_t *w,
+                                                       int period, int nrv, int nib, __m256i acc[MR][NRV]) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  int k4 = (cin + 3) / 4, full = cin / 4;
+  for (int i = 0; i < MR; i++)
+    for (int j = 0; j < nrv; j++) acc[i][j] = _mm256_setzero_si256();
+  for (int kb = 0; kb < k4; kb += period) {
+    int ke = kb + period < k4 ? kb + period : k4;
+    __m256i s[MR][NRV];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 2
+      for (int j = 0; j < nrv; j++) s[i][j] = _mm256_setzero_si256();
+    int kq = kb;
+    for (; kq < ke && kq < full; kq++) {
+      uint32_t q[MR];
+#pragma GCC unroll 4
+      for (int i = 0; i < MR; i++) q[i] = oq_quad(a[i] + 4 * kq);
+      step(q, w + (size_t)kq * nrv * 32, nrv, nib, s);
+    }
+    if (kq < ke) {  /* the last, partial quad */
+      uint32_t q[MR];
+      for (int i = 0; i < MR; i++) q[i] = oq_quad_tail(a[i] + 4 * kq, cin - 4 * kq);
+      step(q, w + (size_t)kq * nrv * 32, nrv, nib, s);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 2
+      for (int j = 0; j < nrv; j++) acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(s[i][j], ones));
+  }
+}
+
+typedef void sums_fn(const uint8_t *const a[MR], int cin, const int8_t *w, int period, __m256i acc[MR][NRV]);
+
+static void sums_1(const uint8_t *const a[MR], int cin, const int8_t *w, int period, __m256i acc[MR][NRV]) {
+  sums(a, cin, w, period, 1, 0, acc);
+}
+static void sums_2(const uint8_t *const a[MR], int cin, const int8_t *w, int period, __m256i acc[MR][NRV]) {
+  sums(a, cin, w, period, 2, 0, acc);
+}
+
+/* 8-bit activations x 8-bit weights: hi * 16 + lo over the activations' nibbles. */
+static void sums_nibbles(const uint8_t *const a[MR], int cin, const int8_t *w, int nrv, __m256i acc[MR][NRV]) {
+  __m256i hi[MR][NRV];
+  int period = 32767 / (2 * 15 * 128);
+  if (nrv == 1) {
+    sums(a, cin, w, period, 1, 1, acc), sums(a, cin, w, period, 1, 2, hi);
+  } else {
+    sums(a, cin, w, period, 2, 1, acc), sums(a, cin, w, period, 2, 2, hi);
+  }
+  for (int i = 0; i < MR; i++)
+    for (int j = 0; j < nrv; j++) acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_slli_epi32(hi[i][j], 4));
+}
+
+/* Steps of 4 codes whose int16 sums cannot overflow (0: a single pair sum may saturate). */
+static int int16_period(int abits, int wbits) {
+  int umax = (1 << abits) - 1, wmax = wbits == 1 ? 1 : 1 << (wbits - 1);
+  return 32767 / (2 * umax * wmax);
+}
+
 static void conv1x1(const uint8_t *a, int lda, int rows, const void *packed, const oq_epilogue *e,
                     void *scratch) {
-  oq_kernels_scalar.conv1x1(a, lda, rows, packed, e, scratch);
+  const oq_packed1x1 *h = packed;
+  if (h->magic != OQ_PACK_AVX2) abort();  /* weights packed by another path */
+  int s = oq_pack_store_bits(h->wbits), period = int16_period(h->abits, h->wbits);
+  for (int t = 0; t * TILE < h->cout; t++) {
+    int nc = oq_pack_tile_channels(h->cout, t, TILE, LANES), nrv = nc / LANES;
+    const uint8_t *stored = (const uint8_t *)(h + 1) + oq_pack_tile_offset(h->cin, h->wbits, t, TILE);
+    const int8_t *w = (const int8_t *)stored;
+    if (s != 8) {
+      expand_tile(stored, s, oq_pack_tile_bytes(h->cin, nc), scratch);
+      w = scratch;
+    }
+    for (int r0 = 0; r0 < rows; r0 += MR) {
+      /* rows past the end repeat the last one: their sums are computed and dropped */
+      const uint8_t *ar[MR];
+      for (int i = 0; i < MR; i++) ar[i] = a + (size_t)(r0 + i < rows ? r0 + i : rows - 1) * lda;
+      __m256i acc[MR][NRV];
+      if (period == 0)
+        sums_nibbles(ar, h->cin, w, nrv, acc);
+      else
+        (nrv == 1 ? sums_1 : sums_2)(ar, h->cin, w, period, acc);
+      for (int i = 0; i < MR && r0 + i < rows; i++)
+        for (int j = 0; j < nrv; j++) {
+          int c0 = t * TILE + j * LANES;
+          if (c0 < h->cout) epilogue8(e, r0 + i, c0, h->cout - c0, acc[i][j]);
+        }
+    }
+  }
 }
+
+/* ---- depthwise ---- */
+
+static int max_code(const oq_dw_args *d, int oy0, int oy1) {
+  int y0, y1;
+  oq_dw_input_rows(d, oy0, oy1, &y0, &y1);
+  const uint8_t *p = d->a + (size_t)y0 * d->w * d->c, *end = d->a + (size_t)y1 * d->w * d->c;
+  __m256i m = _mm256_set1_epi8((char)d->pad_u);
+  for (; p + 32 <= end; p += 32) m = _mm256_max_epu8(m, _mm256_loadu_si256((const void *)p));
+  uint8_t lanes[32];
+  _mm256_storeu_si256((void *)lanes, m);
+  int best = 0;
+  for (int i = 0; i < 32; i++) best = lanes[i] > best ? lanes[i] : best;
+  for (; p < end; p++) best = *p > best ? *p : best;
+  return best;
+}
+
+/* 16 codes at p, or the n < 16 left at the end of a pixel's channels. */
+static __m128i load16(const void *p, int n) {
+  if (n >= 16) return _mm_loadu_si128(p);
+  uint8_t tmp[16] = {0};
+  memcpy(tmp, p, n);
+  return _mm_loadu_si128((const void *)tmp);
+}
+
+/* One output pixel, 16 channels at a time: int16 products (exact: |u*w| <= 255*128), summed in
+   int16 when the caller proved every sum fits (wide = 0), else in int32. */
+static inline __attribute__((always_inline)) void dw_pixel(const oq_dw_args *d, int oy, int ox, int wide) {
+  int pad = d->k / 2, iy0 = oy * d->stride - pad, ix0 = ox * d->stride - pad, r = oy * d->wo + ox;
+  const __m256i padv = _mm256_set1_epi16(d->pad_u);
+  for (int cb = 0; cb < d->c; cb += 16) {
+    int n = d->c - cb;
+    __m256i acc = _mm256_setzero_si256(), lo = acc, hi = acc;
+    for (int ky = 0; ky < d->k; ky++) {
+      int iy = iy0 + ky;
+      for (int kx = 0; kx < d->k; kx++) {
+        int ix = ix0 + kx;
+        __m256i u = padv;
+        if (iy >= 0 && iy < d->h && ix >= 0 && ix < d->w)
+          u = _mm256_cvtepu8_epi16(load16(d->a + ((size_t)iy * d->w + ix) * d->c + cb, n));
+        __m256i wv = _mm256_cvtepi8_epi16(load16(d->wt + (size_t)(ky * d->k + kx) * d->c + cb, n));
+        __m256i p = _mm256_mullo_epi16(u, wv);
+        if (wide) {
+          lo = _mm256_add_epi32(lo, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(p)));
+          hi = _mm256_add_epi32(hi, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(p, 1)));
+        } else {
+          acc = _mm256_add_epi16(acc, p);
+        }
+      }
+    }
+    if (!wide) {
+      lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc));
+      hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1));
+    }
+    epilogue8(d->e, r, cb, n, lo);
+    if (n > 8) epilogue8(d->e, r, cb + 8, n - 8, hi);
+  }
+}
+
+static void dw_rows16(const oq_dw_args *d, int oy0, int oy1) {
+  for (int oy = oy0; oy < oy1; oy++)
+    for (int ox = 0; ox < d->wo; ox++) dw_pixel(d, oy, ox, 0);
+}
+
+static void dw_rows32(const oq_dw_args *d, int oy0, int oy1) {
+  for (int oy = oy0; oy < oy1; oy++)
+    for (int ox = 0; ox < d->wo; ox++) dw_pixel(d, oy, ox, 1);
+}
+
 static void dwconv(const uint8_t *a, int h, int w, int c, int k, int stride, const int8_t *wt,
                    uint8_t pad_u, const oq_epilogue *e, int oy0, int oy1) {
-  oq_kernels_scalar.dwconv(a, h, w, c, k, stride, wt, pad_u, e, oy0, oy1);
+  if (oy0 >= oy1) return;
+  oq_dw_args d = {a, h, w, c, k, stride, (w - 1) / stride + 1, wt, pad_u, e};
+  if (oq_dw_fits_int16(&d, max_code(&d, oy0, oy1)))
+    dw_rows16(&d, oy0, oy1);
+  else
+    dw_rows32(&d, oy0, oy1);
 }
 
 const oq_kernels oq_kernels_avx2 = {

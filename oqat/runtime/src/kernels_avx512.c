@@ -16,7 +16,7 @@
 #include <immintrin.h>
 #include <string.h>
 
-#include "kernels_pack.h"
+#include "kernels_common.h"
 
 enum { LANES = 16, NRV = 4, TILE = LANES * NRV, MR = 6 };
 
@@ -82,19 +82,6 @@ static void epilogue16(const oq_epilogue *e, int r, int c0, __mmask16 m, __m512i
   _mm512_mask_cvtepi32_storeu_epi8(e->out_u8 + o, m, u);
 }
 
-static uint32_t quad(const uint8_t *p) {
-  uint32_t x;
-  memcpy(&x, p, 4);
-  return x;
-}
-
-/* The last n < 4 codes of a row, without reading past it. */
-static uint32_t quad_tail(const uint8_t *p, int n) {
-  uint32_t x = 0;
-  memcpy(&x, p, n);
-  return x;
-}
-
 /* Integer sums of rows a[0..MR-1] with the nrv*16 channels of a tile in the c4 layout. */
 static inline __attribute__((always_inline)) void sums(const uint8_t *const a[MR], int cin, const int8_t *w,
                                                        int nrv, __m512i acc[MR][NRV]) {
@@ -111,7 +98,7 @@ static inline __attribute__((always_inline)) void sums(const uint8_t *const a[MR
     for (int j = 0; j < nrv; j++) wv[j] = _mm512_loadu_si512(w + 64 * j);
 #pragma GCC unroll 6
     for (int i = 0; i < MR; i++) {
-      uint32_t q = kq < k4 ? quad(a[i] + 4 * kq) : quad_tail(a[i] + 4 * kq, tail);
+      uint32_t q = kq < k4 ? oq_quad(a[i] + 4 * kq) : oq_quad_tail(a[i] + 4 * kq, tail);
       __m512i b = _mm512_set1_epi32((int)q);
 #pragma GCC unroll 4
       for (int j = 0; j < nrv; j++) s[i][j] = _mm512_dpbusd_epi32(s[i][j], b, wv[j]);
@@ -163,19 +150,10 @@ static void conv1x1(const uint8_t *a, int lda, int rows, const void *packed, con
 
 /* ---- depthwise ---- */
 
-typedef struct {
-  const uint8_t *a;
-  int h, w, c, k, stride, wo;
-  const int8_t *wt;
-  uint8_t pad_u;
-  const oq_epilogue *e;
-} dw_args;
-
 /* Largest code in the input rows that output rows oy0..oy1-1 read (and the padding code). */
-static int max_code(const dw_args *d, int oy0, int oy1) {
-  int pad = d->k / 2;
-  int y0 = oy0 * d->stride - pad, y1 = (oy1 - 1) * d->stride - pad + d->k;
-  y0 = y0 < 0 ? 0 : y0, y1 = y1 > d->h ? d->h : y1;
+static int max_code(const oq_dw_args *d, int oy0, int oy1) {
+  int y0, y1;
+  oq_dw_input_rows(d, oy0, oy1, &y0, &y1);
   const uint8_t *p = d->a + (size_t)y0 * d->w * d->c, *end = d->a + (size_t)y1 * d->w * d->c;
   __m512i m = _mm512_set1_epi8((char)d->pad_u);
   for (; p + 64 <= end; p += 64) m = _mm512_max_epu8(m, _mm512_loadu_si512(p));
@@ -187,15 +165,9 @@ static int max_code(const dw_args *d, int oy0, int oy1) {
   return best;
 }
 
-static int max_abs_weight(const int8_t *wt, int n) {
-  int best = 0;
-  for (int i = 0; i < n; i++) best = abs(wt[i]) > best ? abs(wt[i]) : best;
-  return best;
-}
-
 /* One output pixel, 32 channels at a time: int16 products (exact: |u*w| <= 255*128), summed in
    int16 when the caller proved every sum fits (wide = 0), else in int32. */
-static inline __attribute__((always_inline)) void dw_pixel(const dw_args *d, int oy, int ox, int wide) {
+static inline __attribute__((always_inline)) void dw_pixel(const oq_dw_args *d, int oy, int ox, int wide) {
   int pad = d->k / 2, iy0 = oy * d->stride - pad, ix0 = ox * d->stride - pad, r = oy * d->wo + ox;
   const __m512i padv = _mm512_set1_epi16(d->pad_u);
   for (int cb = 0; cb < d->c; cb += 32) {
@@ -228,12 +200,12 @@ static inline __attribute__((always_inline)) void dw_pixel(const dw_args *d, int
   }
 }
 
-static void dw_rows16(const dw_args *d, int oy0, int oy1) {
+static void dw_rows16(const oq_dw_args *d, int oy0, int oy1) {
   for (int oy = oy0; oy < oy1; oy++)
     for (int ox = 0; ox < d->wo; ox++) dw_pixel(d, oy, ox, 0);
 }
 
-static void dw_rows32(const dw_args *d, int oy0, int oy1) {
+static void dw_rows32(const oq_dw_args *d, int oy0, int oy1) {
   for (int oy = oy0; oy < oy1; oy++)
     for (int ox = 0; ox < d->wo; ox++) dw_pixel(d, oy, ox, 1);
 }
@@ -241,9 +213,8 @@ static void dw_rows32(const dw_args *d, int oy0, int oy1) {
 static void dwconv(const uint8_t *a, int h, int w, int c, int k, int stride, const int8_t *wt,
                    uint8_t pad_u, const oq_epilogue *e, int oy0, int oy1) {
   if (oy0 >= oy1) return;
-  dw_args d = {a, h, w, c, k, stride, (w - 1) / stride + 1, wt, pad_u, e};
-  long bound = (long)k * k * max_code(&d, oy0, oy1) * max_abs_weight(wt, k * k * c);
-  if (bound <= 32767)
+  oq_dw_args d = {a, h, w, c, k, stride, (w - 1) / stride + 1, wt, pad_u, e};
+  if (oq_dw_fits_int16(&d, max_code(&d, oy0, oy1)))
     dw_rows16(&d, oy0, oy1);
   else
     dw_rows32(&d, oy0, oy1);

@@ -1,7 +1,8 @@
-/* Packing of 1x1 weights for the SIMD paths: plain C, included by each SIMD kernel file, which
- * picks its own channel tile. See kernels_avx512.c for the layout. */
-#ifndef OQAT_KERNELS_PACK_H
-#define OQAT_KERNELS_PACK_H
+/* What the SIMD kernel files share, in plain C (each includes it): the packing of 1x1 weights
+ * (each path picks its own channel tile; see kernels_avx512.c for the layout), loads of
+ * activation quads, and the depthwise arguments and exactness bound. */
+#ifndef OQAT_KERNELS_COMMON_H
+#define OQAT_KERNELS_COMMON_H
 
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +75,41 @@ static inline void oq_pack(const int8_t *codes, int cout, int cin, int wbits, in
     out += n * s / 8;
   }
   free(layout);
+}
+
+static inline uint32_t oq_quad(const uint8_t *p) {
+  uint32_t x;
+  memcpy(&x, p, 4);
+  return x;
+}
+
+/* The last n < 4 codes of a row, without reading past it. */
+static inline uint32_t oq_quad_tail(const uint8_t *p, int n) {
+  uint32_t x = 0;
+  memcpy(&x, p, n);
+  return x;
+}
+
+typedef struct {
+  const uint8_t *a;
+  int h, w, c, k, stride, wo;
+  const int8_t *wt;
+  uint8_t pad_u;
+  const oq_epilogue *e;
+} oq_dw_args;
+
+/* The input rows [*y0, *y1) that output rows oy0..oy1-1 read. */
+static inline void oq_dw_input_rows(const oq_dw_args *d, int oy0, int oy1, int *y0, int *y1) {
+  int pad = d->k / 2;
+  *y0 = oy0 * d->stride - pad, *y1 = (oy1 - 1) * d->stride - pad + d->k;
+  *y0 = *y0 < 0 ? 0 : *y0, *y1 = *y1 > d->h ? d->h : *y1;
+}
+
+/* Whether every depthwise sum fits int16, given the largest code read (padding included). */
+static inline int oq_dw_fits_int16(const oq_dw_args *d, int max_code) {
+  int wmax = 0, n = d->k * d->k * d->c;
+  for (int i = 0; i < n; i++) wmax = abs(d->wt[i]) > wmax ? abs(d->wt[i]) : wmax;
+  return (long)d->k * d->k * max_code * wmax <= 32767;
 }
 
 #endif
