@@ -26,6 +26,7 @@ from dataclasses import replace
 import torch
 
 from oqat import machine
+from oqat.precision import Precision
 from oqat.quant import guard_steps_, set_bits_, step_values
 from oqat.space import SPACES, SearchSpace
 from oqat.supernet import Supernet
@@ -91,9 +92,8 @@ def run(name: str, reference, measured, repeats: int) -> dict:
         for b in (list(nets) if i % 2 == 0 else list(nets)[::-1]):
             times[b].append(step(*nets[b], archs[b], x, y))
     ref, q = times[reference], times[measured]
-    label = lambda b: "fp32" if b == 32 else f"{b}-bit" if isinstance(b, int) else "mixed " + "/".join(map(str, b))  # noqa: E731
-    return {f"{label(reference)} median CPU ms": statistics.median(ref) * 1e3,
-            f"{label(measured)} median CPU ms": statistics.median(q) * 1e3,
+    return {f"{Precision.of(reference)} median CPU ms": statistics.median(ref) * 1e3,
+            f"{Precision.of(measured)} median CPU ms": statistics.median(q) * 1e3,
             "ratio (medians)": statistics.median(q) / statistics.median(ref), "ratio (best)": min(q) / min(ref)}
 
 

@@ -25,6 +25,7 @@ from .cost import arch_metrics
 from .evaluate import evaluate, prepare_subnet
 from .experiment import AnalysisConfig
 from .layout import RunLayout
+from .precision import Precision
 from .quant import FULL_PRECISION
 from .search import pareto_indices
 from .space import Arch, SearchSpace
@@ -163,7 +164,7 @@ def plot(rows: list[dict], summary: dict, out_dir: str) -> list[str]:
     ax = fig.subplots()
     for b in rows[0]["top1"]:
         pts = [(r["bitops"][b], r["top1"][b]) for r in rows]
-        ax.scatter(*zip(*pts), s=10, alpha=0.5, label=f"{b}-bit")
+        ax.scatter(*zip(*pts), s=10, alpha=0.5, label=Precision.of(b).label)
         ax.plot(*zip(*[pts[i] for i in front(rows, b)]), lw=1.5)
     ax.set_xscale("log")
     ax.set(xlabel="BitOPs", ylabel="val top-1 (%)", title="Sampled subnets and Pareto fronts")
@@ -187,8 +188,9 @@ def _save(fig, out_dir: str, name: str) -> str:
 
 
 def run_supernets(run_dir: str) -> dict[int, tuple[Supernet, object]]:
-    """(supernet, its data config) of the last trained supernet of each bit-width in a run
-    directory (later stages win), full precision included."""
+    """(supernet, its data config) of the last trained supernet of each uniform bit-width in a
+    run directory (later stages win), full precision included. A mixed-precision supernet is
+    left out: the analysis relates what each uniform width loses to the architecture."""
     run = RunLayout(run_dir)
     if not os.path.isdir(run.stages_dir):
         raise ValueError(f"'{run_dir}' is not an oqat run directory (no {run.relative(run.stages_dir)}/ folder)")
@@ -196,7 +198,8 @@ def run_supernets(run_dir: str) -> dict[int, tuple[Supernet, object]]:
     for stage in run.stages():
         if os.path.isfile(stage.supernet):
             net, ckpt = files.load_supernet(stage.supernet)
-            found[net.bits] = net, ckpt["data"]
+            if not Precision.of(net.bits).mixed:
+                found[net.bits] = net, ckpt["data"]
     if len(found) < 2:
         raise ValueError(f"'{run_dir}' has {len(found)} finished supernet(s); the analysis compares at least "
                          "two bit-widths")
@@ -213,8 +216,8 @@ def analyze(run_dir: str, cfg: AnalysisConfig, out_dir: str | None = None, progr
         raise ValueError(f"the supernets of '{run_dir}' carry no data config")
     archs = p.space.sample_distinct(random.Random(cfg.seed), cfg.samples)
     if len(archs) < MIN_ARCHS:
-        raise ValueError(f"the part of the space the {p.compared[-1]}-bit supernet of '{run_dir}' trained holds "
-                         f"{len(archs)} distinct architecture(s); the analysis needs at least {MIN_ARCHS}")
+        raise ValueError(f"the part of the space the {Precision.of(p.compared[-1])} supernet of '{run_dir}' trained "
+                         f"holds {len(archs)} distinct architecture(s); the analysis needs at least {MIN_ARCHS}")
     splits = data.load_splits(data_cfg)
     os.makedirs(out_dir, exist_ok=True)
     rows, fixed = evaluate_archs(nets, p, archs, data_cfg, splits, cfg, progress)
@@ -247,10 +250,10 @@ def markdown(s: dict, rows: list[dict]) -> str:
              + (f" ({s['reference_top1']:.2f}%)" if s["reference_top1"] is not None else "") + ".", "",
              "Per trait: Spearman's rho with the loss, bootstrap 95% interval and p-value (positive: more of the "
              "trait, more lost).", "",
-             "| trait | " + " | ".join(f"{b}-bit (mean loss {s['mean_loss'][b]:.2f})" for b in bits) + " |",
+             "| trait | " + " | ".join(f"{Precision.of(b)} (mean loss {s['mean_loss'][b]:.2f})" for b in bits) + " |",
              "|---|" + "---|" * len(bits)]
     lines += [f"| {t} | " + " | ".join(format_corr(s["correlations"][b][t]) for b in bits) + " |" for t in s["traits"]]
-    lines += ["", f"## At matched cost ({lowest}-bit loss)", "",
+    lines += ["", f"## At matched cost ({Precision.of(lowest)} loss)", "",
               "Inside each MACs band (quantiles of the samples), the rank correlation of each trait with the loss.", "",
               "| MACs band | n | " + " | ".join(s["traits"]) + " |", "|---|---|" + "---|" * len(s["traits"])]
     for b in s["bands"]:
@@ -258,7 +261,7 @@ def markdown(s: dict, rows: list[dict]) -> str:
                      + " | ".join(format_corr(b["rho"][t]) for t in s["traits"]) + " |")
     if not s["largest_only"]:
         hi = s["reference"]
-        lines += ["", f"## Similar cost and {hi}-bit accuracy, most different at {lowest} bits", ""]
+        lines += ["", f"## Similar cost and {Precision.of(hi)} accuracy, most different at {lowest} bits", ""]
         if not s["pairs"]:
             lines.append("No pair within 10% MACs and 1 point of accuracy among the samples.")
         for p in s["pairs"]:

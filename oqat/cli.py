@@ -18,11 +18,20 @@ MIN_HELD_OUT = 10  # held-out pairs below which a predictor's Kendall tau and RM
 
 
 def _bits(text: str) -> int:
-    from .quant import check_bits
+    """One width for every layer (4, 4bit, fp; 32 = full precision)."""
+    from .precision import Precision
     try:
-        return check_bits(int(text))
+        p = Precision.parse(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"bits must be 1..8 or 32, got {text!r}") from None
+        p = None
+    if p is None or p.mixed:
+        raise argparse.ArgumentTypeError(f"bits must be 1..8 or 32 (fp), got {text!r}") from None
+    return p.bits
+
+
+def _label(bits) -> str:
+    from .precision import Precision
+    return Precision.of(bits).label
 
 
 @functools.cache
@@ -91,7 +100,7 @@ def cmd_cost(args):
     if args.json:
         print(json.dumps(result))
     else:
-        print_table(_readable(result), f"{arch}  ({'bits per block' if arch.b else f'{args.bits}-bit'})")
+        print_table(_readable(result), f"{arch}  ({'bits per block' if arch.b else _label(args.bits)})")
 
 
 # --- convert-oqa ----------------------------------------------------------------------
@@ -107,7 +116,7 @@ def cmd_convert_oqa(args):
     from .files import load_oqa_checkpoint, save_supernet
     net = load_oqa_checkpoint(args.checkpoint, args.bits)
     save_supernet(net, args.out, {"source": os.path.basename(args.checkpoint)})
-    print(f"wrote {args.out} (mbv3 supernet, {args.bits}-bit)")
+    print(f"wrote {args.out} (mbv3 supernet, {_label(args.bits)})")
 
 
 # --- inherit --------------------------------------------------------------------------
@@ -124,7 +133,7 @@ def add_inherit(sub):
 def cmd_inherit(args):
     from .inherit import inherit_file
     net = inherit_file(args.checkpoint, args.bits, args.out, args.reinit_steps)
-    print(f"wrote {args.out} ({net.space.name} supernet, {net.bits}-bit)")
+    print(f"wrote {args.out} ({net.space.name} supernet, {_label(net.bits)})")
 
 
 # --- analyze --------------------------------------------------------------------------
@@ -152,7 +161,7 @@ def cmd_analyze(args):
     print(f"{len(result['rows'])} subnets, val top-1 on {s['val_images']:,} val images; loss against "
           f"{s['reference_text']}; per trait Spearman rho [bootstrap 95% CI], p")
     for b in s["bits"]:
-        print(f"  {b}-bit: mean loss {s['mean_loss'][b]:.2f} points")
+        print(f"  {_label(b)}: mean loss {s['mean_loss'][b]:.2f} points")
         for t, c in s["correlations"][b].items():
             print(f"    vs {t:<12} rho {format_corr(c)}")
     print(f"wrote {out}/analysis.md, analysis.json and plots")
@@ -223,7 +232,7 @@ def export_summary(facts: dict) -> str:
     """One line of an export's facts: sizes, test top-1 per runtime, speed against fp32."""
     from .export import speedup
     s, test, speed = facts["sizes"], facts.get("test"), facts.get("speed")
-    line = (f"{facts['arch']} at {facts['bits']} bits; onnx {s['onnx'] / 1024:,.1f} KiB, "
+    line = (f"{facts['arch']} at {_label(facts['bits'])}; onnx {s['onnx'] / 1024:,.1f} KiB, "
             f"packed {s['packed'] / 1024:,.1f} "
             f"KiB (fp32 {s['fp32'] / 1024:,.1f} KiB)")
     if test:
@@ -269,7 +278,7 @@ def cmd_latency(args):
                           "ms": result}))
     else:
         rows = {f"{engine} batch {b} (ms)": ms for engine, by_batch in result.items() for b, ms in by_batch.items()}
-        print_table(rows, f"{arch} ({net.bits}-bit) on {cpu_model()}, {args.threads} thread(s)")
+        print_table(rows, f"{arch} ({_label(net.bits)}) on {cpu_model()}, {args.threads} thread(s)")
     if args.table:
         print(f"updated {args.table}", file=sys.stderr)
 
@@ -378,7 +387,7 @@ def cmd_eval(args):
         print(json.dumps(result))
     else:
         print_table(_readable({k: v for k, v in result.items() if k not in ("arch", "bits", "split", "calibration")}),
-                    f"{arch}  ({sub.bits}-bit; {data_cfg.name} {args.split}, {result['n']:,} images; {bn})")
+                    f"{arch}  ({_label(sub.bits)}; {data_cfg.name} {args.split}, {result['n']:,} images; {bn})")
 
 
 def add_search(sub):
@@ -405,7 +414,7 @@ def cmd_search(args):
     s.check_metrics(latency)
     table = load_latency_table(args.latency_table, net.space, net.bits) if latency else None
     if table:
-        print(f"  latency table: {len(table['ms'])} subnets at {table['bits']} bits on {table['device']}, "
+        print(f"  latency table: {len(table['ms'])} subnets at {_label(table['bits'])} on {table['device']}, "
               f"{table['threads']} thread(s)", file=sys.stderr)
     pairs = load_pairs(args.pairs, net.space) if args.pairs else None
     result = search(net, data_cfg, splits, s.budgets, s.population, s.generations, s.seed, s.metric,

@@ -18,14 +18,8 @@ from dataclasses import dataclass, field
 from .budget import Budget, check_metric
 from .data import DataConfig, check_source
 from .layout import RunLayout
-from .quant import FULL_PRECISION, check_precision
+from .precision import Precision
 from .space import Arch, ArchField, get_space
-
-
-def _precision(bits):
-    """A config's bits, checked: an integer, or the sorted list of a mixed precision's widths."""
-    bits = check_precision(bits)
-    return list(bits) if isinstance(bits, tuple) else bits
 
 
 def _at_least(obj, minimum, *names: str) -> None:
@@ -84,7 +78,7 @@ class TrainConfig:
         return data
 
     def __post_init__(self):
-        self.bits = _precision(self.bits)
+        self.bits = Precision.of(self.bits).config
         _at_least(self, 1, "epochs", "calib_images", "log_every")
         _at_least(self, 0, "warmup", "weight_decay", "sandwich_random", "checkpoint_every", "grad_clip")
         if self.lr <= 0:
@@ -107,7 +101,7 @@ class StageConfig:
     teacher: int | None = None  # index of an earlier stage whose final supernet's largest subnet teaches this stage; None: train.teacher_file
 
     def __post_init__(self):
-        self.bits = _precision(self.bits)
+        self.bits = Precision.of(self.bits).config
         if self.init not in ("previous", "scratch"):
             raise ValueError(f"init must be 'previous' or 'scratch', got {self.init!r}")
         _at_least(self, 1, "epochs")
@@ -192,17 +186,18 @@ class ExperimentConfig:
         for i, st in enumerate(self.stages):
             # Bit inheritance doubles steps going down; going up has no rule (steps would shrink).
             # A mixed stage takes each width's steps from the chain's stages, so it may follow any.
-            if st.init == "previous" and isinstance(previous, list) and not isinstance(st.bits, list):
+            bits = Precision.of(st.bits)
+            if st.init == "previous" and previous is not None and previous.mixed and not bits.mixed:
                 raise ValueError(f"stages[{i}] trains {st.bits} bits from the mixed-precision stage before it; "
                                  "a mixed stage ends the chain (use init: scratch to start anew)")
-            if st.init == "previous" and isinstance(previous, list) and isinstance(st.bits, list):
+            if st.init == "previous" and previous is not None and previous.mixed and bits.mixed:
                 raise ValueError(f"stages[{i}]: a mixed-precision stage after another one is not supported "
                                  "(give both widths in one stage)")
-            if st.init == "previous" and isinstance(previous, int) and previous != FULL_PRECISION \
-                    and isinstance(st.bits, int) and st.bits > previous:
-                raise ValueError(f"stages[{i}] trains {st.bits} bits from the {previous}-bit stage before it; "
+            if st.init == "previous" and previous is not None and not previous.mixed and not previous.full \
+                    and not bits.mixed and bits.bits > previous.bits:
+                raise ValueError(f"stages[{i}] trains {st.bits} bits from the {previous} stage before it; "
                                  "inheritance goes only to fewer bits (use init: scratch to start anew)")
-            previous = st.bits
+            previous = bits
             if st.teacher is not None and not 0 <= st.teacher < i:
                 raise ValueError(f"stages[{i}].teacher={st.teacher}: a teacher is an earlier stage, one of 0..{i - 1}")
             if st.teacher is not None and not self.train.distill:

@@ -40,7 +40,8 @@ from .cost import arch_metrics
 from .data import DataConfig, eval_batches, load_splits, subset
 from .evaluate import prepare_subnet, resize
 from .layers import ConvBNAct, QConv2d, SqueezeExcite
-from .quant import FULL_PRECISION, precision_name, qrange, set_bits_
+from .precision import Precision
+from .quant import FULL_PRECISION, qrange, set_bits_
 from .space import Arch
 from .subnet import Subnet
 from .supernet import Supernet
@@ -211,12 +212,12 @@ def _graph(net: Subnet, conv_bn_act) -> _Graph:
 def _model(net: Subnet, g: _Graph, domains: dict[str, int]) -> onnx.ModelProto:
     space, r = net.space, net.arch.r
     graph = helper.make_graph(
-        g.nodes, f"oqat-{precision_name(net.bits)}", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+        g.nodes, f"oqat-{Precision.of(net.bits).name}", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
                                                                          ["N", space.in_channels, r, r])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", space.num_classes])], g.inits)
     opsets = [helper.make_opsetid("", g.opset)] + [helper.make_opsetid(d, v) for d, v in domains.items()]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="oqat",
-                              doc_string=f"{net.arch.to_str()} at {_bits_text(net.bits)}")
+                              doc_string=f"{net.arch.to_str()} at {Precision.of(net.bits).label}")
     model.ir_version = IR_VERSIONS[g.opset]
     return model
 
@@ -322,10 +323,9 @@ def export_checkpoint(path: str, arch: str | None, out_dir: str, calib_images: i
 
 
 def _bits_text(bits) -> str:
-    """4 -> "4"; mixed widths -> "2-4 per block (the arch's b: first block, blocks, head)"."""
-    if isinstance(bits, (list, tuple)):
-        return f"{', '.join(map(str, bits))} per block (the architecture's b: first block, each block, head)"
-    return str(bits)
+    """The model card's precision: its label, and for a mixed one where each layer's width is."""
+    p = Precision.of(bits)
+    return p.label + (" per block (the architecture's b: first block, each block, head)" if p.mixed else "")
 
 
 def model_card(f: dict) -> str:

@@ -26,7 +26,8 @@ from .checkpoint import CheckpointError, load as read, read_json, read_torch
 from .data import DataConfig, Splits
 from .oqa import oqa_key
 from .packed import pack, quantized_convs, unpack, weight_codes
-from .quant import Precision, check_precision
+from .precision import Precision
+from .quant import Bits, check_precision
 from .space import ARCH_FIELDS, MBV3, Arch, SearchSpace
 from .subnet import Subnet
 from .supernet import Supernet
@@ -54,7 +55,7 @@ def _space(ckpt: dict, path: str) -> SearchSpace:
         raise CheckpointError(f"'{path}': {err}") from None
 
 
-def _bits(ckpt: dict, path: str) -> Precision:
+def _bits(ckpt: dict, path: str) -> Bits:
     """The network's bits: an integer, or the list of widths of a mixed-precision one."""
     bits = _field(ckpt, path, "bits", (int, list, tuple), "an integer or a list of integers")
     try:
@@ -202,7 +203,7 @@ def open_supernet(path: str, overrides=(), device: str = "cpu") -> tuple[Superne
 
 
 # --- training checkpoints --------------------------------------------------------------------
-def save_training(path: str, *, space: SearchSpace, bits: Precision, config: dict, state_dict: dict,
+def save_training(path: str, *, space: SearchSpace, bits: Bits, config: dict, state_dict: dict,
                   optimizer: dict, scheduler: dict, step: int, epoch: int, batch: int, rng: dict, health: dict,
                   meter: list, val: dict) -> None:
     """A training checkpoint: all a stage needs to go on exactly where it stopped (`train.Trainer`);
@@ -318,7 +319,7 @@ def load_oqa_checkpoint(path: str, bits: int, num_classes: int = 1000) -> Supern
 
 
 # --- JSON files ---------------------------------------------------------------------------------
-def load_latency_table(path: str, space: SearchSpace, bits: Precision | None = None) -> dict:
+def load_latency_table(path: str, space: SearchSpace, bits: Bits | None = None) -> dict:
     """A latency table as `oqat latency --table` writes it: {"bits", "device", "threads", "ms":
     {architecture string of `space`: milliseconds}}. Where `bits` is given it must be the
     table's: a 2-bit subnet's latency says nothing of a 4-bit one's."""
@@ -335,7 +336,8 @@ def load_latency_table(path: str, space: SearchSpace, bits: Precision | None = N
     except ValueError as err:
         raise ValueError(f"latency table '{path}': {err}") from None
     if bits is not None and table["bits"] != bits:
-        raise ValueError(f"latency table '{path}' holds {table['bits']}-bit timings; the supernet is {bits}-bit")
+        raise ValueError(f"latency table '{path}' holds {Precision.of(table['bits'])} timings; the supernet is "
+                         f"{Precision.of(bits)}")
     if not isinstance(table["ms"], dict) or not table["ms"]:
         raise ValueError(f"latency table '{path}': ms must be a JSON object {{arch string: ms}}, not empty")
     ms = {}

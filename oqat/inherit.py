@@ -10,6 +10,7 @@ and each width's steps from the supernet that trained at that width (or, for a w
 chain never trained, the last supernet's own steps carried to it as above).
 """
 from . import config, files
+from .precision import Precision
 from .quant import FULL_PRECISION, ElasticLSQ, check_precision, inherit_step, set_bits_
 from .supernet import Supernet
 
@@ -48,8 +49,8 @@ def mixed_file(src: str, widths, chain: dict[int, str], out: str) -> Supernet:
     (weights, BN, its steps carried to every width) with each width's steps taken from
     chain[width], the supernet file that trained at that width, where there is one."""
     net, ckpt = files.load_supernet(src)
-    if net.bits == FULL_PRECISION or isinstance(net.bits, tuple):
-        raise ValueError(f"'{src}' is a {net.bits}-bit supernet; a mixed supernet starts from a quantized one")
+    if (start := Precision.of(net.bits)).full or start.mixed:
+        raise ValueError(f"'{src}' is a {start} supernet; a mixed supernet starts from a quantized one")
     source_bits, widths = net.bits, check_precision(widths)
     net.to_mixed_(widths)
     steps = {}

@@ -18,6 +18,7 @@ from . import checkpoint, deploy, files
 from .deploy import median_ms
 from .export import ONNX_FILE, PACKED_FILE, build_onnx, fp32_graph
 from .machine import cpu_model
+from .precision import Precision
 from .space import Arch, SearchSpace
 from .subnet import Subnet
 from .supernet import Supernet
@@ -78,8 +79,9 @@ def update_table(path: str, arch: str, ms: float, bits, threads: int,
     here = {"bits": bits, "device": cpu_model(), "threads": threads}
     table = files.load_latency_table(path, space) if os.path.exists(path) else {**here, "ms": {}}
     if {k: table[k] for k in here} != here:
-        raise ValueError(f"latency table '{path}' holds {table['bits']}-bit timings on {table['device']} with "
-                         f"{table['threads']} thread(s); this is {bits}-bit on {here['device']} with {threads}: "
+        raise ValueError(f"latency table '{path}' holds {Precision.of(table['bits'])} timings on {table['device']} "
+                         f"with {table['threads']} thread(s); this is {Precision.of(bits)} on {here['device']} with "
+                         f"{threads}: "
                          "give another table file")
     table["ms"][arch] = round(ms, 4)
     checkpoint.write_json(path, {**table, "ms": dict(sorted(table["ms"].items()))})

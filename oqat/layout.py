@@ -17,7 +17,7 @@ what `export.export` writes.
 import os
 from dataclasses import dataclass
 
-from .quant import Precision, precision_name
+from .precision import Precision
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,7 @@ class ExportLayout:
         return os.path.join(self.root, "facts.json")
 
 
-def _folder(key: Precision | list[int] | str) -> str:
-    """A precision's name (its bits, or a run's key for it: 4, "mixed234"), or a group's ("best")."""
-    return key if isinstance(key, str) else precision_name(key)
+BEST = "best"  # the export group of the recommended family, drawn from every precision's front
 
 
 def _stage_index(name: str) -> int | None:
@@ -129,8 +127,8 @@ class RunLayout:
     def stages_dir(self) -> str:
         return self._path("stages")
 
-    def stage(self, i: int, bits: Precision | list[int]) -> TrainingLayout:
-        return TrainingLayout(self._path("stages", f"{i}-{_folder(bits)}"))
+    def stage(self, i: int, bits) -> TrainingLayout:
+        return TrainingLayout(self._path("stages", f"{i}-{Precision.of(bits).name}"))
 
     def stages(self) -> list[TrainingLayout]:
         """The stage folders there are, by index (whatever bits their names say)."""
@@ -139,13 +137,14 @@ class RunLayout:
         names = [n for n in os.listdir(self.stages_dir) if _stage_index(n) is not None]
         return [TrainingLayout(self._path("stages", n)) for n in sorted(names, key=_stage_index)]
 
-    def search(self, key: Precision | str) -> SearchLayout:
-        """`key`: a precision, or a run's key for it (`report.precision_key`)."""
-        return SearchLayout(self._path("search", _folder(key)))
+    def search(self, precision) -> SearchLayout:
+        """`precision`: in any form `Precision.of` reads (its bits, its results key)."""
+        return SearchLayout(self._path("search", Precision.of(precision).name))
 
-    def export(self, group: Precision | str, name: str) -> ExportLayout:
-        """`group`: a precision (or its key) whose family `name` belongs to, or "best"."""
-        return ExportLayout(self._path("export", f"{_folder(group)}-{name}"))
+    def export(self, group, name: str) -> ExportLayout:
+        """`group`: a precision (any form) whose family `name` belongs to, or BEST."""
+        folder = group if group == BEST else Precision.of(group).name
+        return ExportLayout(self._path("export", f"{folder}-{name}"))
 
     def relative(self, path: str) -> str:
         """`path` as results.json and the log name it: from the run folder."""

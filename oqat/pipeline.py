@@ -22,9 +22,9 @@ from .cost import arch_metrics
 from .experiment import ExperimentConfig, check_inputs, check_run_fields, stage_train_config
 from .export import export_checkpoint
 from .inherit import inherit_file, mixed_file
-from .layout import RunLayout
-from .quant import FULL_PRECISION
-from .report import precision_key, precision_label, precision_order, write_report
+from .layout import BEST, RunLayout
+from .precision import Precision
+from .report import write_report
 from .search import family, search, write_outputs
 from .space import Arch
 from .train import train
@@ -44,19 +44,19 @@ def run_stages(cfg: ExperimentConfig, d: distributed.Dist = distributed.Dist()) 
         if not os.path.isfile(stage.supernet):
             t = stage_train_config(cfg, i)
             if t.init_from is not None:
-                if isinstance(st.bits, list):  # each width's steps from the last stage that trained it
+                if Precision.of(st.bits).mixed:  # each width's steps from the last stage that trained it
                     if d.main and not os.path.isfile(stage.inherited):
                         chain = {s["bits"]: os.path.join(cfg.run.dir, s["supernet"]) for s in done}
                         mixed_file(t.init_from, st.bits, chain, stage.inherited)
                     distributed.barrier(d)
                     t = dataclasses.replace(t, init_from=stage.inherited)
-                elif (start_bits := files.load_supernet(t.init_from)[0].bits) != FULL_PRECISION \
-                        and st.bits < start_bits:  # bit inheritance
+                elif not (start := Precision.of(files.load_supernet(t.init_from)[0].bits)).full \
+                        and st.bits < start.bits:  # bit inheritance
                     if d.main and not os.path.isfile(stage.inherited):
                         inherit_file(t.init_from, st.bits, stage.inherited, st.reinit_steps)
                     distributed.barrier(d)
                     t = dataclasses.replace(t, init_from=stage.inherited)
-            _log(f"stage {i}: {precision_label(st.bits)} supernet, {st.epochs} epoch(s)"
+            _log(f"stage {i}: {Precision.of(st.bits).label} supernet, {st.epochs} epoch(s)"
                  f"{f' from {run.relative(t.init_from)}' if t.init_from else ' from scratch'}"
                  f"{f', taught by stage {st.teacher}' if st.teacher is not None else ''}", d)
             stage_cfg = dataclasses.replace(cfg, train=t, run=dataclasses.replace(cfg.run, dir=stage.root))
@@ -73,19 +73,19 @@ def run_stages(cfg: ExperimentConfig, d: distributed.Dist = distributed.Dist()) 
 
 
 def final_supernets(cfg: ExperimentConfig, stages: list[dict]) -> dict[int | str, str]:
-    """The last quantized supernet of each precision (full precision is not searched), by `precision_key`."""
-    return {precision_key(s["bits"]): os.path.join(cfg.run.dir, s["supernet"])
-            for s in stages if s["bits"] != FULL_PRECISION}
+    """The last quantized supernet of each precision (full precision is not searched), by `Precision.key`."""
+    return {Precision.of(s["bits"]).key: os.path.join(cfg.run.dir, s["supernet"])
+            for s in stages if not Precision.of(s["bits"]).full}
 
 
 def run_search(cfg: ExperimentConfig, supernets: dict[int | str, str]) -> dict[int | str, dict]:
     """Each precision's search (pareto.json), with its S/M/L family named from the front."""
     results = {}
-    for key, path in sorted(supernets.items(), key=lambda kv: precision_order(kv[0])):
+    for key, path in sorted(supernets.items(), key=lambda kv: Precision.of(kv[0]).order):
         out = RunLayout(cfg.run.dir).search(key)
         net, ckpt = files.load_supernet(path)
         if not os.path.isfile(out.pareto):
-            _log(f"search: {precision_label(net.bits)} supernet, population {cfg.search.population}, "
+            _log(f"search: {Precision.of(net.bits).label} supernet, population {cfg.search.population}, "
                  f"{cfg.search.generations} generations")
             data_cfg = ckpt["data"] or cfg.data
             s = cfg.search
@@ -114,11 +114,11 @@ def recommended_family(cfg: ExperimentConfig, searches: dict[int | str, dict]) -
 def run_export(cfg: ExperimentConfig, supernets: dict[int | str, str], searches: dict[int | str, dict],
                recommended: dict[str, dict | None] | None = None) -> dict[int | str, dict]:
     """ONNX and packed weights of each family member (S, M, L) of each precision, in
-    `RunLayout.export(p, name)`, then of the recommended family (`RunLayout.export("best", name)`);
+    `RunLayout.export(p, name)`, then of the recommended family (`RunLayout.export(BEST, name)`);
     a subnet named twice (e.g. M = L, or a recommended member) is exported once."""
     run, exported, done = RunLayout(cfg.run.dir), {}, {}
-    groups = [(key, s["family"]) for key, s in sorted(searches.items(), key=lambda kv: precision_order(kv[0]))]
-    for group, members in groups + ([("best", recommended)] if recommended else []):
+    groups = [(key, s["family"]) for key, s in sorted(searches.items(), key=lambda kv: Precision.of(kv[0]).order)]
+    for group, members in groups + ([(BEST, recommended)] if recommended else []):
         exported[group] = {}
         for name, member in members.items():
             if member is None:
@@ -129,7 +129,7 @@ def run_export(cfg: ExperimentConfig, supernets: dict[int | str, str], searches:
                 continue
             out = run.export(group, name)
             if not os.path.isfile(out.facts):
-                _log(f"export: {'best ' if group == 'best' else ''}{precision_label(key)} {name} {member['arch']}")
+                _log(f"export: {'best ' if group == BEST else ''}{Precision.of(key).label} {name} {member['arch']}")
                 faults.pause_point("export")
                 path = supernets[key]
                 facts = export_checkpoint(path, member["arch"], out.root, cfg.search.calib_images,

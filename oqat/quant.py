@@ -31,10 +31,10 @@ def check_bits(bits: int) -> int:
     return bits
 
 
-Precision = int | tuple[int, ...]  # a network's bits: one width for every layer, or the widths its layers choose from
+Bits = int | tuple[int, ...]  # one width for every layer, or the widths its layers choose from (see precision.py)
 
 
-def check_precision(bits) -> Precision:
+def check_precision(bits) -> Bits:
     """A network's bits: an integer (`check_bits`), or a list of two or more widths in 1..8 that
     each block chooses from (mixed precision), returned sorted as a tuple."""
     if not isinstance(bits, (list, tuple)):
@@ -45,13 +45,6 @@ def check_precision(bits) -> Precision:
     for b in widths:
         check_bits(b)
     return widths
-
-
-def precision_name(bits: Precision | list[int]) -> str:
-    """How files and folders name a precision: fp, 4bit, mixed234."""
-    if isinstance(bits, (list, tuple)):
-        return "mixed" + "".join(map(str, sorted(bits)))
-    return "fp" if bits == FULL_PRECISION else f"{bits}bit"
 
 
 class _LSQFunction(torch.autograd.Function):

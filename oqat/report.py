@@ -5,32 +5,24 @@ import os
 
 from . import checkpoint, config
 from .export import speedup
-from .layout import RunLayout, TrainingLayout
-from .quant import precision_name
+from .layout import BEST, RunLayout, TrainingLayout
+from .precision import Precision
 
 
-def precision_order(key) -> tuple:
-    """Results keys in reading order: uniform bit-widths down (4, 3, 2; "4" once read from
-    JSON), then mixed precisions ("mixed234"), then the recommended family ("best")."""
-    k = str(key)
-    return (0, -int(k)) if k.isdigit() else (1, k) if k.startswith("mixed") else (2, k)
+def _by_precision(results: dict) -> list:
+    """A results dict keyed by precision (a group of exports may be BEST, last) in reading order."""
+    return sorted(results.items(), key=lambda kv: (1,) if kv[0] == BEST else (0, *Precision.of(kv[0]).order))
 
 
-def precision_key(bits) -> int | str:
-    """How a run's results key a precision: a uniform one by its width, a mixed one by its name."""
-    return precision_name(bits) if isinstance(bits, (list, tuple)) else bits
-
-
-def precision_label(key) -> str:
-    """4 (or "4", once read from JSON) -> "4-bit"; a mixed precision, its widths or its key -> "mixed234"."""
-    return f"{key}-bit" if str(key).isdigit() else str(precision_key(key))
+def _label(group) -> str:
+    return group if group == BEST else Precision.of(group).label
 
 
 def compare_at_budgets(fronts: dict, n: int = 8) -> list[dict]:
     """At n BitOPs budgets spaced evenly (log scale) from the smallest to the largest uniform
     front member, the most accurate (val) mixed and uniform front members within each."""
-    uniform = [p for k, f in fronts.items() if str(k).isdigit() for p in f]
-    mixed = [p for k, f in fronts.items() if not str(k).isdigit() for p in f]
+    uniform = [p for k, f in fronts.items() if not Precision.of(k).mixed for p in f]
+    mixed = [p for k, f in fronts.items() if Precision.of(k).mixed for p in f]
     if not uniform or not mixed:
         return []
     lo, hi = min(p["bitops"] for p in uniform), max(p["bitops"] for p in uniform)
@@ -49,10 +41,10 @@ def _plot_fronts(searches: dict, path: str) -> None:
     from matplotlib.figure import Figure
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.subplots()
-    for key, s in sorted(searches.items(), key=lambda kv: precision_order(kv[0])):
+    for key, s in _by_precision(searches):
         pts = [(p["bitops"], p["val_top1"]) for p in s.get("evaluated", [])]
         line = ax.plot(*zip(*sorted((p["bitops"], p["val_top1"]) for p in s["front"])),
-                       marker="o", lw=1.5, label=f"{precision_label(key)} front")[0]
+                       marker="o", lw=1.5, label=f"{_label(key)} front")[0]
         if pts:
             ax.scatter(*zip(*pts), s=8, alpha=0.25, color=line.get_color())
     ax.set_xscale("log")
@@ -72,7 +64,7 @@ def _plot_training(run_dir: str, stages: list[dict], path: str) -> None:
             for line in f:
                 rec = json.loads(line)
                 (steps if rec["kind"] == "step" else epochs).append(rec)
-        label = "fp" if st["bits"] == 32 else precision_label(st["bits"])
+        label = _label(st["bits"])
         if steps:
             ax_loss.plot([offset + r["epoch"] for r in steps], [r["loss"] for r in steps], lw=1, label=label)
         for key, style in (("val_top1_largest", "-o"), ("val_top1_smallest", "--s")):
@@ -125,7 +117,7 @@ def markdown(r: dict) -> str:
 
     for s in r["stages"]:
         m = s.get("metrics") or {}
-        lines.append(f"| {s['index']} | {s['bits']} | {s['epochs']} | {fmt(s.get('wall_s'))} | "
+        lines.append(f"| {s['index']} | {_label(s['bits'])} | {s['epochs']} | {fmt(s.get('wall_s'))} | "
                      f"{fmt(m.get('val_top1_largest'))} | {fmt(m.get('val_top1_smallest'))} |")
     if r["family"]:
         budgets = r["config"]["search"]["family"]
@@ -135,18 +127,18 @@ def markdown(r: dict) -> str:
                   + " of the largest subnet's BitOPs.",
                   "", "| bits | net | architecture | val top-1 | test top-1 | MACs | BitOPs | FLOPs_q | size (KiB) |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for bits, fam in sorted(r["family"].items(), key=lambda kv: precision_order(kv[0])):
+        for bits, fam in _by_precision(r["family"]):
             for name, b in fam.items():
                 if b is None:
-                    lines.append(f"| {bits} | {name} | none on the front within budget | | | | | | |")
+                    lines.append(f"| {_label(bits)} | {name} | none on the front within budget | | | | | | |")
                     continue
-                lines.append(f"| {bits} | {name} | `{b['arch']}` | {b['val_top1']:.2f} | "
+                lines.append(f"| {_label(bits)} | {name} | `{b['arch']}` | {b['val_top1']:.2f} | "
                              f"{b.get('test_top1', float('nan')):.2f} | {b['macs'] / 1e6:.2f} M | "
                              f"{b['bitops'] / 1e6:.1f} M | {b['flops_q'] / 1e6:.2f} M | "
                              f"{b['size_bits'] / 8192:.1f} |")
         lines += ["", "## Pareto fronts", ""]
-        for bits, front in sorted(r["fronts"].items(), key=lambda kv: precision_order(kv[0])):
-            lines.append(f"- {precision_label(bits)}: " + ", ".join(f"{p['bitops'] / 1e6:.1f} M BitOPs -> "
+        for bits, front in _by_precision(r["fronts"]):
+            lines.append(f"- {_label(bits)}: " + ", ".join(f"{p['bitops'] / 1e6:.1f} M BitOPs -> "
                                                           f"{p['val_top1']:.2f}%" for p in front))
     if r.get("recommended"):
         lines += ["", "## Recommended family: every front together",
@@ -154,7 +146,7 @@ def markdown(r: dict) -> str:
                   "| net | bits | architecture | val top-1 | test top-1 | BitOPs |", "|---|---|---|---|---|---|"]
         for name, b in r["recommended"].items():
             lines.append(f"| {name} | none within budget | | | | |" if b is None else
-                         f"| {name} | {precision_label(b['bits'])} | `{b['arch']}` | {b['val_top1']:.2f} | "
+                         f"| {name} | {_label(b['bits'])} | `{b['arch']}` | {b['val_top1']:.2f} | "
                          f"{b.get('test_top1', math.nan):.2f} | {b['bitops'] / 1e6:.1f} M |")
     if r.get("mixed_vs_uniform"):
         lines += ["", "## Mixed against uniform precision at equal BitOPs", "",
@@ -166,7 +158,7 @@ def markdown(r: dict) -> str:
                     f"{p['bitops'] / 1e6:.1f} M" for p in (m, u))
             gap = f"{m['val_top1'] - u['val_top1']:+.2f}" if m and u else "-"
             lines.append(f"| {row['bitops'] / 1e6:.1f} M | " + " | ".join(cell) + f" | {gap} |")
-    where = [(k, p) for k, f in r["fronts"].items() if not str(k).isdigit() for p in f if "stage_bits" in p]
+    where = [(k, p) for k, f in r["fronts"].items() if Precision.of(k).mixed for p in f if "stage_bits" in p]
     if where:
         lines += ["", "## Where the bits went", "", "Bits of each mixed front member: first block | each stage's "
                   "blocks | head.", "", "| BitOPs | val top-1 | first | stages | head |", "|---|---|---|---|---|"]
@@ -180,14 +172,14 @@ def markdown(r: dict) -> str:
                   "| bits | net | folder | .onnx (KiB) | packed (KiB) | fp32 (KiB) | test top-1 per runtime "
                   "(agreement with PyTorch) | fastest fp32 / export, batch 1, 16 |",
                   "|---|---|---|---|---|---|---|---|"]
-        for bits, members in sorted(r["export"].items(), key=lambda kv: precision_order(kv[0])):
+        for bits, members in _by_precision(r["export"]):
             for name, f in members.items():
                 t, s, sp = f.get("test") or {}, f["sizes"], f.get("speed")
                 top1 = ", ".join(f"{rt} {v['top1']:.2f}% ({v['top1_agreement']:.2f}%)"
                                  for rt, v in t.get("runtimes", {}).items()) or "not measured"
                 ratios = ", ".join(f"{speedup(ms):.2f}x" for ms in sp["batches"].values()) if sp else "not measured"
                 kib = " | ".join(f"{s[k] / 1024:,.1f}" for k in ("onnx", "packed", "fp32"))  # the CLI's unit
-                lines.append(f"| {bits} | {name} | {f['dir']} | {kib} | "
+                lines.append(f"| {_label(bits)} | {name} | {f['dir']} | {kib} | "
                              f"{top1} | {ratios} |")
         machines = {f["machine"] for members in r["export"].values() for f in members.values() if f.get("speed")}
         lines += [f"\nSpeed measured on {m}; each member's MODEL_CARD.md has the times." for m in sorted(machines)]

@@ -32,6 +32,7 @@ from .cost import arch_metrics
 from .data import DataConfig, Splits
 from .evaluate import evaluate
 from .layout import SearchLayout
+from .precision import Precision
 from .predictor import Predictor
 from .space import Arch, SearchSpace
 from .supernet import Supernet
@@ -63,7 +64,7 @@ class CostMetrics:
             least, where = self.smallest(b.metric)
             if least > b.limit:
                 raise BudgetError(f"budget {b} cannot be met: the smallest achievable {b.metric} is "
-                                  f"{least:g} ({where}, {self.bits}-bit)")
+                                  f"{least:g} ({where}, {Precision.of(self.bits).label})")
 
 
 # --- scoring ----------------------------------------------------------------------------
@@ -335,7 +336,7 @@ def plot(result: SearchResult, path: str) -> None:
         if b.metric == m:
             ax.axvline(b.limit, ls="--", c="k", lw=1, label=str(b))
     ax.set_xscale("log")
-    ax.set_xlabel(f"{m} ({result.bits}-bit)")
+    ax.set_xlabel(f"{m} ({Precision.of(result.bits).label})")
     ax.set_ylabel("val top-1 (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .layers import ConvBNAct, Cost, MBConv, QConv2d, batch_norm, bn_cost, conv_cost, pool
-from .quant import FULL_PRECISION, Precision, bits_of, set_bits_
+from .quant import FULL_PRECISION, Bits, bits_of, set_bits_
 from .space import Arch, Block, SearchSpace, get_space, mid_channels
 
 
@@ -71,7 +71,7 @@ def make_block(block: Block, k: int, e: int, space: SearchSpace) -> MBConv:
 
 
 class Subnet(nn.Module):
-    def __init__(self, space: SearchSpace | str, arch: Arch, bits: Precision = FULL_PRECISION):
+    def __init__(self, space: SearchSpace | str, arch: Arch, bits: Bits = FULL_PRECISION):
         """`arch`: any form `space.check` reads; in a space with elastic bits each block takes
         its bits from the arch, and `bits` must be the space's widths."""
         super().__init__()
@@ -90,7 +90,7 @@ class Subnet(nn.Module):
             set_bits_(self, bits)
 
     @property
-    def bits(self) -> Precision:
+    def bits(self) -> Bits:
         """The quantizers' bit-width (they own it; `quant.set_bits_` changes it), or the widths
         its blocks chose from (`arch.b` says which block has which)."""
         return self.space.bit_widths or bits_of(self)

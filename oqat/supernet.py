@@ -23,8 +23,8 @@ from .layers import ConvBNAct, MBConv, QConv2d, mbconv_forward, se_forward, se_m
 from .quant import (
     FULL_PRECISION,
     LSQ,
+    Bits,
     ElasticLSQ,
-    Precision,
     bits_of,
     check_precision,
     elastic_bits_,
@@ -164,7 +164,7 @@ def init_weights(net: nn.Module) -> None:
 
 
 class Supernet(nn.Module):
-    def __init__(self, space: SearchSpace | str, bits: Precision = FULL_PRECISION,
+    def __init__(self, space: SearchSpace | str, bits: Bits = FULL_PRECISION,
                  elastic: Iterable[str] = ARCH_FIELDS):
         """`bits`: one width for the whole network, or the widths its blocks choose from (elastic
         bits: the space gets them as `bit_widths`). `elastic`: the Arch fields its training
@@ -228,7 +228,7 @@ class Supernet(nn.Module):
         return self.space.elastic_in(self.elastic)
 
     @property
-    def bits(self) -> Precision:
+    def bits(self) -> Bits:
         """The quantizers' bit-width (they own it; `quant.set_bits_` changes it), or with elastic
         bits the widths they choose from."""
         return self.space.bit_widths or bits_of(self)

@@ -199,7 +199,7 @@ def test_export_cli_writes_a_deployable_folder(tmp_path, capsys):
     facts = json.loads((out / "facts.json").read_text())
     sizes = facts["sizes"]
     assert sizes["onnx"] < sizes["int8"] < sizes["fp32"] / 2 and sizes["packed"] < sizes["int8"]
-    assert "at 4 bits" in capsys.readouterr().out
+    assert "at 4-bit" in capsys.readouterr().out
 
 
 def test_export_cli_explains_what_is_missing(tmp_path, capsys):
