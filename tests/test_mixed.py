@@ -181,7 +181,7 @@ def test_oqat_run_trains_searches_and_exports_a_mixed_stage_and_recommends_from_
                  "export.speed_rounds=0", "train.grad_clip=5")
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    assert "stage 1: mixed24 supernet" in out
+    assert "stage 1: mixed 2/4-bit supernet" in out
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["fronts"]) == {"4", "mixed24"}
     for p in results["fronts"]["mixed24"]:
