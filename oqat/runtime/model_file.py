@@ -42,7 +42,7 @@ OP_NAMES = {STEM: "stem", QUANT: "quant", CONV1X1: "conv1x1", DWCONV: "dwconv", 
 F32, CODES, TEXT = 1, 2, 3  # blob kinds
 ACTS = {None: 0, "relu": 1, "relu6": 2, "h_swish": 3}  # oq_epilogue's OQ_ACT_*
 # Bounds the reader holds a file to: no product of them overflows, and int32 sums stay exact.
-MAX_CHANNELS, MAX_SIDE, MAX_IN_CHANNELS, MAX_OPS, MAX_K, MAX_STRIDE = 8192, 4096, 64, 4096, 11, 4
+MAX_CHANNELS, MAX_SIDE, MAX_IN_CHANNELS, MAX_OPS, MAX_K, MAX_STRIDE, MAX_NAME = 8192, 4096, 64, 4096, 11, 4, 256
 
 
 class FormatError(ValueError):
@@ -235,7 +235,8 @@ def decode(data: bytes) -> ModelFile:
     need(magic == MAGIC, "not an oqat runtime model (bad magic)")
     need(version == VERSION, f"version {version}, this reader reads {VERSION}")
     need(size == len(data), f"truncated or padded: header says {size} bytes, file has {len(data)}")
-    need(data[HEADER.size:HEADER_BYTES] == bytes(HEADER_BYTES - HEADER.size), "header reserved bytes not zero")
+    need(data[36:40] == bytes(4) and data[HEADER.size:HEADER_BYTES] == bytes(HEADER_BYTES - HEADER.size),
+         "header reserved bytes not zero")
     need(struct.unpack_from("<I", data, len(data) - 4)[0] == zlib.crc32(data[:-4]), "checksum mismatch (damaged)")
     need(1 <= in_c <= MAX_IN_CHANNELS and 1 <= in_h <= MAX_SIDE and 1 <= in_w <= MAX_SIDE, "bad input shape")
     need(1 <= ncls <= MAX_CHANNELS, "bad class count")
@@ -267,15 +268,17 @@ def decode(data: bytes) -> ModelFile:
         return q
 
     def text_blob(i):
-        need(i < n_blobs and blobs[i][2] == TEXT, f"blob {i} is not text")
+        need(i < n_blobs and blobs[i][2] == TEXT and blobs[i][3] <= MAX_NAME, f"blob {i} is not a short text")
         return blob(i, TEXT, blobs[i][3])
 
     meta = {}
-    if meta_blob != NONE:
+    if meta_blob != NONE:  # what wrote the file, for people: the runtime reads none of it
+        need(meta_blob < n_blobs and blobs[meta_blob][2] == TEXT, "metadata blob out of range")
+        text = blob(meta_blob, TEXT, blobs[meta_blob][3])
         try:
-            meta = json.loads(text_blob(meta_blob))
+            meta = json.loads(text)
         except json.JSONDecodeError:
-            need(False, "metadata is not JSON")
+            meta = {"text": text}
     shapes, kinds, ops = [(in_h, in_w, in_c)], [F32], []
     for i in range(n_ops):
         f = dict(zip(OP_FIELDS, OP.unpack_from(data, HEADER_BYTES + OP.size * i)))
@@ -297,13 +300,14 @@ def decode(data: bytes) -> ModelFile:
         need(k % 2 == 1 and k <= MAX_K or not k, f"{where}: bad kernel")
         need(s <= MAX_STRIDE and bits <= 8, f"{where}: bad stride or bits")
         out = None
-        if f["out_u8"]:
+        if f["out_u8"] == 1:
             step, qn, qp = f["out_step"], f["out_qn"], f["out_qp"]
             need(t != LINEAR and np.isfinite(step) and step > 0 and -128 <= qn <= 0 < qp and qp - qn <= 255,
                  f"{where}: bad output quantizer")
             out = (float(step), qn, qp)
         else:
-            need(f["out_u8"] == 0 and f["out_step"] == 0 and f["out_qn"] == f["out_qp"] == 0 and t != QUANT,
+            zero_step = struct.pack("<f", f["out_step"]) == bytes(4)
+            need(f["out_u8"] == 0 and zero_step and f["out_qn"] == f["out_qp"] == 0 and t != QUANT,
                  f"{where}: bad output type")
         res = NONE
         if f["res"] != NONE:

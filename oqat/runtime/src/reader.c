@@ -294,7 +294,7 @@ oqat_rt_model *oq_read(const unsigned char *p, size_t size, const char *isa) {
     return oq_error("bad input shape %u x %u x %u", in_c, in_h, in_w), NULL;
   if (!ncls || ncls > MAX_CHANNELS) return oq_error("bad class count %u", ncls), NULL;
   if (!n_ops || n_ops > MAX_OPS || n_blobs > 8 * MAX_OPS) return oq_error("bad op or blob count"), NULL;
-  if (u32(p + 32) != NONE && u32(p + 32) >= n_blobs) return oq_error("metadata blob out of range"), NULL;
+  uint32_t meta = u32(p + 32);
   file f = {p, size, size - 4, HEADER_BYTES + (size_t)n_ops * OP_BYTES, n_blobs};
   size_t data_start = f.blob_table + (size_t)n_blobs * BLOB_BYTES;
   if (data_start > f.body_end) return oq_error("truncated file: its tables run past the end"), NULL;
@@ -304,6 +304,11 @@ oqat_rt_model *oq_read(const unsigned char *p, size_t size, const char *isa) {
     if (offset % ALIGN || offset < data_start || offset > f.body_end || nbytes > f.body_end - offset)
       return oq_error("blob %u out of bounds", i), NULL;
     if (u32(e + 16) < KIND_F32 || u32(e + 16) > KIND_TEXT) return oq_error("blob %u of unknown kind", i), NULL;
+  }
+  if (meta != NONE) { /* what wrote the file, for people: checked, not read */
+    const unsigned char *e = meta < n_blobs ? p + f.blob_table + (size_t)meta * BLOB_BYTES : NULL;
+    if (!e || u32(e + 16) != KIND_TEXT || u64(e + 8) != u32(e + 20))
+      return oq_error("metadata blob %u is not a text", meta), NULL;
   }
   oqat_rt_model *m = calloc(1, sizeof *m);
   if (!m) return oq_error("out of memory"), NULL;
