@@ -58,43 +58,62 @@ static __m256i lanes_mask(int n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* The epilogue of 8 channels c0..c0+n-1 of row r; the same float operations, in the same
-   order, as oq_epilogue_value and oq_epilogue_store. */
-static void epilogue8(const oq_epilogue *e, int r, int c0, int n, __m256i acc) {
-  __m256i m = lanes_mask(n);
-  if (e->acc_bias) acc = _mm256_add_epi32(acc, _mm256_maskload_epi32(e->acc_bias + c0, m));
-  __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_maskload_ps(e->scale + c0, m));
-  y = _mm256_add_ps(y, _mm256_maskload_ps(e->shift + c0, m));
-  if (e->residual) y = _mm256_add_ps(y, _mm256_maskload_ps(e->residual + (size_t)r * e->ld_res + c0, m));
-  const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
-  switch (e->act) {
-    case OQ_ACT_RELU: y = _mm256_max_ps(y, zero); break;
-    case OQ_ACT_RELU6: y = _mm256_min_ps(_mm256_max_ps(y, zero), six); break;
-    case OQ_ACT_HSWISH: {
-      __m256 t = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(y, _mm256_set1_ps(3.0f)), zero), six);
-      y = _mm256_div_ps(_mm256_mul_ps(y, t), six);
-      break;
-    }
-    default: break;
-  }
-  size_t o = (size_t)r * e->ld_out + c0;
-  if (e->out_f32) {
-    _mm256_maskstore_ps(e->out_f32 + o, m, y);
-    return;
-  }
-  __m256 q = _mm256_div_ps(y, _mm256_set1_ps(e->step));
+/* rint(clamp(q)) - qn of lanes 0..n-1, as bytes at out. */
+static void store_codes(const oq_epilogue *e, __m256 q, int n, uint8_t *out) {
   q = _mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps((float)e->qn)), _mm256_set1_ps((float)e->qp));
   q = _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256i u = _mm256_sub_epi32(_mm256_cvttps_epi32(q), _mm256_set1_epi32(e->qn));
   __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
   __m128i b = _mm_packus_epi16(w16, w16);  /* codes are 0..255: no saturation */
   if (n >= 8) {
-    _mm_storel_epi64((void *)(e->out_u8 + o), b);
+    _mm_storel_epi64((void *)out, b);
   } else {
     uint8_t tmp[16];
     _mm_storeu_si128((void *)tmp, b);
-    memcpy(e->out_u8 + o, tmp, n);
+    memcpy(out, tmp, n);
   }
+}
+
+/* Whether q (clamped) is farther than oq_margin from every half-integer in all lanes. */
+static int clear_of_ties(const oq_epilogue *e, __m256 q) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  q = _mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps((float)e->qn)), _mm256_set1_ps((float)e->qp));
+  __m256 f = _mm256_sub_ps(q, _mm256_round_ps(q, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+  __m256 d = _mm256_and_ps(_mm256_sub_ps(f, _mm256_set1_ps(0.5f)), abs_mask);
+  __m256 m = _mm256_mul_ps(_mm256_add_ps(_mm256_and_ps(q, abs_mask), _mm256_set1_ps(1.0f)), _mm256_set1_ps(0x1p-20f));
+  return _mm256_movemask_ps(_mm256_cmp_ps(d, m, _CMP_GT_OQ)) == 0xff;
+}
+
+/* The epilogue of 8 channels c0..c0+n-1 of row r: the float operations of oq_epilogue_value
+   and oq_epilogue_store in the same order, except the divisions that oq_recip proves cannot
+   change an output code. */
+static void epilogue8(const oq_epilogue *e, const oq_recip *rc, int r, int c0, int n, __m256i acc) {
+  __m256i m = lanes_mask(n);
+  if (e->acc_bias) acc = _mm256_add_epi32(acc, _mm256_maskload_epi32(e->acc_bias + c0, m));
+  __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_maskload_ps(e->scale + c0, m));
+  y = _mm256_add_ps(y, _mm256_maskload_ps(e->shift + c0, m));
+  if (e->residual) y = _mm256_add_ps(y, _mm256_maskload_ps(e->residual + (size_t)r * e->ld_res + c0, m));
+  const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
+  int hswish = e->act == OQ_ACT_HSWISH;
+  if (e->act == OQ_ACT_RELU) y = _mm256_max_ps(y, zero);
+  if (e->act == OQ_ACT_RELU6) y = _mm256_min_ps(_mm256_max_ps(y, zero), six);
+  if (hswish) {  /* y * min(max(y + 3, 0), 6), divided by 6 below */
+    __m256 t = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(y, _mm256_set1_ps(3.0f)), zero), six);
+    y = _mm256_mul_ps(y, t);
+  }
+  size_t o = (size_t)r * e->ld_out + c0;
+  if (rc->fast) {
+    __m256 q = _mm256_mul_ps(y, _mm256_set1_ps(hswish ? rc->r6 : rc->r));
+    if (clear_of_ties(e, q)) {
+      store_codes(e, q, n, e->out_u8 + o);
+      return;
+    }
+  }
+  if (hswish) y = _mm256_div_ps(y, six);
+  if (e->out_f32)
+    _mm256_maskstore_ps(e->out_f32 + o, m, y);
+  else
+    store_codes(e, _mm256_div_ps(y, _mm256_set1_ps(e->step)), n, e->out_u8 + o);
 }
 
 /* Activation codes for the nibble split: 0 all 8 bits, 1 the low nibble, 2 the high one. */
@@ -184,6 +203,7 @@ static void conv1x1(const uint8_t *a, int lda, int rows, const void *packed, con
   const oq_packed1x1 *h = packed;
   if (h->magic != OQ_PACK_AVX2) abort();  /* weights packed by another path */
   int s = oq_pack_store_bits(h->wbits), period = int16_period(h->abits, h->wbits);
+  oq_recip rc = oq_recip_of(e);
   for (int t = 0; t * TILE < h->cout; t++) {
     int nc = oq_pack_tile_channels(h->cout, t, TILE, LANES), nrv = nc / LANES;
     const uint8_t *stored = (const uint8_t *)(h + 1) + oq_pack_tile_offset(h->cin, h->wbits, t, TILE);
@@ -204,7 +224,7 @@ static void conv1x1(const uint8_t *a, int lda, int rows, const void *packed, con
       for (int i = 0; i < MR && r0 + i < rows; i++)
         for (int j = 0; j < nrv; j++) {
           int c0 = t * TILE + j * LANES;
-          if (c0 < h->cout) epilogue8(e, r0 + i, c0, h->cout - c0, acc[i][j]);
+          if (c0 < h->cout) epilogue8(e, &rc, r0 + i, c0, h->cout - c0, acc[i][j]);
         }
     }
   }
@@ -263,8 +283,8 @@ static inline __attribute__((always_inline)) void dw_pixel(const oq_dw_args *d, 
       lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc));
       hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1));
     }
-    epilogue8(d->e, r, cb, n, lo);
-    if (n > 8) epilogue8(d->e, r, cb + 8, n - 8, hi);
+    epilogue8(d->e, &d->rc, r, cb, n, lo);
+    if (n > 8) epilogue8(d->e, &d->rc, r, cb + 8, n - 8, hi);
   }
 }
 
@@ -281,7 +301,7 @@ static void dw_rows32(const oq_dw_args *d, int oy0, int oy1) {
 static void dwconv(const uint8_t *a, int h, int w, int c, int k, int stride, const int8_t *wt,
                    uint8_t pad_u, const oq_epilogue *e, int oy0, int oy1) {
   if (oy0 >= oy1) return;
-  oq_dw_args d = {a, h, w, c, k, stride, (w - 1) / stride + 1, wt, pad_u, e};
+  oq_dw_args d = {a, h, w, c, k, stride, (w - 1) / stride + 1, wt, pad_u, e, oq_recip_of(e)};
   if (oq_dw_fits_int16(&d, max_code(&d, oy0, oy1)))
     dw_rows16(&d, oy0, oy1);
   else

@@ -52,34 +52,67 @@ static void expand_tile(const uint8_t *src, int bits, size_t layout_bytes, int8_
   }
 }
 
-/* The epilogue of 16 channels c0.. (lanes in m) of row r; the same float operations, in the
-   same order, as oq_epilogue_value and oq_epilogue_store. */
-static void epilogue16(const oq_epilogue *e, int r, int c0, __mmask16 m, __m512i acc) {
-  if (e->acc_bias) acc = _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(m, e->acc_bias + c0));
-  __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_maskz_loadu_ps(m, e->scale + c0));
-  y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, e->shift + c0));
-  if (e->residual) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, e->residual + (size_t)r * e->ld_res + c0));
+static __mmask16 lanes_mask(int n) {
+  return n >= LANES ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+}
+
+/* The per-channel operands of 16 output channels c0.. (lanes in m), shared by all rows. */
+typedef struct {
+  __m512 scale, shift;
+  __m512i bias;
+  __mmask16 m;
+  int c0;
+} chan16;
+
+static chan16 channels16(const oq_epilogue *e, int c0, __mmask16 m) {
+  chan16 ch = {_mm512_maskz_loadu_ps(m, e->scale + c0), _mm512_maskz_loadu_ps(m, e->shift + c0),
+               e->acc_bias ? _mm512_maskz_loadu_epi32(m, e->acc_bias + c0) : _mm512_setzero_si512(), m, c0};
+  return ch;
+}
+
+static __m512 clamp16(const oq_epilogue *e, __m512 q) {
+  return _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps((float)e->qn)), _mm512_set1_ps((float)e->qp));
+}
+
+/* Integer codes rint(q) - qn (q clamped) of the lanes in m, as bytes at out. */
+static void store_codes(const oq_epilogue *e, __m512 rounded, __mmask16 m, uint8_t *out) {
+  __m512i u = _mm512_sub_epi32(_mm512_cvttps_epi32(rounded), _mm512_set1_epi32(e->qn));
+  /* narrowed in a register: the memory form of vpmovdb is slow on AMD Zen 4/5 */
+  _mm_mask_storeu_epi8(out, m, _mm512_cvtepi32_epi8(u));
+}
+
+/* The epilogue of one row r of 16 channels: the float operations of oq_epilogue_value and
+   oq_epilogue_store in the same order, except the divisions that oq_recip proves cannot change
+   an output code. */
+static inline void epilogue16(const oq_epilogue *e, const oq_recip *rc, const chan16 *ch, int r, __m512i acc) {
+  __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc, ch->bias)), ch->scale);
+  y = _mm512_add_ps(y, ch->shift);
+  if (e->residual) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(ch->m, e->residual + (size_t)r * e->ld_res + ch->c0));
   const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f);
-  switch (e->act) {
-    case OQ_ACT_RELU: y = _mm512_max_ps(y, zero); break;
-    case OQ_ACT_RELU6: y = _mm512_min_ps(_mm512_max_ps(y, zero), six); break;
-    case OQ_ACT_HSWISH: {
-      __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(y, _mm512_set1_ps(3.0f)), zero), six);
-      y = _mm512_div_ps(_mm512_mul_ps(y, t), six);
-      break;
-    }
-    default: break;
+  int hswish = e->act == OQ_ACT_HSWISH;
+  if (e->act == OQ_ACT_RELU) y = _mm512_max_ps(y, zero);
+  if (e->act == OQ_ACT_RELU6) y = _mm512_min_ps(_mm512_max_ps(y, zero), six);
+  if (hswish) {  /* y * min(max(y + 3, 0), 6), divided by 6 below */
+    __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(y, _mm512_set1_ps(3.0f)), zero), six);
+    y = _mm512_mul_ps(y, t);
   }
-  size_t o = (size_t)r * e->ld_out + c0;
+  size_t o = (size_t)r * e->ld_out + ch->c0;
+  if (rc->fast) {
+    __m512 q = clamp16(e, _mm512_mul_ps(y, _mm512_set1_ps(hswish ? rc->r6 : rc->r)));
+    __m512 qr = _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 off = _mm512_abs_ps(_mm512_sub_ps(q, qr));
+    if (_mm512_cmp_ps_mask(off, _mm512_set1_ps(OQ_TIE_SAFE), _CMP_LT_OQ) == 0xffff) {
+      store_codes(e, qr, ch->m, e->out_u8 + o);
+      return;
+    }
+  }
+  if (hswish) y = _mm512_div_ps(y, six);
   if (e->out_f32) {
-    _mm512_mask_storeu_ps(e->out_f32 + o, m, y);
+    _mm512_mask_storeu_ps(e->out_f32 + o, ch->m, y);
     return;
   }
-  __m512 q = _mm512_div_ps(y, _mm512_set1_ps(e->step));
-  q = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps((float)e->qn)), _mm512_set1_ps((float)e->qp));
-  q = _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512i u = _mm512_sub_epi32(_mm512_cvttps_epi32(q), _mm512_set1_epi32(e->qn));
-  _mm512_mask_cvtepi32_storeu_epi8(e->out_u8 + o, m, u);
+  __m512 q = clamp16(e, _mm512_div_ps(y, _mm512_set1_ps(e->step)));
+  store_codes(e, _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), ch->m, e->out_u8 + o);
 }
 
 /* Integer sums of rows a[0..MR-1] with the nrv*16 channels of a tile in the c4 layout. */
@@ -117,13 +150,13 @@ static void sums3(const uint8_t *const a[MR], int cin, const int8_t *w, __m512i 
 static void sums4(const uint8_t *const a[MR], int cin, const int8_t *w, __m512i acc[MR][NRV]) { sums(a, cin, w, 4, acc); }
 static sums_fn *const sums_by_nrv[NRV + 1] = {NULL, sums1, sums2, sums3, sums4};
 
-static __mmask16 lanes_mask(int n) { return n >= LANES ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
 
 static void conv1x1(const uint8_t *a, int lda, int rows, const void *packed, const oq_epilogue *e,
                     void *scratch) {
   const oq_packed1x1 *h = packed;
   if (h->magic != OQ_PACK_AVX512) abort();  /* weights packed by another path */
   int s = oq_pack_store_bits(h->wbits);
+  oq_recip rc = oq_recip_of(e);
   for (int t = 0; t * TILE < h->cout; t++) {
     int nc = oq_pack_tile_channels(h->cout, t, TILE, LANES);
     const uint8_t *stored = (const uint8_t *)(h + 1) + oq_pack_tile_offset(h->cin, h->wbits, t, TILE);
@@ -133,6 +166,11 @@ static void conv1x1(const uint8_t *a, int lda, int rows, const void *packed, con
       w = scratch;
     }
     sums_fn *f = sums_by_nrv[nc / LANES];
+    chan16 ch[NRV];
+    for (int j = 0; j < nc / LANES; j++) {
+      int c0 = t * TILE + j * LANES;
+      ch[j] = channels16(e, c0, lanes_mask(h->cout - c0));
+    }
     for (int r0 = 0; r0 < rows; r0 += MR) {
       /* rows past the end repeat the last one: their sums are computed and dropped */
       const uint8_t *ar[MR];
@@ -140,10 +178,8 @@ static void conv1x1(const uint8_t *a, int lda, int rows, const void *packed, con
       __m512i acc[MR][NRV];
       f(ar, h->cin, w, acc);
       for (int i = 0; i < MR && r0 + i < rows; i++)
-        for (int j = 0; j < nc / LANES; j++) {
-          int c0 = t * TILE + j * LANES;
-          if (c0 < h->cout) epilogue16(e, r0 + i, c0, lanes_mask(h->cout - c0), acc[i][j]);
-        }
+        for (int j = 0; j < nc / LANES; j++)
+          if (ch[j].c0 < h->cout) epilogue16(e, &rc, &ch[j], r0 + i, acc[i][j]);
     }
   }
 }
@@ -195,8 +231,12 @@ static inline __attribute__((always_inline)) void dw_pixel(const oq_dw_args *d, 
       lo = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(acc));
       hi = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(acc, 1));
     }
-    epilogue16(d->e, r, cb, (__mmask16)m, lo);
-    if (n > 16) epilogue16(d->e, r, cb + 16, (__mmask16)(m >> 16), hi);
+    chan16 ch = channels16(d->e, cb, (__mmask16)m);
+    epilogue16(d->e, &d->rc, &ch, r, lo);
+    if (n > 16) {
+      ch = channels16(d->e, cb + 16, (__mmask16)(m >> 16));
+      epilogue16(d->e, &d->rc, &ch, r, hi);
+    }
   }
 }
 
@@ -213,7 +253,7 @@ static void dw_rows32(const oq_dw_args *d, int oy0, int oy1) {
 static void dwconv(const uint8_t *a, int h, int w, int c, int k, int stride, const int8_t *wt,
                    uint8_t pad_u, const oq_epilogue *e, int oy0, int oy1) {
   if (oy0 >= oy1) return;
-  oq_dw_args d = {a, h, w, c, k, stride, (w - 1) / stride + 1, wt, pad_u, e};
+  oq_dw_args d = {a, h, w, c, k, stride, (w - 1) / stride + 1, wt, pad_u, e, oq_recip_of(e)};
   if (oq_dw_fits_int16(&d, max_code(&d, oy0, oy1)))
     dw_rows16(&d, oy0, oy1);
   else

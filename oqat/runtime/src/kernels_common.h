@@ -90,12 +90,36 @@ static inline uint32_t oq_quad_tail(const uint8_t *p, int n) {
   return x;
 }
 
+/* The next quantizer's code rint(clamp(y / step)) is an integer, so a SIMD epilogue may compute
+ * y * (1/step) instead of y / step (and fold h_swish's "/ 6" in: v * (1/(6 step))) whenever that
+ * cannot change the integer. Both quotients are within 4 roundings (relative 2^-21.9) of the
+ * exact v / (6 step). Clamped to [qn, qp] (|q| <= 256, and clamping moves neither farther from the
+ * other) they differ by less than 2^-13.9, so where the clamped fast value is within
+ * OQ_TIE_SAFE = 0.5 - 2^-11 of its nearest integer, both round to that integer. A vector with a
+ * lane farther off (near a tie, ~0.1% of lanes) takes the divisions instead.
+ * fast is 0 where the reciprocals could be inexact beyond that (a step near over- or underflow). */
+#define OQ_TIE_SAFE (0.5f - 0x1p-11f)
+
+typedef struct {
+  float r, r6;  /* 1/step and 1/(6 step), each rounded once from double */
+  int fast;
+} oq_recip;
+
+static inline oq_recip oq_recip_of(const oq_epilogue *e) {
+  oq_recip q = {0, 0, 0};
+  double s = e->step;
+  if (e->out_f32 || !(s >= 0x1p-60 && s <= 0x1p60)) return q;
+  q.r = (float)(1.0 / s), q.r6 = (float)(1.0 / (6.0 * s)), q.fast = 1;
+  return q;
+}
+
 typedef struct {
   const uint8_t *a;
   int h, w, c, k, stride, wo;
   const int8_t *wt;
   uint8_t pad_u;
   const oq_epilogue *e;
+  oq_recip rc;
 } oq_dw_args;
 
 /* The input rows [*y0, *y1) that output rows oy0..oy1-1 read. */
