@@ -58,11 +58,13 @@ static __m256i lanes_mask(int n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* rint(clamp(q)) - qn of lanes 0..n-1, as bytes at out. */
-static void store_codes(const oq_epilogue *e, __m256 q, int n, uint8_t *out) {
-  q = _mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps((float)e->qn)), _mm256_set1_ps((float)e->qp));
-  q = _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256i u = _mm256_sub_epi32(_mm256_cvttps_epi32(q), _mm256_set1_epi32(e->qn));
+static __m256 clamp8(const oq_epilogue *e, __m256 q) {
+  return _mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps((float)e->qn)), _mm256_set1_ps((float)e->qp));
+}
+
+/* Integer codes rint(q) - qn of lanes 0..n-1 (q clamped and rounded), as bytes at out. */
+static void store_codes(const oq_epilogue *e, __m256 rounded, int n, uint8_t *out) {
+  __m256i u = _mm256_sub_epi32(_mm256_cvttps_epi32(rounded), _mm256_set1_epi32(e->qn));
   __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
   __m128i b = _mm_packus_epi16(w16, w16);  /* codes are 0..255: no saturation */
   if (n >= 8) {
@@ -72,16 +74,6 @@ static void store_codes(const oq_epilogue *e, __m256 q, int n, uint8_t *out) {
     _mm_storeu_si128((void *)tmp, b);
     memcpy(out, tmp, n);
   }
-}
-
-/* Whether q (clamped) is farther than oq_margin from every half-integer in all lanes. */
-static int clear_of_ties(const oq_epilogue *e, __m256 q) {
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  q = _mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps((float)e->qn)), _mm256_set1_ps((float)e->qp));
-  __m256 f = _mm256_sub_ps(q, _mm256_round_ps(q, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
-  __m256 d = _mm256_and_ps(_mm256_sub_ps(f, _mm256_set1_ps(0.5f)), abs_mask);
-  __m256 m = _mm256_mul_ps(_mm256_add_ps(_mm256_and_ps(q, abs_mask), _mm256_set1_ps(1.0f)), _mm256_set1_ps(0x1p-20f));
-  return _mm256_movemask_ps(_mm256_cmp_ps(d, m, _CMP_GT_OQ)) == 0xff;
 }
 
 /* The epilogue of 8 channels c0..c0+n-1 of row r: the float operations of oq_epilogue_value
@@ -103,9 +95,11 @@ static void epilogue8(const oq_epilogue *e, const oq_recip *rc, int r, int c0, i
   }
   size_t o = (size_t)r * e->ld_out + c0;
   if (rc->fast) {
-    __m256 q = _mm256_mul_ps(y, _mm256_set1_ps(hswish ? rc->r6 : rc->r));
-    if (clear_of_ties(e, q)) {
-      store_codes(e, q, n, e->out_u8 + o);
+    __m256 q = clamp8(e, _mm256_mul_ps(y, _mm256_set1_ps(hswish ? rc->r6 : rc->r)));
+    __m256 qr = _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 off = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps(q, qr));
+    if (_mm256_movemask_ps(_mm256_cmp_ps(off, _mm256_set1_ps(OQ_TIE_SAFE), _CMP_LT_OQ)) == 0xff) {
+      store_codes(e, qr, n, e->out_u8 + o);
       return;
     }
   }
@@ -113,7 +107,8 @@ static void epilogue8(const oq_epilogue *e, const oq_recip *rc, int r, int c0, i
   if (e->out_f32)
     _mm256_maskstore_ps(e->out_f32 + o, m, y);
   else
-    store_codes(e, _mm256_div_ps(y, _mm256_set1_ps(e->step)), n, e->out_u8 + o);
+    store_codes(e, _mm256_round_ps(clamp8(e, _mm256_div_ps(y, _mm256_set1_ps(e->step))),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), n, e->out_u8 + o);
 }
 
 /* Activation codes for the nibble split: 0 all 8 bits, 1 the low nibble, 2 the high one. */
