@@ -45,7 +45,9 @@ typedef struct {
 } epi;
 
 /* A random epilogue for `rows` x `cout` outputs whose values spread over the output codes;
-   tie: scale = step / 2 and no shift, so odd sums land exactly halfway between two codes. */
+   tie: scale = step and shift = (m + 1/2) step (step not a power of two), so that y / step lands
+   on or within a few ulps of a half-integer, where 1/step in place of a division would round
+   wrong; with h_swish, m puts y past 3, where h_swish(y) is about y. */
 static void make_epilogue(epi *p, int rows, int cout, double typical, int tie) {
   p->scale = malloc(sizeof(float) * cout), p->shift = malloc(sizeof(float) * cout);
   p->bias = malloc(sizeof(int32_t) * cout);
@@ -54,11 +56,12 @@ static void make_epilogue(epi *p, int rows, int cout, double typical, int tie) {
   int ob = rnd_int(1, 8), sign = rnd() % 2;
   e->qn = sign ? -(1 << (ob - 1)) : 0, e->qp = sign ? (1 << (ob - 1)) - 1 : (1 << ob) - 1;
   if (ob == 1 && sign) e->qn = -1, e->qp = 1;
-  e->step = tie ? 0.25f : rnd_float(3.0f, 12.0f) / (float)(e->qp - e->qn);
-  e->act = tie ? OQ_ACT_NONE : rnd_int(0, 3);
+  e->step = tie ? rnd_float(0.05f, 0.3f) : rnd_float(3.0f, 12.0f) / (float)(e->qp - e->qn);
+  e->act = tie ? (rnd() % 2 ? OQ_ACT_NONE : OQ_ACT_HSWISH) : rnd_int(0, 3);
   for (int c = 0; c < cout; c++) {
-    p->scale[c] = tie ? e->step / 2 : rnd_float(0.5f, 4.0f) / (float)(typical + 1);
-    p->shift[c] = tie ? 0.0f : rnd_float(-3.0f, 3.0f);
+    p->scale[c] = tie ? e->step : rnd_float(0.5f, 4.0f) / (float)(typical + 1);
+    p->shift[c] = tie ? e->step * (e->act == OQ_ACT_HSWISH ? ceilf(3.0f / e->step) + 0.5f : 0.5f)
+                     : rnd_float(-3.0f, 3.0f);
     p->bias[c] = rnd_int(-50, 50);
   }
   e->scale = p->scale, e->shift = p->shift;
