@@ -24,7 +24,7 @@ from . import checkpoint, data, files
 from .cost import arch_metrics
 from .evaluate import evaluate, prepare_subnet
 from .experiment import AnalysisConfig
-from .layout import RunLayout
+from .layout import AnalysisLayout, RunLayout
 from .precision import Precision
 from .quant import FULL_PRECISION
 from .search import pareto_indices
@@ -157,7 +157,7 @@ def divergent_pairs(rows, hi: int, lo: int, cost_tol: float = 0.1, acc_tol: floa
     return sorted(pairs, key=lambda p: -p["gap"])[:top]
 
 
-def plot(rows: list[dict], summary: dict, out_dir: str) -> list[str]:
+def plot(rows: list[dict], summary: dict, out: AnalysisLayout) -> list[str]:
     from matplotlib.figure import Figure
     paths = []
     fig = Figure(figsize=(6, 4))
@@ -169,7 +169,7 @@ def plot(rows: list[dict], summary: dict, out_dir: str) -> list[str]:
     ax.set_xscale("log")
     ax.set(xlabel="BitOPs", ylabel="val top-1 (%)", title="Sampled subnets and Pareto fronts")
     ax.legend()
-    paths.append(_save(fig, out_dir, "analysis_accuracy_vs_bitops.png"))
+    paths.append(_save(fig, out.plot("accuracy_vs_bitops")))
     names, lowest = summary["traits"], summary["bits"][-1]
     fig = Figure(figsize=(3.2 * len(names), 3))
     axes = fig.subplots(1, len(names), sharey=True, squeeze=False)
@@ -177,12 +177,11 @@ def plot(rows: list[dict], summary: dict, out_dir: str) -> list[str]:
         ax.scatter([r[t] for r in rows], [r["loss"][lowest] for r in rows], s=10, alpha=0.6)
         ax.set(xlabel=t, title=f"rho {format_corr(summary['correlations'][lowest][t])}")
     axes[0][0].set_ylabel(f"top-1 lost at {lowest} bits")
-    paths.append(_save(fig, out_dir, "analysis_loss_vs_traits.png"))
+    paths.append(_save(fig, out.plot("loss_vs_traits")))
     return paths
 
 
-def _save(fig, out_dir: str, name: str) -> str:
-    path = os.path.join(out_dir, name)
+def _save(fig, path: str) -> str:
     checkpoint.write_png(path, fig)
     return path
 
@@ -207,7 +206,7 @@ def run_supernets(run_dir: str) -> dict[int, tuple[Supernet, object]]:
 
 
 def analyze(run_dir: str, cfg: AnalysisConfig, out_dir: str | None = None, progress=None) -> dict:
-    out_dir = out_dir or RunLayout(run_dir).analysis
+    out = AnalysisLayout(out_dir) if out_dir else RunLayout(run_dir).analysis
     found = run_supernets(run_dir)
     nets = {b: net for b, (net, _) in found.items()}
     p = plan(nets)
@@ -219,17 +218,17 @@ def analyze(run_dir: str, cfg: AnalysisConfig, out_dir: str | None = None, progr
         raise ValueError(f"the part of the space the {Precision.of(p.compared[-1])} supernet of '{run_dir}' trained "
                          f"holds {len(archs)} distinct architecture(s); the analysis needs at least {MIN_ARCHS}")
     splits = data.load_splits(data_cfg)
-    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(out.root, exist_ok=True)
     rows, fixed = evaluate_archs(nets, p, archs, data_cfg, splits, cfg, progress)
     summary = summarise(rows, p, cfg)
     summary["reference_top1"] = fixed
     summary["reference_text"] = p.describe()
     summary["val_images"] = min(cfg.val_images, len(splits.val))
     summary["calib_images"] = min(cfg.calib_images, len(splits.train))
-    summary["plots"] = [os.path.basename(path) for path in plot(rows, summary, out_dir)]
+    summary["plots"] = [os.path.basename(path) for path in plot(rows, summary, out)]
     result = {"config": dataclasses.asdict(cfg), "rows": rows, "summary": summary}
-    checkpoint.write_json(os.path.join(out_dir, "analysis.json"), result)
-    checkpoint.write_text(os.path.join(out_dir, "analysis.md"), markdown(summary, rows))
+    checkpoint.write_json(out.json, result)
+    checkpoint.write_text(out.markdown, markdown(summary, rows))
     return result
 
 

@@ -150,13 +150,13 @@ def cmd_analyze(args):
     from .analysis import analyze, format_corr
     from .config import load
     from .experiment import ExperimentConfig
-    from .layout import RunLayout
+    from .layout import AnalysisLayout, RunLayout
     run = RunLayout(args.run_dir)
     cfg = settings(args, load(ExperimentConfig, run.config) if os.path.isfile(run.config) else None).analysis
     result = analyze(args.run_dir, cfg, args.out,
                      progress=lambda i, n: print(f"\r  evaluated {i}/{n} architectures", end="", file=sys.stderr))
     print(file=sys.stderr)
-    out = args.out or run.analysis
+    out = AnalysisLayout(args.out) if args.out else run.analysis
     s = result["summary"]
     print(f"{len(result['rows'])} subnets, val top-1 on {s['val_images']:,} val images; loss against "
           f"{s['reference_text']}; per trait Spearman rho [bootstrap 95% CI], p")
@@ -164,7 +164,7 @@ def cmd_analyze(args):
         print(f"  {_label(b)}: mean loss {s['mean_loss'][b]:.2f} points")
         for t, c in s["correlations"][b].items():
             print(f"    vs {t:<12} rho {format_corr(c)}")
-    print(f"wrote {out}/analysis.md, analysis.json and plots")
+    print(f"wrote {out.markdown}, {out.json} and plots")
 
 
 # --- train ----------------------------------------------------------------------------
@@ -204,12 +204,12 @@ def add_export(sub):
 
 
 def cmd_export(args):
-    from .checkpoint import write_json
     from .config import apply_overrides
     from .data import DataConfig
     from .export import export_checkpoint
     from .files import load_model
     from .layout import ExportLayout
+    from .records import write_facts
     from .space import Arch
     from .supernet import Supernet
     path = _model_file(args.checkpoint)
@@ -224,7 +224,7 @@ def cmd_export(args):
     data_cfg = apply_overrides(ckpt["data"] or DataConfig(), overrides) if ckpt["data"] or overrides else None
     facts = export_checkpoint(path, args.arch, args.out, cfg.search.calib_images, cfg.export.test_images,
                               data_cfg, cfg.search.seed, source=path, speed_rounds=cfg.export.speed_rounds)
-    write_json(ExportLayout(args.out).facts, {**facts, "dir": args.out})
+    write_facts(ExportLayout(args.out).facts, facts, args.out)
     print(f"wrote {args.out}: " + export_summary(facts))
 
 
@@ -263,8 +263,9 @@ def add_latency(sub):
 
 
 def cmd_latency(args):
-    from .latency import deployed_engine, load_for_latency, measure_latency, update_table
+    from .latency import deployed_engine, load_for_latency, measure_latency
     from .machine import cpu_model
+    from .records import update_latency_table
     batches = sorted({1, *(args.batch or [])})
     if batches[0] < 1 or args.threads < 1:
         raise ValueError(f"--batch and --threads must be >= 1, got batches {batches}, threads {args.threads}")
@@ -272,7 +273,8 @@ def cmd_latency(args):
     result = measure_latency(net, batches, args.runs, args.warmup, args.threads, onnx_path)
     arch = net.arch.to_str()
     if args.table:
-        update_table(args.table, arch, result[deployed_engine()][1], net.bits, args.threads, net.space)
+        update_latency_table(args.table, arch, result[deployed_engine()][1], net.bits, cpu_model(), args.threads,
+                             net.space)
     if args.json:
         print(json.dumps({"arch": arch, "bits": net.bits, "device": cpu_model(), "threads": args.threads,
                           "ms": result}))
@@ -404,8 +406,8 @@ def add_search(sub):
 
 def cmd_search(args):
     from .budget import LATENCY
-    from .files import load_latency_table, load_pairs
     from .layout import SearchLayout
+    from .records import load_latency_table, load_pairs
     from .search import search, write_outputs
     latency = args.latency_table is not None
     settings(args).search.check_metrics(latency)  # the options given: their mistakes stop before the data loads
@@ -440,7 +442,8 @@ def add_sample(sub):
 
 
 def cmd_sample(args):
-    from .predictor import fit_and_score, save_pairs
+    from .predictor import fit_and_score
+    from .records import save_pairs
     from .search import Scorer, sample_points
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")

@@ -35,20 +35,18 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from . import checkpoint, deploy, files, machine, packed
+from . import checkpoint, deploy, files, machine, packed, requant
 from .cost import arch_metrics
 from .data import DataConfig, eval_batches, load_splits, subset
 from .evaluate import prepare_subnet, resize
-from .layers import ConvBNAct, QConv2d, SqueezeExcite
+from .layers import ConvBNAct, QConv2d, SqueezeExcite, conv_out
+from .layout import ExportLayout
 from .precision import Precision
 from .quant import FULL_PRECISION, qrange, set_bits_
 from .space import Arch
 from .subnet import Subnet
 from .supernet import Supernet
 
-ONNX_FILE, QONNX_FILE, PACKED_FILE, ARCH_FILE, CARD_FILE = (
-    "model.onnx", "model.qonnx.onnx", "weights.oqpk", "arch.json", "MODEL_CARD.md")
-ACT_OPS = {nn.ReLU: "Relu", nn.Hardswish: "HardSwish"}
 # The lowest opset that holds each stored weight type (INT4 came in opset 21, INT2 in 25);
 # HardSwish needs 14, so 17 is the floor, read by every runtime of the last years.
 OPSETS = {TensorProto.INT8: 17, TensorProto.INT4: 21, TensorProto.INT2: 25}
@@ -88,14 +86,18 @@ def _step(lsq) -> np.ndarray:
 
 
 def _quantize_input(g: _Graph, x: str, conv: QConv2d, name: str) -> str:
+    """The rule's codes of x, round_half_even(clip(x / |s_a|, Qn, Qp)), as integer-valued floats,
+    through QuantizeLinear and DequantizeLinear at scale 1 (exact): the QDQ pair integer runtimes
+    turn into an integer convolution."""
     bits, signed = conv.aq.bits, conv.aq.signed
     qn, qp = qrange(bits, signed)
-    scale = _step(conv.aq)
-    lo, hi = (np.float32(v) * scale for v in (qn, qp))
-    x = g.node("Clip", [x, g.const(f"{name}.a_min", lo), g.const(f"{name}.a_max", hi)], f"{name}.a_clip")
-    s, z = g.const(f"{name}.a_scale", scale), g.const(f"{name}.a_zero", np.int8(0) if signed else np.uint8(0))
-    x = g.node("QuantizeLinear", [x, s, z], f"{name}.a_q")
-    return g.node("DequantizeLinear", [x, s, z], f"{name}.a_dq")
+    x = g.node("Div", [x, g.const(f"{name}.a_step", _step(conv.aq))], f"{name}.a_div")
+    x = g.node("Clip", [x, g.const(f"{name}.a_min", np.float32(qn)), g.const(f"{name}.a_max", np.float32(qp))],
+               f"{name}.a_clip")
+    x = g.node("Round", [x], f"{name}.a_round")
+    one, z = g.const(f"{name}.a_scale", np.float32(1)), g.const(f"{name}.a_zero", np.int8(0) if signed else np.uint8(0))
+    x = g.node("QuantizeLinear", [x, one, z], f"{name}.a_q")
+    return g.node("DequantizeLinear", [x, one, z], f"{name}.a_dq")
 
 
 def _conv_node(g: _Graph, inputs: list[str], conv: nn.Conv2d, name: str) -> str:
@@ -116,31 +118,92 @@ def _conv(g: _Graph, x: str, conv: nn.Conv2d, name: str) -> str:
 
 
 def _integer_conv(g: _Graph, x: str, conv: QConv2d, bn: nn.BatchNorm2d | None, name: str) -> str:
-    """A quantized conv and its BN as QDQ: codes as they are, BN in the per-channel scale and
-    the bias. `name.w_codes` holds the codes of state-dict key `name.weight`."""
+    """A quantized conv and its BN by the rule: the conv of codes (input and weight dequantized at
+    scale 1: integer-valued floats, whose sums are exact), then Mul by the folded per-channel
+    scale and Add of the shift (`requant.fold`). `name.w_codes` holds the codes of state-dict key
+    `name.weight`."""
     x = _quantize_input(g, x, conv, name)
-    s_w = conv.wq.step.detach().abs().double()
-    if bn is None:
-        scale, bias = s_w.expand(conv.out_channels), None
-    else:  # in float64, so the folded scale and shift are the float32 nearest to BN's
-        k = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
-        scale, bias = s_w * k, bn.bias.detach().double() - k * bn.running_mean.double()
     codes = g.codes(f"{name}.w_codes", packed.weight_codes(conv).numpy(), conv.wq.bits)
-    w = g.node("DequantizeLinear", [codes, g.const(f"{name}.w_scale", _np(scale))], f"{name}.w_dq", axis=0)
+    w = g.node("DequantizeLinear", [codes, g.const(f"{name}.w_scale", np.float32(1))], f"{name}.w_dq")
     x = _conv_node(g, [x, w], conv, name)
-    # The shift as an Add, not the conv's bias: onnxruntime's QDQ optimizer (on by default)
-    # rounds a float bias of a QDQ conv to int32 steps of s_x * s_w_c, moving codes; measured
-    # wrong top-1 on 70% of images with per-channel folded scales.
-    if bias is None:
-        return x
-    return g.node("Add", [x, g.const(f"{name}.shift", _np(bias).reshape(-1, 1, 1))], f"{name}.add")
+    return _epilogue(g, x, requant.fold(conv.aq.step.detach(), conv.wq.step.detach(), bn, conv.out_channels), name)
+
+
+def _epilogue(g: _Graph, x: str, folded: tuple[np.ndarray, np.ndarray], name: str) -> str:
+    """x * scale_c, then + shift_c: two float32 roundings, as the rule has them. The shift is an
+    Add, not the conv's bias: onnxruntime's QDQ optimizer (on by default) rounds a float bias of
+    a QDQ conv to int32 steps of s_x * s_w_c."""
+    scale, shift = folded
+    x = g.node("Mul", [x, g.const(f"{name}.scale", scale.reshape(-1, 1, 1))], f"{name}.mul")
+    return g.node("Add", [x, g.const(f"{name}.shift", shift.reshape(-1, 1, 1))], f"{name}.add")
+
+
+def _double(g: _Graph, x: str, name: str, to: int = TensorProto.DOUBLE) -> str:
+    return g.node("Cast", [x], name, to=to)
+
+
+def _stem64(g: _Graph, x: str, m: ConvBNAct, r: int, name: str) -> str:
+    """The stem by the rule: its conv summed in float64 (onnxruntime has no float64 Conv: the
+    kxk taps as strided slices, then one float64 MatMul), rounded to float32 once, then the
+    epilogue with unit steps and the activation."""
+    conv = m.conv
+    k, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    h = conv_out(r, k, stride)
+    x = g.node("Pad", [_double(g, x, f"{name}.f64"), g.const(f"{name}.pads", np.array([0, 0, pad, pad] * 2))],
+               f"{name}.pad")
+    axes, steps = g.const(f"{name}.axes", np.array([2, 3])), g.const(f"{name}.steps", np.array([stride] * 2))
+    span = stride * (h - 1) + 1
+    taps = [g.node("Slice", [x, g.const(f"{name}.s{i}{j}", np.array([i, j])),
+                             g.const(f"{name}.e{i}{j}", np.array([i + span, j + span])), axes, steps],
+                   f"{name}.tap{i}{j}") for i in range(k) for j in range(k)]
+    cols = g.node("Transpose", [g.node("Concat", taps, f"{name}.cols", axis=1)], f"{name}.nhwc", perm=[0, 2, 3, 1])
+    w = conv.weight.detach().double().permute(2, 3, 1, 0).reshape(-1, conv.out_channels).numpy()  # (i, j, c) rows
+    y = g.node("MatMul", [cols, g.const(f"{name}.weight", w)], f"{name}.matmul")
+    y = _double(g, g.node("Transpose", [y], f"{name}.nchw", perm=[0, 3, 1, 2]), f"{name}.f32", TensorProto.FLOAT)
+    return _act(g, _epilogue(g, y, requant.fold(1.0, 1.0, m.bn, conv.out_channels), name), m.act, name)
+
+
+def _mean_pool64(g: _Graph, x: str, h: int, name: str) -> str:
+    """requant.mean_pool of an h x h x: a float64 mean, rounded to float32 once (ReduceSum, whose
+    form is the same from opset 13 on, where ReduceMean's changes at 18)."""
+    y = g.node("ReduceSum", [_double(g, x, f"{name}.f64"), g.const(f"{name}.axes", np.array([2, 3]))],
+               f"{name}.sum", keepdims=1)
+    y = g.node("Div", [y, g.const(f"{name}.n", np.float64(h * h))], f"{name}.mean")
+    return _double(g, y, f"{name}.f32", TensorProto.FLOAT)
+
+
+def _linear64(g: _Graph, x: str, weight: torch.Tensor, bias: torch.Tensor, name: str) -> str:
+    """requant.reduce64 of a linear layer on a flat (N, C) x: float64 Gemm, rounded once."""
+    y = g.node("Gemm", [_double(g, x, f"{name}.f64"), g.const(f"{name}.weight", weight.detach().double().numpy()),
+                        g.const(f"{name}.bias", bias.detach().double().numpy())], f"{name}.gemm", transB=1)
+    return _double(g, y, f"{name}.f32", TensorProto.FLOAT)
+
+
+def _se64(g: _Graph, x: str, se: SqueezeExcite, h: int, name: str) -> str:
+    """SE by the rule on an h x h x (float64 pool and 1x1 convs, each rounded once; the gate in float32)."""
+    y = g.node("Flatten", [_mean_pool64(g, x, h, f"{name}.pool")], f"{name}.flat")
+    y = g.node("Relu", [_linear64(g, y, se.reduce.weight.flatten(1), se.reduce.bias, f"{name}.reduce")],
+               f"{name}.relu")
+    y = _linear64(g, y, se.expand.weight.flatten(1), se.expand.bias, f"{name}.expand")
+    y = g.node("Div", [g.node("Clip", [g.node("Add", [y, g.const(f"{name}.three", np.float32(3))], f"{name}.add3"),
+                                       g.const(f"{name}.zero", np.float32(0)), g.const(f"{name}.six", np.float32(6))],
+                              f"{name}.clip"), f"{name}.six"], f"{name}.gate")
+    y = g.node("Unsqueeze", [y, g.const(f"{name}.hw", np.array([2, 3]))], f"{name}.nc11")
+    return g.node("Mul", [x, y], f"{name}.scale")
 
 
 def _act(g: _Graph, x: str, act: nn.Module | None, name: str) -> str:
+    """The activation as `requant.activate` computes it: h_swish as y * clip(y + 3, 0, 6) / 6, op by op."""
+    if act is None:
+        return x
+    if isinstance(act, nn.ReLU):
+        return g.node("Relu", [x], f"{name}.act")
+    zero, six = g.const(f"{name}.act_min", np.float32(0)), g.const(f"{name}.act_max", np.float32(6))
     if isinstance(act, nn.ReLU6):  # Clip takes its bounds as inputs
-        return g.node("Clip", [x, g.const(f"{name}.act_min", np.float32(0)), g.const(f"{name}.act_max", np.float32(6))],
-                      f"{name}.act")
-    return x if act is None else g.node(ACT_OPS[type(act)], [x], f"{name}.act")
+        return g.node("Clip", [x, zero, six], f"{name}.act")
+    t = g.node("Add", [x, g.const(f"{name}.act_three", np.float32(3))], f"{name}.act_add")
+    t = g.node("Mul", [x, g.node("Clip", [t, zero, six], f"{name}.act_clip")], f"{name}.act_mul")
+    return g.node("Div", [t, six], f"{name}.act")
 
 
 def _conv_bn_act(g: _Graph, x: str, m: ConvBNAct, name: str) -> str:
@@ -188,24 +251,33 @@ def _se(g: _Graph, x: str, se: SqueezeExcite, name: str) -> str:
 
 
 
-def _graph(net: Subnet, conv_bn_act) -> _Graph:
-    """Every node of `net` in eval mode, its quantized convs written by `conv_bn_act`."""
+def _graph(net: Subnet, conv_bn_act, exact: bool = False) -> _Graph:
+    """Every node of `net` in eval mode, its quantized convs written by `conv_bn_act`; `exact`:
+    the stem, SE, pooling and classifier by the rule of `requant.py` (float64 reductions)."""
     g = _Graph()
-    x = _conv_bn_act(g, "input", net.stem, "stem")
+    x = _stem64(g, "input", net.stem, net.arch.r, "stem") if exact else _conv_bn_act(g, "input", net.stem, "stem")
+    size = conv_out(net.arch.r, net.stem.conv.kernel_size[0], net.stem.conv.stride[0])  # of x, for the pools
     for i, b in enumerate(net.blocks):
         name = f"blocks.{i}"
         h = x if b.expand is None else conv_bn_act(g, x, b.expand, f"{name}.expand")
         h = conv_bn_act(g, h, b.dw, f"{name}.dw")
+        size = conv_out(size, b.dw.conv.kernel_size[0], b.dw.conv.stride[0])
         if b.se is not None:
-            h = _se(g, h, b.se, f"{name}.se")
+            h = _se64(g, h, b.se, size, f"{name}.se") if exact else _se(g, h, b.se, f"{name}.se")
         h = conv_bn_act(g, h, b.project, f"{name}.project")
-        x = g.node("Add", [x, h], f"{name}.add") if b.residual else h
+        x = g.node("Add", [h, x], f"{name}.add") if b.residual else h
     for h in net.space.head_layers():
-        x = g.node("GlobalAveragePool", [x], "pool") if h is None else conv_bn_act(g, x, getattr(net, h.name), h.name)
+        if h is not None:
+            x = conv_bn_act(g, x, getattr(net, h.name), h.name)
+        else:
+            x = _mean_pool64(g, x, size, "pool") if exact else g.node("GlobalAveragePool", [x], "pool")
     x = g.node("Flatten", [x], "flatten")
     c = net.classifier
-    g.node("Gemm", [x, g.const("classifier.weight", _np(c.weight)), g.const("classifier.bias", _np(c.bias))],
-           "logits", transB=1)
+    if exact:
+        g.node("Identity", [_linear64(g, x, c.weight, c.bias, "classifier")], "logits")
+    else:
+        g.node("Gemm", [x, g.const("classifier.weight", _np(c.weight)), g.const("classifier.bias", _np(c.bias))],
+               "logits", transB=1)
     return g
 
 
@@ -225,7 +297,7 @@ def _model(net: Subnet, g: _Graph, domains: dict[str, int]) -> onnx.ModelProto:
 def build_onnx(net: Subnet) -> onnx.ModelProto:
     """The integer-arithmetic ONNX model of `net` as it computes in eval mode (a 32-bit net:
     its plain float graph), checked by onnx.checker."""
-    model = _model(net, _graph(net, _conv_bn_act), {})
+    model = _model(net, _graph(net, _conv_bn_act, exact=_is_quantized(net.blocks[0].dw.conv)), {})
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -260,9 +332,8 @@ def export(net: Subnet, out_dir: str, test: tuple[torch.Tensor, torch.Tensor] | 
     card's facts."""
     net = net.eval()
     os.makedirs(out_dir, exist_ok=True)
-    names = (("onnx", ONNX_FILE), ("qonnx", QONNX_FILE), ("packed", PACKED_FILE), ("arch", ARCH_FILE),
-              ("card", CARD_FILE))
-    paths = {k: os.path.join(out_dir, f) for k, f in names}
+    out = ExportLayout(out_dir)
+    paths = {"onnx": out.onnx, "qonnx": out.qonnx, "packed": out.packed, "arch": out.arch, "card": out.card}
     model, fp32 = build_onnx(net), fp32_graph(net)
     for key, m in (("onnx", model), ("qonnx", build_qonnx(net))):
         checkpoint.atomic_write(paths[key], lambda f, m=m: f.write(m.SerializeToString()))
@@ -361,15 +432,16 @@ def model_card(f: dict) -> str:
         for b, ms in sp["batches"].items():
             lines.append(f"| {b} | " + " | ".join(f"{ms[n]:.3f}" for n in names) + f" | {speedup(ms):.2f}x |")
     lines += ["", "## Files", "",
-              f"- `{ONNX_FILE}` ({s['onnx']:,} bytes): integer QDQ graph, weight codes at their true width "
+              f"- `{ExportLayout.ONNX}` ({s['onnx']:,} bytes): integer QDQ graph, weight codes at their true width "
               "(INT4 to 4 bits, INT2 to 2), BN folded into per-channel scales; `oqat.deploy.Runner` runs it "
               "(OpenVINO: int8 convolutions; onnxruntime: the reference)",
-              f"- `{QONNX_FILE}` ({s['qonnx']:,} bytes): QONNX (Quant nodes at the real bit-widths) for FINN, hls4ml",
-              f"- `{PACKED_FILE}` ({s['packed']:,} bytes): weights packed at b bits; "
+              f"- `{ExportLayout.QONNX}` ({s['qonnx']:,} bytes): QONNX (Quant nodes at the real bit-widths) "
+              "for FINN, hls4ml",
+              f"- `{ExportLayout.PACKED}` ({s['packed']:,} bytes): weights packed at b bits; "
               "`oqat.files.load_packed(path)` rebuilds the PyTorch subnet",
               f"- for comparison, as .onnx files: fp32 {s['fp32']:,} bytes, the export with int8 codes "
               f"{s['int8']:,} bytes",
-              f"- `{ARCH_FILE}`: the architecture", ""]
+              f"- `{ExportLayout.ARCH}`: the architecture", ""]
     return "\n".join(lines)
 
 

@@ -6,7 +6,9 @@
     training checkpoint (oqat-train)    save_training, load_training
     packed weights (oqat-packed)        save_packed, load_packed (the encoding: `oqat.packed`)
     the authors' checkpoints            load_oqa_checkpoint
-    latency table, predictor pairs      load_latency_table, load_pairs (JSON)
+
+The JSON files of a run (metrics, search results, export facts, latency tables, pairs) are
+`oqat.records`'.
 
 Each writer sits beside its loader, so the fields one writes are the fields the other checks.
 A checkpoint is written atomically and read with torch.load(weights_only=True): no arbitrary
@@ -22,11 +24,10 @@ import torch
 from torch import nn
 
 from . import checkpoint, config, data
-from .checkpoint import CheckpointError, load as read, read_json, read_torch
+from .checkpoint import CheckpointError, load as read, read_torch
 from .data import DataConfig, Splits
 from .oqa import oqa_key
 from .packed import pack, quantized_convs, unpack, weight_codes
-from .precision import Precision
 from .quant import Bits, check_precision
 from .space import ARCH_FIELDS, MBV3, Arch, SearchSpace
 from .subnet import Subnet
@@ -316,52 +317,3 @@ def load_oqa_checkpoint(path: str, bits: int, num_classes: int = 1000) -> Supern
         raise CheckpointError(f"'{path}' is not an OQA mbv3 checkpoint: " + "; ".join(problems))
     net.load_state_dict(mapped, strict=False)
     return net.eval()
-
-
-# --- JSON files ---------------------------------------------------------------------------------
-def load_latency_table(path: str, space: SearchSpace, bits: Bits | None = None) -> dict:
-    """A latency table as `oqat latency --table` writes it: {"bits", "device", "threads", "ms":
-    {architecture string of `space`: milliseconds}}. Where `bits` is given it must be the
-    table's: a 2-bit subnet's latency says nothing of a 4-bit one's."""
-    table = read_json(path, "latency table")
-    if not isinstance(table, dict) or set(table) != {"bits", "device", "threads", "ms"}:
-        raise ValueError(f"latency table '{path}' must be a JSON object with bits, device, threads and ms "
-                         "{arch string: ms}, as `oqat latency --table` writes it")
-    if not (isinstance(table["bits"], (int, list)) and isinstance(table["device"], str)
-            and isinstance(table["threads"], int)):
-        raise ValueError(f"latency table '{path}': bits must be an integer (or a mixed precision's list of widths), "
-                         "threads an integer, device a string")
-    try:
-        table["bits"] = check_precision(table["bits"])
-    except ValueError as err:
-        raise ValueError(f"latency table '{path}': {err}") from None
-    if bits is not None and table["bits"] != bits:
-        raise ValueError(f"latency table '{path}' holds {Precision.of(table['bits'])} timings; the supernet is "
-                         f"{Precision.of(bits)}")
-    if not isinstance(table["ms"], dict) or not table["ms"]:
-        raise ValueError(f"latency table '{path}': ms must be a JSON object {{arch string: ms}}, not empty")
-    ms = {}
-    for text, value in table["ms"].items():
-        arch = _arch_in(text, space, f"latency table '{path}'")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"latency table '{path}': {text} maps to {value!r}, expected milliseconds")
-        ms[arch.to_str()] = float(value)
-    return {**table, "ms": ms}
-
-
-def load_pairs(path: str, space: SearchSpace | None = None) -> list[tuple[Arch, float]]:
-    """(arch, val top-1) pairs from a file written by `oqat sample` or a search's evaluated.json."""
-    points = read_json(path, "pairs file")
-    if not isinstance(points, list) or not all(
-            isinstance(p, dict) and isinstance(p.get("arch"), str) and isinstance(p.get("val_top1"), (int, float))
-            and not isinstance(p["val_top1"], bool) for p in points):
-        raise ValueError(f"pairs file '{path}' must be a JSON list of objects with 'arch' and 'val_top1' "
-                         "(an architecture string and a number)")
-    return [(_arch_in(p["arch"], space, f"pairs file '{path}'"), float(p["val_top1"])) for p in points]
-
-
-def _arch_in(text: str, space: SearchSpace | None, where: str) -> Arch:
-    try:
-        return Arch.from_str(text, space)
-    except ValueError as err:
-        raise ValueError(f"{where}: {err}") from None

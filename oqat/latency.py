@@ -5,21 +5,21 @@ Each measurement is the median of `runs` timed forwards after `warmup` untimed o
 random input of the architecture's shape. Every engine gets the same thread count (default
 1: stable on a shared machine and what a phone core gives; raise it to measure a server).
 
-A latency table records the bit-width, device and threads it was measured with, and the ms of
-each architecture (`files.load_latency_table`); `oqat search --latency-table FILE` reads it as
-a budget metric, refusing a table of other bits.
+A latency table (`oqat latency --table`; its format: `records.update_latency_table` and
+`load_latency_table`) records the bit-width, device and threads it was measured with, and the
+ms of each architecture; `oqat search --latency-table FILE` reads it as a budget metric,
+refusing a table of other bits.
 """
 import os
 
 import onnx
 import torch
 
-from . import checkpoint, deploy, files
+from . import deploy, files
 from .deploy import median_ms
-from .export import ONNX_FILE, PACKED_FILE, build_onnx, fp32_graph
-from .machine import cpu_model
-from .precision import Precision
-from .space import Arch, SearchSpace
+from .export import build_onnx, fp32_graph
+from .layout import ExportLayout
+from .space import Arch
 from .subnet import Subnet
 from .supernet import Supernet
 
@@ -58,8 +58,8 @@ def deployed_engine() -> str:
 def load_for_latency(source: str, arch: str | None) -> tuple[Subnet, str | None]:
     """(subnet, its .onnx file or None) from an exported folder, a subnet file, or a
     supernet file and `arch` (extracted as is: BN statistics do not change latency)."""
-    onnx_path = os.path.join(source, ONNX_FILE)
-    net = files.load_packed(os.path.join(source, PACKED_FILE)) if os.path.isdir(source) else files.load_model(source)[0]
+    onnx_path = ExportLayout(source).onnx
+    net = files.load_packed(ExportLayout(source).packed) if os.path.isdir(source) else files.load_model(source)[0]
     arch = Arch.parse(arch, net.space) if arch is not None else None
     if isinstance(net, Supernet):
         if arch is None:
@@ -69,20 +69,3 @@ def load_for_latency(source: str, arch: str | None) -> tuple[Subnet, str | None]
         raise ValueError(f"--arch {arch} differs from the subnet in '{source}' ({net.arch})")
     return net, onnx_path if os.path.isfile(onnx_path) else None
 
-
-def update_table(path: str, arch: str, ms: float, bits, threads: int,
-                 space: SearchSpace | None = None) -> dict:
-    """Set the ms of `arch` (a string of `space`'s, default the built-in space it names) in the
-    latency table at `path` (created if missing) of `bits`-bit subnets timed on this device with
-    `threads` threads; a table of other bits, device or threads is refused: one table, one setting."""
-    space = space or Arch.from_str(arch).checked_in
-    here = {"bits": bits, "device": cpu_model(), "threads": threads}
-    table = files.load_latency_table(path, space) if os.path.exists(path) else {**here, "ms": {}}
-    if {k: table[k] for k in here} != here:
-        raise ValueError(f"latency table '{path}' holds {Precision.of(table['bits'])} timings on {table['device']} "
-                         f"with {table['threads']} thread(s); this is {Precision.of(bits)} on {here['device']} with "
-                         f"{threads}: "
-                         "give another table file")
-    table["ms"][arch] = round(ms, 4)
-    checkpoint.write_json(path, {**table, "ms": dict(sorted(table["ms"].items()))})
-    return table

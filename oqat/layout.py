@@ -11,11 +11,13 @@ A run folder (`oqat run`; {p}: a precision's name, fp, 4bit, ..., mixed234 for b
     report.md, results.json, fronts.png, training.png
 A training folder (`oqat train`'s run.dir; a stage): config.yaml, checkpoints/last.pt,
 metrics.jsonl, tb/, supernet.pt; a stage adds inherited.pt (bit inheritance) and stage.json.
-A search folder: pareto.json, evaluated.json, pareto.png. An export folder: facts.json besides
-what `export.export` writes.
+A search folder: pareto.json, evaluated.json, pareto.png. An export folder: model.onnx,
+model.qonnx.onnx, weights.oqpk, arch.json, MODEL_CARD.md (`export.export`) and facts.json. An
+analysis folder: analysis.json, analysis.md, analysis_*.png.
 """
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .precision import Precision
 
@@ -77,10 +79,52 @@ class SearchLayout:
 @dataclass(frozen=True)
 class ExportLayout:
     root: str
+    ONNX: ClassVar[str] = "model.onnx"  # the integer graph
+    QONNX: ClassVar[str] = "model.qonnx.onnx"
+    PACKED: ClassVar[str] = "weights.oqpk"
+    ARCH: ClassVar[str] = "arch.json"
+    CARD: ClassVar[str] = "MODEL_CARD.md"
+    FACTS: ClassVar[str] = "facts.json"  # what the card says, as JSON (`records.write_facts`)
+
+    @property
+    def onnx(self) -> str:
+        return os.path.join(self.root, self.ONNX)
+
+    @property
+    def qonnx(self) -> str:
+        return os.path.join(self.root, self.QONNX)
+
+    @property
+    def packed(self) -> str:
+        return os.path.join(self.root, self.PACKED)
+
+    @property
+    def arch(self) -> str:
+        return os.path.join(self.root, self.ARCH)
+
+    @property
+    def card(self) -> str:
+        return os.path.join(self.root, self.CARD)
 
     @property
     def facts(self) -> str:
-        return os.path.join(self.root, "facts.json")
+        return os.path.join(self.root, self.FACTS)
+
+
+@dataclass(frozen=True)
+class AnalysisLayout:
+    root: str
+
+    @property
+    def json(self) -> str:
+        return os.path.join(self.root, "analysis.json")
+
+    @property
+    def markdown(self) -> str:
+        return os.path.join(self.root, "analysis.md")
+
+    def plot(self, name: str) -> str:
+        return os.path.join(self.root, f"analysis_{name}.png")
 
 
 BEST = "best"  # the export group of the recommended family, drawn from every precision's front
@@ -120,8 +164,8 @@ class RunLayout:
         return self._path("training.png")
 
     @property
-    def analysis(self) -> str:
-        return self._path("analysis")
+    def analysis(self) -> AnalysisLayout:
+        return AnalysisLayout(self._path("analysis"))
 
     @property
     def stages_dir(self) -> str:

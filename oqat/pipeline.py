@@ -11,13 +11,12 @@ exists, so running again resumes at the first unfinished step (and a training st
 from its last checkpoint).
 """
 import dataclasses
-import json
 import os
 import time
 
 import torch
 
-from . import checkpoint, config, data, distributed, faults, files
+from . import config, data, distributed, faults, files, records
 from .cost import arch_metrics
 from .experiment import ExperimentConfig, check_inputs, check_run_fields, stage_train_config
 from .export import export_checkpoint
@@ -63,12 +62,11 @@ def run_stages(cfg: ExperimentConfig, d: distributed.Dist = distributed.Dist()) 
             start = time.time()
             train(stage_cfg)
             if d.main:
-                checkpoint.write_json(stage.timing, {"wall_s": time.time() - start})
+                records.write_stage(stage.timing, time.time() - start)
             distributed.barrier(d)
-        info = checkpoint.read_json(stage.timing, "stage record") if os.path.isfile(stage.timing) else {}
         done.append({"index": i, "bits": st.bits, "epochs": st.epochs, "dir": run.relative(stage.root),
-                     "supernet": run.relative(stage.supernet), "wall_s": info.get("wall_s"),
-                     "metrics": _last_epoch(stage.metrics)})
+                     "supernet": run.relative(stage.supernet), "wall_s": records.read_stage(stage.timing),
+                     "metrics": records.last_epoch(stage.metrics)})
     return done
 
 
@@ -94,7 +92,7 @@ def run_search(cfg: ExperimentConfig, supernets: dict[int | str, str]) -> dict[i
                             val_images=s.val_images, use_predictor=s.predictor,
                             log=lambda text: None if cfg.run.quiet else print(f"  {text}", flush=True))
             write_outputs(result, out.root)
-        results[key] = checkpoint.read_json(out.pareto, "search result")
+        results[key] = records.read_pareto(out.pareto)
         if net.space.bit_widths:
             for p in results[key]["front"]:
                 p["stage_bits"] = net.space.stage_bits(Arch.parse(p["arch"], net.space))
@@ -135,8 +133,8 @@ def run_export(cfg: ExperimentConfig, supernets: dict[int | str, str], searches:
                 facts = export_checkpoint(path, member["arch"], out.root, cfg.search.calib_images,
                                           cfg.export.test_images, seed=cfg.search.seed, source=run.relative(path),
                                           speed_rounds=cfg.export.speed_rounds)
-                checkpoint.write_json(out.facts, {**facts, "dir": run.relative(out.root)})
-            exported[group][name] = done[key, member["arch"]] = checkpoint.read_json(out.facts, "export facts")
+                records.write_facts(out.facts, facts, run.relative(out.root))
+            exported[group][name] = done[key, member["arch"]] = records.read_facts(out.facts)
     return exported
 
 
@@ -171,15 +169,3 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
     _log(f"done: results in {os.path.abspath(run.root)} ({run.relative(run.report)}, {run.relative(run.results)})")
     return results
 
-
-def _last_epoch(path: str) -> dict | None:
-    """The last per-epoch record of a stage's metrics.jsonl."""
-    if not os.path.isfile(path):
-        return None
-    last = None
-    with open(path) as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("kind") == "epoch":
-                last = rec
-    return last

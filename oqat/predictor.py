@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import kendalltau
 
-from . import checkpoint
 from .cost import arch_metrics
 from .space import Arch, SearchSpace
 
@@ -82,7 +81,3 @@ def fit_and_score(pairs: list[tuple[Arch, float]], space: SearchSpace, holdout: 
     scores = quality(model.predict([a for a, _ in test]), np.array([s for _, s in test]))
     return Predictor.fit([a for a, _ in pairs], [s for _, s in pairs], space), scores
 
-
-def save_pairs(path: str, points: list[dict]) -> None:
-    """Points are dicts with at least "arch" (string) and "val_top1" (the search's evaluated.json form)."""
-    checkpoint.write_json(path, points)

@@ -1,9 +1,8 @@
 """The run's report: results.json (everything measured), report.md and PNG plots."""
-import json
 import math
 import os
 
-from . import checkpoint, config
+from . import checkpoint, config, records
 from .export import speedup
 from .layout import BEST, RunLayout, TrainingLayout
 from .precision import Precision
@@ -60,10 +59,8 @@ def _plot_training(run_dir: str, stages: list[dict], path: str) -> None:
     offset = 0
     for st in stages:
         steps, epochs = [], []
-        with open(TrainingLayout(os.path.join(run_dir, st["dir"])).metrics) as f:
-            for line in f:
-                rec = json.loads(line)
-                (steps if rec["kind"] == "step" else epochs).append(rec)
+        for rec in records.read_metrics(TrainingLayout(os.path.join(run_dir, st["dir"])).metrics):
+            (steps if rec["kind"] == "step" else epochs).append(rec)
         label = _label(st["bits"])
         if steps:
             ax_loss.plot([offset + r["epoch"] for r in steps], [r["loss"] for r in steps], lw=1, label=label)
@@ -85,7 +82,7 @@ def write_report(cfg, stages: list[dict], searches: dict, exported: dict, wall_s
     for bits in searches:  # the plot shows every evaluated point too
         ev = run.search(bits).evaluated
         if os.path.isfile(ev):
-            searches[bits] = {**searches[bits], "evaluated": checkpoint.read_json(ev, "search points")}
+            searches[bits] = {**searches[bits], "evaluated": records.read_evaluated(ev)}
     plots = []
     if searches:
         _plot_fronts(searches, run.fronts_plot)

@@ -26,7 +26,7 @@ from pymoo.operators.crossover.ux import UniformCrossover
 from pymoo.problems.static import StaticProblem
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from . import checkpoint, data, faults
+from . import checkpoint, data, faults, records
 from .budget import LATENCY, Budget, BudgetError, check_metric
 from .cost import arch_metrics
 from .data import DataConfig, Splits
@@ -349,6 +349,5 @@ def write_outputs(result: SearchResult, out_dir: str) -> None:
                "evaluations": result.evaluations, "predicted": result.predicted,
                "seconds": round(result.seconds, 2), **result.settings, "front": result.front}
     out = SearchLayout(out_dir)
-    checkpoint.write_json(out.pareto, summary)
-    checkpoint.write_json(out.evaluated, result.evaluated)
+    records.write_search(out.pareto, out.evaluated, summary, result.evaluated)
     plot(result, out.plot)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import math
 import os
 import platform
@@ -32,6 +31,7 @@ from .experiment import ExperimentConfig, check_inputs
 from .inherit import REINIT_KEY
 from .layout import TrainingLayout
 from .quant import FULL_PRECISION, check_precision, guard_steps_, set_bits_, step_values, steps_of
+from .records import MetricsWriter
 from .space import Arch, SearchSpace, get_space
 from .supernet import Supernet
 
@@ -405,29 +405,18 @@ class RunLog:
 
     def __init__(self, folder: str, step: int, resumed: bool):
         from torch.utils.tensorboard import SummaryWriter
-        self.path = TrainingLayout(folder).metrics
         os.makedirs(folder, exist_ok=True)
-        kept = []
-        if resumed and os.path.exists(self.path):
-            with open(self.path, encoding="utf-8") as f:
-                kept = [line for line in f if line.endswith("\n") and line.strip()
-                        and json.loads(line).get("step", 0) <= step]
-        checkpoint.write_text(self.path, "".join(kept))
-        self.file = open(self.path, "a", encoding="utf-8")
+        self.metrics = MetricsWriter(TrainingLayout(folder).metrics, step if resumed else None)
         self.tb = SummaryWriter(TrainingLayout(folder).tb, purge_step=step + 1 if resumed else None)
 
     def write(self, record: dict) -> None:
-        try:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
-        except OSError as err:  # a line cut short here is dropped on resume
-            raise checkpoint.WriteError(f"cannot write '{self.path}': {err.strerror}") from None
+        self.metrics.append(record)
         for key, value in record.items():
             if isinstance(value, (int, float)) and key not in ("step", "epoch"):
                 self.tb.add_scalar(f"{record['kind']}/{key}", value, record["step"])
 
     def close(self) -> None:
-        self.file.close()
+        self.metrics.close()
         self.tb.close()
 
 

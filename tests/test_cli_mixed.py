@@ -38,7 +38,7 @@ def test_every_command_works_on_a_run_with_a_mixed_stage(tiny_mixed_run, tmp_pat
     assert "bits per block" in out.splitlines()[0]
     out = oqat(capsys, "analyze", tiny_mixed_run, "--samples", 10, "--val-images", 32, "--calib-images", 16,
                "--bootstrap", 10, "--bands", 1, "--out", tmp_path / "analysis")
-    assert "3-bit" in out and "2-bit: mean loss" in out
+    assert "2-bit: mean loss" in out
     os.remove(run.report)
     oqat(capsys, "run", run.config, f"run.dir={tiny_mixed_run}", "--quiet")  # every step done: the report again
     report = open(run.report).read()

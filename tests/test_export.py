@@ -14,6 +14,7 @@ from oqat.data import DataConfig, eval_batches, load_splits, subset
 from oqat.evaluate import recalibrate_bn, resize
 from oqat.files import load_packed, save_supernet
 from oqat.layers import QConv2d
+from oqat.layout import ExportLayout
 from oqat.quant import set_bits_
 from oqat.space import MINI, Arch, get_space
 from oqat.subnet import Subnet
@@ -185,17 +186,17 @@ def test_export_cli_writes_a_deployable_folder(tmp_path, capsys):
     code = main(["export", synthetic_supernet(tmp_path), "--arch", ARCH.to_str(), "--out", str(out),
                  "--calib-images", "64", "--test-images", "64", "--speed-rounds", "1"])
     assert code == 0, capsys.readouterr().err
-    assert sorted(os.listdir(out)) == sorted([export.ONNX_FILE, export.QONNX_FILE, export.PACKED_FILE,
-                                              export.ARCH_FILE, export.CARD_FILE, "facts.json"])
-    with open(out / export.ARCH_FILE) as f:
+    assert sorted(os.listdir(out)) == sorted([ExportLayout.ONNX, ExportLayout.QONNX, ExportLayout.PACKED,
+                                              ExportLayout.ARCH, ExportLayout.CARD, ExportLayout.FACTS])
+    with open(out / ExportLayout.ARCH) as f:
         assert Arch.from_dict(json.load(f)) == ARCH
-    card = (out / export.CARD_FILE).read_text()
+    card = (out / ExportLayout.CARD).read_text()
     assert "Top-1 on 64 test images" in card and "## Speed on " in card and "fastest fp32 / fastest export" in card
     assert "BitOPs" in card and f"N x 1 x {ARCH.r} x {ARCH.r}" in card
     # The folder alone deploys: the ONNX model and the packed subnet agree.
-    net = load_packed(str(out / export.PACKED_FILE))
+    net = load_packed(str(out / ExportLayout.PACKED))
     x = torch.randn(32, 1, ARCH.r, ARCH.r)
-    assert deploy.parity(net, deploy.Runner(str(out / export.ONNX_FILE)), x)["gaps"].median() <= 1e-5
+    assert deploy.parity(net, deploy.Runner(str(out / ExportLayout.ONNX)), x)["gaps"].median() <= 1e-5
     facts = json.loads((out / "facts.json").read_text())
     sizes = facts["sizes"]
     assert sizes["onnx"] < sizes["int8"] < sizes["fp32"] / 2 and sizes["packed"] < sizes["int8"]

@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-from oqat import checkpoint, config, files
+from oqat import checkpoint, config, files, records
 from oqat.checkpoint import CheckpointError
 from oqat.cli import main
 from oqat.data import DataConfig
@@ -320,7 +320,7 @@ def test_a_malformed_latency_table_is_one_line_naming_it(tmp_path, content, mess
     path = tmp_path / "table.json"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(ValueError) as err:
-        files.load_latency_table(str(path), MINI)
+        records.load_latency_table(str(path), MINI)
     assert_clean(err.value, str(path))
     assert message in str(err.value)
 

@@ -5,7 +5,7 @@ from test_export import ARCH, make_subnet
 
 from oqat import deploy, export, files, latency, machine
 from oqat.cli import main
-from oqat.files import load_latency_table
+from oqat.records import load_latency_table, update_latency_table
 from oqat.space import MINI, Arch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,4 +62,4 @@ def test_a_latency_table_that_is_not_an_object_is_refused(tmp_path):
     path = tmp_path / "t.json"
     path.write_text("[1, 2]")
     with pytest.raises(ValueError, match="must be a JSON object"):
-        latency.update_table(str(path), ARCH.to_str(), 1.0, bits=2, threads=1)
+        update_latency_table(str(path), ARCH.to_str(), 1.0, bits=2, device=machine.cpu_model(), threads=1)

@@ -2,6 +2,7 @@
 readers find there."""
 import os
 
+from oqat import records
 from oqat.layout import RunLayout, SearchLayout, TrainingLayout
 from oqat.search import SearchResult, write_outputs
 
@@ -9,7 +10,8 @@ from oqat.search import SearchResult, write_outputs
 def test_a_run_names_every_path_from_its_root():
     run = RunLayout("runs/x")
     assert run.config == "runs/x/config.yaml" and run.report == "runs/x/report.md"
-    assert run.results == "runs/x/results.json" and run.analysis == "runs/x/analysis"
+    assert run.results == "runs/x/results.json" and run.analysis.json == "runs/x/analysis/analysis.json"
+    assert run.analysis.plot("loss_vs_traits") == "runs/x/analysis/analysis_loss_vs_traits.png"
     assert run.stage(0, 32) == TrainingLayout("runs/x/stages/0-fp")
     stage = run.stage(2, 3)
     assert stage.supernet == "runs/x/stages/2-3bit/supernet.pt"
@@ -19,6 +21,8 @@ def test_a_run_names_every_path_from_its_root():
     assert run.search(2) == SearchLayout("runs/x/search/2bit")
     assert run.search(2).evaluated == "runs/x/search/2bit/evaluated.json"
     assert run.export(4, "M").facts == "runs/x/export/4bit-M/facts.json"
+    assert (run.export(4, "M").onnx, run.export(4, "M").packed) == ("runs/x/export/4bit-M/model.onnx",
+                                                                    "runs/x/export/4bit-M/weights.oqpk")
     # A mixed precision by its widths or by the run's key for it; the recommended family as "best".
     assert run.stage(3, [2, 3, 4]).root == "runs/x/stages/3-mixed234"
     assert run.search((2, 3, 4)) == run.search("mixed234") == SearchLayout("runs/x/search/mixed234")
@@ -42,3 +46,4 @@ def test_a_search_writes_where_the_run_reads(tmp_path):
     front = [{"arch": "a", "bitops": 1.0, "val_top1": 50.0}]
     write_outputs(SearchResult("bitops", 4, [], front, front), out.root)
     assert all(os.path.isfile(p) for p in (out.pareto, out.evaluated, out.plot))
+    assert records.read_pareto(out.pareto)["front"] == records.read_evaluated(out.evaluated) == front

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from test_evaluate import TINY, run_cli, tiny_run
 
-from oqat.files import load_pairs
 from oqat.predictor import Predictor, features, fit_and_score, quality
+from oqat.records import load_pairs
 from oqat.space import MINI
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,7 +9,8 @@ from oqat import search as S
 from oqat.budget import Budget, BudgetError, check_metric
 from oqat.cost import METRICS, arch_metrics
 from oqat.data import load_splits
-from oqat.files import load_latency_table, load_supernet
+from oqat.files import load_supernet
+from oqat.records import load_latency_table
 from oqat.space import Arch
 
 pytestmark = pytest.mark.usefixtures("one_thread")

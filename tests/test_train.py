@@ -18,6 +18,7 @@ from oqat.evaluate import resize
 from oqat.experiment import ExperimentConfig
 from oqat.layers import QConv2d
 from oqat.quant import STEP_EPS, guard_steps_, init_step, step_values
+from oqat.records import last_epoch, read_metrics
 from oqat.space import get_space
 from oqat.supernet import Supernet
 from oqat.train import RunLog, Trainer, lr_factor, param_groups, train
@@ -323,3 +324,13 @@ def test_resume_drops_a_metrics_line_cut_short_by_a_crash(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(lines) + '{"kind": "st')
     RunLog(str(tmp_path), 4, resumed=True).close()
     assert (tmp_path / "metrics.jsonl").read_text() == "".join(lines[:2])
+
+
+def test_metrics_readers_leave_out_a_line_cut_short_and_name_a_bad_one(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "epoch", "epoch": 1, "step": 2}\n\n{"kind": "step", "step": 3}\n{"kind": "ep')
+    assert [r["step"] for r in read_metrics(str(path))] == [2, 3]
+    assert last_epoch(str(path))["epoch"] == 1 and last_epoch(str(tmp_path / "none.jsonl")) is None
+    path.write_text('{"kind": "step", "step": 3}\nnot json\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl' line 2 is not a metrics record"):
+        read_metrics(str(path))
