@@ -15,6 +15,7 @@ import os
 import sys
 
 MIN_HELD_OUT = 10  # held-out pairs below which a predictor's Kendall tau and RMSE are noise
+NETWORK_HELP = "a supernet file (with --arch), a subnet or packed file, or an export folder (files.load_model)"
 
 
 def _bits(text: str) -> int:
@@ -195,7 +196,7 @@ def cmd_train(args):
 def add_export(sub):
     p = sub.add_parser("export", help="integer ONNX graph, QONNX, packed weights, arch.json, facts.json and a "
                                       "model card with speed")
-    p.add_argument("checkpoint", help="a supernet file (with --arch) or a subnet file")
+    p.add_argument("checkpoint", help=NETWORK_HELP)
     p.add_argument("--arch", default=None, help="JSON file, JSON string or compact string (needed for a supernet)")
     p.add_argument("--out", required=True, help="output folder")
     add_settings(p, "search.calib_images", "search.seed", "export.test_images", "export.speed_rounds")
@@ -207,20 +208,16 @@ def cmd_export(args):
     from .config import apply_overrides
     from .data import DataConfig
     from .export import export_checkpoint
-    from .files import load_model
+    from .files import load_model, subnet_arch
     from .layout import ExportLayout
     from .records import write_facts
-    from .space import Arch
     from .supernet import Supernet
-    path = _model_file(args.checkpoint)
+    path = args.checkpoint
     net, ckpt = load_model(path)
     cfg = _run_settings(args, ckpt)
     overrides = _data_overrides(args)
-    if isinstance(net, Supernet) and args.arch is not None:
-        if ckpt["data"] is None and not overrides:
-            raise ValueError(f"'{path}' holds no data config, needed to recalibrate BN: give --dataset "
-                             "(and --data-root, --data KEY=VALUE)")
-        _warn_untrained(net, Arch.parse(args.arch, net.space))
+    if isinstance(net, Supernet):
+        _warn_untrained(net, subnet_arch(net, args.arch, path))
     data_cfg = apply_overrides(ckpt["data"] or DataConfig(), overrides) if ckpt["data"] or overrides else None
     facts = export_checkpoint(path, args.arch, args.out, cfg.search.calib_images, cfg.export.test_images,
                               data_cfg, cfg.search.seed, source=path, speed_rounds=cfg.export.speed_rounds)
@@ -248,7 +245,7 @@ def export_summary(facts: dict) -> str:
 def add_latency(sub):
     p = sub.add_parser("latency", help="median latency of the deployed graph and its fp32 self in each runtime, "
                                        "and of PyTorch, on this machine")
-    p.add_argument("source", help="an exported folder, a subnet file, or a supernet file with --arch")
+    p.add_argument("source", help=NETWORK_HELP)
     p.add_argument("--arch", default=None, help="JSON file, JSON string or compact string")
     p.add_argument("--batch", type=int, action="append", default=None,
                    help="batch size, repeatable; batch 1 is always measured")
@@ -305,17 +302,6 @@ def _add_supernet_options(p, what: str = "a supernet file (supernet.pt of a run)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
-def _model_file(path: str) -> str:
-    """`path`, unless it is a folder: then which files to pass instead."""
-    from .layout import RunLayout
-    if not os.path.isdir(path):
-        return path
-    found = [s.supernet for s in RunLayout(path).stages() if os.path.isfile(s.supernet)]
-    if found:
-        raise ValueError(f"'{path}' is a run folder; pass one of its supernet files: {', '.join(found)}")
-    raise ValueError(f"'{path}' is a folder; pass a supernet or subnet file (a run's stages/*/supernet.pt)")
-
-
 def _run_settings(args, ckpt: dict):
     """The options given over the config of the run that wrote the file (its calibration images,
     seed, search settings), so that a run's numbers come out again; else over the defaults."""
@@ -336,7 +322,7 @@ def _open(args, *formats):
 
     from .files import open_model
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    net, ckpt, data_cfg, splits = open_model(_model_file(args.checkpoint), _data_overrides(args), device, *formats)
+    net, ckpt, data_cfg, splits = open_model(args.checkpoint, _data_overrides(args), device, *formats)
     return net, _run_settings(args, ckpt), data_cfg, splits
 
 
@@ -354,7 +340,7 @@ def _readable(costs: dict) -> dict:
 def add_eval(sub):
     p = sub.add_parser("eval", help="top-1/top-5 and costs of one subnet: of a supernet (BN recalibrated) "
                                     "or a subnet file")
-    _add_supernet_options(p, "a supernet file (supernet.pt of a run) or a subnet file")
+    _add_supernet_options(p, NETWORK_HELP)
     p.add_argument("--arch", default=None, help="JSON file, JSON string or compact string (needed for a supernet)")
     p.add_argument("--split", choices=["val", "test"], default="val", help="held-out val (search) or test (reports)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -365,21 +351,16 @@ def cmd_eval(args):
     from .cost import arch_metrics
     from .data import eval_batches
     from .evaluate import evaluate, prepare_subnet
-    from .files import SUBNET, SUPERNET
-    from .space import Arch
+    from .files import PACKED, SUBNET, SUPERNET, subnet_arch
     from .supernet import Supernet
-    net, cfg, data_cfg, splits = _open(args, SUPERNET, SUBNET)
+    net, cfg, data_cfg, splits = _open(args, SUPERNET, SUBNET, PACKED)
     s = cfg.search
+    arch = subnet_arch(net, args.arch, args.checkpoint)
     if isinstance(net, Supernet):
-        if args.arch is None:
-            raise ValueError(f"'{args.checkpoint}' is a supernet: give --arch to choose the subnet")
-        arch = Arch.parse(args.arch, net.space)
         _warn_untrained(net, arch)
         sub = prepare_subnet(net, arch, data_cfg, splits, s.calib_images, s.seed)
         bn = f"BN recalibrated on {min(s.calib_images, len(splits.train)):,} training images, seed {s.seed}"
     else:
-        if args.arch is not None and Arch.parse(args.arch, net.space) != net.arch:
-            raise ValueError(f"--arch {args.arch} differs from the subnet in '{args.checkpoint}' ({net.arch})")
         sub, bn = net, "BN as saved in the file"
     arch = sub.arch
     result = evaluate(sub, eval_batches(getattr(splits, args.split), data_cfg, arch.r))

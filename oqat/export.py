@@ -43,7 +43,6 @@ from .layers import ConvBNAct, QConv2d, SqueezeExcite, conv_out
 from .layout import ExportLayout
 from .precision import Precision
 from .quant import FULL_PRECISION, qrange, set_bits_
-from .space import Arch
 from .subnet import Subnet
 from .supernet import Supernet
 
@@ -371,18 +370,15 @@ def export_checkpoint(path: str, arch: str | None, out_dir: str, calib_images: i
     subnet), a subnet file's is taken as it is; then it is exported with its test top-1 on
     `test_images` test images. Data: `data_cfg`, else the file's own data config."""
     model, ckpt = files.load_model(path)
-    arch = Arch.parse(arch, model.space) if arch is not None else None
+    arch = files.subnet_arch(model, arch, path)
     data_cfg = data_cfg or ckpt["data"]
     splits = load_splits(data_cfg) if data_cfg is not None else None
     if isinstance(model, Supernet):
-        if arch is None:
-            raise ValueError(f"'{path}' is a supernet: give --arch to choose the subnet")
         if splits is None:
-            raise ValueError(f"'{path}' holds no data config, needed to recalibrate BN: give --data-config")
+            raise ValueError(f"'{path}' holds no data config, needed to recalibrate BN: give --dataset "
+                             "(and --data-root, --data KEY=VALUE)")
         net = prepare_subnet(model, arch, data_cfg, splits, calib_images, seed)
     else:
-        if arch is not None and arch != model.arch:
-            raise ValueError(f"--arch {arch} differs from the subnet in '{path}' ({model.arch})")
         net = model
     net = net.to(memory_format=torch.contiguous_format)
     test = None

@@ -2,7 +2,8 @@
 
     supernet file (oqat-supernet)       save_supernet, load_supernet; open_supernet adds its run's data
     subnet file (oqat-subnet)           save_subnet, load_subnet
-    either of the two                   load_model (export, latency)
+    any network a user hands over       load_model (also an export folder), subnet_arch (the subnet
+                                        an architecture chooses in it): export, latency, eval, the API
     training checkpoint (oqat-train)    save_training, load_training
     packed weights (oqat-packed)        save_packed, load_packed (the encoding: `oqat.packed`)
     the authors' checkpoints            load_oqa_checkpoint
@@ -18,6 +19,7 @@ unexpected and mis-shaped keys, all of them in one message; non-finite values), 
 network takes the weights. So a wrong, truncated or foreign file ends in one CheckpointError
 line naming the file and what is wrong, and the caller has written nothing yet.
 """
+import os
 import random
 
 import torch
@@ -26,6 +28,7 @@ from torch import nn
 from . import checkpoint, config, data
 from .checkpoint import CheckpointError, load as read, read_torch
 from .data import DataConfig, Splits
+from .layout import ExportLayout, RunLayout
 from .oqa import oqa_key
 from .packed import pack, quantized_convs, unpack, weight_codes
 from .quant import Bits, check_precision
@@ -170,16 +173,46 @@ def load_subnet(path: str) -> Subnet:
     return load_model(path, SUBNET)[0]
 
 
-def load_model(path: str, *formats: str) -> tuple[Supernet | Subnet, dict]:
-    """The network of a supernet or subnet file (eval mode) and the file's fields, as `load_supernet`."""
-    ckpt = read(path, *(formats or (SUPERNET, SUBNET)))
+def load_model(source: str, *formats: str) -> tuple[Supernet | Subnet, dict]:
+    """The network a user hands over (eval mode) and its file's fields, as `load_supernet`: a
+    supernet, subnet or packed file (of `formats`, default any of them), or an export folder
+    (its packed weights). A run folder is refused with the supernet files it holds."""
+    path = _network_file(source)
+    ckpt = read(path, *(formats or (SUPERNET, SUBNET, PACKED)))
     if ckpt["format"] == SUPERNET:
         return load_supernet(path)
+    if ckpt["format"] == PACKED:
+        return _packed_subnet(ckpt, path), {**ckpt, "data": _run_data(ckpt, path)}
     space, bits = _space(ckpt, path), _bits(ckpt, path)
     arch = _arch(ckpt, path, space)
     net = _build(path, lambda: Subnet(space, arch, bits))
     load_state(net, ckpt.get("state_dict"), path)
     return net.eval(), {**ckpt, "data": _run_data(ckpt, path)}
+
+
+def _network_file(source: str) -> str:
+    """`source`, or the packed weights of an export folder; any other folder is refused."""
+    if not os.path.isdir(source):
+        return source
+    if os.path.isfile(ExportLayout(source).packed):
+        return ExportLayout(source).packed
+    found = [s.supernet for s in RunLayout(source).stages() if os.path.isfile(s.supernet)]
+    if found:
+        raise ValueError(f"'{source}' is a run folder; pass one of its supernet files: {', '.join(found)}")
+    raise ValueError(f"'{source}' is a folder; pass a supernet, subnet or packed file, or an export folder")
+
+
+def subnet_arch(net: Supernet | Subnet, arch, source: str) -> Arch:
+    """The subnet `arch` (any form `Arch.parse` reads, or None) chooses in the network opened from
+    `source`: a supernet needs one; a subnet is its own, which `arch`, if given, must be."""
+    chosen = Arch.parse(arch, net.space) if arch is not None else None
+    if isinstance(net, Supernet):
+        if chosen is None:
+            raise ValueError(f"'{source}' is a supernet: give --arch to choose the subnet")
+        return chosen
+    if chosen is not None and chosen != net.arch:
+        raise ValueError(f"--arch {chosen} differs from the subnet in '{source}' ({net.arch})")
+    return net.arch
 
 
 def open_model(path: str, overrides=(), device: str = "cpu",
@@ -260,7 +293,10 @@ def save_packed(net: Subnet, path: str, extra: dict | None = None) -> None:
 
 def load_packed(path: str) -> Subnet:
     """The subnet in a packed file, in eval mode, computing exactly what the saved one did."""
-    ckpt = read(path, PACKED)
+    return _packed_subnet(read(path, PACKED), path)
+
+
+def _packed_subnet(ckpt: dict, path: str) -> Subnet:
     space, bits = _space(ckpt, path), _bits(ckpt, path)
     arch = _arch(ckpt, path, space)
     net = _build(path, lambda: Subnet(space, arch, bits))

@@ -19,7 +19,6 @@ from . import deploy, files
 from .deploy import median_ms
 from .export import build_onnx, fp32_graph
 from .layout import ExportLayout
-from .space import Arch
 from .subnet import Subnet
 from .supernet import Supernet
 
@@ -58,14 +57,10 @@ def deployed_engine() -> str:
 def load_for_latency(source: str, arch: str | None) -> tuple[Subnet, str | None]:
     """(subnet, its .onnx file or None) from an exported folder, a subnet file, or a
     supernet file and `arch` (extracted as is: BN statistics do not change latency)."""
-    onnx_path = ExportLayout(source).onnx
-    net = files.load_packed(ExportLayout(source).packed) if os.path.isdir(source) else files.load_model(source)[0]
-    arch = Arch.parse(arch, net.space) if arch is not None else None
+    net, _ = files.load_model(source)
+    arch = files.subnet_arch(net, arch, source)
     if isinstance(net, Supernet):
-        if arch is None:
-            raise ValueError(f"'{source}' is a supernet: give --arch to choose the subnet")
         return net.extract(arch, keep_bn=True).eval(), None
-    if arch is not None and arch != net.arch:
-        raise ValueError(f"--arch {arch} differs from the subnet in '{source}' ({net.arch})")
+    onnx_path = ExportLayout(source).onnx
     return net, onnx_path if os.path.isfile(onnx_path) else None
 

@@ -75,3 +75,24 @@ def test_untrained_names_the_choices_training_never_ran(net):
     # Blocks beyond a stage's depth hold the smallest kernel once normalised: only blocks that run count.
     assert trained.untrained("mini:r20:k7e4-k7e4-k7e4-k7e4") == []
     assert trained.untrained(ARCH) == ["ks 3, 5 (trained: 7)", "e 2, 3 (trained: 4)"]
+
+
+def test_every_network_a_user_hands_over_opens_one_way(net, tmp_path):
+    from oqat import export, files
+    sub = net.extract(oqat.Arch.parse(ARCH, MINI), keep_bn=True).eval()
+    paths = {"supernet": str(tmp_path / "s.pt"), "subnet": str(tmp_path / "n.pt"), "packed": str(tmp_path / "p.oqpk")}
+    files.save_supernet(net, paths["supernet"])
+    files.save_subnet(sub, paths["subnet"])
+    files.save_packed(sub, paths["packed"])
+    export.export(sub, str(tmp_path / "x"), speed_rounds=0)
+    for source in (paths["subnet"], paths["packed"], str(tmp_path / "x")):
+        opened, _ = oqat.load_model(source)
+        assert isinstance(opened, oqat.Subnet) and oqat.subnet_arch(opened, None, source) == sub.arch
+        with pytest.raises(ValueError, match=f"^--arch {MINI.smallest()} differs from the subnet in '{source}'"):
+            oqat.subnet_arch(opened, MINI.smallest().to_json(), source)
+    supernet, _ = oqat.load_model(paths["supernet"])
+    assert oqat.subnet_arch(supernet, ARCH, paths["supernet"]) == sub.arch
+    with pytest.raises(ValueError, match="is a supernet: give --arch to choose the subnet"):
+        oqat.subnet_arch(supernet, None, paths["supernet"])
+    with pytest.raises(ValueError, match="is a folder; pass a supernet, subnet or packed file, or an export folder"):
+        oqat.load_model(str(tmp_path))
