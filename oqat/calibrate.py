@@ -12,6 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import exact
+from .quant import FULL_PRECISION, bits_of
+from .subnet import Subnet
+
 
 def resize(x: torch.Tensor, r: int) -> torch.Tensor:
     """A batch at r x r pixels (bilinear); unchanged when it already is."""
@@ -38,22 +42,43 @@ def inputs(net: nn.Module, x: torch.Tensor, r: int) -> torch.Tensor:
 def recalibrate_bn(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Set every BN's running mean/var to the batch-size-weighted average of the per-batch
     mean and biased variance of its input over `batches` (forwarded at `net.arch.r` with
-    quantizers on, each BN normalising with its batch's statistics as in training). BNs that
-    see fewer channels than they hold (the supernet's elastic BNs) update only the channels
-    they see. An inference pass: the statistics come from the pass that normalises with
-    them, nothing records autograd state, the modules' modes are untouched."""
+    quantizers on, each BN normalising with its batch's statistics as in training). A quantized
+    `Subnet` forwards by the exact rule (`exact.forward`), its statistics from exact integer
+    sums, so that they are the same on every thread count and CPU; the averages are float64.
+    BNs that see fewer channels than they hold (the supernet's elastic BNs) update only the
+    channels they see. An inference pass: nothing records autograd state, the modules' modes
+    are untouched."""
     sums: dict[nn.Module, list] = {}  # bn -> [sum of n * mean, sum of n * var, n]
 
+    def record(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+        acc = sums.setdefault(bn, [0.0, 0.0, 0])
+        acc[0], acc[1], acc[2] = acc[0] + n * mean.double(), acc[1] + n * var.double(), acc[2] + n
+
+    if isinstance(net, Subnet) and bits_of(net) != FULL_PRECISION:
+        for x, _ in batches:
+            exact.forward(net, inputs(net, x, net.arch.r), record)
+    else:
+        _float_pass(net, batches, record)
+    if not sums:
+        raise ValueError("recalibrate_bn got no batches")
+    for bn, (mean_sum, var_sum, n) in sums.items():
+        c = mean_sum.shape[0]
+        bn.running_mean[:c] = mean_sum / n
+        bn.running_var[:c] = var_sum / n
+
+
+def _float_pass(net: nn.Module, batches: Iterable, record: exact.BatchStats) -> None:
+    """Forward `batches` through `net`'s own forward, every BN normalising with its batch's
+    statistics, which go to `record`."""
     def batch_stats_forward(bn: nn.BatchNorm2d):
         def forward(x: torch.Tensor) -> torch.Tensor:
-            n, c = x.shape[0], x.shape[1]
+            c = x.shape[1]
             # Training-mode BN with momentum 1 leaves the batch's mean and unbiased variance
             # in its buffers: one fused kernel, 10-20x faster on CPU than torch.var_mean.
             mean, var = x.new_zeros(c), x.new_ones(c)
             out = F.batch_norm(x, mean, var, bn.weight[:c], bn.bias[:c], True, 1.0, bn.eps)
             m = x.numel() // c
-            acc = sums.setdefault(bn, [0.0, 0.0, 0])
-            acc[0], acc[1], acc[2] = acc[0] + n * mean, acc[1] + n * var * ((m - 1) / m), acc[2] + n
+            record(bn, mean, var * ((m - 1) / m), x.shape[0])
             return out
         return forward
 
@@ -70,9 +95,3 @@ def recalibrate_bn(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.T
             del bn.forward
         for m, training in modes.items():
             m.training = training
-    if not sums:
-        raise ValueError("recalibrate_bn got no batches")
-    for bn, (mean_sum, var_sum, n) in sums.items():
-        c = mean_sum.shape[0]
-        bn.running_mean[:c] = mean_sum / n
-        bn.running_var[:c] = var_sum / n

@@ -14,7 +14,7 @@ exactly q, so its outputs equal the original's bit for bit.
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import checkpoint, requant
 from .layers import QConv2d
 from .quant import FULL_PRECISION, qrange
 from .subnet import Subnet
@@ -34,10 +34,7 @@ def quantized_convs(net: Subnet) -> dict[str, QConv2d]:
 @torch.no_grad()
 def weight_codes(conv: QConv2d) -> torch.Tensor:
     """The integers q of conv's quantized weight (int8), by LSQ's own arithmetic."""
-    qn, qp = qrange(conv.wq.bits, signed=True)
-    q = (conv.weight.float() / conv.wq.step.abs()).clamp_(qn, qp)
-    q = q.sign_() if conv.wq.bits == 1 else q.round_()
-    return q.to(torch.int8).contiguous()
+    return requant.weight_codes(conv.weight, conv.wq.step, conv.wq.bits).to(torch.int8).contiguous()
 
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:

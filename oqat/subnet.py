@@ -7,6 +7,7 @@ weights), without the supernet.
 import torch
 from torch import nn
 
+from . import exact
 from .layers import ConvBNAct, Cost, MBConv, QConv2d, batch_norm, bn_cost, conv_cost, pool
 from .quant import FULL_PRECISION, Bits, bits_of, set_bits_
 from .space import Arch, Block, SearchSpace, get_space, mid_channels
@@ -96,4 +97,8 @@ class Subnet(nn.Module):
         return self.space.bit_widths or bits_of(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training: the fake-quantized float forward. Eval mode, quantized: the exact forward of
+        `exact.py`, whose codes and logits are the same on every thread count, CPU and runtime."""
+        if not self.training and bits_of(self) != FULL_PRECISION:
+            return exact.forward(self, x)
         return head_forward(self, self.blocks(self.stem(x)))
