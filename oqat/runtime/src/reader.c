@@ -59,9 +59,9 @@ static uint32_t crc32(const unsigned char *p, size_t n) {
 /* Bits a code of `bits`-bit weights is stored in: enough for the signed levels (1 bit: -1..1). */
 static int code_width(int bits) { return bits == 1 ? 2 : bits; }
 /* Bits of the stored codes u = q - qn of a quantizer (0..qp-qn). */
-static int bit_length(int v) {
+static int bit_length(unsigned v) {
   int n = 0;
-  while (v >> n) n++;
+  for (; v; v >>= 1) n++;
   return n;
 }
 
@@ -234,7 +234,7 @@ static int read_op(oqat_rt_model *m, const file *f, int i) {
   int in_codes = src && src->out_codes;
   if (in_codes != (t == OP_CONV1X1 || t == OP_DWCONV))
     return oq_error("%s: input is %s", where, in_codes ? "codes, expected float" : "float, expected codes");
-  if (in_codes) o->in_qn = src->qn, o->in_bits = bit_length(src->qp - src->qn);
+  if (in_codes) o->in_qn = src->qn, o->in_bits = bit_length((unsigned)(src->qp - src->qn));
   for (int j = F_COUT; j <= F_WBITS; j++)
     if (j != F_ACT && (w[j] != 0) != uses(t, j))
       return oq_error("%s: field %d is %s", where, j, w[j] ? "set but unused" : "missing");
@@ -259,7 +259,7 @@ static int read_op(oqat_rt_model *m, const file *f, int i) {
   int32_t qn = (int32_t)w[F_QN], qp = (int32_t)w[F_QP];
   float step = as_f32(w[F_STEP]);
   if (w[F_OUT_CODES] == 1) {
-    if (t == OP_LINEAR || !isfinite(step) || !(step > 0) || qn < -128 || qn > 0 || qp <= 0 || qp - qn > 255)
+    if (t == OP_LINEAR || !isfinite(step) || !(step > 0) || qn < -128 || qn > 0 || qp <= 0 || qp > 255 - qn)
       return oq_error("%s: bad output quantizer (step %g, range %d..%d)", where, step, qn, qp);
     o->step = step, o->qn = qn, o->qp = qp;
   } else if (w[F_OUT_CODES] != 0 || w[F_STEP] || qn || qp || t == OP_QUANT) {
