@@ -9,6 +9,10 @@
  *    The packed buffer must be 64-byte aligned (aligned_alloc(64, ...)); its size is
  *    pack1x1_size(cout, cin, wbits) and does not depend on abits.
  *  - Scratch of conv1x1 must be 64-byte aligned too.
+ *  - Threshold epilogue (oq_epilogue.thresholds, built by oq_thresholds): where the output is the
+ *    next quantizer's codes, with no residual, the code is a monotone step function of the exact
+ *    sum acc, so it is a count of integer compares against per-channel thresholds, bit-identical
+ *    to the float epilogue (see oq_thresholds).
  *
  * The arithmetic (every path gives bit-identical outputs to the scalar reference):
  *   acc = sum_k u[r][k] * w[c][k], exact in int32; u: activation codes 0..255, w: weight codes
@@ -40,7 +44,29 @@ typedef struct {
   float *out_f32;                      /* non-NULL: write act(y) as float [rows][ld_out] */
   uint8_t *out_u8;                     /* else: write u = rint(clamp(act(y)/step, qn, qp)) - qn */
   int ld_out; float step; int qn, qp;
+  /* NULL: the float epilogue above. Else what oq_thresholds built from this same epilogue (and
+     its cout): [1 + qp - qn][oq_thresholds_ld(cout)] int32, row 0 a per-channel flip (0, or -1
+     where scale < 0), rows j = 1..qp-qn thresholds T_j, and the code written is
+     u = #{j : (acc ^ flip[c]) > T_j[c]}; scale, shift, acc_bias, act and step are then unused. */
+  const int32_t *thresholds;
 } oq_epilogue;
+
+/* Most codes (qp - qn) a threshold epilogue takes: past 4 bits the compares cost more than the
+   float epilogue. */
+enum { OQ_THRESHOLDS_MAX = 15 };
+
+/* Row stride of the thresholds of cout channels: rounded up to 16 so that every path may load
+   whole vectors (the padding lanes' codes are computed and never stored). */
+static inline int oq_thresholds_ld(int cout) { return (cout + 15) / 16 * 16; }
+
+/* Builds the thresholds of e (its scale, shift, acc_bias, act, step, qn, qp over cout channels)
+   into out ((1 + qp - qn) * oq_thresholds_ld(cout) int32) such that for every acc in
+   [acc_min, acc_max] the threshold code equals the float epilogue's code exactly. Returns 1, or
+   0 (out untouched) where the epilogue does not qualify: float output, a residual, more than
+   OQ_THRESHOLDS_MAX codes, h_swish into a signed quantizer (qn < 0: h_swish is not monotone
+   below -1.5), a scale or shift that is not finite, a step that is not finite and positive,
+   acc + acc_bias that could leave int32, or acc_min == INT32_MIN or acc_max == INT32_MAX. */
+int oq_thresholds(const oq_epilogue *e, int cout, int32_t acc_min, int32_t acc_max, int32_t *out);
 
 typedef struct {
   const char *name;                    /* "scalar", "avx2", "avx512vnni", ... */

@@ -62,9 +62,8 @@ static __m256 clamp8(const oq_epilogue *e, __m256 q) {
   return _mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps((float)e->qn)), _mm256_set1_ps((float)e->qp));
 }
 
-/* Integer codes rint(q) - qn of lanes 0..n-1 (q clamped and rounded), as bytes at out. */
-static void store_codes(const oq_epilogue *e, __m256 rounded, int n, uint8_t *out) {
-  __m256i u = _mm256_sub_epi32(_mm256_cvttps_epi32(rounded), _mm256_set1_epi32(e->qn));
+/* Codes u (int32 lanes, 0..255) of lanes 0..n-1 as bytes at out. */
+static void store_u(__m256i u, int n, uint8_t *out) {
   __m128i w16 = _mm_packs_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
   __m128i b = _mm_packus_epi16(w16, w16);  /* codes are 0..255: no saturation */
   if (n >= 8) {
@@ -76,10 +75,32 @@ static void store_codes(const oq_epilogue *e, __m256 rounded, int n, uint8_t *ou
   }
 }
 
-/* The epilogue of 8 channels c0..c0+n-1 of row r: the float operations of oq_epilogue_value
-   and oq_epilogue_store in the same order, except the divisions that oq_recip proves cannot
-   change an output code. */
-static void epilogue8(const oq_epilogue *e, const oq_recip *rc, int r, int c0, int n, __m256i acc) {
+/* Integer codes rint(q) - qn of lanes 0..n-1 (q clamped and rounded), as bytes at out. */
+static void store_codes(const oq_epilogue *e, __m256 rounded, int n, uint8_t *out) {
+  store_u(_mm256_sub_epi32(_mm256_cvttps_epi32(rounded), _mm256_set1_epi32(e->qn)), n, out);
+}
+
+/* The threshold epilogue of 8 channels c0.. of a conv with cout channels (rows padded to 16:
+   whole vectors load), u = #{j : (acc ^ flip) > T_j}; vpcmpgtd gives -1 per true compare. */
+static __m256i threshold_codes8(const oq_epilogue *e, int cout, int c0, __m256i acc) {
+  size_t ld = oq_thresholds_ld(cout);
+  const int32_t *t = e->thresholds + c0;
+  __m256i x = _mm256_xor_si256(acc, _mm256_loadu_si256((const void *)t)), u = _mm256_setzero_si256();
+  for (int j = 1; j <= e->qp - e->qn; j++)
+    u = _mm256_sub_epi32(u, _mm256_cmpgt_epi32(x, _mm256_loadu_si256((const void *)(t + j * ld))));
+  return u;
+}
+
+/* The epilogue of 8 channels c0..min(c0+8, cout)-1 of row r: the threshold codes, or the float
+   operations of oq_epilogue_value and oq_epilogue_store in the same order, except the divisions
+   that oq_recip proves cannot change an output code. */
+static void epilogue8(const oq_epilogue *e, const oq_recip *rc, int r, int c0, int cout, __m256i acc) {
+  int n = cout - c0;
+  size_t o = (size_t)r * e->ld_out + c0;
+  if (e->thresholds) {
+    store_u(threshold_codes8(e, cout, c0, acc), n, e->out_u8 + o);
+    return;
+  }
   __m256i m = lanes_mask(n);
   if (e->acc_bias) acc = _mm256_add_epi32(acc, _mm256_maskload_epi32(e->acc_bias + c0, m));
   __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_maskload_ps(e->scale + c0, m));
@@ -93,7 +114,6 @@ static void epilogue8(const oq_epilogue *e, const oq_recip *rc, int r, int c0, i
     __m256 t = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(y, _mm256_set1_ps(3.0f)), zero), six);
     y = _mm256_mul_ps(y, t);
   }
-  size_t o = (size_t)r * e->ld_out + c0;
   if (rc->fast) {
     __m256 q = clamp8(e, _mm256_mul_ps(y, _mm256_set1_ps(hswish ? rc->r6 : rc->r)));
     __m256 qr = _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -219,7 +239,7 @@ static void conv1x1(const uint8_t *a, int lda, int rows, const void *packed, con
       for (int i = 0; i < MR && r0 + i < rows; i++)
         for (int j = 0; j < nrv; j++) {
           int c0 = t * TILE + j * LANES;
-          if (c0 < h->cout) epilogue8(e, &rc, r0 + i, c0, h->cout - c0, acc[i][j]);
+          if (c0 < h->cout) epilogue8(e, &rc, r0 + i, c0, h->cout, acc[i][j]);
         }
     }
   }
@@ -278,8 +298,8 @@ static inline __attribute__((always_inline)) void dw_pixel(const oq_dw_args *d, 
       lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc));
       hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1));
     }
-    epilogue8(d->e, &d->rc, r, cb, n, lo);
-    if (n > 8) epilogue8(d->e, &d->rc, r, cb + 8, n - 8, hi);
+    epilogue8(d->e, &d->rc, r, cb, d->c, lo);
+    if (n > 8) epilogue8(d->e, &d->rc, r, cb + 8, d->c, hi);
   }
 }
 

@@ -1,6 +1,7 @@
 /* Scalar reference kernels: the definition every SIMD path is tested against bit for bit, and
  * the path for CPUs without one. Packed 1x1 weights: the header, then int8 codes [cout][cin]. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,15 +31,91 @@ float oq_epilogue_value(const oq_epilogue *e, int r, int c, int32_t acc) {
   return y;
 }
 
-void oq_epilogue_store(const oq_epilogue *e, int r, int c, float y) {
-  size_t i = (size_t)r * e->ld_out + c;
-  if (e->out_f32) {
-    e->out_f32[i] = y;
-    return;
-  }
+/* The code u (0..qp-qn) of the next quantizer for y: rint(clamp(y / step)) - qn. */
+static int code_of(const oq_epilogue *e, float y) {
   float q = y / e->step;
   q = min_f(max_f(q, (float)e->qn), (float)e->qp);
-  e->out_u8[i] = (uint8_t)((int)nearbyintf(q) - e->qn);  /* default mode: round half to even */
+  return (int)nearbyintf(q) - e->qn;  /* default mode: round half to even */
+}
+
+void oq_epilogue_store(const oq_epilogue *e, int r, int c, float y) {
+  size_t i = (size_t)r * e->ld_out + c;
+  if (e->out_f32)
+    e->out_f32[i] = y;
+  else
+    e->out_u8[i] = (uint8_t)code_of(e, y);
+}
+
+/* ---- threshold epilogue ----
+ * Why the code is monotone in acc where oq_thresholds accepts: (float)s, y * scale (scale >= 0:
+ * non-decreasing; < 0: non-increasing), y + shift, relu, relu6, y / step (step > 0), the clamp
+ * and rint are each monotone in the value (signed zeros give the same code), and with finite
+ * operands no NaN arises except h_swish(-inf) = -inf * 0; h_swish is non-decreasing for y >= 0
+ * (a product of non-negative non-decreasing factors) and <= 0 (or NaN) below, which a quantizer
+ * with qn = 0 maps to code 0, its least. So with x = acc ^ flip (flip = -1: x = -acc - 1) the
+ * code is a non-decreasing step function of x, and u = #{j : x > T_j} where T_j + 1 is the least
+ * x whose code is >= j. */
+
+/* The float epilogue's code of acc (no residual: any row). */
+static int acc_code(const oq_epilogue *e, int c, int32_t acc) { return code_of(e, oq_epilogue_value(e, 0, c, acc)); }
+
+static int qualifies(const oq_epilogue *e, int cout, int32_t acc_min, int32_t acc_max) {
+  int n = e->qp - e->qn;
+  if (e->out_f32 || !e->out_u8 || e->residual || n < 1 || n > OQ_THRESHOLDS_MAX) return 0;
+  if (e->act == OQ_ACT_HSWISH && e->qn != 0) return 0;
+  if (!(e->step > 0.0f && isfinite(e->step)) || acc_min > acc_max || acc_min == INT32_MIN || acc_max == INT32_MAX)
+    return 0;
+  for (int c = 0; c < cout; c++) {
+    int64_t b = e->acc_bias ? e->acc_bias[c] : 0;
+    if (!isfinite(e->scale[c]) || !isfinite(e->shift[c])) return 0;
+    if (acc_min + b < INT32_MIN || acc_max + b > INT32_MAX) return 0;
+  }
+  return 1;
+}
+
+/* The least x in [lo, hi] whose code (of acc = x ^ flip) is >= j, or hi + 1 if none. */
+static int32_t least_reaching(const oq_epilogue *e, int c, int32_t flip, int32_t lo, int32_t hi, int j) {
+  int64_t a = lo, b = (int64_t)hi + 1;  /* the answer is in [a, b] */
+  while (a < b) {
+    int64_t mid = a + (b - a) / 2;
+    if (acc_code(e, c, (int32_t)mid ^ flip) >= j)
+      b = mid;
+    else
+      a = mid + 1;
+  }
+  return (int32_t)a;
+}
+
+int oq_thresholds(const oq_epilogue *e, int cout, int32_t acc_min, int32_t acc_max, int32_t *out) {
+  if (!qualifies(e, cout, acc_min, acc_max)) return 0;
+  int n = e->qp - e->qn, ld = oq_thresholds_ld(cout);
+  for (int c = 0; c < ld; c++) {
+    if (c >= cout) {  /* padding lanes: any values (their codes are never stored) */
+      for (int j = 0; j <= n; j++) out[(size_t)j * ld + c] = 0;
+      continue;
+    }
+    int32_t flip = e->scale[c] < 0.0f ? -1 : 0;
+    int32_t lo = flip ? ~acc_max : acc_min, hi = flip ? ~acc_min : acc_max;
+    out[c] = flip;
+    for (int j = 1; j <= n; j++) out[(size_t)j * ld + c] = least_reaching(e, c, flip, lo, hi, j) - 1;
+  }
+  return 1;
+}
+
+/* The code u = #{j : (acc ^ flip) > T_j} of channel c. */
+static uint8_t threshold_code(const oq_epilogue *e, int cout, int c, int32_t acc) {
+  int ld = oq_thresholds_ld(cout), u = 0;
+  int32_t x = acc ^ e->thresholds[c];
+  for (int j = 1; j <= e->qp - e->qn; j++) u += x > e->thresholds[(size_t)j * ld + c];
+  return (uint8_t)u;
+}
+
+/* The epilogue of output (r, c) of a conv with cout channels: thresholds or floats. */
+static void epilogue_acc(const oq_epilogue *e, int cout, int r, int c, int32_t acc) {
+  if (e->thresholds)
+    e->out_u8[(size_t)r * e->ld_out + c] = threshold_code(e, cout, c, acc);
+  else
+    oq_epilogue_store(e, r, c, oq_epilogue_value(e, r, c, acc));
 }
 
 static size_t pack1x1_size(int cout, int cin, int wbits) {
@@ -71,7 +148,7 @@ static void conv1x1(const uint8_t *a, int lda, int rows, const void *packed, con
       const int8_t *wc = wt + (size_t)c * h->cin;
       int32_t acc = 0;
       for (int k = 0; k < h->cin; k++) acc += (int32_t)ar[k] * wc[k];
-      oq_epilogue_store(e, r, c, oq_epilogue_value(e, r, c, acc));
+      epilogue_acc(e, h->cout, r, c, acc);
     }
   }
 }
@@ -92,8 +169,7 @@ static void dwconv(const uint8_t *a, int h, int w, int c, int k, int stride, con
             acc += u * wt[(ky * k + kx) * c + ch];
           }
         }
-        int r = oy * wo + ox;
-        oq_epilogue_store(e, r, ch, oq_epilogue_value(e, r, ch, acc));
+        epilogue_acc(e, c, oy * wo + ox, ch, acc);
       }
 }
 

@@ -1,7 +1,8 @@
 /* Compares every kernel path bit for bit with the scalar reference: conv1x1 and dwconv on odd
  * shapes, all weight and activation widths 1..8, every activation, residual or not, float or
- * code output, codes drawn from a fixed seed (a share of cases at the extreme codes, to reach
- * the largest sums).
+ * code output, scales of both signs (and zero), codes drawn from a fixed seed (a share of cases
+ * at the extreme codes, to reach the largest sums). Where an epilogue qualifies for thresholds
+ * (oq_thresholds), the path's threshold output must equal the scalar float output too.
  *
  *   kernel_test            test the path OQAT_RT_ISA names, or every path this CPU runs
  * Exit status: 0 pass, 1 mismatch, 77 the named path cannot run here (the reason is printed).
@@ -47,19 +48,21 @@ typedef struct {
 /* A random epilogue for `rows` x `cout` outputs whose values spread over the output codes;
    tie: scale = step and shift = (m + 1/2) step (step not a power of two), so that y / step lands
    on or within a few ulps of a half-integer, where 1/step in place of a division would round
-   wrong; with h_swish, m puts y past 3, where h_swish(y) is about y. */
-static void make_epilogue(epi *p, int rows, int cout, double typical, int tie) {
+   wrong; with h_swish, m puts y past 3, where h_swish(y) is about y. thr: the output fit for
+   thresholds (codes of at most 4 bits, no residual), except the activation and sign. */
+static void make_epilogue(epi *p, int rows, int cout, double typical, int tie, int thr) {
   p->scale = malloc(sizeof(float) * cout), p->shift = malloc(sizeof(float) * cout);
   p->bias = malloc(sizeof(int32_t) * cout);
   oq_epilogue *e = &p->e;
   memset(e, 0, sizeof *e);
-  int ob = rnd_int(1, 8), sign = rnd() % 2;
+  int ob = rnd_int(1, thr ? 4 : 8), sign = rnd() % 2;
   e->qn = sign ? -(1 << (ob - 1)) : 0, e->qp = sign ? (1 << (ob - 1)) - 1 : (1 << ob) - 1;
   if (ob == 1 && sign) e->qn = -1, e->qp = 1;
   e->step = tie ? rnd_float(0.05f, 0.3f) : rnd_float(3.0f, 12.0f) / (float)(e->qp - e->qn);
   e->act = tie ? (rnd() % 2 ? OQ_ACT_NONE : OQ_ACT_HSWISH) : rnd_int(0, 3);
   for (int c = 0; c < cout; c++) {
-    p->scale[c] = tie ? e->step : rnd_float(0.5f, 4.0f) / (float)(typical + 1);
+    p->scale[c] = tie ? e->step : rnd() % 16 == 0 ? 0.0f : rnd_float(0.5f, 4.0f) / (float)(typical + 1);
+    if (rnd() % 3 == 0) p->scale[c] = -p->scale[c];
     p->shift[c] = tie ? e->step * (e->act == OQ_ACT_HSWISH ? ceilf(3.0f / e->step) + 0.5f : 0.5f)
                      : rnd_float(-3.0f, 3.0f);
     p->bias[c] = rnd_int(-50, 50);
@@ -68,14 +71,14 @@ static void make_epilogue(epi *p, int rows, int cout, double typical, int tie) {
   e->acc_bias = !tie && rnd() % 2 ? p->bias : NULL;
   e->ld_res = cout + rnd_int(0, 3);
   p->residual = NULL;
-  if (!tie && rnd() % 2) {
+  if (!tie && !thr && rnd() % 2) {
     size_t n = (size_t)rows * e->ld_res;
     p->residual = malloc(sizeof(float) * n);
     for (size_t i = 0; i < n; i++) p->residual[i] = rnd_float(-4.0f, 4.0f);
   }
   e->residual = p->residual;
   e->ld_out = cout + rnd_int(0, 5);
-  int f32 = !tie && rnd() % 3 == 0;
+  int f32 = !tie && !thr && rnd() % 3 == 0;
   p->out_bytes = (size_t)rows * e->ld_out * (f32 ? sizeof(float) : 1);
   void *out = malloc(p->out_bytes);
   memset(out, 0xa5, p->out_bytes);  /* the gaps between rows must stay untouched */
@@ -112,55 +115,78 @@ static void report(const char *what, const char *path, const epi *p, const epi *
           p->e.qp, i);
 }
 
+static int threshold_cases_;
+
+/* Thresholds of p's epilogue (cout channels, sums within +-bound) into t, which must be a fresh
+   copy of p; NULL where oq_thresholds refuses, which it must do exactly for h_swish into a
+   signed quantizer (make_epilogue's thr cases qualify otherwise). */
+static int32_t *thresholds_of(const epi *p, epi *t, int cout, int32_t bound) {
+  int32_t *thr = malloc(sizeof(int32_t) * (size_t)(p->e.qp - p->e.qn + 1) * oq_thresholds_ld(cout));
+  int ok = oq_thresholds(&p->e, cout, -bound, bound, thr);
+  if (ok != !(p->e.act == OQ_ACT_HSWISH && p->e.qn < 0)) {
+    failures_++;
+    fprintf(stderr, "oq_thresholds returned %d for act=%d q=[%d,%d]\n", ok, p->e.act, p->e.qn, p->e.qp);
+  }
+  if (!ok) {
+    free(thr);
+    return NULL;
+  }
+  threshold_cases_++;
+  t->e.thresholds = thr;
+  return thr;
+}
+
 static void check_conv1x1(const oq_kernels *k, int rows, int cin, int cout, int abits, int wbits, int extreme,
-                          int tie) {
+                          int tie, int thr) {
   const oq_kernels *ref = &oq_kernels_scalar;
   int lda = cin + (rnd() % 2 ? rnd_int(1, 9) : 0);
   size_t na = (size_t)(rows - 1) * lda + cin;  /* no slack after the last row */
   uint8_t *a = malloc(na);
   int8_t *w = malloc((size_t)cout * cin);
   fill_codes(a, na, abits, w, (size_t)cout * cin, wbits, extreme);
-  epi p, q;
+  epi p, q, t;
   double umax = (1 << abits) - 1, wm = -wmin(wbits);
-  make_epilogue(&p, rows, cout, sqrt((double)cin) * umax * wm / 2, tie);
-  q = copy_epilogue(&p);
+  make_epilogue(&p, rows, cout, sqrt((double)cin) * umax * wm / 2, tie, thr);
+  q = copy_epilogue(&p), t = copy_epilogue(&p);
+  int32_t *th = thr ? thresholds_of(&p, &t, cout, (int32_t)(cin * umax * wm)) : NULL;
   void *pr = alloc64(ref->pack1x1_size(cout, cin, wbits)), *pk = alloc64(k->pack1x1_size(cout, cin, wbits));
   void *sr = alloc64(ref->scratch1x1_size(cout, cin, wbits)), *sk = alloc64(k->scratch1x1_size(cout, cin, wbits));
   ref->pack1x1(w, cout, cin, wbits, abits, pr);
   k->pack1x1(w, cout, cin, wbits, abits, pk);
   ref->conv1x1(a, lda, rows, pr, &p.e, sr);
   k->conv1x1(a, lda, rows, pk, &q.e, sk);
-  if (memcmp(out_of(&p), out_of(&q), p.out_bytes) != 0) {
-    char shape[120];
-    snprintf(shape, sizeof shape, "rows=%d cin=%d cout=%d lda=%d a%d w%d extreme=%d", rows, cin, cout, lda, abits,
-             wbits, extreme);
-    report("conv1x1", k->name, &p, &q, shape);
-  }
-  free(a), free(w), free(pr), free(pk), free(sr), free(sk);
+  if (th) k->conv1x1(a, lda, rows, pk, &t.e, sk);
+  char shape[120];
+  snprintf(shape, sizeof shape, "rows=%d cin=%d cout=%d lda=%d a%d w%d extreme=%d", rows, cin, cout, lda, abits,
+           wbits, extreme);
+  if (memcmp(out_of(&p), out_of(&q), p.out_bytes) != 0) report("conv1x1", k->name, &p, &q, shape);
+  if (th && memcmp(out_of(&p), out_of(&t), p.out_bytes) != 0) report("conv1x1 thresholds", k->name, &p, &t, shape);
+  free(a), free(w), free(pr), free(pk), free(sr), free(sk), free(th), free(out_of(&t));
   free_epilogue(&p, &q);
 }
 
 static void check_dwconv(const oq_kernels *k, int h, int w, int c, int ks, int stride, int abits, int wbits,
-                         int extreme) {
+                         int extreme, int thr) {
   int ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1;
   uint8_t *a = malloc((size_t)h * w * c);
   int8_t *wt = malloc((size_t)ks * ks * c);
   fill_codes(a, (size_t)h * w * c, abits, wt, (size_t)ks * ks * c, wbits, extreme);
   uint8_t pad_u = (uint8_t)(extreme || rnd() % 2 ? 0 : rnd_int(0, (1 << abits) - 1));
   int oy0 = rnd() % 3 ? 0 : rnd_int(0, ho - 1), oy1 = rnd() % 3 ? ho : rnd_int(oy0, ho);
-  epi p, q;
+  epi p, q, t;
   double umax = (1 << abits) - 1, wm = -wmin(wbits);
-  make_epilogue(&p, ho * wo, c, ks * umax * wm / 2, 0);
-  q = copy_epilogue(&p);
+  make_epilogue(&p, ho * wo, c, ks * umax * wm / 2, 0, thr);
+  q = copy_epilogue(&p), t = copy_epilogue(&p);
+  int32_t *th = thr ? thresholds_of(&p, &t, c, (int32_t)(ks * ks * umax * wm)) : NULL;
   oq_kernels_scalar.dwconv(a, h, w, c, ks, stride, wt, pad_u, &p.e, oy0, oy1);
   k->dwconv(a, h, w, c, ks, stride, wt, pad_u, &q.e, oy0, oy1);
-  if (memcmp(out_of(&p), out_of(&q), p.out_bytes) != 0) {
-    char shape[140];
-    snprintf(shape, sizeof shape, "h=%d w=%d c=%d k=%d s=%d rows %d..%d pad_u=%d a%d w%d extreme=%d", h, w, c, ks,
-             stride, oy0, oy1, pad_u, abits, wbits, extreme);
-    report("dwconv", k->name, &p, &q, shape);
-  }
-  free(a), free(wt);
+  if (th) k->dwconv(a, h, w, c, ks, stride, wt, pad_u, &t.e, oy0, oy1);
+  char shape[140];
+  snprintf(shape, sizeof shape, "h=%d w=%d c=%d k=%d s=%d rows %d..%d pad_u=%d a%d w%d extreme=%d", h, w, c, ks,
+           stride, oy0, oy1, pad_u, abits, wbits, extreme);
+  if (memcmp(out_of(&p), out_of(&q), p.out_bytes) != 0) report("dwconv", k->name, &p, &q, shape);
+  if (th && memcmp(out_of(&p), out_of(&t), p.out_bytes) != 0) report("dwconv thresholds", k->name, &p, &t, shape);
+  free(a), free(wt), free(th), free(out_of(&t));
   free_epilogue(&p, &q);
 }
 
@@ -174,15 +200,17 @@ static void test_path(const oq_kernels *k) {
   int cases = 0;
   for (int abits = 1; abits <= 8; abits++)
     for (int wbits = 1; wbits <= 8; wbits++) {
-      for (int i = 0; i < 8; i++, cases++)
-        check_conv1x1(k, PICK(rows_), PICK(cin_), PICK(cout_), abits, wbits, i == 0, i == 1);
-      check_conv1x1(k, rnd_int(1, 8), PICK(big_cin_), PICK(cout_), abits, wbits, 1, 0);
-      check_conv1x1(k, rnd_int(1, 8), PICK(big_cin_), PICK(cout_), abits, wbits, 0, 0);
-      for (int i = 0; i < 4; i++, cases++)
-        check_dwconv(k, PICK(hw_), PICK(hw_), PICK(c_), 3 + 2 * rnd_int(0, 2), rnd_int(1, 2), abits, wbits, i == 0);
+      /* thresholds: on the near-tie case, an extreme one and three more */
+      for (int i = 0; i < 10; i++, cases++)
+        check_conv1x1(k, PICK(rows_), PICK(cin_), PICK(cout_), abits, wbits, i == 0 || i == 9, i == 1, i == 1 || i >= 6);
+      check_conv1x1(k, rnd_int(1, 8), PICK(big_cin_), PICK(cout_), abits, wbits, 1, 0, 1);
+      check_conv1x1(k, rnd_int(1, 8), PICK(big_cin_), PICK(cout_), abits, wbits, 0, 0, 0);
+      for (int i = 0; i < 6; i++, cases++)
+        check_dwconv(k, PICK(hw_), PICK(hw_), PICK(c_), 3 + 2 * rnd_int(0, 2), rnd_int(1, 2), abits, wbits, i == 0,
+                     i % 2 == 0);
       cases += 2;
     }
-  printf("%s: %d cases, %d mismatches\n", k->name, cases, failures_);
+  printf("%s: %d cases (%d with thresholds), %d mismatches\n", k->name, cases, threshold_cases_, failures_);
 }
 
 static int test_dispatch(void) {
