@@ -138,6 +138,7 @@ def _epilogue(g: _Graph, x: str, folded: tuple[np.ndarray, np.ndarray], name: st
 
 
 def _double(g: _Graph, x: str, name: str, to: int = TensorProto.DOUBLE) -> str:
+    """x cast to float64 (exact; float32 weights too, so the file stores them at 4 bytes), or to `to`."""
     return g.node("Cast", [x], name, to=to)
 
 
@@ -156,8 +157,8 @@ def _stem64(g: _Graph, x: str, m: ConvBNAct, r: int, name: str) -> str:
                              g.const(f"{name}.e{i}{j}", np.array([i + span, j + span])), axes, steps],
                    f"{name}.tap{i}{j}") for i in range(k) for j in range(k)]
     cols = g.node("Transpose", [g.node("Concat", taps, f"{name}.cols", axis=1)], f"{name}.nhwc", perm=[0, 2, 3, 1])
-    w = conv.weight.detach().double().permute(2, 3, 1, 0).reshape(-1, conv.out_channels).numpy()  # (i, j, c) rows
-    y = g.node("MatMul", [cols, g.const(f"{name}.weight", w)], f"{name}.matmul")
+    w = _np(conv.weight.permute(2, 3, 1, 0).reshape(-1, conv.out_channels))  # rows (i, j, c), as the taps
+    y = g.node("MatMul", [cols, _double(g, g.const(f"{name}.weight", w), f"{name}.w64")], f"{name}.matmul")
     y = _double(g, g.node("Transpose", [y], f"{name}.nchw", perm=[0, 3, 1, 2]), f"{name}.f32", TensorProto.FLOAT)
     return _act(g, _epilogue(g, y, requant.fold(1.0, 1.0, m.bn, conv.out_channels), name), m.act, name)
 
@@ -173,8 +174,9 @@ def _mean_pool64(g: _Graph, x: str, h: int, name: str) -> str:
 
 def _linear64(g: _Graph, x: str, weight: torch.Tensor, bias: torch.Tensor, name: str) -> str:
     """requant.reduce64 of a linear layer on a flat (N, C) x: float64 Gemm, rounded once."""
-    y = g.node("Gemm", [_double(g, x, f"{name}.f64"), g.const(f"{name}.weight", weight.detach().double().numpy()),
-                        g.const(f"{name}.bias", bias.detach().double().numpy())], f"{name}.gemm", transB=1)
+    w, b = (_double(g, g.const(f"{name}.{k}", _np(t)), f"{name}.{k}64") for k, t in (("weight", weight),
+                                                                                        ("bias", bias)))
+    y = g.node("Gemm", [_double(g, x, f"{name}.f64"), w, b], f"{name}.gemm", transB=1)
     return _double(g, y, f"{name}.f32", TensorProto.FLOAT)
 
 

@@ -50,7 +50,7 @@ def fold(step_a: float, step_w: float, bn: nn.BatchNorm2d | None, channels: int,
     """(scale, shift) of a quantized conv's epilogue, float32 [channels] each, folded in float64
     from BN's running statistics, or from `stats` = (mean, biased var) of a batch (BN
     recalibration normalises each batch with its own)."""
-    s = abs(float(step_a)) * abs(float(step_w))
+    s = abs(float(torch.as_tensor(step_a).detach())) * abs(float(torch.as_tensor(step_w).detach()))
     if bn is None:
         return np.full(channels, s, np.float32), np.zeros(channels, np.float32)
     mean, var = stats if stats is not None else (bn.running_mean[:channels], bn.running_var[:channels])
