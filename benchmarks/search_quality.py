@@ -1,6 +1,6 @@
 """Search quality: does the NSGA-II front dominate random subnets of the same supernet?
 
-    python benchmarks/search_quality.py RUN/supernet.pt [--population 20 --generations 5 ...] [--tiny]
+    python benchmarks/search_quality.py RUN/supernet.pt [--population 16 --generations 4 ...] [--tiny]
 
 Runs the search (val split only, no test evaluation), then scores `--random` uniformly
 random subnets with the same calibration and validation images, and prints how many of
@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from oqat.budget import Budget
+from oqat.experiment import SearchConfig
 from oqat.files import open_supernet
 from oqat.search import Scorer, dominated, sample_points, search
 
@@ -29,12 +30,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
     p.add_argument("--budget", action="append", default=[], help="METRIC<=VALUE, repeatable (default: none)")
-    p.add_argument("--population", type=int, default=20)
-    p.add_argument("--generations", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    defaults = SearchConfig()  # the search `oqat search` and `oqat run` make
+    p.add_argument("--population", type=int, default=defaults.population)
+    p.add_argument("--generations", type=int, default=defaults.generations)
+    p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--random", type=int, default=20, help="random subnets to compare with")
-    p.add_argument("--calib-images", type=int, default=2000)
-    p.add_argument("--val-images", type=int, default=None)
+    p.add_argument("--calib-images", type=int, default=defaults.calib_images)
+    p.add_argument("--val-images", type=int, default=defaults.val_images)
     p.add_argument("--predictor", action="store_true")
     p.add_argument("--data", action="append", default=[], metavar="KEY=VALUE", help="DataConfig override")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
@@ -45,9 +47,10 @@ def main(argv=None) -> int:
     net, data_cfg, splits = open_supernet(args.checkpoint, args.data)
     budgets = [Budget.parse(b) for b in args.budget]
     metric = budgets[0].metric if budgets else "bitops"
-    result = search(net, data_cfg, splits, budgets, args.population, args.generations, args.seed,
-                    calib_images=args.calib_images, val_images=args.val_images, use_predictor=args.predictor,
-                    test=False, log=lambda text: print(f"  {text}", file=sys.stderr, flush=True))
+    cfg = SearchConfig(budgets, population=args.population, generations=args.generations, seed=args.seed,
+                       calib_images=args.calib_images, val_images=args.val_images, predictor=args.predictor)
+    result = search(net, data_cfg, splits, cfg, test=False,
+                    log=lambda text: print(f"  {text}", file=sys.stderr, flush=True))
     start = time.time()
     # The search's own scoring settings (calibration subset seeded by the search seed): comparable numbers.
     scorer = Scorer(net, data_cfg, splits, args.calib_images, args.val_images, args.seed)

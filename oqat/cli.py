@@ -9,6 +9,7 @@ subclasses and end as one line on stderr with exit status 2; OQAT_DEBUG=1 shows 
 traceback instead.
 """
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -173,19 +174,30 @@ def add_train(sub):
     p = sub.add_parser("train", help="train the supernet for one stage at train.bits (resumes in run.dir)")
     p.add_argument("config", nargs="?", default=None, help="YAML experiment config (default: the defaults)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=0.05")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, one line per epoch")
+    add_settings(p, "run.quiet")
     p.set_defaults(func=cmd_train)
 
 
-def cmd_train(args):
-    cfg = _load_experiment(args, ["run.quiet=true"] if args.quiet else [])  # before the heavy imports: fast errors
-    from .experiment import check_inputs
+@contextlib.contextmanager
+def _training(args, check):
+    """The start of a command that trains (`oqat train`, `oqat run`): its config, loaded and
+    checked before the heavy imports (fast errors), `check(cfg)` of what it needs from outside
+    before the run folder exists (a bad input leaves none: the lock makes it), the CPU
+    allocator setting, and the run folder's lock held while it runs."""
+    cfg = settings(args, _load_experiment(args))  # CONFIG KEY=VALUE..., then --quiet
     from .faults import run_dir_lock
-    from .layout import TrainingLayout
-    from .train import keep_freed_memory_on_cpu, train
-    check_inputs(cfg)  # a bad input leaves no run folder (the lock would make one)
+    from .train import keep_freed_memory_on_cpu
+    check(cfg)
     keep_freed_memory_on_cpu()
     with run_dir_lock(cfg.run.dir):
+        yield cfg
+
+
+def cmd_train(args):
+    from .experiment import check_inputs
+    from .layout import TrainingLayout
+    from .train import train
+    with _training(args, check_inputs) as cfg:
         final = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {TrainingLayout(cfg.run.dir).supernet}  " + json.dumps(
@@ -400,8 +412,7 @@ def cmd_search(args):
         print(f"  latency table: {len(table['ms'])} subnets at {_label(table['bits'])} on {table['device']}, "
               f"{table['threads']} thread(s)", file=sys.stderr)
     pairs = load_pairs(args.pairs, net.space) if args.pairs else None
-    result = search(net, data_cfg, splits, s.budgets, s.population, s.generations, s.seed, s.metric,
-                    s.calib_images, s.val_images, table and table["ms"], s.predictor or pairs is not None, pairs,
+    result = search(net, data_cfg, splits, s, table and table["ms"], pairs,
                     log=lambda text: print(f"  {text}", file=sys.stderr, flush=True))
     write_outputs(result, args.out)
     m, n_val = result.metric, min(s.val_images or len(splits.val), len(splits.val))
@@ -466,14 +477,14 @@ def cmd_config(args):
         print(describe(cfg), end="")
 
 
-def _load_experiment(args, extra=()):
+def _load_experiment(args):
     """The experiment config of a sub-command's CONFIG and KEY=VALUE arguments, checked as it loads."""
     from .config import load
     from .experiment import ExperimentConfig
     # A first positional with '=' is an override, not a config file.
     if args.config is not None and "=" in args.config:
         args.overrides, args.config = [args.config, *args.overrides], None
-    return load(ExperimentConfig, args.config, [*args.overrides, *extra])
+    return load(ExperimentConfig, args.config, args.overrides)
 
 
 # --- run ------------------------------------------------------------------------------
@@ -481,18 +492,13 @@ def add_run(sub):
     p = sub.add_parser("run", help="the whole pipeline a config describes: stages, search, export, report")
     p.add_argument("config", help="YAML config (see `oqat config show`)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. run.dir=runs/x")
-    p.add_argument("--quiet", action="store_true", help="no progress bars (for log files)")
+    add_settings(p, "run.quiet")
     p.set_defaults(func=cmd_run)
 
 
 def cmd_run(args):
-    cfg = _load_experiment(args, ["run.quiet=true"] if args.quiet else [])  # before the heavy imports: fast errors
-    from .faults import run_dir_lock
     from .pipeline import check_run, run_pipeline
-    from .train import keep_freed_memory_on_cpu
-    check_run(cfg)  # a bad input leaves no run folder (the lock would make one)
-    keep_freed_memory_on_cpu()
-    with run_dir_lock(cfg.run.dir):
+    with _training(args, check_run) as cfg:
         run_pipeline(cfg)
 
 

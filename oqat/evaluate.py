@@ -9,6 +9,7 @@ from torch import nn
 from . import data
 from .calibrate import inputs, recalibrate_bn, resize  # noqa: F401  (re-exported)
 from .data import DataConfig, Splits
+from .experiment import SearchConfig
 from .space import Arch
 from .subnet import Subnet
 from .supernet import Supernet
@@ -41,7 +42,7 @@ def evaluate(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]
 
 
 def prepare_subnet(supernet: Supernet, arch: Arch | str | dict, data_cfg: DataConfig, splits: Splits,
-                   calib_images: int = 2000, seed: int = 0) -> Subnet:
+                   calib_images: int = SearchConfig.calib_images, seed: int = SearchConfig.seed) -> Subnet:
     """The subnet of `arch` (any form `space.check` reads), its BN recalibrated on a fixed
     seeded subset of the training split (at most the whole split), in eval mode on the
     supernet's device."""

@@ -86,10 +86,7 @@ def run_search(cfg: ExperimentConfig, supernets: dict[int | str, str]) -> dict[i
             _log(f"search: {Precision.of(net.bits).label} supernet, population {cfg.search.population}, "
                  f"{cfg.search.generations} generations")
             data_cfg = ckpt["data"] or cfg.data
-            s = cfg.search
-            result = search(net, data_cfg, data.load_splits(data_cfg), s.budgets, population=s.population,
-                            generations=s.generations, seed=s.seed, metric=s.metric, calib_images=s.calib_images,
-                            val_images=s.val_images, use_predictor=s.predictor,
+            result = search(net, data_cfg, data.load_splits(data_cfg), cfg.search,
                             log=lambda text: None if cfg.run.quiet else print(f"  {text}", flush=True))
             write_outputs(result, out.root)
         results[key] = records.read_pareto(out.pareto)

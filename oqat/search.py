@@ -31,6 +31,7 @@ from .budget import LATENCY, Budget, BudgetError, check_metric
 from .cost import arch_metrics
 from .data import DataConfig, Splits
 from .evaluate import evaluate
+from .experiment import SearchConfig
 from .layout import SearchLayout
 from .precision import Precision
 from .predictor import Predictor
@@ -71,8 +72,9 @@ class CostMetrics:
 class Scorer:
     """Validation top-1 of architectures, each extracted, BN-recalibrated and evaluated once."""
 
-    def __init__(self, supernet: Supernet, data_cfg: DataConfig, splits: Splits, calib_images: int = 2000,
-                 val_images: int | None = None, calib_seed: int = 0):
+    def __init__(self, supernet: Supernet, data_cfg: DataConfig, splits: Splits,
+                 calib_images: int = SearchConfig.calib_images, val_images: int | None = SearchConfig.val_images,
+                 calib_seed: int = SearchConfig.seed):
         self.supernet = supernet.eval()
         self.n_calib, self.calib_seed = min(calib_images, len(splits.train)), calib_seed
         self.val = splits.val if val_images is None else data.subset(splits.val, min(val_images, len(splits.val)), 0)
@@ -218,20 +220,24 @@ def dominated(front: list[dict], points: list[dict], metric: str) -> int:
     return sum(any(beats(f, p) for f in front) for p in points)
 
 
-def search(supernet: Supernet, data_cfg: DataConfig, splits: Splits, budgets: list[Budget],
-           population: int = 20, generations: int = 5, seed: int = 0, metric: str | None = None,
-           calib_images: int = 2000, val_images: int | None = None, latency: dict[str, float] | None = None,
-           use_predictor: bool = False, pairs: list[tuple[Arch, float]] | None = None, test: bool = True,
-           log: Callable[[str], None] = print) -> SearchResult:
+def search(supernet: Supernet, data_cfg: DataConfig, splits: Splits, cfg: SearchConfig | None = None,
+           latency: dict[str, float] | None = None, pairs: list[tuple[Arch, float]] | None = None,
+           test: bool = True, log: Callable[[str], None] = print) -> SearchResult:
     """NSGA-II over the part of `supernet`'s space it was trained on (`trained_space`: the
-    fields its training held fixed stay at the largest's): maximise val top-1, minimise `metric` (default: the
-    first budget's metric, else bitops), subject to `budgets`. `generations` offspring rounds
-    follow the initial population. With `use_predictor`, candidates are scored by an
-    accuracy predictor fitted on the real evaluations so far (and `pairs`); only those that
-    reach the current front are evaluated for real, and the final front is real. With latency
-    as the metric or a budget, every entry of the `latency` table ({arch string: ms}) within the
-    trained part and the budgets is evaluated instead: latency is known for those only."""
+    fields its training held fixed stay at the largest's), with the settings of `cfg` (default:
+    SearchConfig's, as `oqat search` and `oqat run` have them): maximise val top-1, minimise
+    cfg.metric (default: the first budget's metric, else bitops), subject to cfg.budgets.
+    cfg.generations offspring rounds follow the initial population. With cfg.predictor or
+    `pairs`, candidates are scored by an accuracy predictor fitted on the real evaluations so
+    far (and `pairs`); only those that reach the current front are evaluated for real, and the
+    final front is real. With latency as the metric or a budget, every entry of the `latency`
+    table ({arch string: ms}) within the trained part and the budgets is evaluated instead:
+    latency is known for those only."""
     start = time.time()
+    cfg = cfg or SearchConfig()
+    budgets, population, generations, seed = cfg.budgets, cfg.population, cfg.generations, cfg.seed
+    metric, calib_images, val_images = cfg.metric, cfg.calib_images, cfg.val_images
+    use_predictor = cfg.predictor or pairs is not None
     space = supernet.trained_space
     metric = metric or (budgets[0].metric if budgets else "bitops")
     costs = CostMetrics(space, supernet.bits, latency)

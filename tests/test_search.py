@@ -1,3 +1,4 @@
+import inspect
 import json
 import random
 
@@ -9,6 +10,8 @@ from oqat import search as S
 from oqat.budget import Budget, BudgetError, check_metric
 from oqat.cost import METRICS, arch_metrics
 from oqat.data import load_splits
+from oqat.evaluate import prepare_subnet
+from oqat.experiment import SearchConfig
 from oqat.files import load_supernet
 from oqat.records import load_latency_table
 from oqat.space import Arch
@@ -59,8 +62,8 @@ def test_search_front_is_feasible_non_dominated_and_nothing_is_evaluated_twice(m
     net, _ = load_supernet(tiny_run())
     limit = median_bitops()
     budgets = [Budget.parse(f"bitops<={limit}"), Budget.parse("params<=1e9")]
-    result = S.search(net, DATA, load_splits(DATA), budgets, population=8, generations=4, seed=0,
-                      calib_images=128, log=lambda _: None)
+    cfg = SearchConfig(budgets, population=8, generations=4, seed=0, calib_images=128)
+    result = S.search(net, DATA, load_splits(DATA), cfg, log=lambda _: None)
     archs = [p["arch"] for p in result.evaluated]
     assert len(archs) == len(set(archs)) == result.evaluations
     assert 8 <= result.evaluations <= 8 * 5
@@ -73,24 +76,23 @@ def test_search_front_is_feasible_non_dominated_and_nothing_is_evaluated_twice(m
     assert S.dominated(result.front, rest, "bitops") == len(rest)  # duplicates of front values aside
     assert [p["bitops"] for p in result.front] == sorted(p["bitops"] for p in result.front)
     assert result.front[0]["arch"] == TINY.smallest().to_str()  # seeded into the first population
-    again = S.search(net, DATA, load_splits(DATA), budgets, population=8, generations=4, seed=0,
-                     calib_images=128, test=False, log=lambda _: None)
+    again = S.search(net, DATA, load_splits(DATA), cfg, test=False, log=lambda _: None)
     assert [p["arch"] for p in again.evaluated] == archs  # seeded: the same search
 
 
 def test_search_explores_only_what_the_supernet_was_trained_on():
     net, _ = load_supernet(tiny_run())
     net.set_elastic_(("ks", "e", "d"))  # trained at the largest resolution only
-    result = S.search(net, DATA, load_splits(DATA), [], population=6, generations=1, seed=0,
-                      calib_images=64, test=False, log=lambda _: None)
+    result = S.search(net, DATA, load_splits(DATA), SearchConfig(population=6, generations=1, calib_images=64),
+                      test=False, log=lambda _: None)
     r = {Arch.parse(p["arch"], TINY).r for p in result.evaluated}
     assert r == {max(TINY.resolutions)} and result.evaluations >= 6
 
 
 def test_search_with_predictor_confirms_the_front(monkeypatch):
     net, _ = load_supernet(tiny_run())
-    result = S.search(net, DATA, load_splits(DATA), [], population=8, generations=3, seed=1,
-                      calib_images=128, use_predictor=True, test=False, log=lambda _: None)
+    cfg = SearchConfig(population=8, generations=3, seed=1, calib_images=128, predictor=True)
+    result = S.search(net, DATA, load_splits(DATA), cfg, test=False, log=lambda _: None)
     assert result.predicted > 0 and result.metric == "bitops"
     really = {p["arch"] for p in result.evaluated}
     assert all(p["arch"] in really for p in result.front)
@@ -147,8 +149,8 @@ def test_a_latency_search_scores_every_table_entry_within_budget(tmp_path):
     archs = list(dict.fromkeys(TINY.sample(random.Random(i)) for i in range(6)))
     table = latency_table(tmp_path / "lat.json", {a.to_str(): 0.25 * (i + 1) for i, a in enumerate(archs)})
     net, _ = load_supernet(tiny_run())
-    result = S.search(net, DATA, load_splits(DATA), [Budget("latency", 0.25 * (len(archs) - 1))], population=4,
-                      generations=0, calib_images=64, latency=table, test=False, log=lambda _: None)
+    cfg = SearchConfig([Budget("latency", 0.25 * (len(archs) - 1))], population=4, generations=0, calib_images=64)
+    result = S.search(net, DATA, load_splits(DATA), cfg, latency=table, test=False, log=lambda _: None)
     # Every entry but the slowest is within budget, and each is evaluated, however small the population.
     assert sorted(p["arch"] for p in result.evaluated) == sorted(a.to_str() for a in archs[:-1])
     assert result.front[0]["latency"] == min(p["latency"] for p in result.evaluated)
@@ -171,3 +173,13 @@ def test_search_cli_outputs_and_errors(capsys, tmp_path):
     assert code == 2 and "valid: macs, params, bitops, flops_q, size_bits" in err
     code, _, err = run_cli(capsys, "search", tiny_run(), "--metric", "energy", "--out", out)
     assert code == 2 and "unknown budget metric 'energy'" in err
+
+
+def test_the_library_searches_as_oqat_search_and_oqat_run_do_by_default():
+    # One default per setting: SearchConfig's (search(cfg=None) takes SearchConfig()).
+    defaults = SearchConfig()
+    assert inspect.signature(S.search).parameters["cfg"].default is None
+    for fn, name, field in ((prepare_subnet, "calib_images", "calib_images"), (prepare_subnet, "seed", "seed"),
+                            (S.Scorer, "calib_images", "calib_images"), (S.Scorer, "val_images", "val_images"),
+                            (S.Scorer, "calib_seed", "seed")):
+        assert inspect.signature(fn).parameters[name].default == getattr(defaults, field)
