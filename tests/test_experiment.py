@@ -1,17 +1,15 @@
 """The experiment config: every workflow's settings in one place, checked before any work;
-the sub-commands' options are its fields; the package's imports form no circle."""
-import ast
+the sub-commands' options are its fields."""
 import dataclasses
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
 import oqat
-from oqat import cli, config
+from oqat import config
 from oqat.budget import Budget
 from oqat.cli import build_parser, main, settings
 from oqat.experiment import (
@@ -189,31 +187,3 @@ def test_each_subcommand_option_is_a_config_field_with_its_default(capsys):
     assert "population: 16  # NSGA-II population" in shown and "samples: 40  #" in shown
     assert main(["config", "show", CONFIG, "search.population=7"]) == 0
     assert "population: 7  #" in capsys.readouterr().out
-
-
-def _imports(path: pathlib.Path) -> set[str]:
-    """The oqat modules a module imports, at its top or inside functions."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found |= {node.module} if node.module else {a.name for a in node.names}
-    return {m.split(".")[0] for m in found}
-
-
-def test_the_package_imports_form_no_circle():
-    folder = pathlib.Path(cli.__file__).parent
-    graph = {p.stem: _imports(p) for p in folder.glob("*.py") if p.stem not in ("__init__", "__main__")}
-    done, stack = set(), []
-
-    def visit(module):
-        assert module not in stack, "import circle: " + " -> ".join(stack[stack.index(module):] + [module])
-        if module in done or module not in graph:
-            return
-        stack.append(module)
-        for dep in graph[module]:
-            visit(dep)
-        stack.pop()
-        done.add(module)
-
-    for module in graph:
-        visit(module)
