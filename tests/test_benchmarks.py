@@ -21,6 +21,7 @@ SELF_CONTAINED = {  # script: its arguments
     "profile_step": ["--tiny"],
     "quant_step": ["--tiny"],
     "quant_step --mixed": ["--tiny", "--mixed", "2", "4"],
+    "thread_codes": ["--tiny"],
     "train_throughput": ["--tiny"],
 }
 ON_A_RUN = {  # script: its arguments, RUN standing for the tiny run's folder
