@@ -76,7 +76,7 @@ static size_t scratch_bytes(const oqat_rt_model *m) {
   for (int i = 0; i < m->n_ops; i++) {
     const oq_op *o = &m->ops[i];
     size_t n = o->type == OP_CONV1X1 ? m->kernels->scratch1x1_size(o->co, o->c, o->wbits)
-               : o->type == OP_STEM  ? sizeof(double) * o->co
+               : o->type == OP_STEM  ? sizeof(double) * o->k * (o->w + o->k) * o->c
                : o->type == OP_SE    ? sizeof(double) * o->c + sizeof(float) * (2 * (size_t)o->c + o->mid)
                : o->type == OP_POOL  ? (sizeof(double) + sizeof(float)) * o->c
                                      : 0;
@@ -206,7 +206,7 @@ static oq_epilogue epilogue(const oq_op *o, const unsigned char *res, unsigned c
   return (oq_epilogue){.scale = o->scale, .shift = o->shift, .acc_bias = o->acc_bias, .act = o->act,
                        .residual = (const float *)res, .ld_res = o->co,
                        .out_f32 = o->out_codes ? NULL : (float *)out, .out_u8 = o->out_codes ? out : NULL,
-                       .ld_out = o->co, .step = o->step, .qn = o->qn, .qp = o->qp};
+                       .ld_out = o->co, .step = o->step, .qn = o->qn, .qp = o->qp, .thresholds = o->thresholds};
 }
 
 /* Rows r0..r1-1 of a per-image-line op (stem, depthwise): one call per image they touch. */

@@ -15,21 +15,20 @@ static void mean(const float *x, int n, int c, double *sum, float *out) {
   for (int j = 0; j < c; j++) out[j] = (float)(sum[j] / n);
 }
 
-/* out[o] = float32(b[o] + sum_i w[o][i] * x[i]) summed in float64. */
+/* out[o] = float32(b[o] + sum_i w[o][i] * x[i]) summed in float64, in LANES partial sums (in a
+   fixed order, so they vectorize and give the same bits everywhere). */
 static void dense(const float *w, const float *b, const float *x, int n_in, int n_out, float *out) {
+  enum { LANES = 8 };
   for (int o = 0; o < n_out; o++) {
     const float *wo = w + (size_t)o * n_in;
-    double s = 0;
-    for (int i = 0; i < n_in; i++) s += (double)wo[i] * (double)x[i];
+    double part[LANES] = {0}, s = 0;
+    int i = 0;
+    for (; i + LANES <= n_in; i += LANES)
+      for (int j = 0; j < LANES; j++) part[j] += (double)wo[i + j] * (double)x[i + j];
+    for (; i < n_in; i++) s += (double)wo[i] * (double)x[i];
+    for (int j = 0; j < LANES; j++) s += part[j];
     out[o] = (float)(s + (double)b[o]);
   }
-}
-
-static void store(const oq_op *op, float y, size_t i, float *out_f32, uint8_t *out_u8) {
-  if (out_f32)
-    out_f32[i] = y;
-  else
-    out_u8[i] = oq_code(y, op->step, op->qn, op->qp);
 }
 
 void oq_se(const oq_op *op, const float *x, float *out_f32, uint8_t *out_u8, void *scratch) {
@@ -41,18 +40,18 @@ void oq_se(const oq_op *op, const float *x, float *out_f32, uint8_t *out_u8, voi
   for (int j = 0; j < op->mid; j++) z[j] = oq_max(z[j], 0.0f);
   dense(op->fw2, op->fb2, z, op->mid, c, gate);
   for (int j = 0; j < c; j++) gate[j] = oq_min(oq_max(gate[j] + 3.0f, 0.0f), 6.0f) / 6.0f;
-  for (int p = 0; p < n; p++)
-    for (int j = 0; j < c; j++) {
-      size_t i = (size_t)p * c + j;
-      store(op, x[i] * gate[j], i, out_f32, out_u8);
-    }
+  for (size_t p = 0; p < (size_t)n * c; p += c) /* x * gate, float or the project conv's codes */
+    if (out_f32)
+      for (int j = 0; j < c; j++) out_f32[p + j] = x[p + j] * gate[j];
+    else
+      for (int j = 0; j < c; j++) out_u8[p + j] = oq_code(x[p + j] * gate[j], op->step, op->qn, op->qp);
 }
 
 void oq_pool_mean(const oq_op *op, const float *x, float *out_f32, uint8_t *out_u8, void *scratch) {
   double *sum = scratch;
   float *pooled = (float *)(sum + op->c);
-  mean(x, op->h * op->w, op->c, sum, pooled);
-  for (int j = 0; j < op->c; j++) store(op, pooled[j], j, out_f32, out_u8);
+  mean(x, op->h * op->w, op->c, sum, out_f32 ? out_f32 : pooled);
+  if (out_u8) oq_quantize(pooled, op->c, op->step, op->qn, op->qp, out_u8);
 }
 
 void oq_linear(const oq_op *op, const float *x, float *out) { dense(op->fw, op->fb, x, op->c, op->co, out); }

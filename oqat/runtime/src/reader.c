@@ -153,14 +153,14 @@ static int load_weights(oqat_rt_model *m, const file *f, oq_op *o, const uint32_
   switch (o->type) {
     case OP_STEM: {
       float *w = floats(f, ids[0], (size_t)o->co * o->c * o->k * o->k, where, &(size_t){0});
-      size_t kk = (size_t)o->k * o->k;
-      o->stem_w = w ? alloc(sizeof(double) * o->co * o->c * kk) : NULL;
-      if (o->stem_w) /* [co][ci][ky][kx] -> [ky][kx][ci][co]: the sums vectorize over co */
+      size_t kk = (size_t)o->k * o->k, lanes = (o->co + OQ_STEM_LANES - 1) / OQ_STEM_LANES * OQ_STEM_LANES;
+      o->stem_w = w ? alloc(sizeof(double) * lanes * o->c * kk) : NULL;
+      if (o->stem_w) /* [co][ci][ky][kx] -> [ky][kx][ci][lanes]: the sums vectorize over co */
         for (int co = 0; co < o->co; co++)
           for (int ci = 0; ci < o->c; ci++)
-            for (size_t p = 0; p < kk; p++) o->stem_w[(p * o->c + ci) * o->co + co] = w[(co * o->c + ci) * kk + p];
+            for (size_t p = 0; p < kk; p++) o->stem_w[(p * o->c + ci) * lanes + co] = w[(co * o->c + ci) * kk + p];
       free(w);
-      *fl += sizeof(double) * o->co * o->c * kk;
+      *fl += sizeof(double) * lanes * o->c * kk;
       if (!o->stem_w) return -1;
       break;
     }
@@ -196,6 +196,28 @@ static int load_weights(oqat_rt_model *m, const file *f, oq_op *o, const uint32_
       return 0;
   }
   if (!(o->scale = floats(f, ids[1], o->co, where, fl)) || !(o->shift = floats(f, ids[2], o->co, where, fl))) return -1;
+  return 0;
+}
+
+/* Where a conv writes at most OQ_THRESHOLDS_MAX codes and no residual, its epilogue as the
+   kernels' integer compares (the same codes; oq_thresholds says where it does not qualify). */
+static int thresholds(oqat_rt_model *m, oq_op *o) {
+  int levels = o->qp - o->qn;
+  if (!o->out_codes || o->residual >= 0 || levels > OQ_THRESHOLDS_MAX) return 0;
+  size_t n = (size_t)(1 + levels) * oq_thresholds_ld(o->co) * sizeof(int32_t);
+  int32_t *t = malloc(n);
+  if (!t) return oq_error("out of memory"), -1;
+  /* |acc| <= fan-in * the largest code * the largest |weight code| (< 2^31 by the reader's bounds) */
+  int32_t bound = (o->type == OP_DWCONV ? o->k * o->k : o->c) * ((1 << o->in_bits) - 1) * (1 << (o->wbits - 1));
+  oq_epilogue e = {.scale = o->scale, .shift = o->shift, .acc_bias = o->acc_bias, .act = o->act,
+                   .out_u8 = (uint8_t *)t /* says "codes out"; not written */, .ld_out = o->co, .step = o->step,
+                   .qn = o->qn, .qp = o->qp};
+  if (oq_thresholds(&e, o->co, -bound, bound, t)) {
+    o->thresholds = t;
+    m->resident_float_bytes += n;
+  } else {
+    free(t);
+  }
   return 0;
 }
 
@@ -275,7 +297,8 @@ static int read_op(oqat_rt_model *m, const file *f, int i) {
   const uint32_t *ids = w + F_BLOB0;
   for (int j = n_blobs_of(t); j < 4; j++)
     if (ids[j] != NONE) return oq_error("%s: unused blob %d is set", where, j);
-  return load_weights(m, f, o, ids, where);
+  if (load_weights(m, f, o, ids, where) != 0) return -1;
+  return t == OP_CONV1X1 || t == OP_DWCONV ? thresholds(m, o) : 0;
 }
 
 oqat_rt_model *oq_read(const unsigned char *p, size_t size, const char *isa) {
@@ -342,7 +365,7 @@ fail:
 void oq_free_ops(oqat_rt_model *m) {
   for (int i = 0; m->ops && i < m->n_ops; i++) {
     oq_op *o = &m->ops[i];
-    void *owned[] = {o->name, o->packed, o->dw, o->acc_bias, o->scale, o->shift, o->stem_w, o->fw, o->fb, o->fw2, o->fb2};
+    void *owned[] = {o->name, o->packed, o->dw, o->acc_bias, o->thresholds, o->scale, o->shift, o->stem_w, o->fw, o->fb, o->fw2, o->fb2};
     for (size_t j = 0; j < sizeof owned / sizeof owned[0]; j++) free(owned[j]);
   }
   free(m->ops);

@@ -24,7 +24,8 @@ typedef struct {
   int8_t *dw;                /* dwconv: [k*k][c] */
   int32_t *acc_bias;         /* conv ops: qn * sum of each channel's weight codes, NULL when qn = 0 */
   float *scale, *shift;      /* conv ops and stem: the epilogue's [co] */
-  double *stem_w;            /* stem: [k*k*cin][co], the float64 the sums take */
+  int32_t *thresholds;       /* conv ops writing few codes: the epilogue as integer compares, or NULL */
+  double *stem_w;            /* stem: [k*k*cin][lanes], the float64 the sums take */
   float *fw, *fb;            /* SE reduce [mid][c], [mid]; linear [co][c], [co] */
   float *fw2, *fb2;          /* SE expand [c][mid], [c] */
   int mid;                   /* SE */
@@ -68,7 +69,10 @@ void oq_se(const oq_op *op, const float *x, float *out_f32, uint8_t *out_u8, voi
 void oq_pool_mean(const oq_op *op, const float *x, float *out_f32, uint8_t *out_u8, void *scratch);
 void oq_linear(const oq_op *op, const float *x, float *out);
 
-/* stem.c, compiled once per instruction set: output rows oy0..oy1-1 of one image; acc: [co] */
+/* stem.c, compiled once per instruction set: output rows oy0..oy1-1 of one image; the weights
+   stem_w are [k][k][cin][co rounded up to OQ_STEM_LANES], zero past co; scratch: k * (w + 2 pad)
+   * cin doubles */
+enum { OQ_STEM_LANES = 8 };
 typedef void oq_stem_fn(const oq_op *op, const float *x, float *y_f32, uint8_t *y_u8, int oy0, int oy1, double *acc);
 oq_stem_fn oq_stem_base, oq_stem_avx2, oq_stem_avx512;
 
