@@ -17,6 +17,9 @@ fi
 .venv/bin/python -c "import torch, torchvision, oqat, pytest, openvino, qonnx" >/dev/null
 # Build the CPU LSQ kernel now (about 10 s, once; torch caches it) rather than in the first run.
 .venv/bin/python -c "from oqat.quant import cpu_kernel; cpu_kernel()"
+# Build oqat's C runtime (a few seconds, once; cached). Without a C compiler it says so in one
+# line, and everything but the runtime works.
+.venv/bin/python -m oqat.runtime.build >/dev/null || true
 # Fashion-MNIST comes from Debian where we can (no download at run time on this machine).
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   echo "[setup] installing Debian's dataset-fashion-mnist" >&2
