@@ -44,16 +44,18 @@ typedef struct {
   float *out_f32;                      /* non-NULL: write act(y) as float [rows][ld_out] */
   uint8_t *out_u8;                     /* else: write u = rint(clamp(act(y)/step, qn, qp)) - qn */
   int ld_out; float step; int qn, qp;
-  /* NULL: the float epilogue above. Else what oq_thresholds built from this same epilogue (and
-     its cout): [1 + qp - qn][oq_thresholds_ld(cout)] int32, row 0 a per-channel flip (0, or -1
-     where scale < 0), rows j = 1..qp-qn thresholds T_j, and the code written is
-     u = #{j : (acc ^ flip[c]) > T_j[c]}; scale, shift, acc_bias, act and step are then unused. */
+  /* NULL, or what oq_thresholds built from this same epilogue (and its cout):
+     [1 + qp - qn][oq_thresholds_ld(cout)] int32, row 0 a per-channel flip (0, or -1 where
+     scale < 0), rows j = 1..qp-qn thresholds T_j; a path may then write the code as
+     u = #{j : (acc ^ flip[c]) > T_j[c]}, which equals the float epilogue's, or ignore them
+     where the float epilogue is faster (scalar and avx2 use them, avx512vnni does not), so the
+     float fields must stay valid. */
   const int32_t *thresholds;
 } oq_epilogue;
 
-/* Most codes (qp - qn) a threshold epilogue takes: past 4 bits the compares cost more than the
-   float epilogue. */
-enum { OQ_THRESHOLDS_MAX = 15 };
+/* Most codes (qp - qn) a threshold epilogue takes (3-bit codes): at 4 bits 15 compares cost
+   more than the float epilogue on every path measured. */
+enum { OQ_THRESHOLDS_MAX = 7 };
 
 /* Row stride of the thresholds of cout channels: rounded up to 16 so that every path may load
    whole vectors (the padding lanes' codes are computed and never stored). */

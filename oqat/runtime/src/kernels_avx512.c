@@ -9,6 +9,9 @@
  * j + f*(64*s/8). A 2- or 4-bit tile is expanded into the thread's scratch once per call.
  *
  * Depthwise: 16 channels per vector (32 with int16 sums), 4 output pixels share each tap's weights.
+ *
+ * Both ignore oq_epilogue.thresholds: counting compares into mask registers measured slower here
+ * than the float epilogue (AMD Zen 5, 2- to 4-bit codes, conv1x1 and depthwise).
  */
 #include "kernels.h"
 
@@ -62,17 +65,11 @@ typedef struct {
   __m512i bias;
   __mmask16 m;
   int c0;
-  const int32_t *thr;  /* threshold epilogue: row 0 (the flips) at c0; rows ld apart */
-  size_t ld;
 } chan16;
 
-static chan16 channels16(const oq_epilogue *e, int cout, int c0, __mmask16 m) {
-  if (e->thresholds) {
-    chan16 ch = {.m = m, .c0 = c0, .thr = e->thresholds + c0, .ld = oq_thresholds_ld(cout)};
-    return ch;
-  }
+static chan16 channels16(const oq_epilogue *e, int c0, __mmask16 m) {
   chan16 ch = {_mm512_maskz_loadu_ps(m, e->scale + c0), _mm512_maskz_loadu_ps(m, e->shift + c0),
-               e->acc_bias ? _mm512_maskz_loadu_epi32(m, e->acc_bias + c0) : _mm512_setzero_si512(), m, c0, NULL, 0};
+               e->acc_bias ? _mm512_maskz_loadu_epi32(m, e->acc_bias + c0) : _mm512_setzero_si512(), m, c0};
   return ch;
 }
 
@@ -80,36 +77,17 @@ static __m512 clamp16(const oq_epilogue *e, __m512 q) {
   return _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps((float)e->qn)), _mm512_set1_ps((float)e->qp));
 }
 
-/* Codes u (int32 lanes, 0..255) of the lanes in m, as bytes at out. */
-static void store_u(__m512i u, __mmask16 m, uint8_t *out) {
+/* Integer codes rint(q) - qn (q clamped) of the lanes in m, as bytes at out. */
+static void store_codes(const oq_epilogue *e, __m512 rounded, __mmask16 m, uint8_t *out) {
+  __m512i u = _mm512_sub_epi32(_mm512_cvttps_epi32(rounded), _mm512_set1_epi32(e->qn));
   /* narrowed in a register: the memory form of vpmovdb is slow on AMD Zen 4/5 */
   _mm_mask_storeu_epi8(out, m, _mm512_cvtepi32_epi8(u));
 }
 
-/* Integer codes rint(q) - qn (q clamped) of the lanes in m, as bytes at out. */
-static void store_codes(const oq_epilogue *e, __m512 rounded, __mmask16 m, uint8_t *out) {
-  store_u(_mm512_sub_epi32(_mm512_cvttps_epi32(rounded), _mm512_set1_epi32(e->qn)), m, out);
-}
-
-/* The threshold epilogue of 16 channels, u = #{j : (acc ^ flip) > T_j} (rows padded to 16:
-   whole vectors load). */
-static inline __m512i threshold_codes16(const oq_epilogue *e, const chan16 *ch, __m512i acc) {
-  __m512i x = _mm512_xor_si512(acc, _mm512_loadu_si512(ch->thr)), u = _mm512_setzero_si512();
-  const __m512i one = _mm512_set1_epi32(1);
-  for (int j = 1; j <= e->qp - e->qn; j++)
-    u = _mm512_mask_add_epi32(u, _mm512_cmpgt_epi32_mask(x, _mm512_loadu_si512(ch->thr + j * ch->ld)), u, one);
-  return u;
-}
-
-/* The epilogue of one row r of 16 channels: the threshold codes, or the float operations of
-   oq_epilogue_value and oq_epilogue_store in the same order, except the divisions that oq_recip
-   proves cannot change an output code. */
+/* The epilogue of one row r of 16 channels: the float operations of oq_epilogue_value and
+   oq_epilogue_store in the same order, except the divisions that oq_recip proves cannot change
+   an output code. */
 static inline void epilogue16(const oq_epilogue *e, const oq_recip *rc, const chan16 *ch, int r, __m512i acc) {
-  size_t o = (size_t)r * e->ld_out + ch->c0;
-  if (e->thresholds) {
-    store_u(threshold_codes16(e, ch, acc), ch->m, e->out_u8 + o);
-    return;
-  }
   __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc, ch->bias)), ch->scale);
   y = _mm512_add_ps(y, ch->shift);
   if (e->residual) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(ch->m, e->residual + (size_t)r * e->ld_res + ch->c0));
@@ -121,6 +99,7 @@ static inline void epilogue16(const oq_epilogue *e, const oq_recip *rc, const ch
     __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(y, _mm512_set1_ps(3.0f)), zero), six);
     y = _mm512_mul_ps(y, t);
   }
+  size_t o = (size_t)r * e->ld_out + ch->c0;
   if (rc->fast) {
     __m512 q = clamp16(e, _mm512_mul_ps(y, _mm512_set1_ps(hswish ? rc->r6 : rc->r)));
     __m512 qr = _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -193,7 +172,7 @@ static void conv1x1(const uint8_t *a, int lda, int rows, const void *packed, con
     chan16 ch[NRV];
     for (int j = 0; j < nc / LANES; j++) {
       int c0 = t * TILE + j * LANES;
-      ch[j] = channels16(e, h->cout, c0, lanes_mask(h->cout - c0));
+      ch[j] = channels16(e, c0, lanes_mask(h->cout - c0));
     }
     for (int r0 = 0; r0 < rows; r0 += MR) {
       /* rows past the end repeat the last one: their sums are computed and dropped */
@@ -255,10 +234,10 @@ static inline __attribute__((always_inline)) void dw_pixel(const oq_dw_args *d, 
       lo = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(acc));
       hi = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(acc, 1));
     }
-    chan16 ch = channels16(d->e, d->c, cb, (__mmask16)m);
+    chan16 ch = channels16(d->e, cb, (__mmask16)m);
     epilogue16(d->e, &d->rc, &ch, r, lo);
     if (n > 16) {
-      ch = channels16(d->e, d->c, cb + 16, (__mmask16)(m >> 16));
+      ch = channels16(d->e, cb + 16, (__mmask16)(m >> 16));
       epilogue16(d->e, &d->rc, &ch, r, hi);
     }
   }

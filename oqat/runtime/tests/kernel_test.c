@@ -119,11 +119,12 @@ static int threshold_cases_;
 
 /* Thresholds of p's epilogue (cout channels, sums within +-bound) into t, which must be a fresh
    copy of p; NULL where oq_thresholds refuses, which it must do exactly for h_swish into a
-   signed quantizer (make_epilogue's thr cases qualify otherwise). */
+   signed quantizer and for more than OQ_THRESHOLDS_MAX codes (make_epilogue's thr cases qualify
+   otherwise). */
 static int32_t *thresholds_of(const epi *p, epi *t, int cout, int32_t bound) {
   int32_t *thr = malloc(sizeof(int32_t) * (size_t)(p->e.qp - p->e.qn + 1) * oq_thresholds_ld(cout));
   int ok = oq_thresholds(&p->e, cout, -bound, bound, thr);
-  if (ok != !(p->e.act == OQ_ACT_HSWISH && p->e.qn < 0)) {
+  if (ok != (p->e.qp - p->e.qn <= OQ_THRESHOLDS_MAX && !(p->e.act == OQ_ACT_HSWISH && p->e.qn < 0))) {
     failures_++;
     fprintf(stderr, "oq_thresholds returned %d for act=%d q=[%d,%d]\n", ok, p->e.act, p->e.qn, p->e.qp);
   }
