@@ -10,9 +10,11 @@
 /* A batch runs in chunks of images whose activations take about this much (they stay in cache
    across the ops of a chunk). */
 #define CHUNK_BYTES ((size_t)4 << 20)
-/* An op is split over threads only where each share has at least this much work (about a
-   multiply-add each); below, waking a thread costs more than it saves. */
-#define MIN_TASK_WORK 150000.0
+/* An op is split over threads only where each task has at least this much work (about a
+   multiply-add each); below, waking a thread costs more than it saves. Up to TASKS_PER_THREAD
+   tasks a thread, so that a thread the scheduler delays holds back little. */
+#define MIN_TASK_WORK 400000.0
+#define TASKS_PER_THREAD 4
 #define MAX_THREADS 256
 #define MAX_FILE ((size_t)1 << 31)
 
@@ -281,7 +283,8 @@ static int run(oqat_rt_model *m, const float *input, int batch, float *logits, o
       double work;
       j.rows = op_rows(o, images, &work);
       double tasks = work * j.rows / MIN_TASK_WORK;
-      if (m->threads > 1 && tasks >= 2) j.n_tasks = tasks < m->threads ? (int)tasks : m->threads;
+      if (m->threads > 1 && tasks >= 2) j.n_tasks = tasks < TASKS_PER_THREAD * m->threads ? (int)tasks
+                                                                                    : TASKS_PER_THREAD * m->threads;
       if ((size_t)j.n_tasks > j.rows) j.n_tasks = (int)j.rows;
       oq_pool_run(m->pool, run_task, &j, j.n_tasks);
       if (visit) visit(user, i, first, images, j.out, value_bytes(o) * images);

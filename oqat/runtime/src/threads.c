@@ -1,5 +1,10 @@
 /* A small pool of threads that share the tasks of one op with the calling thread. Workers
- * sleep on a condition variable between ops (no spinning: the machine may be shared). */
+ * sleep on a condition variable between ops (no spinning: the machine may be shared).
+ *
+ * The caller never waits for a worker that has not started: tasks are claimed one at a time
+ * from a counter tagged with the op's generation, and the caller waits only until every task is
+ * done. A worker the scheduler wakes late finds the tasks taken (or a newer generation) and
+ * goes back to sleep, so a busy machine costs at most the tasks a worker actually holds. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -19,19 +24,35 @@ struct oq_pool {
   pthread_cond_t start, finished;
   oq_task_fn *fn;
   void *ctx;
-  int n_tasks, busy, stop;
-  unsigned long generation;
-  atomic_int next;
+  int n_tasks, stop;
+  uint32_t generation;
+  _Atomic uint64_t next; /* generation << 32 | the next task */
+  atomic_int done;       /* tasks of this generation finished */
 };
 
-static void take_tasks(oq_pool *p, oq_task_fn *fn, void *ctx, int n, int thread) {
-  for (int t; (t = atomic_fetch_add(&p->next, 1)) < n;) fn(ctx, t, thread);
+/* Task t of generation gen, or -1 when they are all taken or gen is over. */
+static int claim(oq_pool *p, uint32_t gen, int n) {
+  uint64_t v = atomic_load(&p->next);
+  while ((uint32_t)(v >> 32) == gen && (int)(uint32_t)v < n)
+    if (atomic_compare_exchange_weak(&p->next, &v, v + 1)) return (int)(uint32_t)v;
+  return -1;
+}
+
+static void take_tasks(oq_pool *p, uint32_t gen, oq_task_fn *fn, void *ctx, int n, int thread) {
+  for (int t; (t = claim(p, gen, n)) >= 0;) {
+    fn(ctx, t, thread);
+    if (atomic_fetch_add(&p->done, 1) + 1 == n) {
+      pthread_mutex_lock(&p->mu);
+      pthread_cond_signal(&p->finished);
+      pthread_mutex_unlock(&p->mu);
+    }
+  }
 }
 
 static void *work(void *arg) {
   worker *self = arg;
   oq_pool *p = self->pool;
-  unsigned long seen = 0;
+  uint32_t seen = 0;
   pthread_mutex_lock(&p->mu);
   for (;;) {
     while (p->generation == seen && !p->stop) pthread_cond_wait(&p->start, &p->mu);
@@ -41,9 +62,8 @@ static void *work(void *arg) {
     void *ctx = p->ctx;
     int n = p->n_tasks;
     pthread_mutex_unlock(&p->mu);
-    take_tasks(p, fn, ctx, n, self->index);
+    take_tasks(p, seen, fn, ctx, n, self->index);
     pthread_mutex_lock(&p->mu);
-    if (--p->busy == 0) pthread_cond_signal(&p->finished);
   }
   pthread_mutex_unlock(&p->mu);
   return NULL;
@@ -93,13 +113,14 @@ void oq_pool_run(oq_pool *p, oq_task_fn *fn, void *ctx, int n_tasks) {
     return;
   }
   pthread_mutex_lock(&p->mu);
-  p->fn = fn, p->ctx = ctx, p->n_tasks = n_tasks, p->busy = p->workers;
-  atomic_store(&p->next, 0);
-  p->generation++;
+  uint32_t gen = ++p->generation;
+  p->fn = fn, p->ctx = ctx, p->n_tasks = n_tasks;
+  atomic_store(&p->done, 0);
+  atomic_store(&p->next, (uint64_t)gen << 32);
   pthread_cond_broadcast(&p->start);
   pthread_mutex_unlock(&p->mu);
-  take_tasks(p, fn, ctx, n_tasks, 0);
+  take_tasks(p, gen, fn, ctx, n_tasks, 0);
   pthread_mutex_lock(&p->mu);
-  while (p->busy) pthread_cond_wait(&p->finished, &p->mu);
+  while (atomic_load(&p->done) < n_tasks) pthread_cond_wait(&p->finished, &p->mu);
   pthread_mutex_unlock(&p->mu);
 }
