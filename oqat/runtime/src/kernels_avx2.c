@@ -279,9 +279,11 @@ static int max_code(const oq_dw_args *d, int oy0, int oy1) {
   return best;
 }
 
-/* 16 codes at p, or the n < 16 left at the end of a pixel's channels. */
-static __m128i load16(const void *p, int n) {
+/* 16 codes at p, or the n < 16 left at the end of a pixel's channels (8 directly: MobileNet's
+   channel counts are multiples of 8, and a copy through memory per tap halved those shapes). */
+static inline __m128i load16(const void *p, int n) {
   if (n >= 16) return _mm_loadu_si128(p);
+  if (n == 8) return _mm_loadl_epi64(p);
   uint8_t tmp[16] = {0};
   memcpy(tmp, p, n);
   return _mm_loadu_si128((const void *)tmp);
