@@ -1,6 +1,7 @@
 """oqat's C runtime against oqat/requant.py's rule: every code and logit of a network, on every
 kernel path this CPU runs; its file format, threads, memory and errors."""
 import collections
+import concurrent.futures
 import dataclasses
 import os
 import random
@@ -173,6 +174,8 @@ def test_threads_and_batch_chunks_give_the_same_bits(tmp_path):
     assert model.threads == 2
     np.testing.assert_array_equal(model(x), one)
     np.testing.assert_array_equal(np.concatenate([model(x[i:i + 1]) for i in range(3)]), one)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:  # runs of one model from several threads take turns
+        np.testing.assert_array_equal(np.concatenate(list(pool.map(lambda i: model(x[i:i + 1]), range(3)))), one)
 
 
 def test_the_file_holds_the_lowered_network_at_its_bits(tmp_path):

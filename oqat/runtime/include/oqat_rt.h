@@ -10,9 +10,9 @@
  *   if (oqat_rt_run(m, images, n, logits) != 0) fprintf(stderr, "%s\n", oqat_rt_last_error());
  *   oqat_rt_free(m);
  *
- * A model may be run from one thread at a time (it owns its buffers and its thread pool);
- * separate models are independent. Functions that fail return NULL or -1 and leave a one-line
- * message for oqat_rt_last_error() (per calling thread).
+ * A model owns its buffers and its thread pool: runs of one model from several threads take
+ * turns (separate models run at once). Functions that fail return NULL or -1 and leave a
+ * one-line message for oqat_rt_last_error() (per calling thread).
  */
 #ifndef OQAT_RT_H
 #define OQAT_RT_H

@@ -96,6 +96,7 @@ static oqat_rt_model *finish_load(oqat_rt_model *m) {
   if (!strcmp(isa, "avx512vnni")) m->stem_rows = oq_stem_avx512;
 #endif
   m->scratch_bytes = scratch_bytes(m);
+  pthread_mutex_init(&m->run_lock, NULL);
   if (plan(m) != 0 || oqat_rt_set_threads(m, 1) != 0) {
     oqat_rt_free(m);
     return NULL;
@@ -137,6 +138,7 @@ void oqat_rt_free(oqat_rt_model *m) {
   if (!m) return;
   oq_pool_free(m->pool);
   oq_free_ops(m);
+  pthread_mutex_destroy(&m->run_lock);
   free(m->values);
   free(m->scratch);
   free(m->arena);
@@ -163,9 +165,12 @@ int oqat_rt_set_threads(oqat_rt_model *m, int threads) {
     free(scratch);
     return oq_error("cannot start %d threads", threads);
   }
-  oq_pool_free(m->pool);
+  pthread_mutex_lock(&m->run_lock);
+  oq_pool *old = m->pool;
   free(m->scratch);
   m->threads = threads, m->pool = pool, m->scratch = scratch;
+  pthread_mutex_unlock(&m->run_lock);
+  oq_pool_free(old);
   return 0;
 }
 
@@ -262,7 +267,7 @@ static void run_task(void *ctx, int task, int thread) {
 }
 
 static int run(oqat_rt_model *m, const float *input, int batch, float *logits, oqat_rt_visit visit, void *user) {
-  if (!m || !input || !logits || batch < 1) return oq_error("run needs a model, input, logits and a batch >= 1");
+  if (!input || !logits || batch < 1) return oq_error("run needs input, logits and a batch >= 1");
   size_t per_chunk = CHUNK_BYTES / (m->arena_per_image ? m->arena_per_image : 1);
   int chunk = per_chunk < 1 ? 1 : per_chunk < (size_t)batch ? (int)per_chunk : batch;
   if (chunk > m->arena_images) {
@@ -293,13 +298,17 @@ static int run(oqat_rt_model *m, const float *input, int batch, float *logits, o
   return 0;
 }
 
-int oqat_rt_run(oqat_rt_model *m, const float *input, int batch, float *logits) {
-  return run(m, input, batch, logits, NULL, NULL);
-}
-
 int oqat_rt_run_trace(oqat_rt_model *m, const float *input, int batch, float *logits, oqat_rt_visit visit,
                       void *user) {
-  return run(m, input, batch, logits, visit, user);
+  if (!m) return oq_error("run needs a model");
+  pthread_mutex_lock(&m->run_lock); /* the arena and the scratch are the model's */
+  int rc = run(m, input, batch, logits, visit, user);
+  pthread_mutex_unlock(&m->run_lock);
+  return rc;
+}
+
+int oqat_rt_run(oqat_rt_model *m, const float *input, int batch, float *logits) {
+  return oqat_rt_run_trace(m, input, batch, logits, NULL, NULL);
 }
 
 int oqat_rt_num_ops(const oqat_rt_model *m) { return m->n_ops; }

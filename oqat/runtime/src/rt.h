@@ -2,6 +2,7 @@
 #ifndef OQAT_RT_INTERNAL_H
 #define OQAT_RT_INTERNAL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,7 +47,8 @@ struct oqat_rt_model {
   const oq_kernels *kernels;
   void (*stem_rows)(const oq_op *op, const float *x, float *y_f32, uint8_t *y_u8, int oy0, int oy1, double *acc);
   size_t file_code_bytes, resident_code_bytes, resident_float_bytes;
-  /* run state */
+  /* run state, one run at a time */
+  pthread_mutex_t run_lock;
   int threads;
   oq_pool *pool;
   size_t scratch_bytes;      /* per thread */
