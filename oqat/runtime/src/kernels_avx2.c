@@ -9,7 +9,8 @@
  * Weights: the c4 layout and true-width storage of kernels_avx512.c with tiles of 16 channels
  * (the last one 8 or 16).
  *
- * Depthwise: 16 channels per vector, int16 products, summed in int16 when exact, else in int32.
+ * Depthwise: 16 channels per vector, int16 products, summed in int16 when exact (two output
+ * pixels per iteration sharing each tap's widened weights: +15-30%), else in int32.
  *
  * Epilogue: with oq_epilogue.thresholds (codes of <= 3 bits), 1-7 integer compares per 8
  * outputs, which measured faster here than the float operations (whose partial vectors need
@@ -323,9 +324,40 @@ static inline __attribute__((always_inline)) void dw_pixel(const oq_dw_args *d, 
   }
 }
 
+/* 16 input codes (iy, ix) from channel cb on as int16, or the padding code outside the image. */
+static inline __m256i dw_tap(const oq_dw_args *d, int iy, int ix, int cb, int n) {
+  if (iy < 0 || iy >= d->h || ix < 0 || ix >= d->w) return _mm256_set1_epi16(d->pad_u);
+  return _mm256_cvtepu8_epi16(load16(d->a + ((size_t)iy * d->w + ix) * d->c + cb, n));
+}
+
+/* Output pixels (oy, ox) and (oy, ox + 1) with int16 sums (the caller proved they fit): each
+   tap's weights are loaded and widened once for both. */
+static void dw_pair16(const oq_dw_args *d, int oy, int ox) {
+  int pad = d->k / 2, iy0 = oy * d->stride - pad, ix0 = ox * d->stride - pad, r = oy * d->wo + ox;
+  for (int cb = 0; cb < d->c; cb += 16) {
+    int n = d->c - cb;
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+    for (int ky = 0; ky < d->k; ky++)
+      for (int kx = 0; kx < d->k; kx++) {
+        __m256i wv = _mm256_cvtepi8_epi16(load16(d->wt + (size_t)(ky * d->k + kx) * d->c + cb, n));
+        int iy = iy0 + ky, ix = ix0 + kx;
+        s0 = _mm256_add_epi16(s0, _mm256_mullo_epi16(dw_tap(d, iy, ix, cb, n), wv));
+        s1 = _mm256_add_epi16(s1, _mm256_mullo_epi16(dw_tap(d, iy, ix + d->stride, cb, n), wv));
+      }
+    __m256i acc[2] = {s0, s1};
+    for (int i = 0; i < 2; i++) {
+      epilogue8(d->e, &d->rc, r + i, cb, d->c, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[i])));
+      if (n > 8) epilogue8(d->e, &d->rc, r + i, cb + 8, d->c, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[i], 1)));
+    }
+  }
+}
+
 static void dw_rows16(const oq_dw_args *d, int oy0, int oy1) {
-  for (int oy = oy0; oy < oy1; oy++)
-    for (int ox = 0; ox < d->wo; ox++) dw_pixel(d, oy, ox, 0);
+  for (int oy = oy0; oy < oy1; oy++) {
+    int ox = 0;
+    for (; ox + 2 <= d->wo; ox += 2) dw_pair16(d, oy, ox);
+    if (ox < d->wo) dw_pixel(d, oy, ox, 0);
+  }
 }
 
 static void dw_rows32(const oq_dw_args *d, int oy0, int oy1) {
