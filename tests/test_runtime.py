@@ -31,7 +31,7 @@ TINY = dataclasses.replace(MINI, name="tiny", stem_width=8, first_block=Stage(8,
 @pytest.fixture(scope="session", autouse=True)
 def runtime_library():
     try:
-        build.build(tuple(build.STRICT))
+        build.build()
     except build.RuntimeUnavailable as err:
         pytest.skip(str(err))
 

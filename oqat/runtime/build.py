@@ -6,6 +6,7 @@ Each file that uses an instruction set beyond the base x86-64 is compiled alone 
 `python -m oqat.runtime.build` builds it (scripts/setup.sh) and prints its path, or one line
 saying why not.
 """
+import concurrent.futures
 import hashlib
 import os
 import platform
@@ -72,32 +73,47 @@ def _sources() -> list[str]:
 
 def build(extra_flags: tuple[str, ...] = (), program: str | None = None) -> str:
     """The path of the library built with `extra_flags` (or, given `program`, a C file with a
-    main, of that program linked with the library's objects), built now if not cached."""
+    main, of that program linked with the library's objects), built now if not cached. The
+    objects of one set of flags are compiled once (in parallel) for the library and every program."""
     cc = compiler()
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as err:
         raise RuntimeUnavailable(f"the C compiler '{cc}' does not run: {err}") from None
     flags = FLAGS + list(extra_flags)
-    files = _sources() + ([program] if program else [])
-    key = _digest([cc, version, platform.machine(), *flags], files)
-    name = os.path.basename(program)[:-2] if program else LIBRARY
-    out = os.path.join(cache_dir(), key, name)
-    if os.path.exists(out):
-        return out
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(out)) as tmp:
-        objs = []
-        for src, obj, extra in objects():
-            objs.append(os.path.join(tmp, obj + ".o"))
-            _run([cc, *flags, *extra, f"-I{INCLUDE}", "-c", src, "-o", objs[-1]])
-        target = os.path.join(tmp, name)
-        if program:
-            _run([cc, *flags, f"-I{INCLUDE}", program, *objs, "-o", target, "-lm"])
-        else:
-            _run([cc, *flags, "-shared", *objs, "-o", target, "-lm"])
-        os.replace(target, out)  # atomic: a concurrent build leaves one complete file
+    folder = os.path.join(cache_dir(), _digest([cc, version, platform.machine(), *flags], _sources()))
+    objs = _compiled(cc, flags, folder)
+    if program:
+        out = os.path.join(folder, f"{os.path.basename(program)[:-2]}-{_digest([], [program])}")
+        cmd = [cc, *flags, f"-I{INCLUDE}", program, *objs, "-lm", "-o"]
+    else:
+        out, cmd = os.path.join(folder, LIBRARY), [cc, *flags, "-shared", *objs, "-lm", "-o"]
+    if not os.path.exists(out):
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            _run(cmd + [os.path.join(tmp, "out")])
+            os.replace(os.path.join(tmp, "out"), out)  # atomic: a concurrent build leaves one complete file
     return out
+
+
+def _compiled(cc: str, flags: list[str], folder: str) -> list[str]:
+    """The library's objects in `folder/objects`, compiled there if missing."""
+    done = os.path.join(folder, "objects")
+    paths = [os.path.join(done, name + ".o") for _, name, _ in objects()]
+    if os.path.isdir(done):
+        return paths
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=folder)
+    try:
+        cmds = [[cc, *flags, *extra, f"-I{INCLUDE}", "-c", src, "-o", os.path.join(tmp, name + ".o")]
+                for src, name, extra in objects()]
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            list(pool.map(_run, cmds))
+        os.rename(tmp, done)  # atomic
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isdir(done):  # else a concurrent build got there first
+            raise
+    return paths
 
 
 def _run(cmd: list[str]) -> None:
