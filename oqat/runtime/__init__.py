@@ -1,5 +1,8 @@
 """oqat's own low-bit CPU runtime: a C library that runs an exported network on its integer
-codes (`model_file` writes its file; `Model` runs one through ctypes)."""
+codes (`model_file` writes and checks its file; `Model` runs one through ctypes; `build`
+compiles the library on first use)."""
+from .binding import Model
+from .build import RuntimeUnavailable
 from .model_file import FormatError, read, write
 
-__all__ = ["FormatError", "read", "write"]
+__all__ = ["FormatError", "Model", "RuntimeUnavailable", "read", "write"]
