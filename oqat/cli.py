@@ -278,11 +278,11 @@ def cmd_latency(args):
     batches = sorted({1, *(args.batch or [])})
     if batches[0] < 1 or args.threads < 1:
         raise ValueError(f"--batch and --threads must be >= 1, got batches {batches}, threads {args.threads}")
-    net, onnx_path = load_for_latency(args.source, args.arch)
-    result = measure_latency(net, batches, args.runs, args.warmup, args.threads, onnx_path)
+    net, folder = load_for_latency(args.source, args.arch)
+    result = measure_latency(net, batches, args.runs, args.warmup, args.threads, folder)
     arch = net.arch.to_str()
     if args.table:
-        update_latency_table(args.table, arch, result[deployed_engine()][1], net.bits, cpu_model(), args.threads,
+        update_latency_table(args.table, arch, result[deployed_engine(result)][1], net.bits, cpu_model(), args.threads,
                              net.space)
     if args.json:
         print(json.dumps({"arch": arch, "bits": net.bits, "device": cpu_model(), "threads": args.threads,

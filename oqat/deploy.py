@@ -1,15 +1,16 @@
-"""Running an exported graph on the CPU (onnxruntime, OpenVINO), how closely it follows
-PyTorch, and how fast it runs against the same network in full precision.
+"""Running an export on the CPU (oqat's own runtime, OpenVINO, onnxruntime), how closely it
+follows PyTorch, and how fast it runs against the same network in full precision.
 
-OpenVINO runs the integer graph's convolutions in int8 (its low-precision transformations
-turn each QDQ conv into one); onnxruntime fuses none of them (an activation sits between each
-conv and the next quantizer, where its QDQ fusion wants Q right after the conv) and computes
-the same codes in float. So OpenVINO is the fast runtime for an export and onnxruntime the
-reference (docs/deployment.md has the measurements). OpenVINO is an optional dependency
-(`pip install oqat[openvino]`); `runtimes()` says which are here.
+oqat's runtime (`oqat/runtime`, a C library built at set-up) runs the network's own file
+(model.oqrt) on its integer codes at their bit width: the fast runtime where it is built.
+OpenVINO runs the integer ONNX graph's convolutions in int8; onnxruntime computes the same
+codes in float and is the reference (docs/deployment.md has the measurements). OpenVINO is an
+optional dependency (`pip install oqat[openvino]`); `runtimes()` says which are here.
 """
 import copy
+import functools
 import importlib.util
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -19,13 +20,32 @@ import onnx
 import torch
 from onnx import TensorProto, numpy_helper
 
-RUNTIMES = ("openvino", "onnxruntime")  # the preferred runtime for an export first
+from .layout import ExportLayout
+
+ONNX_RUNTIMES = ("openvino", "onnxruntime")  # the runtimes of the ONNX graph, preferred first
+RUNTIMES = ("oqat", *ONNX_RUNTIMES)  # every runtime of an export, preferred first
 SUB_BYTE = {TensorProto.INT2, TensorProto.INT4, TensorProto.UINT2, TensorProto.UINT4}
+
+
+@functools.cache
+def oqat_runtime_error() -> str | None:
+    """Why oqat's runtime cannot run here (no C compiler, not built), or None when it can."""
+    from .runtime import binding, build
+    try:
+        binding.library()
+    except build.RuntimeUnavailable as err:
+        return str(err).splitlines()[0]
+    return None
 
 
 def runtimes() -> list[str]:
     """The runtimes installed here, preferred first."""
-    return [r for r in RUNTIMES if importlib.util.find_spec(r) is not None]
+    return (["oqat"] if oqat_runtime_error() is None else []) + onnx_runtimes()
+
+
+def onnx_runtimes() -> list[str]:
+    """The runtimes of the ONNX graph installed here, preferred first."""
+    return [r for r in ONNX_RUNTIMES if importlib.util.find_spec(r) is not None]
 
 
 def widened(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -45,17 +65,53 @@ def widened(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-class Runner:
-    """One model compiled for one runtime on the CPU; call it on a float32 NCHW batch."""
+def _model_source(model, runtime: str):
+    """What `runtime` reads of `model`: an export folder's file for it, or `model` as given."""
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if isinstance(model, str) and os.path.isdir(model):
+        layout = ExportLayout(model)
+        path = layout.runtime if runtime == "oqat" else layout.onnx
+        if not os.path.isfile(path):
+            raise ValueError(f"export folder '{model}' has no {os.path.basename(path)} for runtime '{runtime}'")
+        return path
+    if isinstance(model, str) and not os.path.isfile(model):
+        raise ValueError(f"model file '{model}' not found")
+    if runtime == "oqat" and isinstance(model, onnx.ModelProto):
+        raise ValueError("runtime 'oqat' runs its own model file (model.oqrt), not an ONNX graph")
+    if runtime != "oqat" and isinstance(model, bytes):
+        raise ValueError(f"runtime '{runtime}' runs an ONNX graph, not bytes")
+    return model
 
-    def __init__(self, model: "onnx.ModelProto | str", runtime: str = "onnxruntime", threads: int | None = None):
+
+class Runner:
+    """One exported network compiled for one runtime on the CPU; call it on a float32 NCHW batch.
+
+    `model`: an export folder (each runtime takes its file from it), or for "oqat" a model.oqrt
+    path or its bytes, for the ONNX runtimes an ONNX model or .onnx path. `runtime`: one of
+    RUNTIMES, default the fastest here that reads `model`."""
+
+    def __init__(self, model, runtime: str | None = None, threads: int | None = None):
+        if runtime is None:
+            graph = isinstance(model, onnx.ModelProto) or str(model).endswith(".onnx")
+            runtime = next((r for r in runtimes() if not (graph and r == "oqat")), "onnxruntime")
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime '{runtime}' (known: {', '.join(RUNTIMES)})")
-        if runtime not in runtimes():
+        if runtime == "oqat" and oqat_runtime_error() is not None:
+            raise ValueError(f"runtime 'oqat' is not built here: {oqat_runtime_error()}")
+        if runtime != "oqat" and runtime not in onnx_runtimes():
             raise ValueError(f"runtime '{runtime}' is not installed: pip install oqat[{runtime}]")
         self.runtime = runtime
+        model = _model_source(model, runtime)
+        if runtime == "oqat":
+            from .runtime.binding import Model
+            m = Model(model, threads) if isinstance(model, str) else Model(data=model, threads=threads)
+            self.input_shape, self._run = m.input_shape, m
+            return
         if isinstance(model, str):
             model = onnx.load(model)
+        dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+        self.input_shape = tuple(dims) if len(dims) == 3 and all(dims) else None  # None: a graph of other inputs
         if runtime == "onnxruntime":
             import onnxruntime as ort
             opts = ort.SessionOptions()
@@ -80,13 +136,34 @@ class Runner:
             self._run = lambda x: request.infer({0: x}, share_inputs=True)[0].copy()
 
     def __call__(self, x: "np.ndarray | torch.Tensor") -> np.ndarray:
+        """Logits of x: float32 N x C x H x W, normalised as the network was trained."""
         if isinstance(x, torch.Tensor):
             x = x.detach().float().contiguous().numpy()
+        x = np.asarray(x)
+        if x.dtype.kind not in "f":
+            raise ValueError(f"input must be float images normalised as the model card says, got dtype {x.dtype} "
+                             "(raw pixels? see `oqat predict`)")
+        if self.input_shape and (x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape or len(x) == 0):
+            raise ValueError(f"input must be N x {' x '.join(map(str, self.input_shape))} (N >= 1), got "
+                             f"{' x '.join(map(str, x.shape))}")
         return self._run(np.ascontiguousarray(x, dtype=np.float32))
 
     def logits(self, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
         """Logits of a (normalised, resized) batch, `batch` images at a time."""
         return torch.from_numpy(np.concatenate([self(x[i:i + batch]) for i in range(0, len(x), batch)]))
+
+
+def export_runners(graph: onnx.ModelProto, runtime_model: bytes | str | None, threads: int | None = None,
+                   kind: str = "export") -> dict[str, Runner]:
+    """"<runtime> <kind>" -> Runner of one network in every runtime here: the ONNX runtimes run
+    `graph`; oqat's runs `runtime_model` (its model.oqrt, path or bytes) when given."""
+    out = {}
+    for r in runtimes():
+        if r != "oqat":
+            out[f"{r} {kind}"] = Runner(graph, r, threads)
+        elif runtime_model is not None:
+            out[f"{r} {kind}"] = Runner(runtime_model, r, threads)
+    return out
 
 
 def parity(net: torch.nn.Module, runner: Runner, x: torch.Tensor) -> dict:
@@ -133,13 +210,12 @@ def interleaved_ms(fns: dict[str, Callable], inputs: dict[str, object], rounds: 
     return {name: 1000.0 * statistics.median(t) for name, t in times.items()}
 
 
-def speed(models: dict[str, onnx.ModelProto], shape: tuple[int, ...], batches=(1, 16), threads: int = 1,
+def speed(runners: dict[str, Callable], shape: tuple[int, ...], batches=(1, 16), threads: int = 1,
           rounds: int = 5, calls: int = 2) -> dict:
-    """{"threads", "batches": {batch: {"<runtime> <kind>": ms}}} of each model (by kind, e.g.
-    "fp32" and "export") in each runtime here, timed interleaved on random (N, *shape) inputs."""
-    fns = {f"{r} {kind}": Runner(m, r, threads) for kind, m in models.items() for r in runtimes()}
+    """{"threads", "batches": {batch: {name: ms}}} of each runner (named "<runtime> <kind>", e.g.
+    "openvino fp32", "oqat export"), timed interleaved on random (N, *shape) inputs."""
     out = {"threads": threads, "batches": {}}
     for b in batches:
         x = np.random.default_rng(b).standard_normal((b, *shape), dtype=np.float32)
-        out["batches"][b] = interleaved_ms(fns, dict.fromkeys(fns, x), rounds, calls)
+        out["batches"][b] = interleaved_ms(runners, dict.fromkeys(runners, x), rounds, calls)
     return out

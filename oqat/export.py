@@ -43,6 +43,7 @@ from .layers import ConvBNAct, QConv2d, SqueezeExcite, conv_out
 from .layout import ExportLayout
 from .precision import Precision
 from .quant import FULL_PRECISION, qrange, set_bits_
+from .runtime import model_file as runtime_file
 from .subnet import Subnet
 from .supernet import Supernet
 
@@ -316,11 +317,18 @@ def fp32_graph(net: Subnet) -> onnx.ModelProto:
     return build_onnx(set_bits_(copy.deepcopy(net), FULL_PRECISION))
 
 
+def runners(net: Subnet, threads: int | None = None) -> dict[str, deploy.Runner]:
+    """runtime -> a Runner of `net`'s export, in every runtime here (oqat's for a quantized net)."""
+    own = None if net.bits == FULL_PRECISION else runtime_file.to_bytes(net.eval())
+    return {name.split()[0]: r for name, r in deploy.export_runners(build_onnx(net), own, threads).items()}
+
+
 def sizes(model: onnx.ModelProto, fp32: onnx.ModelProto, paths: dict[str, str]) -> dict[str, int]:
     """Bytes of the network as an ONNX file in fp32, as the export with int8 codes, and as
-    written: the .onnx at the weights' true width, the QONNX file and the packed weights."""
+    written: the .onnx at the weights' true width, the QONNX file, the packed weights and the
+    runtime's file."""
     return {"fp32": fp32.ByteSize(), "int8": deploy.widened(model).ByteSize(),
-            **{k: os.path.getsize(paths[k]) for k in ("onnx", "qonnx", "packed")}}
+            **{k: os.path.getsize(paths[k]) for k in ("onnx", "qonnx", "packed", "runtime") if k in paths}}
 
 
 def export(net: Subnet, out_dir: str, test: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -338,6 +346,9 @@ def export(net: Subnet, out_dir: str, test: tuple[torch.Tensor, torch.Tensor] | 
     model, fp32 = build_onnx(net), fp32_graph(net)
     for key, m in (("onnx", model), ("qonnx", build_qonnx(net))):
         checkpoint.atomic_write(paths[key], lambda f, m=m: f.write(m.SerializeToString()))
+    if net.bits != FULL_PRECISION:  # oqat's runtime runs quantized networks only
+        runtime_file.write(net, out.runtime)
+        paths["runtime"] = out.runtime
     files.save_packed(net, paths["packed"], {"source": source})
     arch = net.arch
     checkpoint.write_json(paths["arch"], arch.to_dict())
@@ -346,14 +357,16 @@ def export(net: Subnet, out_dir: str, test: tuple[torch.Tensor, torch.Tensor] | 
              "sizes": sizes(model, fp32, paths), "machine": machine.summary()}
     if test is not None:
         images, labels = test
-        parities = {r: deploy.parity(net, deploy.Runner(model, r), images) for r in deploy.runtimes()}
+        runners = deploy.export_runners(model, paths.get("runtime"))
+        parities = {name.split()[0]: deploy.parity(net, run, images) for name, run in runners.items()}
         ref = next(iter(parities.values()))["torch_logits"]
         facts["test"] = {"n": len(images), "torch_top1": _top1(ref, labels), "runtimes": {
             r: {"top1": _top1(p["runtime_logits"], labels), "top1_agreement": 100.0 * p["top1_agreement"],
                 "within_1e-3": 100.0 * p["within_1e-3"], "max_gap": p["max_gap"]} for r, p in parities.items()}}
     if speed_rounds > 0:
-        facts["speed"] = deploy.speed({"fp32": fp32, "export": model}, tuple(facts["input"]),
-                                      rounds=speed_rounds)
+        runners = {**deploy.export_runners(fp32, None, 1, "fp32"),
+                   **deploy.export_runners(model, paths.get("runtime"), 1)}
+        facts["speed"] = deploy.speed(runners, tuple(facts["input"]), rounds=speed_rounds)
     checkpoint.write_text(paths["card"], model_card(facts))
     return facts
 
@@ -429,8 +442,12 @@ def model_card(f: dict) -> str:
                   "|---" * (len(names) + 2) + "|"]
         for b, ms in sp["batches"].items():
             lines.append(f"| {b} | " + " | ".join(f"{ms[n]:.3f}" for n in names) + f" | {speedup(ms):.2f}x |")
-    lines += ["", "## Files", "",
-              f"- `{ExportLayout.ONNX}` ({s['onnx']:,} bytes): integer QDQ graph, weight codes at their true width "
+    lines += ["", "## Files", ""]
+    if "runtime" in s:
+        lines.append(f"- `{ExportLayout.RUNTIME}` ({s['runtime']:,} bytes): oqat's runtime's file, weight codes at "
+                     "their bit width; `oqat.deploy.Runner(folder, \"oqat\")`, `oqat predict` and the C API "
+                     "(docs/deployment.md) run it on the codes themselves")
+    lines += [f"- `{ExportLayout.ONNX}` ({s['onnx']:,} bytes): integer QDQ graph, weight codes at their true width "
               "(INT4 to 4 bits, INT2 to 2), BN folded into per-channel scales; `oqat.deploy.Runner` runs it "
               "(OpenVINO: int8 convolutions; onnxruntime: the reference)",
               f"- `{ExportLayout.QONNX}` ({s['qonnx']:,} bytes): QONNX (Quant nodes at the real bit-widths) "

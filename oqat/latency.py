@@ -19,19 +19,25 @@ from . import deploy, files
 from .deploy import median_ms
 from .export import build_onnx, fp32_graph
 from .layout import ExportLayout
+from .quant import FULL_PRECISION
+from .runtime import model_file as runtime_file
 from .subnet import Subnet
 from .supernet import Supernet
 
 
 def measure_latency(net: Subnet, batches: list[int], runs: int = 50, warmup: int = 10, threads: int = 1,
-                    onnx_path: str | None = None) -> dict[str, dict[int, float]]:
+                    folder: str | None = None) -> dict[str, dict[int, float]]:
     """{engine: {batch: median ms}} of `net`: "torch" (its fake-quant forward, channels-last,
-    `net` moved in place), and in each runtime here "<runtime> export" (the deployed graph:
-    `onnx_path` if given, else the one `build_onnx(net)` writes) and "<runtime> fp32" (the
-    same network with its quantizers off)."""
+    `net` moved in place), and in each runtime here "<runtime> export" (the deployed files of
+    the export folder `folder` if given, else those `export` would write) and, in the ONNX
+    runtimes, "<runtime> fp32" (the same network with its quantizers off)."""
     net = net.eval().to(memory_format=torch.channels_last)  # the fast CPU layout for depthwise convs
-    graphs = {"export": onnx.load(onnx_path) if onnx_path else build_onnx(net), "fp32": fp32_graph(net)}
-    runners = {f"{r} {kind}": deploy.Runner(m, r, threads) for kind, m in graphs.items() for r in deploy.runtimes()}
+    out = ExportLayout(folder) if folder else None
+    graph = onnx.load(out.onnx) if out and os.path.isfile(out.onnx) else build_onnx(net)
+    own = out.runtime if out and os.path.isfile(out.runtime) else \
+        None if net.bits == FULL_PRECISION else runtime_file.to_bytes(net)
+    runners = {**deploy.export_runners(graph, own, threads), **deploy.export_runners(fp32_graph(net), None, threads,
+                                                                                    "fp32")}
     shape = (net.space.in_channels, net.arch.r, net.arch.r)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -49,18 +55,18 @@ def measure_latency(net: Subnet, batches: list[int], runs: int = 50, warmup: int
     return result
 
 
-def deployed_engine() -> str:
-    """The engine whose batch-1 time a latency table holds: the export in the preferred runtime."""
-    return f"{deploy.runtimes()[0]} export"
+def deployed_engine(result: dict[str, dict[int, float]]) -> str:
+    """The engine of `measure_latency`'s result whose batch-1 time a latency table holds: the
+    export in the preferred runtime that ran it."""
+    return next(f"{r} export" for r in deploy.runtimes() if f"{r} export" in result)
 
 
 def load_for_latency(source: str, arch: str | None) -> tuple[Subnet, str | None]:
-    """(subnet, its .onnx file or None) from an exported folder, a subnet file, or a
+    """(subnet, its export folder or None) from an exported folder, a subnet file, or a
     supernet file and `arch` (extracted as is: BN statistics do not change latency)."""
     net, _ = files.load_model(source)
     arch = files.subnet_arch(net, arch, source)
     if isinstance(net, Supernet):
         return net.extract(arch, keep_bn=True).eval(), None
-    onnx_path = ExportLayout(source).onnx
-    return net, onnx_path if os.path.isfile(onnx_path) else None
+    return net, source if os.path.isdir(source) else None
 

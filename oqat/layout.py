@@ -80,6 +80,7 @@ class SearchLayout:
 class ExportLayout:
     root: str
     ONNX: ClassVar[str] = "model.onnx"  # the integer graph
+    RUNTIME: ClassVar[str] = "model.oqrt"  # oqat's runtime's file (`oqat.runtime.model_file`)
     QONNX: ClassVar[str] = "model.qonnx.onnx"
     PACKED: ClassVar[str] = "weights.oqpk"
     ARCH: ClassVar[str] = "arch.json"
@@ -93,6 +94,10 @@ class ExportLayout:
     @property
     def qonnx(self) -> str:
         return os.path.join(self.root, self.QONNX)
+
+    @property
+    def runtime(self) -> str:
+        return os.path.join(self.root, self.RUNTIME)
 
     @property
     def packed(self) -> str:

@@ -131,7 +131,7 @@ def test_onnx_activation_quantizer_computes_exactly_what_lsq_does(step):
 
 # OpenVINO's quantizer rounds a value within an ulp of a boundary differently (the test above),
 # a few activations in each image here: an untrained net grows some of those flips.
-PARITY = {"onnxruntime": (0.99, 0.99), "openvino": (0.97, 0.98)}  # within 1e-3, top-1 agreement
+PARITY = {"oqat": (0.99, 0.99), "onnxruntime": (0.99, 0.99), "openvino": (0.97, 0.98)}  # within 1e-3, top-1 agreement
 
 
 def assert_parity(p: dict) -> None:
@@ -152,7 +152,7 @@ def assert_parity(p: dict) -> None:
 def test_each_runtime_matches_pytorch_on_synthetic_images(bits, runtime):
     net = make_subnet(bits)
     x = torch.randn(1000, 1, ARCH.r, ARCH.r, generator=torch.Generator().manual_seed(1))
-    assert_parity(deploy.parity(net, deploy.Runner(export.build_onnx(net), runtime), x))
+    assert_parity(deploy.parity(net, export.runners(net)[runtime], x))
 
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
@@ -165,10 +165,10 @@ def test_onnxruntime_matches_pytorch_on_1000_fashion_mnist_test_images():
     calib = resize(next(eval_batches(subset(splits.train, 256, 0), cfg))[0], ARCH.r)
     net = make_subnet(4, calib=calib)
     x = resize(torch.cat([x for x, _ in eval_batches(subset(splits.test, 1000, 0), cfg)]), ARCH.r)
-    for runtime in deploy.runtimes():
-        p = deploy.parity(net, deploy.Runner(export.build_onnx(net), runtime), x)
+    for runtime, run in export.runners(net).items():
+        p = deploy.parity(net, run, x)
         assert_parity(p)
-        if runtime == "onnxruntime":  # the same rule: the same top-1 on every image
+        if runtime in ("oqat", "onnxruntime"):  # the same rule: the same top-1 on every image
             assert p["top1_agreement"] == 1.0
 
 
@@ -190,8 +190,9 @@ def test_export_cli_writes_a_deployable_folder(tmp_path, capsys):
     code = main(["export", synthetic_supernet(tmp_path), "--arch", ARCH.to_str(), "--out", str(out),
                  "--calib-images", "64", "--test-images", "64", "--speed-rounds", "1"])
     assert code == 0, capsys.readouterr().err
-    assert sorted(os.listdir(out)) == sorted([ExportLayout.ONNX, ExportLayout.QONNX, ExportLayout.PACKED,
-                                              ExportLayout.ARCH, ExportLayout.CARD, ExportLayout.FACTS])
+    assert sorted(os.listdir(out)) == sorted([ExportLayout.ONNX, ExportLayout.RUNTIME, ExportLayout.QONNX,
+                                              ExportLayout.PACKED, ExportLayout.ARCH, ExportLayout.CARD,
+                                              ExportLayout.FACTS])
     with open(out / ExportLayout.ARCH) as f:
         assert Arch.from_dict(json.load(f)) == ARCH
     card = (out / ExportLayout.CARD).read_text()

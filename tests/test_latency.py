@@ -39,7 +39,8 @@ def test_latency_of_subnet_files_builds_a_table_the_search_reads(tmp_path, capsy
         result = run_json(capsys, path, "--batch", "3", "--table", table)
         assert result["arch"] == arch.to_str() and result["bits"] == 2
         # the deployed graph and its fp32 self in each runtime, and PyTorch's fake-quant forward
-        assert set(result["ms"]) == {"torch"} | {f"{r} {k}" for r in deploy.runtimes() for k in ("export", "fp32")}
+        assert set(result["ms"]) == {"torch"} | {f"{r} export" for r in deploy.runtimes()} | {
+                f"{r} fp32" for r in deploy.onnx_runtimes()}
         assert all(set(by_batch) == {"1", "3"} and min(by_batch.values()) > 0 for by_batch in result["ms"].values())
     read = load_latency_table(table, MINI, bits=2)
     assert set(read["ms"]) == {ARCH.to_str(), other.to_str()} and min(read["ms"].values()) > 0

@@ -109,8 +109,8 @@ def test_onnx_export_matches_pytorch(bits):
     model = export.build_onnx(net)
     assert [n.op_type for n in model.graph.node].count("Clip") >= 10
     x = torch.randn(1000, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    for runtime in deploy.runtimes():
-        assert_parity(deploy.parity(net, deploy.Runner(model, runtime), x))
+    for run in export.runners(net).values():
+        assert_parity(deploy.parity(net, run, x))
 
 
 @pytest.mark.slow

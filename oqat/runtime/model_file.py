@@ -208,12 +208,17 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def write(net: Subnet, path: str) -> None:
-    """`net` (eval-mode semantics, BN final) as a runtime model file at `path`, atomically."""
+def to_bytes(net: Subnet) -> bytes:
+    """`net` (eval-mode semantics, BN final) as the bytes of a runtime model file."""
     r = net.arch.r
-    data = encode(lower(net), (net.space.in_channels, r, r), net.space.num_classes,
+    return encode(lower(net), (net.space.in_channels, r, r), net.space.num_classes,
                   {"format": "oqat-runtime", "arch": net.arch.to_str(), "space": net.space.name,
                    "bits": list(net.bits) if isinstance(net.bits, tuple) else net.bits})
+
+
+def write(net: Subnet, path: str) -> None:
+    """`net` as a runtime model file at `path`, atomically."""
+    data = to_bytes(net)
     checkpoint.atomic_write(path, lambda f: f.write(data))
 
 
