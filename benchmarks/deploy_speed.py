@@ -1,13 +1,14 @@
-"""Deployed speed: oqat's integer export against the same network in full precision.
+"""Deployed speed: oqat's runtime and OpenVINO on the export against the same network in fp32.
 
 For mbv3 S, M and L (three of the authors' published 2-bit Pareto architectures, at r224) and
 mini L (28 px), at batch 1 and 16, on 1 and 2 threads: the median latency of the fp32 network
-in PyTorch, onnxruntime and OpenVINO, and of oqat's export (`oqat.export.build_onnx`) in each
-runtime installed, then the ratio of the fastest fp32 to the fastest export. The runners take
-turns (a few calls each, round after round), so a drift of the machine's speed hits all alike.
-Weights are random with steps and BN statistics set from data: speed does not depend on them.
+in PyTorch, onnxruntime and OpenVINO, and of its export at each bit-width in oqat's runtime
+(model.oqrt) and in OpenVINO (the integer ONNX graph, int8 convolutions), then each export's
+speed-up over the fastest fp32. The runners take turns (a few calls each, round after round),
+so a drift of the machine's speed hits all alike. Weights are random with steps and BN
+statistics set from data: speed does not depend on them.
 
-    python benchmarks/deploy_speed.py [--rounds 8] [--bits 4] [--threads 1 2] [--batches 1 16]
+    python benchmarks/deploy_speed.py [--rounds 8] [--bits 2 3 4] [--threads 1 2] [--batches 1 16]
     python benchmarks/deploy_speed.py --tiny    # mini only, a few calls: what the test suite runs
 """
 import argparse
@@ -23,6 +24,7 @@ from oqat import deploy, machine  # noqa: E402
 from oqat.evaluate import recalibrate_bn  # noqa: E402
 from oqat.export import build_onnx, fp32_graph  # noqa: E402
 from oqat.quant import FULL_PRECISION, set_bits_  # noqa: E402
+from oqat.runtime import model_file as runtime_file  # noqa: E402
 from oqat.space import MBV3, MINI, Arch  # noqa: E402
 from oqat.supernet import Supernet  # noqa: E402
 
@@ -60,18 +62,24 @@ def random_subnet(arch: Arch, bits: int) -> torch.nn.Module:
     return net.eval()
 
 
-def runners(net: torch.nn.Module, threads: int) -> dict:
-    """name -> callable on one float32 batch: the fp32 network in each engine, the export in each runtime."""
-    fp32 = set_bits_(copy.deepcopy(net), FULL_PRECISION)
-    fp32_cl = fp32.to(memory_format=torch.channels_last)  # PyTorch's fast CPU layout for depthwise convs
+def fp32_runners(net: torch.nn.Module, threads: int) -> dict:
+    """name -> callable on one float32 batch: the network with its quantizers off, in each engine."""
+    fp32 = set_bits_(copy.deepcopy(net), FULL_PRECISION).to(memory_format=torch.channels_last)
 
-    def torch_fp32(x):
+    def torch_fp32(x):  # channels-last: PyTorch's fast CPU layout for depthwise convs
         with torch.no_grad():
-            return fp32_cl(x.contiguous(memory_format=torch.channels_last))
+            return fp32(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
 
-    out = {"torch fp32": torch_fp32}
-    for kind, graph in (("fp32", fp32_graph(net)), ("export", build_onnx(net))):
-        out.update({f"{r} {kind}": deploy.Runner(graph, r, threads) for r in deploy.runtimes()})
+    return {"torch fp32": torch_fp32, **deploy.export_runners(fp32_graph(net), None, threads, "fp32")}
+
+
+def export_runners(net: torch.nn.Module, bits: int, threads: int) -> dict:
+    """name -> callable: the `bits`-bit export in oqat's runtime and in OpenVINO, where here."""
+    out = {}
+    if "oqat" in deploy.runtimes():
+        out[f"oqat {bits}bit"] = deploy.Runner(runtime_file.to_bytes(net), "oqat", threads)
+    if "openvino" in deploy.runtimes():
+        out[f"openvino {bits}bit"] = deploy.Runner(build_onnx(net), "openvino", threads)
     return out
 
 
@@ -79,7 +87,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--calls", type=int, default=3, help="calls per runner per round")
-    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--subnets", nargs="+", default=list(SUBNETS), choices=list(SUBNETS))
@@ -88,25 +96,27 @@ def main(argv=None) -> dict:
     if args.tiny:
         args.subnets, args.rounds, args.calls, args.threads = ["mini L"], 2, 1, [1]
     print(f"machine: {machine.summary()}")
-    print(f"{args.bits}-bit export; median ms of {args.rounds} rounds x {args.calls} calls, runners interleaved")
+    print(f"median ms of {args.rounds} rounds x {args.calls} calls, runners interleaved; "
+          "ratio = fastest fp32 / this export")
     results = {}
     for name in args.subnets:
         arch = SUBNETS[name]
-        net = random_subnet(arch, args.bits)
+        nets = {b: random_subnet(arch, b) for b in args.bits}
         for threads in args.threads:
             torch.set_num_threads(threads)
-            fns = runners(net, threads)
+            fns = fp32_runners(nets[args.bits[0]], threads)
+            for b, net in nets.items():
+                fns.update(export_runners(net, b, threads))
             for batch in args.batches:
-                x = torch.randn(batch, net.space.in_channels, arch.r, arch.r,
-                                generator=torch.Generator().manual_seed(1))
-                inputs = {name: x if name.startswith("torch") else x.numpy() for name in fns}
-                ms = deploy.interleaved_ms(fns, inputs, args.rounds, args.calls)
+                x = torch.randn(batch, nets[args.bits[0]].space.in_channels,
+                                arch.r, arch.r, generator=torch.Generator().manual_seed(1)).numpy()
+                ms = deploy.interleaved_ms(fns, dict.fromkeys(fns, x), args.rounds, args.calls)
                 fastest_fp32 = min(v for k, v in ms.items() if k.endswith("fp32"))
-                fastest_export = min(v for k, v in ms.items() if k.endswith("export"))
-                results[(name, threads, batch)] = {**ms, "speedup": fastest_fp32 / fastest_export}
+                ratios = {k: fastest_fp32 / v for k, v in ms.items() if not k.endswith("fp32")}
+                results[(name, threads, batch)] = {"ms": ms, "speedup": ratios}
                 cells = "  ".join(f"{k} {v:.3f}" for k, v in ms.items())
-                print(f"{name} r{arch.r} b{batch} t{threads}: {cells}  -> fastest fp32 / fastest export "
-                      f"{fastest_fp32 / fastest_export:.2f}x", flush=True)
+                gains = "  ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
+                print(f"{name} r{arch.r} b{batch} t{threads}: {cells}\n    speed-up over fp32: {gains}", flush=True)
     return results
 
 
