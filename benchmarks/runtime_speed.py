@@ -2,6 +2,7 @@
 batch, beside the PyTorch exact evaluation of the same net (its logits checked equal).
 
     python benchmarks/runtime_speed.py [--space mbv3] [--arch largest] [--r 224] [--bits 4] [--rounds 20]
+    python benchmarks/runtime_speed.py --tiny    # mini at 28 px, batch 1, 1 thread, 1 round: what the suite runs
 """
 import argparse
 import dataclasses
@@ -33,7 +34,7 @@ def median_ms(fn, rounds: int) -> float:
     return 1000 * float(np.median(times))
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--space", default="mbv3")
     p.add_argument("--arch", default="largest", help="largest, smallest or a seed to sample with")
@@ -43,7 +44,10 @@ def main():
     p.add_argument("--threads", default="1,2")
     p.add_argument("--isas", default="scalar,avx2,avx512vnni")
     p.add_argument("--rounds", type=int, default=20)
-    a = p.parse_args()
+    p.add_argument("--tiny", action="store_true", help="mini at 28 px, batch 1, 1 thread, 1 round")
+    a = p.parse_args(argv)
+    if a.tiny:
+        a.space, a.r, a.batches, a.threads, a.rounds = "mini", 28, "1", "1", 1
     sp = dataclasses.replace(get_space(a.space), resolutions=(a.r,))
     arch = getattr(sp, a.arch)() if a.arch in ("largest", "smallest") else sp.sample(random.Random(int(a.arch)))
     torch.set_num_threads(1)

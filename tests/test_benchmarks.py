@@ -1,6 +1,7 @@
 """Every script in benchmarks/ at its tiny size, so that none rots: its own `--tiny`, or a tiny
-run's files where it reads a run (tests/conftest.py's tiny_mixed_run). gpu_check.py has its
-own tests (test_gpu_check.py). The numbers are not checked: only that each runs to the end."""
+run's files where it reads a run (tests/conftest.py's tiny_mixed_run). gpu_check.py and
+kernel_speed.py have their own tests (test_gpu_check.py, test_runtime_kernels.py). The numbers
+are not checked: only that each runs to the end."""
 import importlib
 import os
 import sys
@@ -21,6 +22,7 @@ SELF_CONTAINED = {  # script: its arguments
     "profile_step": ["--tiny"],
     "quant_step": ["--tiny"],
     "quant_step --mixed": ["--tiny", "--mixed", "2", "4"],
+    "runtime_speed": ["--tiny"],
     "thread_codes": ["--tiny"],
     "train_throughput": ["--tiny"],
 }
@@ -35,7 +37,8 @@ ON_A_RUN = {  # script: its arguments, RUN standing for the tiny run's folder
 
 def test_every_benchmark_is_here():
     scripts = {f.removesuffix(".py") for f in os.listdir(os.path.join(ROOT, "benchmarks")) if f.endswith(".py")}
-    assert scripts - {"gpu_check", "tiny"} == {name.split()[0] for name in {**SELF_CONTAINED, **ON_A_RUN}}
+    listed = {name.split()[0] for name in {**SELF_CONTAINED, **ON_A_RUN}}
+    assert scripts - {"gpu_check", "kernel_speed", "tiny"} == listed
 
 
 def run(name: str, argv: list[str], monkeypatch) -> None:
@@ -51,8 +54,17 @@ def run(name: str, argv: list[str], monkeypatch) -> None:
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("name", SELF_CONTAINED)
+SLOW = {"thread_codes"}  # one process per thread count and ISA, even tiny
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in SELF_CONTAINED])
 def test_a_benchmark_runs_at_its_tiny_size(name, monkeypatch, capsys):
+    if name == "runtime_speed":
+        from oqat.runtime import RuntimeUnavailable, binding
+        try:
+            binding.library()
+        except RuntimeUnavailable as err:
+            pytest.skip(str(err))
     run(name, SELF_CONTAINED[name], monkeypatch)
     assert capsys.readouterr().out
 

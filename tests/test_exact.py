@@ -183,6 +183,7 @@ torch.save(out, {path!r} + "." + {name!r})
 """
 
 
+@pytest.mark.slow  # starts a process per thread count and ISA
 def test_codes_logits_and_bn_statistics_are_the_same_on_every_thread_count_and_isa(tmp_path):
     """The same networks (made here: steps set from data by training's float arithmetic, which
     the thread count may change) recalibrated and evaluated each in its own process, where the

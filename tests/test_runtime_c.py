@@ -72,6 +72,7 @@ def test_the_reader_takes_every_damaged_file_cleanly(tiny):
     assert int(counts["loaded"]) > 1  # some damage (a weight's bits) leaves a valid file, which then runs
 
 
+@pytest.mark.slow  # builds the runtime with sanitizers and runs its programs
 def test_sanitizers_find_nothing(small, tiny, tmp_path):
     """The library, the program and the fuzzer built with -fsanitize=address,undefined."""
     env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
