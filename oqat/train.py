@@ -30,6 +30,7 @@ from .evaluate import evaluate, prepare_subnet, resize
 from .experiment import ExperimentConfig, check_inputs
 from .inherit import REINIT_KEY
 from .layout import TrainingLayout
+from .precision import Precision
 from .quant import FULL_PRECISION, check_precision, guard_steps_, set_bits_, step_values, steps_of
 from .records import MetricsWriter
 from .space import Arch, SearchSpace, get_space
@@ -194,8 +195,8 @@ class Trainer:
                              f"is '{space.name}' on {space.in_channels} channels, {space.num_classes} classes")
         bits = check_precision(t.bits)
         if isinstance(net.bits, tuple) and net.bits != bits:
-            raise ValueError(f"train.init_from '{t.init_from}' is a mixed-precision supernet over {net.bits} bits; "
-                             f"this stage trains {t.bits}")
+            raise ValueError(f"train.init_from '{t.init_from}' is a {Precision.of(net.bits)} supernet; "
+                             f"this stage trains {Precision.of(bits)}")
         if isinstance(bits, tuple):  # steps carried from the file's own, where it has them (see inherit.mixed_file)
             has_steps = net.bits != FULL_PRECISION and not ckpt.get(REINIT_KEY, False)
             if net.bits != bits:
@@ -324,7 +325,7 @@ class Trainer:
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             raise DivergedError(f"training diverged: non-finite loss at step {self.step} in subnet "
-                                f"{archs[int(bad[0])]} ({t.bits}-bit); {self._advice()}")
+                                f"{archs[int(bad[0])]} ({Precision.of(t.bits)}); {self._advice()}")
         if t.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, t.grad_clip)  # parameters, not their grads: it reads p.grad
         before = step_values(self.net)
@@ -378,10 +379,11 @@ class Trainer:
         if not os.path.exists(self.last):
             return False
         ck = files.load_training(self.last)
-        if ck["bits"] != self.cfg.train.bits or ck["space"] != self.space.to_dict():
+        saved, wanted = Precision.of(ck["bits"]), Precision.of(self.cfg.train.bits)
+        if saved != wanted or ck["space"] != self.space.to_dict():
             raise checkpoint.CheckpointError(
-                f"'{self.last}' is a {ck['bits']}-bit '{ck['space']['name']}' run, this config trains "
-                f"{self.cfg.train.bits}-bit '{self.space.name}'; use another run.dir")
+                f"'{self.last}' is a {saved} '{ck['space']['name']}' run, this config trains "
+                f"{wanted} '{self.space.name}'; use another run.dir")
         files.load_state(self.net, ck["state_dict"], self.last)
         try:
             self.opt.load_state_dict(ck["optimizer"])
