@@ -294,6 +294,34 @@ def cmd_latency(args):
         print(f"updated {args.table}", file=sys.stderr)
 
 
+# --- predict --------------------------------------------------------------------------
+def add_predict(sub):
+    p = sub.add_parser("predict", help="the top classes of image files by an exported network, in the fastest runtime "
+                                       "here")
+    p.add_argument("export", help="an export folder (oqat export / oqat run's export/...)")
+    p.add_argument("images", nargs="+", help="PNG/JPEG files, or folders of them")
+    p.add_argument("--top", type=int, default=5, help="classes to print per image (default 5)")
+    p.add_argument("--runtime", default=None, help="oqat, openvino or onnxruntime (default: the fastest here)")
+    p.add_argument("--threads", type=int, default=None, help="threads (default: the runtime's)")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args):
+    from .deploy import Runner
+    from .preprocess import image_files
+    if not os.path.isdir(args.export):
+        raise ValueError(f"export '{args.export}' must be an export folder (it holds model.onnx and facts.json)")
+    if args.top < 1:
+        raise ValueError(f"--top must be >= 1, got {args.top}")
+    files = image_files(args.images)
+    runner = Runner(args.export, args.runtime, args.threads)
+    for i in range(0, len(files), 64):
+        chunk = files[i:i + 64]
+        for path, top in zip(chunk, runner.classify(chunk, args.top)):
+            print(f"{path}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in top))
+    print(f"{len(files)} image(s), {runner.runtime} runtime", file=sys.stderr)
+
+
 # --- eval / search / sample -------------------------------------------------------------
 def _add_data_options(p):
     p.add_argument("--dataset", default=None, help="data.name (default: the file's run's data)")
@@ -503,7 +531,7 @@ def cmd_run(args):
 
 
 PARSERS = [add_run, add_cost, add_convert_oqa, add_inherit, add_analyze, add_train, add_config, add_export,
-           add_latency, add_eval, add_search, add_sample]
+           add_latency, add_predict, add_eval, add_search, add_sample]
 
 
 def build_parser() -> argparse.ArgumentParser:

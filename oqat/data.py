@@ -193,6 +193,15 @@ class Splits:
     image_size: int  # side of the (square) network input
     mean: tuple[float, ...]  # normalization mean per channel
     std: tuple[float, ...]  # normalization std per channel
+    classes: tuple[str, ...] | None = None  # the name of each label, where the data names them
+
+    def preprocess(self, resolution: int) -> dict:
+        """How an image file becomes this data's network input at `resolution` px, as
+        `oqat.preprocess.Preprocess` reads it: the evaluation transform of `eval_batches`."""
+        folder = isinstance(self.test, FolderSubset)
+        return {"channels": self.in_channels, "resize": math.ceil(resolution / 0.875) if folder else self.image_size,
+                "crop": resolution if folder else None, "size": resolution, "mean": list(self.mean),
+                "std": list(self.std)}
 
 
 # ---------------------------------------------------------------- Fashion-MNIST
@@ -475,13 +484,17 @@ def load_splits(cfg: DataConfig) -> Splits:
     train = train.take(train_idx.sort().values)
     if is_folder:
         return Splits(train, val, test, len(train.folder.classes), 3, cfg.image_size or 224,
-                      IMAGENET_MEAN, IMAGENET_STD)
+                      IMAGENET_MEAN, IMAGENET_STD, tuple(train.folder.classes))
     size = train.images.shape[-1]
     if cfg.image_size not in (None, size):
         raise DataError(f"data.image_size={cfg.image_size} but {cfg.name} images are {size} px; "
                         "leave it unset")
     classes = {"synthetic": cfg.synthetic_classes, "cifar100": 100}.get(cfg.name, 10)
-    return Splits(train, val, test, classes, train.images.shape[1], size, train.mean, train.std)
+    names = None
+    if cfg.name == "fashion-mnist":
+        from torchvision.datasets import FashionMNIST
+        names = tuple(FashionMNIST.classes)
+    return Splits(train, val, test, classes, train.images.shape[1], size, train.mean, train.std, names)
 
 
 def subset(ds: Dataset, n: int, seed: int) -> Dataset:

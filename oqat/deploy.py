@@ -21,6 +21,8 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from .layout import ExportLayout
+from .preprocess import Preprocess
+from .records import read_facts
 
 ONNX_RUNTIMES = ("openvino", "onnxruntime")  # the runtimes of the ONNX graph, preferred first
 RUNTIMES = ("oqat", *ONNX_RUNTIMES)  # every runtime of an export, preferred first
@@ -89,9 +91,11 @@ class Runner:
 
     `model`: an export folder (each runtime takes its file from it), or for "oqat" a model.oqrt
     path or its bytes, for the ONNX runtimes an ONNX model or .onnx path. `runtime`: one of
-    RUNTIMES, default the fastest here that reads `model`."""
+    RUNTIMES, default the fastest here that reads `model`. From an export folder it also knows
+    the images it takes and its classes (`classify`)."""
 
     def __init__(self, model, runtime: str | None = None, threads: int | None = None):
+        self.preprocess, self.classes = _folder_facts(model)
         if runtime is None:
             graph = isinstance(model, onnx.ModelProto) or str(model).endswith(".onnx")
             runtime = next((r for r in runtimes() if not (graph and r == "oqat")), "onnxruntime")
@@ -151,6 +155,27 @@ class Runner:
     def logits(self, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
         """Logits of a (normalised, resized) batch, `batch` images at a time."""
         return torch.from_numpy(np.concatenate([self(x[i:i + batch]) for i in range(0, len(x), batch)]))
+
+    def classify(self, images: list, top: int = 5) -> list[list[tuple[str, float]]]:
+        """For each image (a file path or a PIL image), its `top` classes with their
+        probabilities, most likely first: the export folder's preprocessing and class names."""
+        if self.preprocess is None:
+            raise ValueError("this export folder's facts.json does not say how its images are preprocessed "
+                             "(exported without data: give `oqat export` the run's data)")
+        logits = torch.from_numpy(self(self.preprocess(images))).double()
+        probs, idx = logits.softmax(1).topk(min(top, logits.shape[1]), dim=1)
+        names = self.classes or [str(i) for i in range(logits.shape[1])]
+        return [[(names[i], p) for i, p in zip(row_i.tolist(), row_p.tolist())] for row_i, row_p in zip(idx, probs)]
+
+
+def _folder_facts(model) -> tuple[Preprocess | None, list[str] | None]:
+    """(preprocessing, class names) of an export folder's facts.json; (None, None) otherwise."""
+    path = ExportLayout(os.fspath(model)).facts if isinstance(model, (str, os.PathLike)) else None
+    if path is None or not os.path.isfile(path):
+        return None, None
+    facts = read_facts(path)
+    spec = facts.get("preprocess")
+    return (Preprocess.from_dict(spec, path) if spec else None), facts.get("classes")
 
 
 def export_runners(graph: onnx.ModelProto, runtime_model: bytes | str | None, threads: int | None = None,

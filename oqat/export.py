@@ -333,7 +333,8 @@ def sizes(model: onnx.ModelProto, fp32: onnx.ModelProto, paths: dict[str, str]) 
 
 def export(net: Subnet, out_dir: str, test: tuple[torch.Tensor, torch.Tensor] | None = None,
            mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
-           source: str | None = None, speed_rounds: int = 5) -> dict:
+           source: str | None = None, speed_rounds: int = 5, preprocess: dict | None = None,
+           classes: tuple[str, ...] | None = None) -> dict:
     """Write model.onnx (integer graph), model.qonnx.onnx, weights.oqpk, arch.json and
     MODEL_CARD.md for `net` (eval mode, BN final) into out_dir. `test` = (normalised images
     at net.arch.r, labels) gives the card the test top-1 of PyTorch and of each runtime;
@@ -354,7 +355,8 @@ def export(net: Subnet, out_dir: str, test: tuple[torch.Tensor, torch.Tensor] | 
     checkpoint.write_json(paths["arch"], arch.to_dict())
     facts = {"arch": arch.to_str(), "bits": net.bits, "cost": arch_metrics(arch, net.space, net.bits),
              "input": [net.space.in_channels, arch.r, arch.r], "mean": mean, "std": std, "source": source,
-             "sizes": sizes(model, fp32, paths), "machine": machine.summary()}
+             "sizes": sizes(model, fp32, paths), "machine": machine.summary(), "preprocess": preprocess,
+             "classes": list(classes) if classes else None}
     if test is not None:
         images, labels = test
         runners = deploy.export_runners(model, paths.get("runtime"))
@@ -401,7 +403,8 @@ def export_checkpoint(path: str, arch: str | None, out_dir: str, calib_images: i
         pairs = list(eval_batches(subset(splits.test, min(test_images, len(splits.test)), 0), data_cfg, net.arch.r))
         test = resize(torch.cat([x for x, _ in pairs]), net.arch.r), torch.cat([y for _, y in pairs])
     return export(net, out_dir, test, splits and splits.mean, splits and splits.std,
-                  source or os.path.basename(path), speed_rounds)
+                  source or os.path.basename(path), speed_rounds, splits and splits.preprocess(net.arch.r),
+                  splits and splits.classes)
 
 
 def _bits_text(bits) -> str:

@@ -205,7 +205,43 @@ def test_export_cli_writes_a_deployable_folder(tmp_path, capsys):
     facts = json.loads((out / "facts.json").read_text())
     sizes = facts["sizes"]
     assert sizes["onnx"] < sizes["int8"] < sizes["fp32"] / 2 and sizes["packed"] < sizes["int8"]
+    assert sizes["runtime"] < sizes["onnx"]
     assert "at 4-bit" in capsys.readouterr().out
+    check_predict(out, tmp_path, capsys)
+
+
+def check_predict(out, tmp_path, capsys):
+    """`oqat predict` classifies image files by the folder's own preprocessing, in each runtime
+    alike, and says in one line what is wrong with a bad argument."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 30), dtype=np.uint8)).save(images / f"{i}.png")
+    (images / "notes.txt").write_text("not an image")
+    answers = {}
+    for runtime in deploy.runtimes():
+        assert main(["predict", str(out), str(images), "--top", "3", "--runtime", runtime]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 3 and all(line.count("%") == 3 for line in lines)
+        answers[runtime] = [line.split(": ")[1].split(" ")[0] for line in lines]
+    assert len(set(map(tuple, answers.values()))) == 1  # every runtime, the same top class
+    runner = deploy.Runner(str(out))
+    files = sorted(str(p) for p in images.glob("*.png"))
+    x = runner.preprocess(files)
+    assert x.shape == (3, 1, ARCH.r, ARCH.r) and x.dtype == np.float32
+    top = runner.classify(files, 1)
+    assert [t[0][0] for t in top] == [str(i) for i in runner(x).argmax(1)]
+    assert main(["predict", str(out / ExportLayout.ONNX), str(images)]) == 2
+    assert "must be an export folder" in capsys.readouterr().err
+    assert main(["predict", str(out), str(images / "notes.txt")]) == 2
+    assert "is not an image file" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="must be float images"):
+        runner((x * 255).astype(np.uint8))
+    with pytest.raises(ValueError, match="input must be N x 1"):
+        runner(x[:, :, :5])
 
 
 def test_export_cli_explains_what_is_missing(tmp_path, capsys):

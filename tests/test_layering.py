@@ -16,7 +16,7 @@ LAYERS = [  # lowest first
     ("file formats", {"files", "records"}),
     ("run settings", {"experiment"}),
     ("training, search and analysis", {"evaluate", "inherit", "predictor", "search", "train", "analysis"}),
-    ("deployment", {"export", "deploy", "latency", "runtime"}),  # runtime/: the C runtime, one package
+    ("deployment", {"export", "deploy", "latency", "runtime", "preprocess"}),  # runtime/: the C runtime, one package
     ("the run", {"report", "pipeline"}),
     ("entry points", {"cli", "__main__", "__init__"}),
 ]
