@@ -38,7 +38,8 @@ def build(out_dir: Path) -> Path:
         subprocess.run(["cc", *FLAGS, *isa, "-c", str(SRC / name), "-o", str(obj)], check=True)
         objs.append(str(obj))
     exe = out_dir / "kernel_speed"
-    subprocess.run(["cc", *FLAGS, str(ROOT / "benchmarks" / "kernel_speed.c"), *objs, "-lm", "-o", str(exe)], check=True)
+    subprocess.run(["cc", *FLAGS, str(ROOT / "benchmarks" / "kernel_speed.c"), *objs, "-lm", "-o", str(exe)],
+                   check=True)
     return exe
 
 
@@ -133,7 +134,8 @@ def table(kind: str, runs: list[dict], extra: dict | None = None) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tiny", action="store_true", help="two 1x1 and one depthwise shape, very short runs (for the test suite)")
+    p.add_argument("--tiny", action="store_true",
+                   help="two 1x1 and one depthwise shape, very short runs (for the test suite)")
     p.add_argument("--bits", default="2,3,4,8", help="code widths to run (activations and weights alike)")
     p.add_argument("--repeat", type=int, default=1, help="runs of the whole benchmark (their spread is printed)")
     p.add_argument("--no-torch", action="store_true", help="leave out torch's fp32 matmul")
