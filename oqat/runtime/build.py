@@ -26,8 +26,8 @@ AVX2, AVX512 = ["-mavx2", "-mfma"], ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw
                                      "-mavxvnni"]
 # x86-64 objects beyond the base set: (source, object name, its flags)
 X86_OBJECTS = [("kernels_avx2.c", "kernels_avx2", AVX2), ("kernels_avx512.c", "kernels_avx512", AVX512),
-               ("stem.c", "stem_avx2", AVX2 + ["-DOQ_STEM=oq_stem_avx2"]),
-               ("stem.c", "stem_avx512", AVX512 + ["-DOQ_STEM=oq_stem_avx512"])]
+               ("fp.c", "fp_avx2", AVX2 + ["-DOQ_FP=oq_fp_avx2"]),
+               ("fp.c", "fp_avx512", AVX512 + ["-DOQ_FP=oq_fp_avx512"])]
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -40,7 +40,7 @@ def x86_64() -> bool:
 
 def objects() -> list[tuple[str, str, list[str]]]:
     """(source path, object name, extra flags) of every object of the library."""
-    isa_only = {src for src, name, _ in X86_OBJECTS if src[:-2] == name}  # stem.c also has a base build
+    isa_only = {src for src, name, _ in X86_OBJECTS if src[:-2] == name}  # fp.c also has a base build
     base = [f for f in sorted(os.listdir(SRC)) if f.endswith(".c") and f not in isa_only]
     out = [(os.path.join(SRC, f), f[:-2], []) for f in base]
     if x86_64():

@@ -90,10 +90,10 @@ static size_t scratch_bytes(const oqat_rt_model *m) {
 static oqat_rt_model *finish_load(oqat_rt_model *m) {
   if (!m) return NULL;
   const char *isa = m->kernels->name;
-  m->stem_rows = oq_stem_base;
+  m->fp = &oq_fp_base;
 #if defined(__x86_64__)
-  if (!strcmp(isa, "avx2")) m->stem_rows = oq_stem_avx2;
-  if (!strcmp(isa, "avx512vnni")) m->stem_rows = oq_stem_avx512;
+  if (!strcmp(isa, "avx2")) m->fp = &oq_fp_avx2;
+  if (!strcmp(isa, "avx512vnni")) m->fp = &oq_fp_avx512;
 #endif
   m->scratch_bytes = scratch_bytes(m);
   pthread_mutex_init(&m->run_lock, NULL);
@@ -227,7 +227,7 @@ static void lines(const job *j, size_t r0, size_t r1, void *scratch) {
     const unsigned char *in = j->in + n * in_bytes;
     unsigned char *out = j->out + n * out_bytes;
     if (o->type == OP_STEM) {
-      j->m->stem_rows(o, (const float *)in, o->out_codes ? NULL : (float *)out, o->out_codes ? out : NULL, oy0, oy1,
+      j->m->fp->stem(o, (const float *)in, o->out_codes ? NULL : (float *)out, o->out_codes ? out : NULL, oy0, oy1,
                       scratch);
     } else {
       oq_epilogue e = epilogue(o, NULL, out);
@@ -247,7 +247,7 @@ static void run_task(void *ctx, int task, int thread) {
   switch (o->type) {
     case OP_STEM: case OP_DWCONV: lines(j, r0, r1, scratch); break;
     case OP_QUANT:
-      oq_quantize((const float *)j->in + r0 * o->c, (r1 - r0) * o->c, o->step, o->qn, o->qp, j->out + r0 * o->c);
+      j->m->fp->quantize((const float *)j->in + r0 * o->c, (r1 - r0) * o->c, o->step, o->qn, o->qp, j->out + r0 * o->c);
       break;
     case OP_CONV1X1: {
       oq_epilogue e = epilogue(o, j->res ? j->res + r0 * o->co * 4 : NULL, j->out + r0 * o->co * osize);
@@ -259,9 +259,9 @@ static void run_task(void *ctx, int task, int thread) {
         const float *x = (const float *)j->in + n * in_px;
         unsigned char *out = j->out + n * out_px * osize;
         float *of = o->out_codes ? NULL : (float *)out;
-        if (o->type == OP_SE) oq_se(o, x, of, o->out_codes ? out : NULL, scratch);
-        if (o->type == OP_POOL) oq_pool_mean(o, x, of, o->out_codes ? out : NULL, scratch);
-        if (o->type == OP_LINEAR) oq_linear(o, x, of);
+        if (o->type == OP_SE) j->m->fp->se(o, x, of, o->out_codes ? out : NULL, scratch);
+        if (o->type == OP_POOL) j->m->fp->pool(o, x, of, o->out_codes ? out : NULL, scratch);
+        if (o->type == OP_LINEAR) j->m->fp->linear(o, x, of);
       }
   }
 }

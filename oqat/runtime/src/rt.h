@@ -38,6 +38,20 @@ typedef struct {
 
 typedef struct oq_pool oq_pool;
 
+/* fp.c, compiled once per instruction set: the full-precision ops and the quantizer, each on
+   one image (the stem on its output rows oy0..oy1-1). The stem's weights stem_w are
+   [k][k][cin][co rounded up to OQ_STEM_LANES], zero past co. Scratch: the stem k * (w + k) * cin
+   doubles; SE c doubles then (2 c + mid) floats; pooling c doubles then c floats. */
+enum { OQ_STEM_LANES = 8 };
+typedef struct {
+  void (*stem)(const oq_op *op, const float *x, float *y_f32, uint8_t *y_u8, int oy0, int oy1, void *scratch);
+  void (*quantize)(const float *y, size_t n, float step, int qn, int qp, uint8_t *out);
+  void (*se)(const oq_op *op, const float *x, float *out_f32, uint8_t *out_u8, void *scratch);
+  void (*pool)(const oq_op *op, const float *x, float *out_f32, uint8_t *out_u8, void *scratch);
+  void (*linear)(const oq_op *op, const float *x, float *out);
+} oq_fp_ops;
+extern const oq_fp_ops oq_fp_base, oq_fp_avx2, oq_fp_avx512;
+
 struct oqat_rt_model {
   int in_c, in_h, in_w, num_classes;
   int n_ops;
@@ -45,7 +59,7 @@ struct oqat_rt_model {
   oq_value *values;          /* n_ops + 1 */
   size_t arena_per_image;
   const oq_kernels *kernels;
-  void (*stem_rows)(const oq_op *op, const float *x, float *y_f32, uint8_t *y_u8, int oy0, int oy1, double *acc);
+  const oq_fp_ops *fp;       /* the full-precision ops built for the kernels' instruction set */
   size_t file_code_bytes, resident_code_bytes, resident_float_bytes;
   /* run state, one run at a time */
   pthread_mutex_t run_lock;
@@ -63,20 +77,6 @@ int oq_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* reader.c */
 oqat_rt_model *oq_read(const unsigned char *data, size_t size, const char *isa);
 void oq_free_ops(oqat_rt_model *m);
-
-/* ops.c: the full-precision parts and the quantizer, on rows of one image */
-void oq_quantize(const float *y, size_t n, float step, int qn, int qp, uint8_t *out);
-/* scratch: (2 c + mid) floats after c doubles (pool: c doubles and c floats) */
-void oq_se(const oq_op *op, const float *x, float *out_f32, uint8_t *out_u8, void *scratch);
-void oq_pool_mean(const oq_op *op, const float *x, float *out_f32, uint8_t *out_u8, void *scratch);
-void oq_linear(const oq_op *op, const float *x, float *out);
-
-/* stem.c, compiled once per instruction set: output rows oy0..oy1-1 of one image; the weights
-   stem_w are [k][k][cin][co rounded up to OQ_STEM_LANES], zero past co; scratch: k * (w + 2 pad)
-   * cin doubles */
-enum { OQ_STEM_LANES = 8 };
-typedef void oq_stem_fn(const oq_op *op, const float *x, float *y_f32, uint8_t *y_u8, int oy0, int oy1, double *acc);
-oq_stem_fn oq_stem_base, oq_stem_avx2, oq_stem_avx512;
 
 /* threads.c: fn(ctx, task, thread) for task 0..n_tasks-1 over the pool and the caller */
 typedef void oq_task_fn(void *ctx, int task, int thread);
