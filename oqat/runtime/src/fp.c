@@ -16,9 +16,18 @@ static void quantize(const float *y, size_t n, float step, int qn, int qp, uint8
   for (size_t i = 0; i < n; i++) out[i] = oq_code(y[i], step, qn, qp);
 }
 
-typedef double lanes_t __attribute__((vector_size(OQ_STEM_LANES * sizeof(double))));
+/* Output channels summed at once: one register of doubles of this build (the padded weight rows,
+   OQ_STEM_LANES wide, hold a whole number of them). */
+#if defined(__AVX512F__)
+enum { V = 8 };
+#elif defined(__AVX__)
+enum { V = 4 };
+#else
+enum { V = 2 };
+#endif
+typedef double lanes_t __attribute__((vector_size(V * sizeof(double))));
 
-/* The float64 sums of n pixels (ox..ox+n-1 of the k rows in img) over output channels j0..j0+L-1:
+/* The float64 sums of n pixels (ox..ox+n-1 of the k rows in img) over output channels j0..j0+V-1:
    one chain of adds per pixel, so n chains run at once. */
 static inline void sums(const oq_op *op, const double *img, int pw, int lanes, int ox, int n, int j0, lanes_t *acc) {
   int k = op->k, s = op->stride, cin = op->c, row = k * cin;
@@ -37,7 +46,7 @@ static inline void sums(const oq_op *op, const double *img, int pw, int lanes, i
 /* scratch: k rows of the padded image as float64 [k][w + 2 pad][cin] (zero borders: padding
    adds exact zeros), so that each kernel row's inputs are contiguous */
 static void stem(const oq_op *op, const float *x, float *y_f32, uint8_t *y_u8, int oy0, int oy1, void *scratch) {
-  enum { L = OQ_STEM_LANES, BLOCK = 4 };
+  enum { L = OQ_STEM_LANES, BLOCK = 8 };
   int k = op->k, s = op->stride, pad = k / 2, cin = op->c, co = op->co, h = op->h, w = op->w;
   int pw = w + 2 * pad, lanes = (co + L - 1) / L * L;
   double *img = scratch;
@@ -51,7 +60,7 @@ static void stem(const oq_op *op, const float *x, float *y_f32, uint8_t *y_u8, i
         }
     for (int ox = 0; ox < op->wo; ox += BLOCK) {
       int n = op->wo - ox < BLOCK ? op->wo - ox : BLOCK;
-      for (int j0 = 0; j0 < lanes; j0 += L) {
+      for (int j0 = 0; j0 < co; j0 += V) {
         lanes_t acc[BLOCK];
         if (n == BLOCK)
           sums(op, img, pw, lanes, ox, BLOCK, j0, acc);
@@ -59,7 +68,7 @@ static void stem(const oq_op *op, const float *x, float *y_f32, uint8_t *y_u8, i
           sums(op, img, pw, lanes, ox, n, j0, acc);
         for (int q = 0; q < n; q++) {
           size_t base = ((size_t)oy * op->wo + ox + q) * co;
-          for (int j = j0; j < co && j < j0 + L; j++) {
+          for (int j = j0; j < co && j < j0 + V; j++) {
             float y = (float)acc[q][j - j0] * op->scale[j];
             y = oq_act(y + op->shift[j], op->act);
             if (y_f32)
