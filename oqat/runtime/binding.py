@@ -23,9 +23,9 @@ class _Op(ctypes.Structure):
 
 
 @functools.cache
-def library(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL:
+def library() -> ctypes.CDLL:
     """The runtime library (built on first use; `build.RuntimeUnavailable` where it cannot be)."""
-    lib = ctypes.CDLL(build.build(extra_flags))
+    lib = ctypes.CDLL(build.build())
     p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_float)
     sigs = {"oqat_rt_load": (p, [ctypes.c_char_p, ctypes.c_char_p]),
             "oqat_rt_load_memory": (p, [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]),
@@ -55,8 +55,8 @@ class Model:
     library's message."""
 
     def __init__(self, path: str | None = None, threads: int | None = None, isa: str | None = None,
-                 data: bytes | None = None, _flags: tuple[str, ...] = ()):
-        self._lib = lib = library(_flags)
+                 data: bytes | None = None):
+        self._lib = lib = library()
         enc = isa.encode() if isa else None
         handle = lib.oqat_rt_load(os.fsencode(path), enc) if data is None else lib.oqat_rt_load_memory(data, len(data),
                                                                                                          enc)

@@ -22,6 +22,7 @@ import struct
 import zlib
 
 import numpy as np
+import torch
 
 from .. import checkpoint, requant
 from ..packed import code_width, pack, unpack, weight_codes
@@ -170,7 +171,6 @@ def _blob_bytes(kind: int, array, bits: int = 0) -> tuple[bytes, int]:
     if kind == TEXT:
         return array, len(array)
     if kind == CODES:
-        import torch
         return pack(torch.from_numpy(np.ascontiguousarray(array, np.int8)), bits).numpy().tobytes(), array.size
     return np.ascontiguousarray(array, "<f4").tobytes(), array.size
 
@@ -265,7 +265,6 @@ def decode(data: bytes) -> ModelFile:
             return raw.decode("utf-8", "replace")
         if kind == F32:
             return np.frombuffer(raw, "<f4").astype(np.float32)
-        import torch
         qn, qp = qrange(bits, signed=True)
         codes = np.frombuffer(raw, np.uint8).copy()
         q = unpack(torch.from_numpy(codes), (count,), bits).numpy()

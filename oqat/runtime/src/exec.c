@@ -314,10 +314,9 @@ int oqat_rt_run(oqat_rt_model *m, const float *input, int batch, float *logits) 
 int oqat_rt_num_ops(const oqat_rt_model *m) { return m->n_ops; }
 
 int oqat_rt_op_info(const oqat_rt_model *m, int i, oqat_rt_op *out) {
-  static const char *const types[] = {"?", "stem", "quant", "conv1x1", "dwconv", "se", "pool", "linear"};
   if (!m || i < 0 || i >= m->n_ops) return oq_error("no op %d", i);
   const oq_op *o = &m->ops[i];
-  *out = (oqat_rt_op){o->name ? o->name : "", types[o->type], o->input, o->residual, o->ho, o->wo, o->co,
+  *out = (oqat_rt_op){o->name ? o->name : "", oq_op_names[o->type], o->input, o->residual, o->ho, o->wo, o->co,
                       o->out_codes, o->qn, o->qp, o->step};
   return 0;
 }

@@ -26,7 +26,7 @@ enum { MAX_CHANNELS = 8192, MAX_SIDE = 4096, MAX_IN_CHANNELS = 64, MAX_OPS = 409
 enum { F_TYPE, F_INPUT, F_RES, F_OUT_CODES, F_COUT, F_K, F_STRIDE, F_ACT, F_WBITS, F_STEP, F_QN, F_QP, F_NAME,
        F_BLOB0, F_RESERVED = 17, N_FIELDS = 20 };
 
-static const char *const op_names[] = {"?", "stem", "quant", "conv1x1", "dwconv", "se", "pool", "linear"};
+const char *const oq_op_names[OP_LINEAR + 1] = {"?", "stem", "quant", "conv1x1", "dwconv", "se", "pool", "linear"};
 
 typedef struct {
   const unsigned char *p;
@@ -245,7 +245,7 @@ static int read_op(oqat_rt_model *m, const file *f, int i) {
   if (w[F_TYPE] < OP_STEM || w[F_TYPE] > OP_LINEAR) return oq_error("%s: unknown type %u", where, w[F_TYPE]);
   int t = o->type = (int)w[F_TYPE];
   if (w[F_NAME] != NONE && !(o->name = text(f, w[F_NAME], where))) return -1;
-  snprintf(where, sizeof where, "op %d (%s '%.40s')", i, op_names[t], o->name ? o->name : "");
+  snprintf(where, sizeof where, "op %d (%s '%.40s')", i, oq_op_names[t], o->name ? o->name : "");
   for (int j = F_RESERVED; j < N_FIELDS; j++)
     if (w[j]) return oq_error("%s: reserved field %d is not 0", where, j);
   if (w[F_INPUT] > (uint32_t)i || (w[F_INPUT] == 0) != (t == OP_STEM))

@@ -11,6 +11,7 @@
 
 /* The file's op types (oqat/runtime/model_file.py is the format's statement). */
 enum { OP_STEM = 1, OP_QUANT, OP_CONV1X1, OP_DWCONV, OP_SE, OP_POOL, OP_LINEAR };
+extern const char *const oq_op_names[OP_LINEAR + 1]; /* by type: "stem", "quant", ... */
 
 typedef struct {
   int type, input, residual; /* value ids; residual -1: none */
