@@ -287,9 +287,8 @@ static int run(oqat_rt_model *m, const float *input, int batch, float *logits, o
                o->residual >= 0 ? value(m, o->residual, images, x, y) : NULL, value(m, i + 1, images, x, y)};
       double work;
       j.rows = op_rows(o, images, &work);
-      double tasks = work * j.rows / MIN_TASK_WORK;
-      if (m->threads > 1 && tasks >= 2) j.n_tasks = tasks < TASKS_PER_THREAD * m->threads ? (int)tasks
-                                                                                    : TASKS_PER_THREAD * m->threads;
+      double tasks = work * j.rows / MIN_TASK_WORK, most = TASKS_PER_THREAD * m->threads;
+      if (m->threads > 1 && tasks >= 2) j.n_tasks = (int)(tasks < most ? tasks : most);
       if ((size_t)j.n_tasks > j.rows) j.n_tasks = (int)j.rows;
       oq_pool_run(m->pool, run_task, &j, j.n_tasks);
       if (visit) visit(user, i, first, images, j.out, value_bytes(o) * images);

@@ -30,7 +30,7 @@ const char *const oq_op_names[OP_LINEAR + 1] = {"?", "stem", "quant", "conv1x1",
 
 typedef struct {
   const unsigned char *p;
-  size_t size, body_end, blob_table;
+  size_t body_end, blob_table; /* the data ends before the checksum; the blob table's offset */
   uint32_t n_blobs;
 } file;
 
@@ -318,7 +318,7 @@ oqat_rt_model *oq_read(const unsigned char *p, size_t size, const char *isa) {
   if (!ncls || ncls > MAX_CHANNELS) return oq_error("bad class count %u", ncls), NULL;
   if (!n_ops || n_ops > MAX_OPS || n_blobs > 8 * MAX_OPS) return oq_error("bad op or blob count"), NULL;
   uint32_t meta = u32(p + 32);
-  file f = {p, size, size - 4, HEADER_BYTES + (size_t)n_ops * OP_BYTES, n_blobs};
+  file f = {p, size - 4, HEADER_BYTES + (size_t)n_ops * OP_BYTES, n_blobs};
   size_t data_start = f.blob_table + (size_t)n_blobs * BLOB_BYTES;
   if (data_start > f.body_end) return oq_error("truncated file: its tables run past the end"), NULL;
   for (uint32_t i = 0; i < n_blobs; i++) {
