@@ -8,13 +8,17 @@
  * is summed twice (hi * 16 + lo).
  * Weights: the c4 layout and true-width storage of kernels_avx512.c with tiles of 16 channels
  * (the last one 8 or 16).
+ * 2-bit (and 1-bit) activations x 2-bit (and 1-bit) weights take a lookup kernel instead (see
+ * "2-bit lookup" below: vpshufb over tables indexed by activation pairs, 64 MACs per vpshufb +
+ * vpaddb), ~1.3x to 1.7x the vpmaddubsw loop on MobileNetV3's 1x1 shapes (Zen 5, AVX2 path).
  *
  * Depthwise: 16 channels per vector, int16 products, summed in int16 when exact (two output
  * pixels per iteration sharing each tap's widened weights: +15-30%), else in int32.
  *
  * Epilogue: with oq_epilogue.thresholds (codes of <= 3 bits), 1-7 integer compares per 8
  * outputs, which measured faster here than the float operations (whose partial vectors need
- * vpmaskmov loads), by ~30% at 2 bits on the small-cin expand convs.
+ * vpmaskmov loads), by ~30% at 2 bits on the small-cin expand convs; inlined, and in the lookup
+ * kernel packed to bytes 16 channels at a time (the epilogue was a third of its time there).
  */
 #include "kernels.h"
 
@@ -25,19 +29,6 @@
 #include "kernels_common.h"
 
 enum { LANES = 8, NRV = 2, TILE = LANES * NRV, MR = 4 };
-
-static size_t pack1x1_size(int cout, int cin, int wbits) {
-  return oq_pack_size(cout, cin, wbits, TILE, LANES);
-}
-
-static void pack1x1(const int8_t *codes, int cout, int cin, int wbits, int abits, void *dst) {
-  oq_pack(codes, cout, cin, wbits, abits, TILE, LANES, OQ_PACK_AVX2, 0, dst);
-}
-
-static size_t scratch1x1_size(int cout, int cin, int wbits) {
-  (void)cout;
-  return oq_pack_store_bits(wbits) == 8 ? 0 : oq_pack_tile_bytes(cin, TILE);
-}
 
 /* Layout bytes from their 2- or 4-bit storage, 64 at a time. */
 static void expand_tile(const uint8_t *src, int bits, size_t layout_bytes, int8_t *dst) {
@@ -95,7 +86,8 @@ static inline __attribute__((always_inline)) __m256i count_above8(__m256i x, con
 
 /* The threshold epilogue of 8 channels c0.. of a conv with cout channels (rows padded to 16:
    whole vectors load), u = #{j : (acc ^ flip) > T_j}. */
-static __m256i threshold_codes8(const oq_epilogue *e, int cout, int c0, __m256i acc) {
+static inline __attribute__((always_inline)) __m256i threshold_codes8(const oq_epilogue *e, int cout, int c0,
+                                                                       __m256i acc) {
   size_t ld = oq_thresholds_ld(cout);
   const int32_t *t = e->thresholds + c0;
   __m256i x = _mm256_xor_si256(acc, _mm256_loadu_si256((const void *)t));
@@ -232,10 +224,8 @@ static int int16_period(int abits, int wbits) {
   return 32767 / (2 * umax * wmax);
 }
 
-static void conv1x1(const uint8_t *a, int lda, int rows, const void *packed, const oq_epilogue *e,
-                    void *scratch) {
-  const oq_packed1x1 *h = packed;
-  if (h->magic != OQ_PACK_AVX2) abort();  /* weights packed by another path */
+static void c4_conv1x1(const uint8_t *a, int lda, int rows, const oq_packed1x1 *h, const oq_epilogue *e,
+                       void *scratch) {
   int s = oq_pack_store_bits(h->wbits), period = int16_period(h->abits, h->wbits);
   oq_recip rc = oq_recip_of(e);
   for (int t = 0; t * TILE < h->cout; t++) {
@@ -262,6 +252,254 @@ static void conv1x1(const uint8_t *a, int lda, int rows, const void *packed, con
         }
     }
   }
+}
+
+/* ---- 2-bit lookup 1x1 conv (abits <= 2, wbits <= 2) ----
+ *
+ * Input channels go in pairs (2p, 2p+1). A pixel's activation pair a = (a0, a1) (codes 0..3)
+ * has only 16 values, so its products with every weight pair are one of 16 tables of 16 bytes:
+ * T_a[i] = a0 * u0 + a1 * u1 over the unsigned weight pair i = u0 | u1 << 2 (u = w + 2, 0..3;
+ * 1-bit codes -1..1 fit too), entries 0..18. The weights are stored as those 4-bit indices, 32
+ * channels per tile, two pairs per byte ([ceil(pairs/2)][32]: pair 2j in the low nibble, 2j+1
+ * in the high one; 2 bits per weight, as compact as the c4 storage). Per pixel and pair one
+ * vpshufb of the channels' indices into the broadcast table T_a gives 32 channels' pair sums
+ * (64 MACs) and one vpaddb adds them in u8, for LUT_U8_STEPS pairs (14 * 18 <= 255); the u8
+ * sums are then split into even and odd channels' u16 sums (vpand, vpsrlw), widened to int32
+ * at the end, and sum_k a_k * w_k = sum_k a_k * u_k - 2 * sum_k a_k.
+ * Each row's table offsets 16 * (a0 + 4 a1) and code sum are computed once per row (vectors)
+ * and reused over every tile. */
+enum { LUT_TILE = 32, LUT_MR = 4, LUT_U8_STEPS = 14, LUT_LAYOUT = 1 };
+/* Weight vectors (two pairs each) whose u16 sums cannot overflow: 2 * 1820 * 18 <= 65535. */
+enum { LUT_U16_VECTORS = 1820 };
+
+#define LUT_E(r, i) (((r) & 3) * ((i) & 3) + ((r) >> 2) * ((i) >> 2))
+#define LUT_ROW(r)                                                                                    \
+  {LUT_E(r, 0),  LUT_E(r, 1),  LUT_E(r, 2),  LUT_E(r, 3),  LUT_E(r, 4),  LUT_E(r, 5),  LUT_E(r, 6),  \
+   LUT_E(r, 7),  LUT_E(r, 8),  LUT_E(r, 9),  LUT_E(r, 10), LUT_E(r, 11), LUT_E(r, 12), LUT_E(r, 13), \
+   LUT_E(r, 14), LUT_E(r, 15)}
+/* lut_tables[a0 + 4 a1][u0 + 4 u1] = a0 * u0 + a1 * u1 */
+static _Alignas(64) const uint8_t lut_tables[16][16] = {
+    LUT_ROW(0), LUT_ROW(1), LUT_ROW(2),  LUT_ROW(3),  LUT_ROW(4),  LUT_ROW(5),  LUT_ROW(6),  LUT_ROW(7),
+    LUT_ROW(8), LUT_ROW(9), LUT_ROW(10), LUT_ROW(11), LUT_ROW(12), LUT_ROW(13), LUT_ROW(14), LUT_ROW(15)};
+
+static int lut_applies(int wbits, int abits) { return wbits <= 2 && abits <= 2; }
+
+/* Weight vectors of a tile: two channel pairs each. */
+static int lut_vectors(int cin) { return ((cin + 1) / 2 + 1) / 2; }
+
+static size_t lut_pack_size(int cout, int cin) {
+  return sizeof(oq_packed1x1) + (size_t)(cout + LUT_TILE - 1) / LUT_TILE * lut_vectors(cin) * LUT_TILE;
+}
+
+/* Bytes of one row's table offsets (two per weight vector), rounded for whole-vector stores. */
+static size_t lut_offsets_ld(int cin) { return ((size_t)lut_vectors(cin) * 2 + 63) / 64 * 64; }
+
+/* The unsigned weight pair index of channel c at input channels (2p, 2p+1); channels past cout
+   or cin count as weight 0 (their activation is 0, or their sums are dropped). */
+static unsigned lut_index(const int8_t *codes, int cout, int cin, int c, int p) {
+  unsigned i = 0;
+  for (int b = 0; b < 2; b++) {
+    int k = 2 * p + b, w = c < cout && k < cin ? codes[(size_t)c * cin + k] : 0;
+    i |= (unsigned)(w + 2) << (2 * b);
+  }
+  return i;
+}
+
+static void lut_pack(const int8_t *codes, int cout, int cin, int wbits, int abits, void *dst) {
+  oq_packed1x1 *h = dst;
+  memset(h, 0, sizeof *h);
+  h->magic = OQ_PACK_AVX2;
+  h->cout = cout, h->cin = cin, h->wbits = wbits, h->abits = abits, h->layout = LUT_LAYOUT;
+  uint8_t *out = (uint8_t *)(h + 1);
+  int nv = lut_vectors(cin);
+  for (int t = 0; t * LUT_TILE < cout; t++)
+    for (int j = 0; j < nv; j++)
+      for (int c = 0; c < LUT_TILE; c++, out++)
+        *out = (uint8_t)(lut_index(codes, cout, cin, t * LUT_TILE + c, 2 * j) |
+                         lut_index(codes, cout, cin, t * LUT_TILE + c, 2 * j + 1) << 4);
+}
+
+/* Table offsets 16 * (a_2p + 4 a_2p+1) of 64 codes x0, x1 (32 offsets at off), masked to 2 bits
+   so that no code indexes past the tables; adds the codes' sum to *sum. */
+static void lut_offsets64(__m256i x0, __m256i x1, uint8_t *off, __m256i *sum) {
+  const __m256i m3 = _mm256_set1_epi8(3), mul = _mm256_set1_epi16(16 | 64 << 8);
+  x0 = _mm256_and_si256(x0, m3), x1 = _mm256_and_si256(x1, m3);
+  *sum = _mm256_add_epi64(*sum, _mm256_add_epi64(_mm256_sad_epu8(x0, _mm256_setzero_si256()),
+                                                 _mm256_sad_epu8(x1, _mm256_setzero_si256())));
+  __m256i o = _mm256_packus_epi16(_mm256_maddubs_epi16(x0, mul), _mm256_maddubs_epi16(x1, mul));
+  _mm256_storeu_si256((void *)off, _mm256_permute4x64_epi64(o, 0xd8));  /* packus works per lane */
+}
+
+static __m256i load32(const uint8_t *p) { return _mm256_loadu_si256((const void *)p); }
+
+/* A row's table offsets off[p] for its lut_vectors(cin) * 2 pairs (0, the all-zero table, past
+   cin), and the sum of its codes; `readable` bytes from a may be read (>= cin). The last codes
+   are loaded whole and masked where 64 bytes can be read, else copied (at the buffer's end: a
+   copy there costs a failed store forwarding); off has lut_offsets_ld(cin) bytes. */
+static int lut_offsets(const uint8_t *a, int cin, size_t readable, uint8_t *off) {
+  __m256i sum = _mm256_setzero_si256();
+  int k = 0;
+  for (; k + 64 <= cin; k += 64) lut_offsets64(load32(a + k), load32(a + k + 32), off + k / 2, &sum);
+  if (k < cin && readable >= (size_t)k + 64) {
+    const __m256i n = _mm256_set1_epi8((char)(cin - k));
+    const __m256i i0 = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+                                        21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31);
+    const __m256i i1 = _mm256_add_epi8(i0, _mm256_set1_epi8(32));
+    lut_offsets64(_mm256_and_si256(load32(a + k), _mm256_cmpgt_epi8(n, i0)),
+                  _mm256_and_si256(load32(a + k + 32), _mm256_cmpgt_epi8(n, i1)), off + k / 2, &sum);
+  } else if (k < cin) {
+    uint8_t tail[64] = {0};
+    memcpy(tail, a + k, cin - k);
+    lut_offsets64(load32(tail), load32(tail + 32), off + k / 2, &sum);
+  }
+  int64_t s[4];
+  _mm256_storeu_si256((void *)s, sum);
+  return (int)(s[0] + s[1] + s[2] + s[3]);
+}
+
+static inline __m256i lut_table(const uint8_t *o) {
+  return _mm256_broadcastsi128_si256(_mm_load_si128((const void *)((const uint8_t *)lut_tables + *o)));
+}
+
+/* Adds the u16 sums of even and odd channels into int32 sums of channels 0..31 in order
+   (unpack interleaves them per 128-bit lane: lo holds channels 0-7 | 16-23, hi 8-15 | 24-31). */
+static inline void lut_widen(__m256i ev, __m256i od, __m256i acc[4]) {
+  __m256i lo = _mm256_unpacklo_epi16(ev, od), hi = _mm256_unpackhi_epi16(ev, od);
+  acc[0] = _mm256_add_epi32(acc[0], _mm256_cvtepu16_epi32(_mm256_castsi256_si128(lo)));
+  acc[1] = _mm256_add_epi32(acc[1], _mm256_cvtepu16_epi32(_mm256_castsi256_si128(hi)));
+  acc[2] = _mm256_add_epi32(acc[2], _mm256_cvtepu16_epi32(_mm256_extracti128_si256(lo, 1)));
+  acc[3] = _mm256_add_epi32(acc[3], _mm256_cvtepu16_epi32(_mm256_extracti128_si256(hi, 1)));
+}
+
+/* Adds to acc the sums of the rows whose table offsets are off[i] with the tile's weight vectors
+   [j0, j1): in u8 for LUT_U8_STEPS pairs, then in u16 per even (ev) and odd (od) channel. */
+static inline __attribute__((always_inline)) void lut_sums16(const uint8_t *const off[LUT_MR], const uint8_t *w,
+                                                             int j0, int j1, __m256i acc[LUT_MR][4]) {
+  const __m256i nib = _mm256_set1_epi8(15), low = _mm256_set1_epi16(0xff);
+  __m256i ev[LUT_MR], od[LUT_MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < LUT_MR; i++) ev[i] = od[i] = _mm256_setzero_si256();
+  for (int jb = j0; jb < j1; jb += LUT_U8_STEPS / 2) {
+    int je = jb + LUT_U8_STEPS / 2 < j1 ? jb + LUT_U8_STEPS / 2 : j1;
+    __m256i s[LUT_MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < LUT_MR; i++) s[i] = _mm256_setzero_si256();
+    for (int j = jb; j < je; j++) {
+      __m256i v = _mm256_loadu_si256((const void *)(w + (size_t)j * LUT_TILE));
+      __m256i lo = _mm256_and_si256(v, nib), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+#pragma GCC unroll 8
+      for (int i = 0; i < LUT_MR; i++) {
+        s[i] = _mm256_add_epi8(s[i], _mm256_shuffle_epi8(lut_table(off[i] + 2 * j), lo));
+        s[i] = _mm256_add_epi8(s[i], _mm256_shuffle_epi8(lut_table(off[i] + 2 * j + 1), hi));
+      }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < LUT_MR; i++) {
+      ev[i] = _mm256_add_epi16(ev[i], _mm256_and_si256(s[i], low));
+      od[i] = _mm256_add_epi16(od[i], _mm256_srli_epi16(s[i], 8));
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < LUT_MR; i++) lut_widen(ev[i], od[i], acc[i]);
+}
+
+/* The exact int32 sums of rows off[i] (code sums asum[i]) with the 32 channels of a tile (not
+   inlined: in the caller its loop lost registers to the epilogue's, -40%). */
+static __attribute__((noinline)) void lut_sums(const uint8_t *const off[LUT_MR], const int asum[LUT_MR], const uint8_t *w, int nv,
+                     __m256i acc[LUT_MR][4]) {
+  for (int i = 0; i < LUT_MR; i++)
+    for (int q = 0; q < 4; q++) acc[i][q] = _mm256_set1_epi32(-2 * asum[i]);
+  for (int j0 = 0; j0 < nv; j0 += LUT_U16_VECTORS)
+    lut_sums16(off, w, j0, j0 + LUT_U16_VECTORS < nv ? j0 + LUT_U16_VECTORS : nv, acc);
+}
+
+/* Threshold codes of channels c..c+15 (c + 16 <= oq_thresholds_ld(cout)) of row r as bytes;
+   packs and packus work per 128-bit lane, hence the permute. */
+static __m128i threshold_codes16(const oq_epilogue *e, int cout, int c, __m256i acc0, __m256i acc1) {
+  __m256i p = _mm256_packs_epi32(threshold_codes8(e, cout, c, acc0), threshold_codes8(e, cout, c + 8, acc1));
+  p = _mm256_permute4x64_epi64(p, 0xd8);
+  return _mm_packus_epi16(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+}
+
+/* The epilogue of channels c0..min(c0 + 32, cout) - 1 of row r: with thresholds, 16 codes are
+   packed to bytes and stored at once (at 2 bits the epilogue was a third of the time of the
+   small-cin convs), else epilogue8 per 8 channels. */
+static void lut_epilogue(const oq_epilogue *e, const oq_recip *rc, int r, int c0, int cout, const __m256i acc[4]) {
+  if (!e->thresholds) {
+    for (int q = 0; q < 4 && c0 + q * LANES < cout; q++) epilogue8(e, rc, r, c0 + q * LANES, cout, acc[q]);
+    return;
+  }
+  uint8_t *out = e->out_u8 + (size_t)r * e->ld_out;
+  for (int q = 0; q < 4 && c0 + q * LANES < cout; q += 2) {
+    int c = c0 + q * LANES;
+    __m128i b = threshold_codes16(e, cout, c, acc[q], acc[q + 1]);
+    int n = cout - c;
+    if (n >= 16) {
+      _mm_storeu_si128((void *)(out + c), b);
+    } else if (n == 8) {  /* MobileNet's channel counts are multiples of 8: no copy */
+      _mm_storel_epi64((void *)(out + c), b);
+    } else {
+      uint8_t tmp[16];
+      _mm_storeu_si128((void *)tmp, b);
+      memcpy(out + c, tmp, n);
+    }
+  }
+}
+
+static void lut_conv1x1(const uint8_t *a, int lda, int rows, const oq_packed1x1 *h, const oq_epilogue *e,
+                        uint8_t *scratch) {
+  int nv = lut_vectors(h->cin);
+  size_t ld = lut_offsets_ld(h->cin);
+  oq_recip rc = oq_recip_of(e);
+  const uint8_t *w = (const uint8_t *)(h + 1);
+  for (int r0 = 0; r0 < rows; r0 += LUT_MR) {
+    /* rows past the end repeat the last one: their sums are computed and dropped */
+    const uint8_t *off[LUT_MR];
+    int asum[LUT_MR];
+    for (int i = 0; i < LUT_MR; i++) {
+      off[i] = scratch + i * ld;
+      if (r0 + i < rows)
+        asum[i] = lut_offsets(a + (size_t)(r0 + i) * lda, h->cin, (size_t)(rows - 1 - r0 - i) * lda + h->cin,
+                              scratch + i * ld);
+      else
+        off[i] = off[i - 1], asum[i] = asum[i - 1];
+    }
+    for (int t = 0; t * LUT_TILE < h->cout; t++) {
+      __m256i acc[LUT_MR][4];
+      lut_sums(off, asum, w + (size_t)t * nv * LUT_TILE, nv, acc);
+      for (int i = 0; i < LUT_MR && r0 + i < rows; i++) lut_epilogue(e, &rc, r0 + i, t * LUT_TILE, h->cout, acc[i]);
+    }
+  }
+}
+
+/* ---- the 1x1 entry points: the lookup kernel where it applies, else the c4 layout ---- */
+
+static size_t pack1x1_size(int cout, int cin, int wbits) {
+  size_t c4 = oq_pack_size(cout, cin, wbits, TILE, LANES);  /* the size may not depend on abits */
+  return wbits <= 2 && lut_pack_size(cout, cin) > c4 ? lut_pack_size(cout, cin) : c4;
+}
+
+static void pack1x1(const int8_t *codes, int cout, int cin, int wbits, int abits, void *dst) {
+  if (lut_applies(wbits, abits))
+    lut_pack(codes, cout, cin, wbits, abits, dst);
+  else
+    oq_pack(codes, cout, cin, wbits, abits, TILE, LANES, OQ_PACK_AVX2, 0, dst);
+}
+
+static size_t scratch1x1_size(int cout, int cin, int wbits) {
+  (void)cout;
+  size_t c4 = oq_pack_store_bits(wbits) == 8 ? 0 : oq_pack_tile_bytes(cin, TILE), lut = LUT_MR * lut_offsets_ld(cin);
+  return wbits <= 2 && lut > c4 ? lut : c4;
+}
+
+static void conv1x1(const uint8_t *a, int lda, int rows, const void *packed, const oq_epilogue *e,
+                    void *scratch) {
+  const oq_packed1x1 *h = packed;
+  if (h->magic != OQ_PACK_AVX2) abort();  /* weights packed by another path */
+  if (h->layout == LUT_LAYOUT)
+    lut_conv1x1(a, lda, rows, h, e, scratch);
+  else
+    c4_conv1x1(a, lda, rows, h, e, scratch);
 }
 
 /* ---- depthwise ---- */

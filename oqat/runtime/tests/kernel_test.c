@@ -30,12 +30,13 @@ static int pick(const int *v, int n) { return v[rnd() % (uint32_t)n]; }
 static int wmin(int bits) { return bits == 1 ? -1 : -(1 << (bits - 1)); }
 static int wmax(int bits) { return bits == 1 ? 1 : (1 << (bits - 1)) - 1; }
 
-/* extreme: every code at the end of its range that makes the sums largest in magnitude */
+/* extreme: every code at the end of its range that makes the sums largest in magnitude (1), or
+   the largest weight code (2: the largest sums of a kernel that offsets weights to unsigned) */
 static void fill_codes(uint8_t *a, size_t na, int abits, int8_t *w, size_t nw, int wbits, int extreme) {
-  int umax = (1 << abits) - 1;
+  int umax = (1 << abits) - 1, wext = extreme == 2 ? wmax(wbits) : wmin(wbits);
   for (size_t i = 0; i < na; i++) a[i] = (uint8_t)(extreme ? umax : rnd() % 4 == 0 ? umax : rnd_int(0, umax));
   for (size_t i = 0; i < nw; i++)
-    w[i] = (int8_t)(extreme ? wmin(wbits) : rnd() % 4 == 0 ? wmin(wbits) : rnd_int(wmin(wbits), wmax(wbits)));
+    w[i] = (int8_t)(extreme ? wext : rnd() % 4 == 0 ? wext : rnd_int(wmin(wbits), wmax(wbits)));
 }
 
 typedef struct {
@@ -206,6 +207,12 @@ static void test_path(const oq_kernels *k) {
         check_conv1x1(k, PICK(rows_), PICK(cin_), PICK(cout_), abits, wbits, i == 0 || i == 9, i == 1, i == 1 || i >= 6);
       check_conv1x1(k, rnd_int(1, 8), PICK(big_cin_), PICK(cout_), abits, wbits, 1, 0, 1);
       check_conv1x1(k, rnd_int(1, 8), PICK(big_cin_), PICK(cout_), abits, wbits, 0, 0, 0);
+      if (abits <= 2 && wbits <= 2) {  /* avx2's lookup kernel: more shapes, both extremes, every epilogue */
+        for (int i = 0; i < 48; i++, cases++)
+          check_conv1x1(k, PICK(rows_), PICK(cin_), PICK(cout_), abits, wbits, i % 3, i % 8 == 1, i % 2);
+        /* past 2 * 2 * 1820 input channels, avx2's u16 sums are widened more than once */
+        for (int i = 0; i < 2; i++, cases++) check_conv1x1(k, rnd_int(1, 6), 7283 + 2 * i, rnd_int(1, 40), abits, wbits, 2, 0, i);
+      }
       for (int i = 0; i < 6; i++, cases++)
         check_dwconv(k, PICK(hw_), PICK(hw_), PICK(c_), 3 + 2 * rnd_int(0, 2), rnd_int(1, 2), abits, wbits, i == 0,
                      i % 2 == 0);
