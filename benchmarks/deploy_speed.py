@@ -17,6 +17,7 @@ import dataclasses
 import os
 import sys
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,6 +26,7 @@ from oqat.evaluate import recalibrate_bn  # noqa: E402
 from oqat.export import build_onnx, fp32_graph  # noqa: E402
 from oqat.quant import FULL_PRECISION, set_bits_  # noqa: E402
 from oqat.runtime import model_file as runtime_file  # noqa: E402
+from oqat.runtime.binding import Model  # noqa: E402
 from oqat.space import MBV3, MINI, Arch  # noqa: E402
 from oqat.supernet import Supernet  # noqa: E402
 
@@ -91,10 +93,12 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--subnets", nargs="+", default=list(SUBNETS), choices=list(SUBNETS))
+    p.add_argument("--profile", action="store_true", help="also print where oqat's runtime spends a batch of 1 "
+                                                           "on one thread, by op type")
     p.add_argument("--tiny", action="store_true", help="mini L only, 2 rounds of 1 call, 1 thread")
     args = p.parse_args(argv)
     if args.tiny:
-        args.subnets, args.rounds, args.calls, args.threads = ["mini L"], 2, 1, [1]
+        args.subnets, args.rounds, args.calls, args.threads, args.profile = ["mini L"], 2, 1, [1], True
     print(f"machine: {machine.summary()}")
     print(f"median ms of {args.rounds} rounds x {args.calls} calls, runners interleaved; "
           "ratio = fastest fp32 / this export")
@@ -117,7 +121,22 @@ def main(argv=None) -> dict:
                 cells = "  ".join(f"{k} {v:.3f}" for k, v in ms.items())
                 gains = "  ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
                 print(f"{name} r{arch.r} b{batch} t{threads}: {cells}\n    speed-up over fp32: {gains}", flush=True)
+        if args.profile and "oqat" in deploy.runtimes():
+            for b, net in nets.items():
+                print(f"    oqat {b}bit, batch 1, 1 thread: {profile(net, args.rounds)}", flush=True)
     return results
+
+
+def profile(net: torch.nn.Module, rounds: int) -> str:
+    """ms of each op type of one run of `net` in oqat's runtime, largest first."""
+    model = Model(data=runtime_file.to_bytes(net), threads=1)
+    ops = model.profile(np.random.default_rng(0).standard_normal((1, *model.input_shape), dtype=np.float32), rounds)
+    by_type = {}
+    for op in ops:
+        by_type[op["type"]] = by_type.get(op["type"], 0.0) + op["ms"]
+    total = sum(by_type.values())
+    return f"{total:.3f} ms = " + ", ".join(f"{t} {ms:.3f} ({100 * ms / total:.0f}%)" for t, ms in
+                                            sorted(by_type.items(), key=lambda kv: -kv[1]))
 
 
 if __name__ == "__main__":
