@@ -1,29 +1,27 @@
 """Deployable export of one subnet: an integer-arithmetic ONNX graph, QONNX, packed weights, a card.
 
 The graphs are written with `onnx.helper` straight from the static `Subnet`, not traced:
-every op is chosen, so the quantizers keep their exact arithmetic. A quantized conv
-(weight and input each at b bits, steps s_w and s_a) and the BN after it become the
-standard QDQ pattern that integer runtimes turn into an integer convolution:
+every op is chosen, so that the integer graph computes oqat's one arithmetic rule
+(`oqat.requant`) and any runtime that follows it gives PyTorch's codes. A quantized conv
+(weight and input each at b bits, steps s_w and s_a) and the BN after it become
 
-    x -> Clip[Qn*|s_a|, Qp*|s_a|] -> QuantizeLinear(|s_a|) -> DequantizeLinear -> Conv -> act
-    weight codes (INT2/INT4/INT8) -> DequantizeLinear(per output channel k_c = |s_w| * gamma_c / sigma_c) --^
-    BN shift beta_c - k_c/|s_w| * mean_c -> Conv bias ------------------------------------------------------^
+    x -> Div(|s_a|) -> Clip[Qn, Qp] -> Round -> QuantizeLinear(1) -> DequantizeLinear(1) -> Conv
+    weight codes (INT2/INT4/INT8) -> DequantizeLinear(1) -----------------------------------^
+    Conv -> Mul(scale_c) -> Add(shift_c) -> act
 
-The BN folds into the weight's per-channel dequantization scale and the conv's bias, so
-not one weight code changes: the runtime multiplies the exact integer accumulator of codes
-by a per-channel scale (its requantization). QuantizeLinear rounds half to even after a
-division, as LSQ does, and saturates only to the uint8/int8 range, so the Clip keeps each
-activation in its b-bit range. Weight codes are stored at their true width: INT4 up to
-4 bits (ONNX opset 21) and INT2 at 1-2 bits (opset 25); a graph takes the lowest opset its
-types need. Input: the normalised image batch at the architecture's resolution (N x C x r x r,
-N dynamic); output: logits. Stem, SE, classifier (and BN of unquantized convs) stay float.
+The conv sums integer-valued floats (exact), the folded BN scale and shift follow as two
+float32 operations, and the QDQ pair at scale 1 is what integer runtimes (OpenVINO) turn into
+an integer convolution. Weight codes are stored at their true width: INT4 up to 4 bits (ONNX
+opset 21) and INT2 at 1-2 bits (opset 25). The stem, SE, pooling and classifier sum in
+float64 (Cast, MatMul, Gemm, ReduceSum) and round once. Input: the normalised image batch at
+the architecture's resolution (N x C x r x r, N dynamic); output: logits.
 
 The QONNX graph (`build_qonnx`) is the format Brevitas writes and FINN and hls4ml read:
 a `Quant` node at the real bit-width on every quantized conv's weight and input, BN as is.
 
-Parity is float-exact for most images, not all: the engines sum convolutions and pools in
-different orders (and the integer graph's BN is folded), so an activation within a float
-ulp of a rounding boundary can round to the neighbouring code in one engine.
+onnxruntime follows the rule operation by operation and gives PyTorch's codes; OpenVINO
+computes its own int8 arithmetic (docs/deployment.md measures it). oqat's runtime reads its
+own file (`oqat.runtime.model_file`), which `export` writes beside these.
 """
 import copy
 import os
