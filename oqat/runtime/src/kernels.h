@@ -74,7 +74,9 @@ typedef struct {
   const char *name;                    /* "scalar", "avx2", "avx512vnni", ... */
   size_t (*pack1x1_size)(int cout, int cin, int wbits);
   /* codes [cout][cin] int8 of wbits bits; abits: the width of the activation codes the conv
-     will see (it may choose the inner loop); dst: pack1x1_size bytes, 64-byte aligned */
+     will see (it may choose the inner loop, and conv1x1 may then rely on every code being below
+     2^abits: avx2 at abits <= 2 and wbits <= 2 looks products up by the codes' low 2 bits);
+     dst: pack1x1_size bytes, 64-byte aligned */
   void (*pack1x1)(const int8_t *codes, int cout, int cin, int wbits, int abits, void *dst);
   /* rows x cin uint8 codes (row stride lda) times the packed weights, epilogue per row and
      channel; scratch: at least scratch1x1_size bytes, 64-byte aligned, private to the thread */
