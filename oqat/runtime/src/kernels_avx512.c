@@ -8,7 +8,7 @@
  * w + 2^(s-1): every 64 layout bytes become 64*s/8 bytes, field f of byte j holding layout byte
  * j + f*(64*s/8). A 2- or 4-bit tile is expanded into the thread's scratch once per call.
  *
- * Depthwise: 16 channels per vector (32 with int16 sums), 4 output pixels share each tap's weights.
+ * Depthwise: vpdpbusd over quads of vertical taps, 64 channels per group (see "depthwise" below).
  *
  * Both ignore oq_epilogue.thresholds: counting compares into mask registers measured slower here
  * than the float epilogue (AMD Zen 5, 2- to 4-bit codes, conv1x1 and depthwise).
@@ -187,80 +187,152 @@ static void conv1x1(const uint8_t *a, int lda, int rows, const void *packed, con
   }
 }
 
-/* ---- depthwise ---- */
+/* ---- depthwise ----
+ * vpdpbusd over vertical tap quads. For a group of 64 channels, the codes of 4 input rows (taps
+ * ky = 4q..4q+3 of one column) are interleaved bytewise so that each int32 lane holds one
+ * channel's 4 codes, and the weights of the same 4 taps likewise (zero past ky = k-1): one
+ * vpdpbusd adds 16 channels x 4 taps, exact in int32 at every width (no int16 bound to check).
+ * vpunpck* works within 128-bit lanes, so vector m of a group holds channel 16L + 4m + j in lane
+ * 4L + j; the sums are put back in channel order before the epilogue. A column's quads are built
+ * once per output row into a row buffer and read by every output pixel that uses the column (k of
+ * them at stride 1), and 4 output pixels share each loaded weight vector. */
 
-/* Largest code in the input rows that output rows oy0..oy1-1 read (and the padding code). */
-static int max_code(const oq_dw_args *d, int oy0, int oy1) {
-  int y0, y1;
-  oq_dw_input_rows(d, oy0, oy1, &y0, &y1);
-  const uint8_t *p = d->a + (size_t)y0 * d->w * d->c, *end = d->a + (size_t)y1 * d->w * d->c;
-  __m512i m = _mm512_set1_epi8((char)d->pad_u);
-  for (; p + 64 <= end; p += 64) m = _mm512_max_epu8(m, _mm512_loadu_si512(p));
-  int best = 0;
-  uint8_t lanes[64];
-  _mm512_storeu_si512(lanes, m);
-  for (int i = 0; i < 64; i++) best = lanes[i] > best ? lanes[i] : best;
-  for (; p < end; p++) best = *p > best ? *p : best;
-  return best;
+enum { DW_GROUP = 64, DW_NP = 4 };
+
+/* Four vectors of 64 codes (rows r0..r3 of 64 channels) as 4 vectors of byte quads, in the
+   order above. */
+static inline void interleave4(__m512i r0, __m512i r1, __m512i r2, __m512i r3, __m512i *out) {
+  __m512i a = _mm512_unpacklo_epi8(r0, r1), b = _mm512_unpackhi_epi8(r0, r1);
+  __m512i c = _mm512_unpacklo_epi8(r2, r3), d = _mm512_unpackhi_epi8(r2, r3);
+  _mm512_store_si512(out + 0, _mm512_unpacklo_epi16(a, c));
+  _mm512_store_si512(out + 1, _mm512_unpackhi_epi16(a, c));
+  _mm512_store_si512(out + 2, _mm512_unpacklo_epi16(b, d));
+  _mm512_store_si512(out + 3, _mm512_unpackhi_epi16(b, d));
 }
 
-/* One output pixel, 32 channels at a time: int16 products (exact: |u*w| <= 255*128), summed in
-   int16 when the caller proved every sum fits (wide = 0), else in int32. */
-static inline __attribute__((always_inline)) void dw_pixel(const oq_dw_args *d, int oy, int ox, int wide) {
-  int pad = d->k / 2, iy0 = oy * d->stride - pad, ix0 = ox * d->stride - pad, r = oy * d->wo + ox;
-  const __m512i padv = _mm512_set1_epi16(d->pad_u);
-  for (int cb = 0; cb < d->c; cb += 32) {
-    int n = d->c - cb;
-    __mmask32 m = n >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << n) - 1);
-    __m512i acc = _mm512_setzero_si512(), lo = acc, hi = acc;
-    for (int ky = 0; ky < d->k; ky++) {
-      int iy = iy0 + ky;
-      for (int kx = 0; kx < d->k; kx++) {
-        int ix = ix0 + kx;
-        __m512i u = padv;
-        if (iy >= 0 && iy < d->h && ix >= 0 && ix < d->w)
-          u = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, d->a + ((size_t)iy * d->w + ix) * d->c + cb));
-        __m512i wv = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, d->wt + (size_t)(ky * d->k + kx) * d->c + cb));
-        __m512i p = _mm512_mullo_epi16(u, wv);
-        if (wide) {
-          lo = _mm512_add_epi32(lo, _mm512_cvtepi16_epi32(_mm512_castsi512_si256(p)));
-          hi = _mm512_add_epi32(hi, _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p, 1)));
-        } else {
-          acc = _mm512_add_epi16(acc, p);
-        }
+static __mmask64 group_mask(int n) { return n >= DW_GROUP ? ~(__mmask64)0 : ((__mmask64)1 << n) - 1; }
+
+/* The weights of group g as quads: wq[(q * k + kx) * 4 + m]. */
+static void dw_pack_weights(const oq_dw_args *d, int g, int nq, __m512i *wq) {
+  __mmask64 m = group_mask(d->c - g * DW_GROUP);
+  for (int q = 0; q < nq; q++)
+    for (int kx = 0; kx < d->k; kx++) {
+      __m512i r[4];
+      for (int i = 0; i < 4; i++) {
+        int ky = 4 * q + i;
+        r[i] = ky < d->k ? _mm512_maskz_loadu_epi8(m, d->wt + (size_t)(ky * d->k + kx) * d->c + g * DW_GROUP)
+                         : _mm512_setzero_si512();
       }
+      interleave4(r[0], r[1], r[2], r[3], wq + (q * d->k + kx) * 4);
     }
-    if (!wide) {
-      lo = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(acc));
-      hi = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(acc, 1));
+}
+
+/* The input quads of output row oy, group g: x[(q * wp + pad + ix) * 4 + m] for the image's
+   columns ix (the padding columns around them are filled once by the caller). Rows outside the
+   image read as the padding code, rows past the kernel as zeros (their weights are zero). */
+static void dw_build_row(const oq_dw_args *d, int g, int nq, int wp, int oy, __m512i *x) {
+  int pad = d->k / 2;
+  __mmask64 m = group_mask(d->c - g * DW_GROUP);
+  const __m512i padv = _mm512_set1_epi8((char)d->pad_u);
+  for (int q = 0; q < nq; q++) {
+    const uint8_t *row[4];
+    int inside[4];
+    for (int i = 0; i < 4; i++) {
+      int ky = 4 * q + i, iy = oy * d->stride - pad + ky;
+      inside[i] = ky < d->k && iy >= 0 && iy < d->h;
+      row[i] = d->a + (size_t)iy * d->w * d->c + g * DW_GROUP;
     }
-    chan16 ch = channels16(d->e, cb, (__mmask16)m);
-    epilogue16(d->e, &d->rc, &ch, r, lo);
-    if (n > 16) {
-      ch = channels16(d->e, cb + 16, (__mmask16)(m >> 16));
-      epilogue16(d->e, &d->rc, &ch, r, hi);
+    __m512i *xq = x + ((size_t)q * wp + pad) * 4;
+    for (int ix = 0; ix < d->w; ix++) {
+      __m512i r[4];
+      for (int i = 0; i < 4; i++)
+        r[i] = inside[i] ? _mm512_maskz_loadu_epi8(m, row[i] + (size_t)ix * d->c)
+                         : 4 * q + i < d->k ? padv : _mm512_setzero_si512();
+      interleave4(r[0], r[1], r[2], r[3], xq + (size_t)ix * 4);
     }
   }
 }
 
-static void dw_rows16(const oq_dw_args *d, int oy0, int oy1) {
-  for (int oy = oy0; oy < oy1; oy++)
-    for (int ox = 0; ox < d->wo; ox++) dw_pixel(d, oy, ox, 0);
+/* The sums of np output pixels ox.. of a row (their quads in x) for the 4 vectors m. */
+static inline __attribute__((always_inline)) void dw_sums(const oq_dw_args *d, int nq, int wp, const __m512i *x,
+                                                          const __m512i *wq, int ox, int np, __m512i acc[DW_NP][4]) {
+#pragma GCC unroll 4
+  for (int p = 0; p < np; p++)
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++) acc[p][m] = _mm512_setzero_si512();
+  for (int q = 0; q < nq; q++)
+    for (int kx = 0; kx < d->k; kx++) {
+      const __m512i *w = wq + (q * d->k + kx) * 4;
+      __m512i wv[4];
+#pragma GCC unroll 4
+      for (int m = 0; m < 4; m++) wv[m] = _mm512_load_si512(w + m);
+#pragma GCC unroll 4
+      for (int p = 0; p < np; p++) {
+        const __m512i *xp = x + ((size_t)q * wp + (size_t)(ox + p) * d->stride + kx) * 4;
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; m++) acc[p][m] = _mm512_dpbusd_epi32(acc[p][m], _mm512_load_si512(xp + m), wv[m]);
+      }
+    }
 }
 
-static void dw_rows32(const oq_dw_args *d, int oy0, int oy1) {
-  for (int oy = oy0; oy < oy1; oy++)
-    for (int ox = 0; ox < d->wo; ox++) dw_pixel(d, oy, ox, 1);
+/* The epilogue of one output pixel r of group g: its 4 vectors of sums back in channel order
+   (a 4x4 transpose of 128-bit lanes), then 16 channels at a time. */
+static void dw_epilogue(const oq_dw_args *d, const chan16 ch[4], int nv, int r, const __m512i acc[4]) {
+  __m512i t0 = _mm512_shuffle_i32x4(acc[0], acc[1], _MM_SHUFFLE(1, 0, 1, 0));
+  __m512i t1 = _mm512_shuffle_i32x4(acc[2], acc[3], _MM_SHUFFLE(1, 0, 1, 0));
+  __m512i t2 = _mm512_shuffle_i32x4(acc[0], acc[1], _MM_SHUFFLE(3, 2, 3, 2));
+  __m512i t3 = _mm512_shuffle_i32x4(acc[2], acc[3], _MM_SHUFFLE(3, 2, 3, 2));
+  __m512i z[4] = {_mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(2, 0, 2, 0)),
+                  _mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)),
+                  _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(2, 0, 2, 0)),
+                  _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(3, 1, 3, 1))};
+  for (int n = 0; n < nv; n++) epilogue16(d->e, &d->rc, &ch[n], r, z[n]);
+}
+
+static inline __attribute__((always_inline)) void dw_pixels(const oq_dw_args *d, int nq, int wp, const __m512i *x,
+                                                            const __m512i *wq, const chan16 ch[4], int nv, int oy,
+                                                            int ox, int np) {
+  __m512i acc[DW_NP][4];
+  dw_sums(d, nq, wp, x, wq, ox, np, acc);
+  for (int p = 0; p < np; p++) dw_epilogue(d, ch, nv, oy * d->wo + ox + p, acc[p]);
+}
+
+static void dw_row(const oq_dw_args *d, int nq, int wp, const __m512i *x, const __m512i *wq, const chan16 ch[4],
+                   int nv, int oy) {
+  int ox = 0;
+  for (; ox + DW_NP <= d->wo; ox += DW_NP) dw_pixels(d, nq, wp, x, wq, ch, nv, oy, ox, DW_NP);
+  for (; ox < d->wo; ox++) dw_pixels(d, nq, wp, x, wq, ch, nv, oy, ox, 1);
 }
 
 static void dwconv(const uint8_t *a, int h, int w, int c, int k, int stride, const int8_t *wt,
                    uint8_t pad_u, const oq_epilogue *e, int oy0, int oy1) {
   if (oy0 >= oy1) return;
   oq_dw_args d = {a, h, w, c, k, stride, (w - 1) / stride + 1, wt, pad_u, e, oq_recip_of(e)};
-  if (oq_dw_fits_int16(&d, max_code(&d, oy0, oy1)))
-    dw_rows16(&d, oy0, oy1);
-  else
-    dw_rows32(&d, oy0, oy1);
+  int nq = (k + 3) / 4, pad = k / 2, wp = w + 2 * pad;
+  size_t nx = (size_t)nq * wp * 4, nw = (size_t)nq * k * 4;
+  __m512i *x = aligned_alloc(64, (nx + nw) * sizeof(__m512i)), *wq = x + nx;
+  if (!x) abort();
+  const __m512i padv = _mm512_set1_epi8((char)pad_u);
+  for (int q = 0; q < nq; q++)
+    for (int i = 0; i < pad; i++)
+      for (int m = 0; m < 4; m++) {
+        x[((size_t)q * wp + i) * 4 + m] = padv;
+        x[((size_t)q * wp + pad + w + i) * 4 + m] = padv;
+      }
+  for (int g = 0; g * DW_GROUP < c; g++) {
+    chan16 ch[4];
+    int nv = 0;
+    for (; nv < 4 && g * DW_GROUP + nv * LANES < c; nv++) {
+      int c0 = g * DW_GROUP + nv * LANES;
+      ch[nv] = channels16(e, c0, lanes_mask(c - c0));
+    }
+    dw_pack_weights(&d, g, nq, wq);
+    for (int oy = oy0; oy < oy1; oy++) {
+      dw_build_row(&d, g, nq, wp, oy, x);
+      dw_row(&d, nq, wp, x, wq, ch, nv, oy);
+    }
+  }
+  free(x);
 }
 
 const oq_kernels oq_kernels_avx512vnni = {
