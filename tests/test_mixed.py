@@ -177,8 +177,7 @@ def test_a_mixed_stage_starts_from_the_chain_and_trains_every_width(tmp_path):
 def test_oqat_run_trains_searches_and_exports_a_mixed_stage_and_recommends_from_every_front(tmp_path):
     from processes import start
     # The tiny 4-bit supernet predicts one class; its 2-bit smallest's gradients explode without clipping.
-    proc = start(tmp_path, "stages=[{bits: 4, epochs: 1}, {bits: [2, 4], epochs: 1, lr: 0.05}]",
-                 "export.speed_rounds=0", "train.grad_clip=5")
+    proc = start(tmp_path, "stages=[{bits: 4, epochs: 1}, {bits: [2, 4], epochs: 1, lr: 0.05}]", "train.grad_clip=5")
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert "stage 1: mixed 2/4-bit supernet" in out

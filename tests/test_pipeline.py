@@ -96,7 +96,7 @@ def test_the_imagenet_mbv3_config_runs_end_to_end_on_a_tiny_image_folder(tmp_pat
          "train.log_every=1",
          "stages=[{bits: 4, epochs: 1}, {bits: 3, epochs: 1, lr: 0.2}, {bits: 2, epochs: 1, lr: 0.2}]",
          "search.population=2", "search.generations=0", "search.val_images=4", "search.calib_images=4",
-         "export.test_images=4", "--quiet"],
+         "export.test_images=4", "export.speed_rounds=0", "--quiet"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((run / "results.json").read_text())

@@ -121,7 +121,8 @@ def test_oqat_run_on_fashion_mnist(tmp_path):
                  "data.download=false", "data.val_size=100", "data.train_size=256", "data.batch_size=64",
                  "train.calib_images=64", "train.sandwich_random=0", "train.log_every=5",
                  "stages=[{bits: 4, epochs: 1}]", "search.population=2", "search.generations=1",
-                 "search.val_images=100", "search.calib_images=64", "export.test_images=50", "--quiet")
+                 "search.val_images=100", "search.calib_images=64", "export.test_images=50", "export.speed_rounds=0",
+                 "--quiet")
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
     large = results["family"]["4"]["L"]
