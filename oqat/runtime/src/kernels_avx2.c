@@ -405,8 +405,8 @@ static inline __attribute__((always_inline)) void lut_sums16(const uint8_t *cons
 
 /* The exact int32 sums of rows off[i] (code sums asum[i]) with the 32 channels of a tile (not
    inlined: in the caller its loop lost registers to the epilogue's, -40%). */
-static __attribute__((noinline)) void lut_sums(const uint8_t *const off[LUT_MR], const int asum[LUT_MR], const uint8_t *w, int nv,
-                     __m256i acc[LUT_MR][4]) {
+static __attribute__((noinline)) void lut_sums(const uint8_t *const off[LUT_MR], const int asum[LUT_MR],
+                                               const uint8_t *w, int nv, __m256i acc[LUT_MR][4]) {
   for (int i = 0; i < LUT_MR; i++)
     for (int q = 0; q < 4; q++) acc[i][q] = _mm256_set1_epi32(-2 * asum[i]);
   for (int j0 = 0; j0 < nv; j0 += LUT_U16_VECTORS)

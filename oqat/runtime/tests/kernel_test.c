@@ -211,7 +211,8 @@ static void test_path(const oq_kernels *k) {
         for (int i = 0; i < 48; i++, cases++)
           check_conv1x1(k, PICK(rows_), PICK(cin_), PICK(cout_), abits, wbits, i % 3, i % 8 == 1, i % 2);
         /* past 2 * 2 * 1820 input channels, avx2's u16 sums are widened more than once */
-        for (int i = 0; i < 2; i++, cases++) check_conv1x1(k, rnd_int(1, 6), 7283 + 2 * i, rnd_int(1, 40), abits, wbits, 2, 0, i);
+        for (int i = 0; i < 2; i++, cases++)
+          check_conv1x1(k, rnd_int(1, 6), 7283 + 2 * i, rnd_int(1, 40), abits, wbits, 2, 0, i);
       }
       for (int i = 0; i < 6; i++, cases++)
         check_dwconv(k, PICK(hw_), PICK(hw_), PICK(c_), 3 + 2 * rnd_int(0, 2), rnd_int(1, 2), abits, wbits, i == 0,
