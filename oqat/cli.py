@@ -73,6 +73,19 @@ def settings(args, base=None):
                                          for k, v in given])
 
 
+def add_output(p, flag: str, folder: bool, **kwargs) -> None:
+    """An output path option; `main` refuses a path that cannot take it before the command runs."""
+    p.add_argument(flag, **kwargs)
+    p.set_defaults(outputs={**(p.get_default("outputs") or {}), flag.lstrip("-").replace("-", "_"): (flag, folder)})
+
+
+def check_outputs(args) -> None:
+    from .checkpoint import check_output
+    for dest, (flag, folder) in (getattr(args, "outputs", None) or {}).items():
+        if getattr(args, dest) is not None:
+            check_output(str(getattr(args, dest)), flag, folder)
+
+
 def print_table(rows: dict, title: str | None = None) -> None:
     if title:
         print(title)
@@ -88,16 +101,20 @@ def add_cost(sub):
     p = sub.add_parser("cost", help="MACs, params, BitOPs, FLOPs_q and size of an architecture")
     p.add_argument("--space", default=None, help="search space (default: the architecture's)")
     p.add_argument("--arch", required=True, help="JSON file, JSON string or compact string")
-    p.add_argument("--bits", type=_bits, default=4, help="weight and activation bits (32 = full precision; default 4)")
+    p.add_argument("--bits", type=_bits, default=None,
+                   help="weight and activation bits (32 = full precision; default: the bits an export's arch.json "
+                        "records, else 4)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_cost)
 
 
 def cmd_cost(args):
     from .cost import arch_metrics
-    from .space import Arch, get_space
+    from .space import Arch, arch_bits, get_space
     space = get_space(args.space) if args.space else None
     arch = Arch.parse(args.arch, space)
+    if args.bits is None:
+        args.bits = arch_bits(args.arch) or 4
     result = arch_metrics(arch, space, args.bits)
     if args.json:
         print(json.dumps(result))
@@ -110,7 +127,7 @@ def add_convert_oqa(sub):
     p = sub.add_parser("convert-oqa", help="convert one of the authors' checkpoints to oqat's format")
     p.add_argument("checkpoint")
     p.add_argument("--bits", type=_bits, required=True, help="the checkpoint's bit-width (b4, b3, b2 in its name)")
-    p.add_argument("--out", required=True, help="the oqat supernet file to write")
+    add_output(p, "--out", False, required=True, help="the oqat supernet file to write")
     p.set_defaults(func=cmd_convert_oqa)
 
 
@@ -126,7 +143,7 @@ def add_inherit(sub):
     p = sub.add_parser("inherit", help="bit inheritance: a b-bit supernet to B < b bits (steps x 2^(b-B))")
     p.add_argument("checkpoint", help="a supernet file (supernet.pt of a run)")
     p.add_argument("--bits", type=_bits, required=True, help="target bits, lower than the source's")
-    p.add_argument("--out", required=True, help="the inherited supernet file to write")
+    add_output(p, "--out", False, required=True, help="the inherited supernet file to write")
     p.add_argument("--reinit-steps", action="store_true",
                    help="ablation: mark the steps for LSQ re-initialisation from data instead of doubling")
     p.set_defaults(func=cmd_inherit)
@@ -144,7 +161,7 @@ def add_analyze(sub):
     p.add_argument("run_dir", help="a run folder of `oqat run` (its stages/ hold the supernets)")
     add_settings(p, *(f"analysis.{name}" for name in
                       ("samples", "seed", "calib_images", "val_images", "bootstrap", "bands")))
-    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/analysis)")
+    add_output(p, "--out", True, default=None, help="output folder (default RUN_DIR/analysis)")
     p.set_defaults(func=cmd_analyze)
 
 
@@ -210,7 +227,7 @@ def add_export(sub):
                                       "model card with speed")
     p.add_argument("checkpoint", help=NETWORK_HELP)
     p.add_argument("--arch", default=None, help="JSON file, JSON string or compact string (needed for a supernet)")
-    p.add_argument("--out", required=True, help="output folder")
+    add_output(p, "--out", True, required=True, help="output folder")
     add_settings(p, "search.calib_images", "search.seed", "export.test_images", "export.speed_rounds")
     _add_data_options(p)
     p.set_defaults(func=cmd_export)
@@ -231,6 +248,9 @@ def cmd_export(args):
     if isinstance(net, Supernet):
         _warn_untrained(net, subnet_arch(net, args.arch, path))
     data_cfg = apply_overrides(ckpt["data"] or DataConfig(), overrides) if ckpt["data"] or overrides else None
+    if data_cfg is None:
+        print(f"note: '{path}' records no data, so the export carries no preprocessing or class names and "
+              "measures no accuracy; give --dataset to add them", file=sys.stderr)
     facts = export_checkpoint(path, args.arch, args.out, cfg.search.calib_images, cfg.export.test_images,
                               data_cfg, cfg.search.seed, source=path, speed_rounds=cfg.export.speed_rounds)
     write_facts(ExportLayout(args.out).facts, facts, args.out)
@@ -264,7 +284,7 @@ def add_latency(sub):
     p.add_argument("--runs", type=int, default=50, help="timed runs; the median is reported (default 50)")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
     p.add_argument("--threads", type=int, default=1, help="threads for every engine (default 1)")
-    p.add_argument("--table", default=None,
+    add_output(p, "--table", False, default=None,
                    help="JSON latency table to add the deployed graph's batch-1 ms to (created if missing); it records "
                         "bits, device and threads, and refuses a measurement of other ones")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -339,7 +359,8 @@ def _add_supernet_options(p, what: str = "a supernet file (supernet.pt of a run)
     p.add_argument("checkpoint", help=what + "; settings not given default to its run's config")
     add_settings(p, "search.calib_images", "search.seed")
     _add_data_options(p)
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", default=None, help="torch device: cpu, cuda, cuda:N, mps (default: cuda if available, "
+                                                   "else cpu)")
 
 
 def _run_settings(args, ckpt: dict):
@@ -358,18 +379,37 @@ def _run_settings(args, ckpt: dict):
 
 def _open(args, *formats):
     """(network, settings, data config, splits) of the file args.checkpoint."""
-    import torch
-
     from .files import open_model
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args.device)
     net, ckpt, data_cfg, splits = open_model(args.checkpoint, _data_overrides(args), device, *formats)
     return net, _run_settings(args, ckpt), data_cfg, splits
 
 
+def _device(name: str | None) -> str:
+    """The torch device --device names, refused in one line where it is not one or this machine lacks it."""
+    import torch
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device '{name}' is not a torch device; expected cpu, cuda, cuda:N or mps") from None
+    count = {"cpu": 1, "cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+             "mps": int(torch.backends.mps.is_available())}.get(device.type, 0)
+    if (device.index or 0) >= count:
+        raise ValueError(f"--device '{name}': this machine has no such device; expected cpu"
+                         + (f" or cuda:0..{count - 1}" if device.type == "cuda" and count else ""))
+    return name
+
+
 def _warn_untrained(net, arch) -> None:
+    import warnings
+
+    from .supernet import UntrainedWarning
     for choice in net.untrained(arch):
         print(f"warning: the architecture runs {choice}, which this supernet never trained: "
               "its accuracy says little of the supernet", file=sys.stderr)
+    warnings.simplefilter("ignore", UntrainedWarning)  # said above, before the work, in one line each
 
 
 def _readable(costs: dict) -> dict:
@@ -421,7 +461,7 @@ def add_search(sub):
     p.add_argument("--latency-table", default=None,
                    help="latency table of `oqat latency --table` (same bits as CHECKPOINT) enabling the latency metric")
     p.add_argument("--pairs", default=None, help="(arch, val_top1) JSON (oqat sample) to start the predictor from")
-    p.add_argument("--out", default="search", help="output folder for pareto.json, evaluated.json, pareto.png")
+    add_output(p, "--out", True, default="search", help="output folder for pareto.json, evaluated.json, pareto.png")
     p.set_defaults(func=cmd_search)
 
 
@@ -457,7 +497,7 @@ def add_sample(sub):
     _add_supernet_options(p)
     p.add_argument("--n", type=int, required=True, help="distinct random architectures to evaluate")
     add_settings(p, "search.val_images")
-    p.add_argument("--out", required=True, help="pairs JSON file")
+    add_output(p, "--out", False, required=True, help="pairs JSON file")
     p.set_defaults(func=cmd_sample)
 
 
@@ -550,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # reported with the sub-command's usage, not the top level's
         args.usage_error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        check_outputs(args)
         with stop_on_signals():
             return args.func(args) or 0
     except (ValueError, OSError, Stopped) as err:

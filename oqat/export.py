@@ -332,7 +332,7 @@ def sizes(model: onnx.ModelProto, fp32: onnx.ModelProto, paths: dict[str, str]) 
 def export(net: Subnet, out_dir: str, test: tuple[torch.Tensor, torch.Tensor] | None = None,
            mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
            source: str | None = None, speed_rounds: int = 5, preprocess: dict | None = None,
-           classes: tuple[str, ...] | None = None) -> dict:
+           classes: tuple[str, ...] | None = None, data: DataConfig | None = None) -> dict:
     """Write model.onnx (integer graph), model.qonnx.onnx, weights.oqpk, arch.json and
     MODEL_CARD.md for `net` (eval mode, BN final) into out_dir. `test` = (normalised images
     at net.arch.r, labels) gives the card the test top-1 of PyTorch and of each runtime;
@@ -348,9 +348,9 @@ def export(net: Subnet, out_dir: str, test: tuple[torch.Tensor, torch.Tensor] | 
     if net.bits != FULL_PRECISION:  # oqat's runtime runs quantized networks only
         runtime_file.write(net, out.runtime)
         paths["runtime"] = out.runtime
-    files.save_packed(net, paths["packed"], {"source": source})
+    files.save_packed(net, paths["packed"], {"source": source}, data=data)  # eval of the folder needs no --dataset
     arch = net.arch
-    checkpoint.write_json(paths["arch"], arch.to_dict())
+    checkpoint.write_json(paths["arch"], {**arch.to_dict(), "bits": net.bits})  # `oqat cost --arch` costs its bits
     facts = {"arch": arch.to_str(), "bits": net.bits, "cost": arch_metrics(arch, net.space, net.bits),
              "input": [net.space.in_channels, arch.r, arch.r], "mean": mean, "std": std, "source": source,
              "sizes": sizes(model, fp32, paths), "machine": machine.summary(), "preprocess": preprocess,
@@ -402,7 +402,7 @@ def export_checkpoint(path: str, arch: str | None, out_dir: str, calib_images: i
         test = resize(torch.cat([x for x, _ in pairs]), net.arch.r), torch.cat([y for _, y in pairs])
     return export(net, out_dir, test, splits and splits.mean, splits and splits.std,
                   source or os.path.basename(path), speed_rounds, splits and splits.preprocess(net.arch.r),
-                  splits and splits.classes)
+                  splits and splits.classes, data_cfg)
 
 
 def _bits_text(bits) -> str:

@@ -21,6 +21,7 @@ line naming the file and what is wrong, and the caller has written nothing yet.
 """
 import os
 import random
+import zipfile
 
 import torch
 from torch import nn
@@ -162,10 +163,16 @@ def load_supernet(path: str, *formats: str) -> tuple[Supernet, dict]:
     return net.eval(), {**ckpt, "data": _run_data(ckpt, path)}
 
 
-def save_subnet(net: Subnet, path: str, extra: dict | None = None) -> None:
-    """A subnet file of `net`: its space, architecture, bits and weights, plus `extra`."""
+def save_subnet(net: Subnet, path: str, extra: dict | None = None, *, data: DataConfig | None = None) -> None:
+    """A subnet file of `net` (from `Supernet.extract`): its space, architecture, bits and weights,
+    the data it was made for (`data`: its name and preprocessing, so that eval and export of the
+    file need no --dataset), plus `extra`."""
+    if not isinstance(net, Subnet):
+        raise TypeError(f"save_subnet takes a Subnet (supernet.extract(arch, calib=...)), got {type(net).__name__}"
+                        + ("; a supernet is saved with save_supernet" if isinstance(net, Supernet) else ""))
+    kept = {"data": config.to_dict(data)} if data is not None else {}
     checkpoint.save(path, {"format": SUBNET, "space": net.space.to_dict(), "arch": net.arch.to_dict(),
-                           "bits": net.bits, "state_dict": net.state_dict(), **(extra or {})})
+                           "bits": net.bits, "state_dict": net.state_dict(), **kept, **(extra or {})})
 
 
 def load_subnet(path: str) -> Subnet:
@@ -190,8 +197,17 @@ def load_model(source: str, *formats: str) -> tuple[Supernet | Subnet, dict]:
     return net.eval(), {**ckpt, "data": _run_data(ckpt, path)}
 
 
+NETWORK_KINDS = "a supernet, subnet or packed file, or an export folder"
+
+
 def _network_file(source: str) -> str:
-    """`source`, or the packed weights of an export folder; any other folder is refused."""
+    """`source`, or the packed weights of an export folder; any other folder, and a file of another
+    kind (an export's model.onnx, a JSON file: not the zip torch.save writes), is refused."""
+    if os.path.isfile(source) and not zipfile.is_zipfile(source):
+        folder = os.path.dirname(source) or "."
+        hint = (f"; pass its export folder '{folder}'" if os.path.isfile(ExportLayout(folder).packed)
+                else "")
+        raise ValueError(f"'{source}' is not a network file oqat writes (a torch zip){hint}; expected {NETWORK_KINDS}")
     if not os.path.isdir(source):
         return source
     if os.path.isfile(ExportLayout(source).packed):
@@ -199,7 +215,11 @@ def _network_file(source: str) -> str:
     found = [s.supernet for s in RunLayout(source).stages() if os.path.isfile(s.supernet)]
     if found:
         raise ValueError(f"'{source}' is a run folder; pass one of its supernet files: {', '.join(found)}")
-    raise ValueError(f"'{source}' is a folder; pass a supernet, subnet or packed file, or an export folder")
+    exports = sorted(e.path for e in os.scandir(source) if os.path.isfile(ExportLayout(e.path).packed))
+    if exports:
+        raise ValueError(f"'{source}' holds export folders; pass one of them: {', '.join(exports[:6])}"
+                         + (", ..." if len(exports) > 6 else ""))
+    raise ValueError(f"'{source}' is a folder; expected {NETWORK_KINDS}")
 
 
 def subnet_arch(net: Supernet | Subnet, arch, source: str) -> Arch:
@@ -221,6 +241,9 @@ def open_model(path: str, overrides=(), device: str = "cpu",
     (or the default data) with `overrides` (dotted DataConfig keys, e.g. root=/data) applied;
     the data must fit the network's input and classes."""
     net, ckpt = load_model(path, *(formats or (SUPERNET,)))
+    if ckpt["data"] is None and not any(o.startswith("name=") for o in overrides):
+        raise ValueError(f"'{path}' records no data: name it (--dataset, or the override name=...), or save "
+                         "the file with its data (files.save_subnet(..., data=data_cfg))")
     cfg = config.apply_overrides(ckpt["data"] or DataConfig(), overrides)
     splits = data.load_splits(cfg)
     space = net.space
@@ -277,9 +300,9 @@ def load_training(path: str) -> dict:
 
 
 # --- packed weights ----------------------------------------------------------------------------
-def save_packed(net: Subnet, path: str, extra: dict | None = None) -> None:
+def save_packed(net: Subnet, path: str, extra: dict | None = None, *, data: DataConfig | None = None) -> None:
     """A packed file of `net` (its BN statistics final): each quantized conv's weight as its
-    codes in its bits, everything else as in a subnet file, plus `extra`."""
+    codes in its bits, everything else (`data` too) as in a subnet file, plus `extra`."""
     convs = quantized_convs(net)
     packed = {}
     for name, conv in convs.items():
@@ -287,8 +310,9 @@ def save_packed(net: Subnet, path: str, extra: dict | None = None) -> None:
                         "bits": conv.wq.bits}
     skip = {f"{name}.weight" for name in convs}
     state = {k: v.contiguous() for k, v in net.state_dict().items() if k not in skip}
+    kept = {"data": config.to_dict(data)} if data is not None else {}
     checkpoint.save(path, {"format": PACKED, "space": net.space.to_dict(), "arch": net.arch.to_dict(),
-                           "bits": net.bits, "packed": packed, "state_dict": state, **(extra or {})})
+                           "bits": net.bits, "packed": packed, "state_dict": state, **kept, **(extra or {})})
 
 
 def load_packed(path: str) -> Subnet:

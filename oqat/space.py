@@ -29,6 +29,7 @@ from typing import Literal, get_args
 
 from . import config
 from .checkpoint import read_json
+from .layout import ExportLayout
 
 ArchField = Literal["ks", "e", "d", "r"]  # the fields of an `Arch` a training stage can hold fixed or vary
 ARCH_FIELDS: tuple[str, ...] = get_args(ArchField)
@@ -470,7 +471,7 @@ class Arch:
     def from_dict(cls, d: dict, space: "SearchSpace | None" = None) -> "Arch":
         """Also reads the authors' form {ks, e, d, r} (space: `space`, else mbv3; r may be a
         one-item list)."""
-        unknown = set(d) - {"space", "ks", "e", "d", "r", "b"}
+        unknown = set(d) - {"space", "ks", "e", "d", "r", "b", "bits"}  # bits: an export's network's (arch_bits)
         missing = {"ks", "e", "d", "r"} - set(d)
         if unknown or missing:
             problem = f"unknown: {', '.join(sorted(unknown))}" if unknown else f"missing: {', '.join(sorted(missing))}"
@@ -491,11 +492,13 @@ class Arch:
 
     @classmethod
     def parse(cls, text: str, space: "SearchSpace | None" = None) -> "Arch":
-        """An architecture from a JSON file path, a JSON string or the compact string, checked
-        against `space` (default: the built-in space it names)."""
+        """An architecture from a JSON file path (or an export folder: its arch.json), a JSON
+        string or the compact string, checked against `space` (default: the built-in space it names)."""
         text = text.strip()
         if text.startswith("{"):
             return cls.from_json(text, space)
+        if os.path.isdir(text):
+            text = ExportLayout(text).arch
         if text.endswith(".json") or os.path.isfile(text):
             data = read_json(text, "architecture file")
             if not isinstance(data, dict):
@@ -505,6 +508,16 @@ class Arch:
             except ValueError as err:
                 raise ValueError(f"architecture file '{text}': {err}") from None
         return cls.from_str(text, space)
+
+
+def arch_bits(text: str):
+    """The network's bits an architecture file records (an export's arch.json: "bits"), else None."""
+    text = text.strip()
+    path = ExportLayout(text).arch if os.path.isdir(text) else text
+    if text.startswith("{") or not os.path.isfile(path):
+        return None
+    data = read_json(path, "architecture file")
+    return data.get("bits") if isinstance(data, dict) else None
 
 
 def as_arch(arch: "Arch | str | dict", space: SearchSpace | None = None) -> Arch:

@@ -39,6 +39,10 @@ class UncalibratedWarning(UserWarning):
     """A subnet handed out in eval mode with the supernet's BN statistics instead of its own."""
 
 
+class UntrainedWarning(UserWarning):
+    """A subnet calibrated for evaluation that runs choices its supernet never trained."""
+
+
 class ElasticBatchNorm2d(nn.BatchNorm2d):
     """BN over the first C channels of its buffers, C taken from the input."""
 
@@ -272,12 +276,20 @@ class Supernet(nn.Module):
         test with them, 86.8% with its own): `calib`, batches of (images, labels) of training
         data (`oqat.data.calib_batches`), recalibrates them and returns the subnet in eval mode,
         ready to evaluate or deploy; `keep_bn=True` keeps the supernet's (training, latency,
-        weight checks). An eval-mode supernet given neither warns that the subnet is uncalibrated."""
+        weight checks). An eval-mode supernet given neither warns that the subnet is uncalibrated;
+        a subnet calibrated for evaluation warns where it runs choices the supernet never trained."""
         arch = self.arch if arch is None else self.space.check(arch)
         if calib is None and not keep_bn and not self.training:
             warnings.warn(f"{arch}: BN statistics not recalibrated (pass calib=batches of training images, "
                           "or keep_bn=True where they do not matter); its accuracy will be far below the "
                           "subnet's", UncalibratedWarning, stacklevel=2)
+        if isinstance(calib, (int, float, str, torch.Tensor)):
+            raise TypeError("calib must be batches of (images, labels) of training data, e.g. oqat.data."
+                            f"calib_batches(splits.train, data_cfg, 1000, seed=0); got {type(calib).__name__}")
+        if calib is not None:
+            for choice in self.untrained(arch):
+                warnings.warn(f"{arch} runs {choice}, which this supernet never trained: its accuracy says little "
+                              "of the supernet", UntrainedWarning, stacklevel=2)
         net = Subnet(self.space, arch, self.bits).to(self.stem.conv.weight)
         for name in ["stem", "classifier"] + [h.name for h in self.space.head]:
             load_static(getattr(net, name), getattr(self, name))

@@ -94,5 +94,11 @@ def test_every_network_a_user_hands_over_opens_one_way(net, tmp_path):
     assert oqat.subnet_arch(supernet, ARCH, paths["supernet"]) == sub.arch
     with pytest.raises(ValueError, match="is a supernet: give --arch to choose the subnet"):
         oqat.subnet_arch(supernet, None, paths["supernet"])
-    with pytest.raises(ValueError, match="is a folder; pass a supernet, subnet or packed file, or an export folder"):
+    with pytest.raises(ValueError, match=f"holds export folders; pass one of them: {tmp_path / 'x'}$"):
         oqat.load_model(str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="is a folder; expected a supernet, subnet or packed file, or an export"):
+        oqat.load_model(str(tmp_path / "empty"))
+    for other in ("model.onnx", "arch.json", "MODEL_CARD.md"):  # files of an export that are no network file
+        with pytest.raises(ValueError, match=f"not a network file oqat writes .*; pass its export folder '{tmp_path}"):
+            oqat.load_model(str(tmp_path / "x" / other))
