@@ -12,8 +12,9 @@
  * "2-bit lookup" below: vpshufb over tables indexed by activation pairs, 64 MACs per vpshufb +
  * vpaddb), ~1.3x to 1.7x the vpmaddubsw loop on MobileNetV3's 1x1 shapes (Zen 5, AVX2 path).
  *
- * Depthwise: 16 channels per vector, int16 products, summed in int16 when exact (two output
- * pixels per iteration sharing each tap's widened weights: +15-30%), else in int32.
+ * Depthwise: where int16 sums are exact, vpmaddubsw over vertical tap pairs, 32 channels per group
+ * (see "depthwise with int16 sums" below); else 16 channels per vector, int16 products summed
+ * in int32.
  *
  * Epilogue: with oq_epilogue.thresholds (codes of <= 3 bits), 1-7 integer compares per 8
  * outputs, which measured faster here than the float operations (whose partial vectors need
@@ -562,40 +563,123 @@ static inline __attribute__((always_inline)) void dw_pixel(const oq_dw_args *d, 
   }
 }
 
-/* 16 input codes (iy, ix) from channel cb on as int16, or the padding code outside the image. */
-static inline __m256i dw_tap(const oq_dw_args *d, int iy, int ix, int cb, int n) {
-  if (iy < 0 || iy >= d->h || ix < 0 || ix >= d->w) return _mm256_set1_epi16(d->pad_u);
-  return _mm256_cvtepu8_epi16(load16(d->a + ((size_t)iy * d->w + ix) * d->c + cb, n));
+/* ---- depthwise with int16 sums: vpmaddubsw over vertical tap pairs ----
+ * For a group of 32 channels, the codes of 2 input rows (taps ky = 2q, 2q+1 of one column) are
+ * interleaved bytewise so that each int16 lane holds one channel's 2 codes, and the weights of
+ * the same 2 taps likewise (zero past ky = k-1): one vpmaddubsw multiplies 16 channels x 2 taps
+ * into int16 pair sums, which vpaddw adds. Exact where the caller proved every sum fits int16
+ * (then no pair sum saturates either). vpunpck* works within 128-bit lanes, so vector m of a
+ * group holds channel 16L + 8m + j in lane 8L + j; the sums are put back in order before the
+ * epilogue. A column's pairs are built once per output row into a row buffer and read by every
+ * output pixel that uses the column, and 4 output pixels share each loaded weight vector. */
+
+enum { DW_GROUP = 32, DW_NP = 4 };
+
+/* The codes of channels 0..n-1 at p (zeros past them). */
+static inline __m256i dw_load32(const uint8_t *p, int n) {
+  if (n >= 32) return _mm256_loadu_si256((const void *)p);
+  __m128i lo = load16(p, n < 16 ? n : 16), hi = n > 16 ? load16(p + 16, n - 16) : _mm_setzero_si128();
+  return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
 }
 
-/* Output pixels (oy, ox) and (oy, ox + 1) with int16 sums (the caller proved they fit): each
-   tap's weights are loaded and widened once for both. */
-static void dw_pair16(const oq_dw_args *d, int oy, int ox) {
-  int pad = d->k / 2, iy0 = oy * d->stride - pad, ix0 = ox * d->stride - pad, r = oy * d->wo + ox;
-  for (int cb = 0; cb < d->c; cb += 16) {
-    int n = d->c - cb;
-    __m256i s0 = _mm256_setzero_si256(), s1 = s0;
-    for (int ky = 0; ky < d->k; ky++)
-      for (int kx = 0; kx < d->k; kx++) {
-        __m256i wv = _mm256_cvtepi8_epi16(load16(d->wt + (size_t)(ky * d->k + kx) * d->c + cb, n));
-        int iy = iy0 + ky, ix = ix0 + kx;
-        s0 = _mm256_add_epi16(s0, _mm256_mullo_epi16(dw_tap(d, iy, ix, cb, n), wv));
-        s1 = _mm256_add_epi16(s1, _mm256_mullo_epi16(dw_tap(d, iy, ix + d->stride, cb, n), wv));
+/* Two vectors of 32 codes (rows r0, r1 of 32 channels) as 2 vectors of byte pairs. */
+static inline void interleave2(__m256i r0, __m256i r1, __m256i *out) {
+  _mm256_store_si256(out, _mm256_unpacklo_epi8(r0, r1));
+  _mm256_store_si256(out + 1, _mm256_unpackhi_epi8(r0, r1));
+}
+
+/* The weights of group g as pairs: wq[(q * k + kx) * 2 + m]. */
+static void dw_pack_weights(const oq_dw_args *d, int g, int nq, __m256i *wq) {
+  int n = d->c - g * DW_GROUP;
+  for (int q = 0; q < nq; q++)
+    for (int kx = 0; kx < d->k; kx++) {
+      __m256i r[2];
+      for (int i = 0; i < 2; i++) {
+        int ky = 2 * q + i;
+        r[i] = ky < d->k ? dw_load32((const uint8_t *)d->wt + (size_t)(ky * d->k + kx) * d->c + g * DW_GROUP, n)
+                         : _mm256_setzero_si256();
       }
-    __m256i acc[2] = {s0, s1};
+      interleave2(r[0], r[1], wq + (q * d->k + kx) * 2);
+    }
+}
+
+/* The input pairs of output row oy, group g: x[(q * wp + pad + ix) * 2 + m] for the image's
+   columns ix (the padding columns around them are filled once by the caller). Rows outside the
+   image read as the padding code, rows past the kernel as zeros (their weights are zero). */
+static void dw_build_row(const oq_dw_args *d, int g, int nq, int wp, int oy, __m256i *x) {
+  int pad = d->k / 2, n = d->c - g * DW_GROUP;
+  const __m256i padv = _mm256_set1_epi8((char)d->pad_u);
+  for (int q = 0; q < nq; q++) {
+    const uint8_t *row[2];
+    int inside[2];
     for (int i = 0; i < 2; i++) {
-      epilogue8(d->e, &d->rc, r + i, cb, d->c, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[i])));
-      if (n > 8) epilogue8(d->e, &d->rc, r + i, cb + 8, d->c, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[i], 1)));
+      int ky = 2 * q + i, iy = oy * d->stride - pad + ky;
+      inside[i] = ky < d->k && iy >= 0 && iy < d->h;
+      row[i] = d->a + (size_t)iy * d->w * d->c + g * DW_GROUP;
+    }
+    __m256i *xq = x + ((size_t)q * wp + pad) * 2;
+    for (int ix = 0; ix < d->w; ix++) {
+      __m256i r[2];
+      for (int i = 0; i < 2; i++)
+        r[i] = inside[i] ? dw_load32(row[i] + (size_t)ix * d->c, n) : 2 * q + i < d->k ? padv : _mm256_setzero_si256();
+      interleave2(r[0], r[1], xq + (size_t)ix * 2);
     }
   }
 }
 
-static void dw_rows16(const oq_dw_args *d, int oy0, int oy1) {
-  for (int oy = oy0; oy < oy1; oy++) {
-    int ox = 0;
-    for (; ox + 2 <= d->wo; ox += 2) dw_pair16(d, oy, ox);
-    if (ox < d->wo) dw_pixel(d, oy, ox, 0);
+/* The epilogue of output pixel r of group g: its 2 vectors of sums back in channel order, then
+   widened to int32, 8 channels at a time. */
+static void dw_epilogue(const oq_dw_args *d, int g, int r, __m256i acc0, __m256i acc1) {
+  __m256i z[2] = {_mm256_permute2x128_si256(acc0, acc1, 0x20), _mm256_permute2x128_si256(acc0, acc1, 0x31)};
+  for (int i = 0; i < 4; i++) {
+    int c0 = g * DW_GROUP + 8 * i;
+    if (c0 >= d->c) break;
+    __m128i half = i % 2 ? _mm256_extracti128_si256(z[i / 2], 1) : _mm256_castsi256_si128(z[i / 2]);
+    epilogue8(d->e, &d->rc, r, c0, d->c, _mm256_cvtepi16_epi32(half));
   }
+}
+
+/* np output pixels ox.. of row oy: int16 sums of both vectors m, then the epilogue. */
+static inline __attribute__((always_inline)) void dw_pixels(const oq_dw_args *d, int g, int nq, int wp,
+                                                            const __m256i *x, const __m256i *wq, int oy, int ox,
+                                                            int np) {
+  __m256i acc[DW_NP][2];
+  for (int p = 0; p < np; p++) acc[p][0] = acc[p][1] = _mm256_setzero_si256();
+  for (int q = 0; q < nq; q++)
+    for (int kx = 0; kx < d->k; kx++) {
+      const __m256i *w = wq + (q * d->k + kx) * 2;
+      __m256i w0 = _mm256_load_si256(w), w1 = _mm256_load_si256(w + 1);
+      for (int p = 0; p < np; p++) {
+        const __m256i *xp = x + ((size_t)q * wp + (size_t)(ox + p) * d->stride + kx) * 2;
+        acc[p][0] = _mm256_add_epi16(acc[p][0], _mm256_maddubs_epi16(_mm256_load_si256(xp), w0));
+        acc[p][1] = _mm256_add_epi16(acc[p][1], _mm256_maddubs_epi16(_mm256_load_si256(xp + 1), w1));
+      }
+    }
+  for (int p = 0; p < np; p++) dw_epilogue(d, g, oy * d->wo + ox + p, acc[p][0], acc[p][1]);
+}
+
+static void dw_rows16(const oq_dw_args *d, int oy0, int oy1) {
+  int nq = (d->k + 1) / 2, pad = d->k / 2, wp = d->w + 2 * pad;
+  size_t nx = (size_t)nq * wp * 2, nw = (size_t)nq * d->k * 2;
+  __m256i *x = aligned_alloc(32, (nx + nw) * sizeof(__m256i)), *wq = x + nx;
+  if (!x) abort();
+  const __m256i padv = _mm256_set1_epi8((char)d->pad_u);
+  for (int q = 0; q < nq; q++)
+    for (int i = 0; i < pad; i++)
+      for (int m = 0; m < 2; m++) {
+        x[((size_t)q * wp + i) * 2 + m] = padv;
+        x[((size_t)q * wp + pad + d->w + i) * 2 + m] = padv;
+      }
+  for (int g = 0; g * DW_GROUP < d->c; g++) {
+    dw_pack_weights(d, g, nq, wq);
+    for (int oy = oy0; oy < oy1; oy++) {
+      dw_build_row(d, g, nq, wp, oy, x);
+      int ox = 0;
+      for (; ox + DW_NP <= d->wo; ox += DW_NP) dw_pixels(d, g, nq, wp, x, wq, oy, ox, DW_NP);
+      for (; ox < d->wo; ox++) dw_pixels(d, g, nq, wp, x, wq, oy, ox, 1);
+    }
+  }
+  free(x);
 }
 
 static void dw_rows32(const oq_dw_args *d, int oy0, int oy1) {
