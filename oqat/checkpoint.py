@@ -60,22 +60,6 @@ def atomic_write(path: str, write) -> None:
         os.close(dir_fd)
 
 
-def check_output(path: str, option: str, folder: bool) -> None:
-    """Refuse, before any work, an output path that cannot be written: a file where a folder
-    (`folder`) is to go or a folder where a file is, a file on its way, a folder not writable."""
-    path = os.path.abspath(path)
-    expected = "a folder (or a path to create one at)" if folder else "a file path (not a folder)"
-    if os.path.exists(path) and os.path.isdir(path) != folder:
-        raise ValueError(f"{option} '{path}' is a {'file' if folder else 'folder'}; expected {expected}")
-    parent = path if os.path.isdir(path) else os.path.dirname(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ValueError(f"{option} '{path}': '{parent}' is a file; expected {expected}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} '{path}' cannot be written: '{parent}' is not writable")
-
-
 def write_text(path: str, text: str) -> None:
     """`text` as UTF-8, written atomically (atomic_write)."""
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))

@@ -80,7 +80,7 @@ def add_output(p, flag: str, folder: bool, **kwargs) -> None:
 
 
 def check_outputs(args) -> None:
-    from .checkpoint import check_output
+    from .faults import check_output
     for dest, (flag, folder) in (getattr(args, "outputs", None) or {}).items():
         if getattr(args, dest) is not None:
             check_output(str(getattr(args, dest)), flag, folder)
@@ -527,8 +527,8 @@ def cmd_sample(args):
 def add_config(sub):
     p = sub.add_parser("config", help="show a config (default: the defaults) with a comment per field, or check it")
     p.add_argument("action", nargs="?", default="show", choices=["show", "check"],
-                   help="show (default): the resolved config; check: also that its data is there, as `oqat run` "
-                        "does first")
+                   help="show (default): the resolved config; check: what `oqat run` checks before it starts "
+                        "(its data is there, run.dir can be written, ...)")
     p.add_argument("config", nargs="?", default=None, help="YAML experiment config (default: the defaults)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. search.population=8")
     p.set_defaults(func=cmd_config)
@@ -536,11 +536,14 @@ def add_config(sub):
 
 def cmd_config(args):
     from .config import describe
-    from .experiment import check_inputs
+    from .faults import check_output
+    from .pipeline import check_run
     cfg = _load_experiment(args)
     if args.action == "check":
-        check_inputs(cfg)
-        print(f"ok: {args.config or 'the defaults'} is a valid config and its data is there")
+        check_run(cfg)
+        check_output(cfg.run.dir, "run.dir", folder=True)  # what the run folder's lock refuses
+        print(f"ok: {args.config or 'the defaults'} is a valid config for `oqat run`, its data is there and "
+              f"run.dir '{cfg.run.dir}' can be written")
     else:
         print(describe(cfg), end="")
 

@@ -285,6 +285,9 @@ def _fmnist_folder(cfg: DataConfig) -> tuple[str, bool]:
     """Where Fashion-MNIST is (or is to be downloaded to), and whether every file is there."""
     if cfg.root is not None:
         folder = os.path.expanduser(cfg.root)
+        if not os.path.isdir(folder):  # most often a typo: `oqat config check` would pass it, the run fail later
+            raise DataError(f"data.root '{cfg.root}' is not a folder; expected the folder that holds Fashion-MNIST, "
+                            "or an existing one to download it into")
     elif _find_fmnist(SYSTEM_FASHION_MNIST, "train-images-idx3-ubyte"):
         folder = SYSTEM_FASHION_MNIST
     else:

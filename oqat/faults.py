@@ -6,6 +6,7 @@ import errno
 import fcntl
 import os
 import signal
+import tempfile
 import threading
 
 LOCK_FILE = ".oqat.lock"
@@ -54,6 +55,26 @@ def stop_on_signals():
             signal.signal(s, handler)
 
 
+def check_output(path: str, option: str, folder: bool) -> None:
+    """Refuse, before any work, an output path that cannot be written: a file where a folder
+    (`folder`) is to go or a folder where a file is, a path under a file, a folder that takes
+    no file (tried with an empty one, removed at once: the reason is the system's own)."""
+    expected = "a folder (or a path to create one at)" if folder else "a file path (not a folder)"
+    if os.path.exists(path) and os.path.isdir(path) != folder:
+        raise ValueError(f"{option} '{path}' is a {'file' if folder else 'folder'}; expected {expected}")
+    parent = os.path.abspath(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    try:
+        if not os.path.isdir(parent):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".oqat-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"{option} '{path}' cannot be written: {err.strerror}") from None
+
+
 @contextlib.contextmanager
 def run_dir_lock(path: str):
     """Hold `path` (run.dir) as its one writer, refusing before any work a path that is a
@@ -63,8 +84,7 @@ def run_dir_lock(path: str):
     if int(os.environ.get("RANK", "0")) != 0:
         yield
         return
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"run.dir '{path}' is a file; expected a folder (or a path to create one at)")
+    check_output(path, "run.dir", folder=True)
     lock = os.path.join(path, LOCK_FILE)
     try:
         os.makedirs(path, exist_ok=True)

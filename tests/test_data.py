@@ -140,6 +140,7 @@ def test_download_verifies_and_loads(server, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "FASHION_MNIST_URL", url)
     monkeypatch.setattr(data, "FASHION_MNIST_FILES", table(served))
     dest = tmp_path / "dest"
+    dest.mkdir()  # a data.root must exist: a missing one is refused as a typo
     splits = data.load_splits(DataConfig(root=str(dest), val_size=100, train_size=10))
     assert len(splits.test) == 10000
     assert sorted(os.listdir(dest)) == sorted(data.FASHION_MNIST_FILES)

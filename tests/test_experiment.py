@@ -55,7 +55,8 @@ def test_a_bad_config_is_refused_before_any_work(command, override, message, tmp
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["data.root=/nonexistent", "data.download=false"], "Fashion-MNIST not found in '/nonexistent'"),
+    (["data.root=/nonexistent", "data.download=false"], "data.root '/nonexistent' is not a folder"),
+    (["data.root=/nonexistent"], "data.root '/nonexistent' is not a folder"),  # a typo, not a place to download to
     (["data.root=/nonexistent", "data.name=imagefolder"], "'/nonexistent/train' not found"),
     (["search.budgets=['latency<=3']"], "latency needs --latency-table"),
     (["train.init_from=/nonexistent.pt"], "train.init_from '/nonexistent.pt' not found"),
@@ -71,6 +72,14 @@ def test_run_checks_its_data_and_budgets_before_any_work(overrides, message, tmp
     if "budgets" not in overrides[0]:  # `oqat train` has no budgets; it checks the rest the same way
         assert main(["train", *argv]) == 2 and message in capsys.readouterr().err
         assert main(["config", "check", *argv]) == 2 and message in capsys.readouterr().err
+
+
+def test_config_check_refuses_a_run_dir_that_run_refuses(tmp_path, capsys):
+    (tmp_path / "f").write_text("")
+    for run_dir in (tmp_path / "f", tmp_path / "f" / "sub"):
+        for command in (["config", "check"], ["run"]):
+            assert main([*command, CONFIG, f"run.dir={run_dir}"]) == 2
+            assert f"run.dir '{run_dir}'" in capsys.readouterr().err
 
 
 def test_each_stage_trains_train_s_settings_with_its_own(tmp_path):
