@@ -229,26 +229,26 @@ static void dw_pack_weights(const oq_dw_args *d, int g, int nq, __m512i *wq) {
 
 /* The input quads of output row oy, group g: x[(q * wp + pad + ix) * 4 + m] for the image's
    columns ix (the padding columns around them are filled once by the caller). Rows outside the
-   image read as the padding code, rows past the kernel as zeros (their weights are zero). */
-static void dw_build_row(const oq_dw_args *d, int g, int nq, int wp, int oy, __m512i *x) {
+   image read the padding codes at padv, rows past the kernel the zeros at zero (their weights
+   are zero), with a step of 0: the loop over the columns has no branches. */
+static void dw_build_row(const oq_dw_args *d, int g, int nq, int wp, int oy, const __m512i *padv,
+                         const __m512i *zero, __m512i *x) {
   int pad = d->k / 2;
   __mmask64 m = group_mask(d->c - g * DW_GROUP);
-  const __m512i padv = _mm512_set1_epi8((char)d->pad_u);
   for (int q = 0; q < nq; q++) {
     const uint8_t *row[4];
-    int inside[4];
+    size_t step[4];
     for (int i = 0; i < 4; i++) {
       int ky = 4 * q + i, iy = oy * d->stride - pad + ky;
-      inside[i] = ky < d->k && iy >= 0 && iy < d->h;
-      row[i] = d->a + (size_t)iy * d->w * d->c + g * DW_GROUP;
+      int inside = ky < d->k && iy >= 0 && iy < d->h;
+      row[i] = inside ? d->a + (size_t)iy * d->w * d->c + g * DW_GROUP : (const uint8_t *)(ky < d->k ? padv : zero);
+      step[i] = inside ? (size_t)d->c : 0;
     }
     __m512i *xq = x + ((size_t)q * wp + pad) * 4;
-    for (int ix = 0; ix < d->w; ix++) {
-      __m512i r[4];
-      for (int i = 0; i < 4; i++)
-        r[i] = inside[i] ? _mm512_maskz_loadu_epi8(m, row[i] + (size_t)ix * d->c)
-                         : 4 * q + i < d->k ? padv : _mm512_setzero_si512();
-      interleave4(r[0], r[1], r[2], r[3], xq + (size_t)ix * 4);
+    for (int ix = 0; ix < d->w; ix++, xq += 4) {
+      interleave4(_mm512_maskz_loadu_epi8(m, row[0]), _mm512_maskz_loadu_epi8(m, row[1]),
+                  _mm512_maskz_loadu_epi8(m, row[2]), _mm512_maskz_loadu_epi8(m, row[3]), xq);
+      row[0] += step[0], row[1] += step[1], row[2] += step[2], row[3] += step[3];
     }
   }
 }
@@ -310,9 +310,10 @@ static void dwconv(const uint8_t *a, int h, int w, int c, int k, int stride, con
   oq_dw_args d = {a, h, w, c, k, stride, (w - 1) / stride + 1, wt, pad_u, e, oq_recip_of(e)};
   int nq = (k + 3) / 4, pad = k / 2, wp = w + 2 * pad;
   size_t nx = (size_t)nq * wp * 4, nw = (size_t)nq * k * 4;
-  __m512i *x = aligned_alloc(64, (nx + nw) * sizeof(__m512i)), *wq = x + nx;
+  __m512i *x = aligned_alloc(64, (nx + nw + 2) * sizeof(__m512i)), *wq = x + nx, *consts = wq + nw;
   if (!x) abort();
   const __m512i padv = _mm512_set1_epi8((char)pad_u);
+  consts[0] = padv, consts[1] = _mm512_setzero_si512();
   for (int q = 0; q < nq; q++)
     for (int i = 0; i < pad; i++)
       for (int m = 0; m < 4; m++) {
@@ -328,7 +329,7 @@ static void dwconv(const uint8_t *a, int h, int w, int c, int k, int stride, con
     }
     dw_pack_weights(&d, g, nq, wq);
     for (int oy = oy0; oy < oy1; oy++) {
-      dw_build_row(&d, g, nq, wp, oy, x);
+      dw_build_row(&d, g, nq, wp, oy, consts, consts + 1, x);
       dw_row(&d, nq, wp, x, wq, ch, nv, oy);
     }
   }
