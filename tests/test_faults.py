@@ -5,6 +5,7 @@ import errno
 import io
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -337,7 +338,9 @@ def test_an_unreadable_image_is_skipped_with_one_warning_naming_it(tmp_path, cap
 def test_a_diverging_run_stops_saying_so_and_what_to_try_and_saves_no_nonfinite_weights(tmp_path, capsys):
     assert main(["run", f"run.dir={tmp_path}", *TINY_RUN, "train.lr=1e6", "--quiet"]) == 2
     err = one_line(capsys)
-    assert err.startswith("oqat run: error: training diverged: non-finite loss at step ")
+    # Which shows first, a non-finite loss or non-finite weights, depends on the thread count and on
+    # what ran before in the process (seen both ways): either stops the run, saying so.
+    assert re.match(r"oqat run: error: training diverged: non-finite (loss at|weights after) step ", err)
     assert "try a lower lr (this stage's is 1e+06) or train.grad_clip, in a new run.dir" in err
     assert not list(tmp_path.rglob("supernet.pt"))
     for path in tmp_path.rglob("*.pt"):  # the checkpoints kept are all finite
