@@ -9,7 +9,7 @@
     the authors' checkpoints            load_oqa_checkpoint
 
 The JSON files of a run (metrics, search results, export facts, latency tables, pairs) are
-`oqat.records`'.
+written and read in `oqat.records`.
 
 Each writer sits beside its loader, so the fields one writes are the fields the other checks.
 A checkpoint is written atomically and read with torch.load(weights_only=True): no arbitrary
