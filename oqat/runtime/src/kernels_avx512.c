@@ -275,33 +275,110 @@ static inline __attribute__((always_inline)) void dw_sums(const oq_dw_args *d, i
     }
 }
 
-/* The epilogue of one output pixel r of group g: its 4 vectors of sums back in channel order
-   (a 4x4 transpose of 128-bit lanes), then 16 channels at a time. */
-static void dw_epilogue(const oq_dw_args *d, const chan16 ch[4], int nv, int r, const __m512i acc[4]) {
-  __m512i t0 = _mm512_shuffle_i32x4(acc[0], acc[1], _MM_SHUFFLE(1, 0, 1, 0));
-  __m512i t1 = _mm512_shuffle_i32x4(acc[2], acc[3], _MM_SHUFFLE(1, 0, 1, 0));
-  __m512i t2 = _mm512_shuffle_i32x4(acc[0], acc[1], _MM_SHUFFLE(3, 2, 3, 2));
-  __m512i t3 = _mm512_shuffle_i32x4(acc[2], acc[3], _MM_SHUFFLE(3, 2, 3, 2));
-  __m512i z[4] = {_mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(2, 0, 2, 0)),
-                  _mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)),
-                  _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(2, 0, 2, 0)),
-                  _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(3, 1, 3, 1))};
-  for (int n = 0; n < nv; n++) epilogue16(d->e, &d->rc, &ch[n], r, z[n]);
+/* 4 vectors of 16 lanes as their 4x4 transpose of 128-bit lanes (out[n] lane m = in[m] lane n):
+   sums in the interleaved order to channel order, and per-channel operands the other way. */
+static void transpose_lanes(const __m512i in[4], __m512i out[4]) {
+  __m512i t0 = _mm512_shuffle_i32x4(in[0], in[1], _MM_SHUFFLE(1, 0, 1, 0));
+  __m512i t1 = _mm512_shuffle_i32x4(in[2], in[3], _MM_SHUFFLE(1, 0, 1, 0));
+  __m512i t2 = _mm512_shuffle_i32x4(in[0], in[1], _MM_SHUFFLE(3, 2, 3, 2));
+  __m512i t3 = _mm512_shuffle_i32x4(in[2], in[3], _MM_SHUFFLE(3, 2, 3, 2));
+  out[0] = _mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(2, 0, 2, 0));
+  out[1] = _mm512_shuffle_i32x4(t0, t1, _MM_SHUFFLE(3, 1, 3, 1));
+  out[2] = _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(2, 0, 2, 0));
+  out[3] = _mm512_shuffle_i32x4(t2, t3, _MM_SHUFFLE(3, 1, 3, 1));
+}
+
+/* The epilogue operands of a group of 64 channels c0..: per 16 channels in channel order (ch,
+   for epilogue16), and, where the output is u8 codes without a residual and oq_recip's
+   reciprocal applies (fast), in the interleaved order of the sums with the constants in
+   registers (a store of u8 codes may alias the epilogue, so nothing is read through e). */
+typedef struct {
+  chan16 ch[4];
+  int nv, c0, fast, act;
+  __mmask64 store;
+  __m512 scale[4], shift[4], qn, qp, recip;
+  __m512i bias[4], qn_i;
+} dw_group;
+
+static void dw_group_of(const oq_dw_args *d, int g, dw_group *gr) {
+  const oq_epilogue *e = d->e;
+  gr->c0 = g * DW_GROUP, gr->nv = 0;
+  for (; gr->nv < 4 && gr->c0 + gr->nv * LANES < d->c; gr->nv++) {
+    int c0 = gr->c0 + gr->nv * LANES;
+    gr->ch[gr->nv] = channels16(e, c0, lanes_mask(d->c - c0));
+  }
+  gr->fast = d->rc.fast && e->out_u8 && !e->residual;
+  if (!gr->fast) return;
+  __m512i sc[4], sh[4], bi[4];
+  for (int n = 0; n < 4; n++) {
+    int live = n < gr->nv;
+    sc[n] = live ? _mm512_castps_si512(gr->ch[n].scale) : _mm512_setzero_si512();
+    sh[n] = live ? _mm512_castps_si512(gr->ch[n].shift) : _mm512_setzero_si512();
+    bi[n] = live ? gr->ch[n].bias : _mm512_setzero_si512();
+  }
+  __m512i t[4];
+  transpose_lanes(sc, t);
+  for (int m = 0; m < 4; m++) gr->scale[m] = _mm512_castsi512_ps(t[m]);
+  transpose_lanes(sh, t);
+  for (int m = 0; m < 4; m++) gr->shift[m] = _mm512_castsi512_ps(t[m]);
+  transpose_lanes(bi, gr->bias);
+  gr->store = group_mask(d->c - gr->c0), gr->act = e->act;
+  gr->qn = _mm512_set1_ps((float)e->qn), gr->qp = _mm512_set1_ps((float)e->qp), gr->qn_i = _mm512_set1_epi32(e->qn);
+  gr->recip = _mm512_set1_ps(e->act == OQ_ACT_HSWISH ? d->rc.r6 : d->rc.r);
+}
+
+/* The fast path of epilogue16 on a pixel's 4 vectors of sums in their interleaved order: the
+   codes are put in channel order by the packs (which undo the unpacks' interleaving) and stored
+   as one vector. Returns 0, having stored nothing, where a lane is near a tie (the caller then
+   takes epilogue16, with its divisions). */
+static inline __attribute__((always_inline)) int dw_codes(const oq_dw_args *d, const dw_group *gr, int r,
+                                                          const __m512i acc[4]) {
+  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f), three = _mm512_set1_ps(3.0f);
+  __mmask16 safe = 0xffff;
+  __m512i u[4];
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; m++) {
+    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[m], gr->bias[m])), gr->scale[m]);
+    y = _mm512_add_ps(y, gr->shift[m]);
+    if (gr->act == OQ_ACT_RELU) y = _mm512_max_ps(y, zero);
+    if (gr->act == OQ_ACT_RELU6) y = _mm512_min_ps(_mm512_max_ps(y, zero), six);
+    if (gr->act == OQ_ACT_HSWISH)  /* y * min(max(y + 3, 0), 6); the / 6 is in recip */
+      y = _mm512_mul_ps(y, _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(y, three), zero), six));
+    __m512 q = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(y, gr->recip), gr->qn), gr->qp);
+    __m512 qr = _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    safe &= _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(q, qr)), _mm512_set1_ps(OQ_TIE_SAFE), _CMP_LT_OQ);
+    u[m] = _mm512_sub_epi32(_mm512_cvttps_epi32(qr), gr->qn_i);
+  }
+  if (safe != 0xffff) return 0;
+  /* codes are 0..255: the packs do not saturate */
+  __m512i b = _mm512_packus_epi16(_mm512_packus_epi32(u[0], u[1]), _mm512_packus_epi32(u[2], u[3]));
+  _mm512_mask_storeu_epi8(d->e->out_u8 + (size_t)r * d->e->ld_out + gr->c0, gr->store, b);
+  return 1;
+}
+
+/* The epilogue of output pixel r of a group: dw_codes, or the sums back in channel order
+   through epilogue16. */
+static inline __attribute__((always_inline)) void dw_epilogue(const oq_dw_args *d, const dw_group *gr, int r,
+                                                              const __m512i acc[4]) {
+  if (gr->fast && dw_codes(d, gr, r, acc)) return;
+  __m512i z[4];
+  transpose_lanes(acc, z);
+  for (int n = 0; n < gr->nv; n++) epilogue16(d->e, &d->rc, &gr->ch[n], r, z[n]);
 }
 
 static inline __attribute__((always_inline)) void dw_pixels(const oq_dw_args *d, int nq, int wp, const __m512i *x,
-                                                            const __m512i *wq, const chan16 ch[4], int nv, int oy,
-                                                            int ox, int np) {
+                                                            const __m512i *wq, const dw_group *gr, int oy, int ox,
+                                                            int np) {
   __m512i acc[DW_NP][4];
   dw_sums(d, nq, wp, x, wq, ox, np, acc);
-  for (int p = 0; p < np; p++) dw_epilogue(d, ch, nv, oy * d->wo + ox + p, acc[p]);
+  for (int p = 0; p < np; p++) dw_epilogue(d, gr, oy * d->wo + ox + p, acc[p]);
 }
 
-static void dw_row(const oq_dw_args *d, int nq, int wp, const __m512i *x, const __m512i *wq, const chan16 ch[4],
-                   int nv, int oy) {
+static void dw_row(const oq_dw_args *d, int nq, int wp, const __m512i *x, const __m512i *wq, const dw_group *gr,
+                   int oy) {
   int ox = 0;
-  for (; ox + DW_NP <= d->wo; ox += DW_NP) dw_pixels(d, nq, wp, x, wq, ch, nv, oy, ox, DW_NP);
-  for (; ox < d->wo; ox++) dw_pixels(d, nq, wp, x, wq, ch, nv, oy, ox, 1);
+  for (; ox + DW_NP <= d->wo; ox += DW_NP) dw_pixels(d, nq, wp, x, wq, gr, oy, ox, DW_NP);
+  for (; ox < d->wo; ox++) dw_pixels(d, nq, wp, x, wq, gr, oy, ox, 1);
 }
 
 static void dwconv(const uint8_t *a, int h, int w, int c, int k, int stride, const int8_t *wt,
@@ -321,16 +398,12 @@ static void dwconv(const uint8_t *a, int h, int w, int c, int k, int stride, con
         x[((size_t)q * wp + pad + w + i) * 4 + m] = padv;
       }
   for (int g = 0; g * DW_GROUP < c; g++) {
-    chan16 ch[4];
-    int nv = 0;
-    for (; nv < 4 && g * DW_GROUP + nv * LANES < c; nv++) {
-      int c0 = g * DW_GROUP + nv * LANES;
-      ch[nv] = channels16(e, c0, lanes_mask(c - c0));
-    }
+    dw_group gr;
+    dw_group_of(&d, g, &gr);
     dw_pack_weights(&d, g, nq, wq);
     for (int oy = oy0; oy < oy1; oy++) {
       dw_build_row(&d, g, nq, wp, oy, consts, consts + 1, x);
-      dw_row(&d, nq, wp, x, wq, ch, nv, oy);
+      dw_row(&d, nq, wp, x, wq, &gr, oy);
     }
   }
   free(x);
