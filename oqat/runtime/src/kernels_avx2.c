@@ -605,42 +605,104 @@ static void dw_pack_weights(const oq_dw_args *d, int g, int nq, __m256i *wq) {
 
 /* The input pairs of output row oy, group g: x[(q * wp + pad + ix) * 2 + m] for the image's
    columns ix (the padding columns around them are filled once by the caller). Rows outside the
-   image read as the padding code, rows past the kernel as zeros (their weights are zero). */
-static void dw_build_row(const oq_dw_args *d, int g, int nq, int wp, int oy, __m256i *x) {
+   image read the padding codes at padv, rows past the kernel the zeros at zero (their weights
+   are zero), with a step of 0: the loop over the columns has no branches. */
+static void dw_build_row(const oq_dw_args *d, int g, int nq, int wp, int oy, const __m256i *padv,
+                         const __m256i *zero, __m256i *x) {
   int pad = d->k / 2, n = d->c - g * DW_GROUP;
-  const __m256i padv = _mm256_set1_epi8((char)d->pad_u);
   for (int q = 0; q < nq; q++) {
     const uint8_t *row[2];
-    int inside[2];
+    size_t step[2];
     for (int i = 0; i < 2; i++) {
       int ky = 2 * q + i, iy = oy * d->stride - pad + ky;
-      inside[i] = ky < d->k && iy >= 0 && iy < d->h;
-      row[i] = d->a + (size_t)iy * d->w * d->c + g * DW_GROUP;
+      int inside = ky < d->k && iy >= 0 && iy < d->h;
+      row[i] = inside ? d->a + (size_t)iy * d->w * d->c + g * DW_GROUP : (const uint8_t *)(ky < d->k ? padv : zero);
+      step[i] = inside ? (size_t)d->c : 0;
     }
     __m256i *xq = x + ((size_t)q * wp + pad) * 2;
-    for (int ix = 0; ix < d->w; ix++) {
-      __m256i r[2];
-      for (int i = 0; i < 2; i++)
-        r[i] = inside[i] ? dw_load32(row[i] + (size_t)ix * d->c, n) : 2 * q + i < d->k ? padv : _mm256_setzero_si256();
-      interleave2(r[0], r[1], xq + (size_t)ix * 2);
+    for (int ix = 0; ix < d->w; ix++, xq += 2) {
+      interleave2(dw_load32(row[0], n), dw_load32(row[1], n), xq);
+      row[0] += step[0], row[1] += step[1];
     }
   }
 }
 
-/* The epilogue of output pixel r of group g: its 2 vectors of sums back in channel order, then
-   widened to int32, 8 channels at a time. */
-static void dw_epilogue(const oq_dw_args *d, int g, int r, __m256i acc0, __m256i acc1) {
-  __m256i z[2] = {_mm256_permute2x128_si256(acc0, acc1, 0x20), _mm256_permute2x128_si256(acc0, acc1, 0x31)};
+/* The float epilogue's operands of a group of 32 channels c0.., 8 channels per vector, where
+   the output is u8 codes without thresholds or a residual and oq_recip's reciprocal applies
+   (fast); constants in registers (a store of u8 codes may alias the epilogue). */
+typedef struct {
+  int c0, n, fast, act;
+  __m256 scale[4], shift[4], qn, qp, recip;
+  __m256i bias[4], qn_i;
+} dw_group;
+
+static void dw_group_of(const oq_dw_args *d, int g, dw_group *gr) {
+  const oq_epilogue *e = d->e;
+  gr->c0 = g * DW_GROUP, gr->n = d->c - gr->c0;
+  gr->fast = d->rc.fast && e->out_u8 && !e->residual && !e->thresholds;
+  if (!gr->fast) return;
   for (int i = 0; i < 4; i++) {
-    int c0 = g * DW_GROUP + 8 * i;
-    if (c0 >= d->c) break;
-    __m128i half = i % 2 ? _mm256_extracti128_si256(z[i / 2], 1) : _mm256_castsi256_si128(z[i / 2]);
-    epilogue8(d->e, &d->rc, r, c0, d->c, _mm256_cvtepi16_epi32(half));
+    int c0 = gr->c0 + 8 * i;
+    __m256i m = lanes_mask(d->c - c0);
+    gr->scale[i] = _mm256_maskload_ps(e->scale + c0, m), gr->shift[i] = _mm256_maskload_ps(e->shift + c0, m);
+    gr->bias[i] = e->acc_bias ? _mm256_maskload_epi32(e->acc_bias + c0, m) : _mm256_setzero_si256();
   }
+  gr->act = e->act;
+  gr->qn = _mm256_set1_ps((float)e->qn), gr->qp = _mm256_set1_ps((float)e->qp), gr->qn_i = _mm256_set1_epi32(e->qn);
+  gr->recip = _mm256_set1_ps(e->act == OQ_ACT_HSWISH ? d->rc.r6 : d->rc.r);
+}
+
+/* The fast path of epilogue8 on the 32 channels of a pixel (acc[i]: channels c0 + 8i..), the
+   codes packed and stored together. Returns 0, having stored nothing, where a lane is near a tie
+   (the caller then takes epilogue8, with its divisions). */
+static inline __attribute__((always_inline)) int dw_codes(const oq_dw_args *d, const dw_group *gr, int r,
+                                                          const __m256i acc[4]) {
+  const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f), three = _mm256_set1_ps(3.0f);
+  __m256 unsafe = zero;
+  __m256i u[4];
+  for (int i = 0; i < 4; i++) {
+    __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc[i], gr->bias[i])), gr->scale[i]);
+    y = _mm256_add_ps(y, gr->shift[i]);
+    if (gr->act == OQ_ACT_RELU) y = _mm256_max_ps(y, zero);
+    if (gr->act == OQ_ACT_RELU6) y = _mm256_min_ps(_mm256_max_ps(y, zero), six);
+    if (gr->act == OQ_ACT_HSWISH)  /* y * min(max(y + 3, 0), 6); the / 6 is in recip */
+      y = _mm256_mul_ps(y, _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(y, three), zero), six));
+    __m256 q = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(y, gr->recip), gr->qn), gr->qp);
+    __m256 qr = _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 off = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps(q, qr));
+    unsafe = _mm256_or_ps(unsafe, _mm256_cmp_ps(off, _mm256_set1_ps(OQ_TIE_SAFE), _CMP_NLT_UQ));
+    u[i] = _mm256_sub_epi32(_mm256_cvttps_epi32(qr), gr->qn_i);
+  }
+  if (_mm256_movemask_ps(unsafe)) return 0;
+  /* codes are 0..255: the packs do not saturate; they leave 4-channel dwords in the order
+     0, 2, 4, 6, 1, 3, 5, 7, which vpermd puts back */
+  __m256i b = _mm256_packus_epi16(_mm256_packus_epi32(u[0], u[1]), _mm256_packus_epi32(u[2], u[3]));
+  b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  uint8_t *out = d->e->out_u8 + (size_t)r * d->e->ld_out + gr->c0;
+  if (gr->n >= 32) {
+    _mm256_storeu_si256((void *)out, b);
+  } else {
+    uint8_t tmp[32];
+    _mm256_storeu_si256((void *)tmp, b);
+    memcpy(out, tmp, gr->n);
+  }
+  return 1;
+}
+
+/* The epilogue of output pixel r of a group: the int16 sums widened (vector m's 128-bit halves
+   hold channels 8m.. and 16 + 8m..), then dw_codes or epilogue8. */
+static inline __attribute__((always_inline)) void dw_epilogue(const oq_dw_args *d, const dw_group *gr, int r,
+                                                              __m256i acc0, __m256i acc1) {
+  __m256i acc[4] = {_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc0)),
+                    _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc1)),
+                    _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc0, 1)),
+                    _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc1, 1))};
+  if (gr->fast && dw_codes(d, gr, r, acc)) return;
+  for (int i = 0; i < 4 && 8 * i < gr->n; i++) epilogue8(d->e, &d->rc, r, gr->c0 + 8 * i, d->c, acc[i]);
 }
 
 /* np output pixels ox.. of row oy: int16 sums of both vectors m, then the epilogue. */
-static inline __attribute__((always_inline)) void dw_pixels(const oq_dw_args *d, int g, int nq, int wp,
+static inline __attribute__((always_inline)) void dw_pixels(const oq_dw_args *d, const dw_group *gr, int nq, int wp,
                                                             const __m256i *x, const __m256i *wq, int oy, int ox,
                                                             int np) {
   __m256i acc[DW_NP][2];
@@ -655,15 +717,16 @@ static inline __attribute__((always_inline)) void dw_pixels(const oq_dw_args *d,
         acc[p][1] = _mm256_add_epi16(acc[p][1], _mm256_maddubs_epi16(_mm256_load_si256(xp + 1), w1));
       }
     }
-  for (int p = 0; p < np; p++) dw_epilogue(d, g, oy * d->wo + ox + p, acc[p][0], acc[p][1]);
+  for (int p = 0; p < np; p++) dw_epilogue(d, gr, oy * d->wo + ox + p, acc[p][0], acc[p][1]);
 }
 
 static void dw_rows16(const oq_dw_args *d, int oy0, int oy1) {
   int nq = (d->k + 1) / 2, pad = d->k / 2, wp = d->w + 2 * pad;
   size_t nx = (size_t)nq * wp * 2, nw = (size_t)nq * d->k * 2;
-  __m256i *x = aligned_alloc(32, (nx + nw) * sizeof(__m256i)), *wq = x + nx;
+  __m256i *x = aligned_alloc(32, (nx + nw + 2) * sizeof(__m256i)), *wq = x + nx, *consts = wq + nw;
   if (!x) abort();
   const __m256i padv = _mm256_set1_epi8((char)d->pad_u);
+  consts[0] = padv, consts[1] = _mm256_setzero_si256();
   for (int q = 0; q < nq; q++)
     for (int i = 0; i < pad; i++)
       for (int m = 0; m < 2; m++) {
@@ -671,12 +734,14 @@ static void dw_rows16(const oq_dw_args *d, int oy0, int oy1) {
         x[((size_t)q * wp + pad + d->w + i) * 2 + m] = padv;
       }
   for (int g = 0; g * DW_GROUP < d->c; g++) {
+    dw_group gr;
+    dw_group_of(d, g, &gr);
     dw_pack_weights(d, g, nq, wq);
     for (int oy = oy0; oy < oy1; oy++) {
-      dw_build_row(d, g, nq, wp, oy, x);
+      dw_build_row(d, g, nq, wp, oy, consts, consts + 1, x);
       int ox = 0;
-      for (; ox + DW_NP <= d->wo; ox += DW_NP) dw_pixels(d, g, nq, wp, x, wq, oy, ox, DW_NP);
-      for (; ox < d->wo; ox++) dw_pixels(d, g, nq, wp, x, wq, oy, ox, 1);
+      for (; ox + DW_NP <= d->wo; ox += DW_NP) dw_pixels(d, &gr, nq, wp, x, wq, oy, ox, DW_NP);
+      for (; ox < d->wo; ox++) dw_pixels(d, &gr, nq, wp, x, wq, oy, ox, 1);
     }
   }
   free(x);
