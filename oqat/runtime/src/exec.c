@@ -81,7 +81,7 @@ static size_t scratch_bytes(const oqat_rt_model *m) {
   for (int i = 0; i < m->n_ops; i++) {
     const oq_op *o = &m->ops[i];
     size_t n = o->type == OP_CONV1X1 ? m->kernels->scratch1x1_size(o->co, o->c, o->wbits)
-               : o->type == OP_STEM  ? sizeof(double) * o->k * (o->w + o->k) * o->c
+               : o->type == OP_STEM  ? sizeof(double) * o->k * (o->w + o->k) * o->c + sizeof(float) * 8 * o->co
                : o->type == OP_SE    ? sizeof(double) * o->c + sizeof(float) * (2 * (size_t)o->c + o->mid)
                : o->type == OP_POOL  ? (sizeof(double) + sizeof(float)) * o->c
                                      : 0;

@@ -27,6 +27,15 @@ enum { V = 2 };
 #endif
 typedef double lanes_t __attribute__((vector_size(V * sizeof(double))));
 
+/* oq_act over n values, one loop per activation so that each vectorizes. */
+static void activate(float *y, size_t n, int act) {
+  switch (act) {
+    case OQ_ACT_RELU: for (size_t i = 0; i < n; i++) y[i] = oq_act(y[i], OQ_ACT_RELU); break;
+    case OQ_ACT_RELU6: for (size_t i = 0; i < n; i++) y[i] = oq_act(y[i], OQ_ACT_RELU6); break;
+    case OQ_ACT_HSWISH: for (size_t i = 0; i < n; i++) y[i] = oq_act(y[i], OQ_ACT_HSWISH); break;
+  }
+}
+
 /* The float64 sums of n pixels (ox..ox+n-1 of the k rows in img) over output channels j0..j0+V-1:
    one chain of adds per pixel, so n chains run at once. */
 static inline void sums(const oq_op *op, const double *img, int pw, int lanes, int ox, int n, int j0, lanes_t *acc) {
@@ -43,6 +52,24 @@ static inline void sums(const oq_op *op, const double *img, int pw, int lanes, i
   }
 }
 
+/* sums() of 8 pixels with the chains in named registers (an array of them stays in memory). */
+static void sums8(const oq_op *op, const double *img, int pw, int lanes, int ox, int j0, lanes_t *acc) {
+  int k = op->k, cin = op->c, row = k * cin;
+  size_t d = (size_t)op->stride * cin;
+  lanes_t a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
+  for (int ky = 0; ky < k; ky++) {
+    const double *in = img + ((size_t)ky * pw + (size_t)ox * op->stride) * cin;
+    const double *wt = op->stem_w + (size_t)ky * row * lanes + j0;
+    for (int p = 0; p < row; p++) {
+      lanes_t wv;
+      memcpy(&wv, wt + (size_t)p * lanes, sizeof wv);
+      a0 += in[p] * wv, a1 += in[d + p] * wv, a2 += in[2 * d + p] * wv, a3 += in[3 * d + p] * wv;
+      a4 += in[4 * d + p] * wv, a5 += in[5 * d + p] * wv, a6 += in[6 * d + p] * wv, a7 += in[7 * d + p] * wv;
+    }
+  }
+  acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3, acc[4] = a4, acc[5] = a5, acc[6] = a6, acc[7] = a7;
+}
+
 /* scratch: k rows of the padded image as float64 [k][w + 2 pad][cin] (zero borders: padding
    adds exact zeros), so that each kernel row's inputs are contiguous */
 static void stem(const oq_op *op, const float *x, float *y_f32, uint8_t *y_u8, int oy0, int oy1, void *scratch) {
@@ -50,34 +77,41 @@ static void stem(const oq_op *op, const float *x, float *y_f32, uint8_t *y_u8, i
   int k = op->k, s = op->stride, pad = k / 2, cin = op->c, co = op->co, h = op->h, w = op->w;
   int pw = w + 2 * pad, lanes = (co + L - 1) / L * L;
   double *img = scratch;
+  float *sum = (float *)(img + (size_t)k * pw * cin);  /* a block's sums, rounded once, [pixel][channel] */
+  memset(img, 0, (size_t)k * pw * cin * sizeof *img);  /* the left and right borders stay zero */
   for (int oy = oy0; oy < oy1; oy++) {
-    for (int ky = 0; ky < k; ky++)
-      for (int px = 0; px < pw; px++)
-        for (int ci = 0; ci < cin; ci++) {
-          int iy = oy * s + ky - pad, ix = px - pad;
-          int inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
-          img[((size_t)ky * pw + px) * cin + ci] = inside ? x[((size_t)ci * h + iy) * w + ix] : 0.0;
-        }
+    for (int ky = 0; ky < k; ky++) {
+      int iy = oy * s + ky - pad;
+      double *dst = img + (size_t)ky * pw * cin;
+      if (iy < 0 || iy >= h) {
+        memset(dst, 0, (size_t)pw * cin * sizeof *dst);
+        continue;
+      }
+      for (int ci = 0; ci < cin; ci++) {
+        const float *src = x + ((size_t)ci * h + iy) * w;
+        for (int ix = 0; ix < w; ix++) dst[(size_t)(ix + pad) * cin + ci] = src[ix];
+      }
+    }
     for (int ox = 0; ox < op->wo; ox += BLOCK) {
       int n = op->wo - ox < BLOCK ? op->wo - ox : BLOCK;
       for (int j0 = 0; j0 < co; j0 += V) {
         lanes_t acc[BLOCK];
         if (n == BLOCK)
-          sums(op, img, pw, lanes, ox, BLOCK, j0, acc);
+          sums8(op, img, pw, lanes, ox, j0, acc);
         else
           sums(op, img, pw, lanes, ox, n, j0, acc);
-        for (int q = 0; q < n; q++) {
-          size_t base = ((size_t)oy * op->wo + ox + q) * co;
-          for (int j = j0; j < co && j < j0 + V; j++) {
-            float y = (float)acc[q][j - j0] * op->scale[j];
-            y = oq_act(y + op->shift[j], op->act);
-            if (y_f32)
-              y_f32[base + j] = y;
-            else
-              y_u8[base + j] = oq_code(y, op->step, op->qn, op->qp);
-          }
-        }
+        for (int q = 0; q < n; q++)
+          for (int j = j0; j < co && j < j0 + V; j++) sum[q * co + j] = (float)acc[q][j - j0];
       }
+      /* the epilogue over whole pixels, channels innermost: loops the compiler vectorizes */
+      size_t base = ((size_t)oy * op->wo + ox) * co;
+      for (int q = 0; q < n; q++)
+        for (int j = 0; j < co; j++) sum[q * co + j] = sum[q * co + j] * op->scale[j] + op->shift[j];
+      activate(sum, (size_t)n * co, op->act);
+      if (y_f32)
+        memcpy(y_f32 + base, sum, (size_t)n * co * sizeof *sum);
+      else
+        for (int i = 0; i < n * co; i++) y_u8[base + i] = oq_code(sum[i], op->step, op->qn, op->qp);
     }
   }
 }

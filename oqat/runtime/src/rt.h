@@ -42,7 +42,7 @@ typedef struct oq_pool oq_pool;
 /* fp.c, compiled once per instruction set: the full-precision ops and the quantizer, each on
    one image (the stem on its output rows oy0..oy1-1). The stem's weights stem_w are
    [k][k][cin][co rounded up to OQ_STEM_LANES], zero past co. Scratch: the stem k * (w + k) * cin
-   doubles; SE c doubles then (2 c + mid) floats; pooling c doubles then c floats. */
+   doubles then 8 * co floats; SE c doubles then (2 c + mid) floats; pooling c doubles then c floats. */
 enum { OQ_STEM_LANES = 8 };
 typedef struct {
   void (*stem)(const oq_op *op, const float *x, float *y_f32, uint8_t *y_u8, int oy0, int oy1, void *scratch);
