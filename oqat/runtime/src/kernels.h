@@ -48,8 +48,8 @@ typedef struct {
      [1 + qp - qn][oq_thresholds_ld(cout)] int32, row 0 a per-channel flip (0, or -1 where
      scale < 0), rows j = 1..qp-qn thresholds T_j; a path may then write the code as
      u = #{j : (acc ^ flip[c]) > T_j[c]}, which equals the float epilogue's, or ignore them
-     where the float epilogue is faster (scalar and avx2 use them, avx512vnni does not), so the
-     float fields must stay valid. */
+     where the float epilogue is faster (scalar and avx2's conv1x1 use them, avx512vnni and
+     avx2's int16 depthwise do not), so the float fields must stay valid. */
   const int32_t *thresholds;
 } oq_epilogue;
 

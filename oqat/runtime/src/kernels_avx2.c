@@ -13,8 +13,9 @@
  * vpaddb), ~1.3x to 1.7x the vpmaddubsw loop on MobileNetV3's 1x1 shapes (Zen 5, AVX2 path).
  *
  * Depthwise: where int16 sums are exact, vpmaddubsw over vertical tap pairs, 32 channels per group
- * (see "depthwise with int16 sums" below); else 16 channels per vector, int16 products summed
- * in int32.
+ * (see "depthwise with int16 sums" below), with its own float epilogue of u8 codes (operands
+ * loaded once per group, 32 codes per store), which it takes over thresholds too; else 16
+ * channels per vector, int16 products summed in int32.
  *
  * Epilogue: with oq_epilogue.thresholds (codes of <= 3 bits), 1-7 integer compares per 8
  * outputs, which measured faster here than the float operations (whose partial vectors need
