@@ -255,11 +255,11 @@ static void dw_build_row(const oq_dw_args *d, int g, int nq, int wp, int oy, con
 
 /* The sums of np output pixels ox.. of a row (their quads in x) for the 4 vectors m. */
 static inline __attribute__((always_inline)) void dw_sums(const oq_dw_args *d, int nq, int wp, const __m512i *x,
-                                                          const __m512i *wq, int ox, int np, __m512i acc[DW_NP][4]) {
+                                                          const __m512i *wq, int ox, int np, const __m512i init[4], __m512i acc[DW_NP][4]) {
 #pragma GCC unroll 4
   for (int p = 0; p < np; p++)
 #pragma GCC unroll 4
-    for (int m = 0; m < 4; m++) acc[p][m] = _mm512_setzero_si512();
+    for (int m = 0; m < 4; m++) acc[p][m] = init[m];
   for (int q = 0; q < nq; q++)
     for (int kx = 0; kx < d->k; kx++) {
       const __m512i *w = wq + (q * d->k + kx) * 4;
@@ -294,7 +294,7 @@ static void transpose_lanes(const __m512i in[4], __m512i out[4]) {
    registers (a store of u8 codes may alias the epilogue, so nothing is read through e). */
 typedef struct {
   chan16 ch[4];
-  int nv, c0, fast, act;
+  int nv, c0, fast, act, qn_zero;
   __mmask64 store;
   __m512 scale[4], shift[4], qn, qp, recip;
   __m512i bias[4], qn_i;
@@ -308,6 +308,7 @@ static void dw_group_of(const oq_dw_args *d, int g, dw_group *gr) {
     gr->ch[gr->nv] = channels16(e, c0, lanes_mask(d->c - c0));
   }
   gr->fast = d->rc.fast && e->out_u8 && !e->residual;
+  for (int m = 0; m < 4; m++) gr->bias[m] = _mm512_setzero_si512();
   if (!gr->fast) return;
   __m512i sc[4], sh[4], bi[4];
   for (int n = 0; n < 4; n++) {
@@ -322,7 +323,8 @@ static void dw_group_of(const oq_dw_args *d, int g, dw_group *gr) {
   transpose_lanes(sh, t);
   for (int m = 0; m < 4; m++) gr->shift[m] = _mm512_castsi512_ps(t[m]);
   transpose_lanes(bi, gr->bias);
-  gr->store = group_mask(d->c - gr->c0), gr->act = e->act;
+  for (int n = 0; n < gr->nv; n++) gr->ch[n].bias = _mm512_setzero_si512();  /* the sums start at the bias */
+  gr->store = group_mask(d->c - gr->c0), gr->act = e->act, gr->qn_zero = e->qn == 0;
   gr->qn = _mm512_set1_ps((float)e->qn), gr->qp = _mm512_set1_ps((float)e->qp), gr->qn_i = _mm512_set1_epi32(e->qn);
   gr->recip = _mm512_set1_ps(e->act == OQ_ACT_HSWISH ? d->rc.r6 : d->rc.r);
 }
@@ -338,7 +340,7 @@ static inline __attribute__((always_inline)) int dw_codes(const oq_dw_args *d, c
   __m512i u[4];
 #pragma GCC unroll 4
   for (int m = 0; m < 4; m++) {
-    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[m], gr->bias[m])), gr->scale[m]);
+    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[m]), gr->scale[m]);
     y = _mm512_add_ps(y, gr->shift[m]);
     if (gr->act == OQ_ACT_RELU) y = _mm512_max_ps(y, zero);
     if (gr->act == OQ_ACT_RELU6) y = _mm512_min_ps(_mm512_max_ps(y, zero), six);
@@ -347,7 +349,8 @@ static inline __attribute__((always_inline)) int dw_codes(const oq_dw_args *d, c
     __m512 q = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(y, gr->recip), gr->qn), gr->qp);
     __m512 qr = _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     safe &= _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(q, qr)), _mm512_set1_ps(OQ_TIE_SAFE), _CMP_LT_OQ);
-    u[m] = _mm512_sub_epi32(_mm512_cvttps_epi32(qr), gr->qn_i);
+    u[m] = _mm512_cvttps_epi32(qr);
+    if (!gr->qn_zero) u[m] = _mm512_sub_epi32(u[m], gr->qn_i);
   }
   if (safe != 0xffff) return 0;
   /* codes are 0..255: the packs do not saturate */
@@ -370,7 +373,7 @@ static inline __attribute__((always_inline)) void dw_pixels(const oq_dw_args *d,
                                                             const __m512i *wq, const dw_group *gr, int oy, int ox,
                                                             int np) {
   __m512i acc[DW_NP][4];
-  dw_sums(d, nq, wp, x, wq, ox, np, acc);
+  dw_sums(d, nq, wp, x, wq, ox, np, gr->bias, acc);
   for (int p = 0; p < np; p++) dw_epilogue(d, gr, oy * d->wo + ox + p, acc[p]);
 }
 
