@@ -253,9 +253,10 @@ static void dw_build_row(const oq_dw_args *d, int g, int nq, int wp, int oy, con
   }
 }
 
-/* The sums of np output pixels ox.. of a row (their quads in x) for the 4 vectors m. */
+/* The sums of np output pixels ox.. of a row (their quads in x) for the 4 vectors m, from init. */
 static inline __attribute__((always_inline)) void dw_sums(const oq_dw_args *d, int nq, int wp, const __m512i *x,
-                                                          const __m512i *wq, int ox, int np, const __m512i init[4], __m512i acc[DW_NP][4]) {
+                                                          const __m512i *wq, int ox, int np, const __m512i init[4],
+                                                          __m512i acc[DW_NP][4]) {
 #pragma GCC unroll 4
   for (int p = 0; p < np; p++)
 #pragma GCC unroll 4
