@@ -102,6 +102,8 @@ def save(path: str, obj: dict) -> None:
 
 def read_torch(path: str):
     """Whatever a torch file holds, read safely (weights_only=True: tensors and plain containers only)."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint '{path}' is a folder; expected a checkpoint file (torch.save's)")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint '{path}' not found")
     try:
@@ -119,7 +121,8 @@ def read_torch(path: str):
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint '{path}' is corrupt, truncated or not a safe torch file: {first}") from None
     except Exception as err:  # the unpickler's own errors for foreign objects
-        raise CheckpointError(f"checkpoint '{path}' could not be read safely: {type(err).__name__}") from None
+        raise CheckpointError(f"checkpoint '{path}' is not a torch checkpoint of tensors and plain containers "
+                              f"(torch.save's; {type(err).__name__})") from None
 
 
 def load(path: str, *formats: str) -> dict:

@@ -42,9 +42,10 @@ def _defaults():
     return ExperimentConfig()
 
 
-def add_settings(p, *keys: str) -> None:
+def add_settings(p, *keys: str, of_run: bool = False) -> None:
     """An option per config field, e.g. "search.population" -> --population, documented by
-    the field's comment and default; `settings(args)` reads them back as a checked config."""
+    the field's comment and default (`of_run`: a command on a run's file takes that run's
+    config first); `settings(args)` reads them back as a checked config."""
     from .config import field_comments
     for key in keys:
         section, name = key.split(".")
@@ -59,8 +60,8 @@ def add_settings(p, *keys: str) -> None:
             p.add_argument(flag, dest=key, action="append", default=None, metavar=flag[2:].upper(),
                            help=f"repeatable; {note} (config {key})")
         else:
-            p.add_argument(flag, dest=key, default=None, metavar=name.upper(),
-                           help=f"{note} (config {key}; default {value})")
+            default = f"default: the run's that wrote the file, else {value}" if of_run else f"default {value}"
+            p.add_argument(flag, dest=key, default=None, metavar=name.upper(), help=f"{note} (config {key}; {default})")
     p.set_defaults(settings=(*(p.get_default("settings") or ()), *keys))
 
 
@@ -160,7 +161,7 @@ def add_analyze(sub):
     p = sub.add_parser("analyze", help="which architectural traits make a subnet quantization-friendly")
     p.add_argument("run_dir", help="a run folder of `oqat run` (its stages/ hold the supernets)")
     add_settings(p, *(f"analysis.{name}" for name in
-                      ("samples", "seed", "calib_images", "val_images", "bootstrap", "bands")))
+                      ("samples", "seed", "calib_images", "val_images", "bootstrap", "bands")), of_run=True)
     add_output(p, "--out", True, default=None, help="output folder (default RUN_DIR/analysis)")
     p.set_defaults(func=cmd_analyze)
 
@@ -228,7 +229,7 @@ def add_export(sub):
     p.add_argument("checkpoint", help=NETWORK_HELP)
     p.add_argument("--arch", default=None, help="JSON file, JSON string or compact string (needed for a supernet)")
     add_output(p, "--out", True, required=True, help="output folder")
-    add_settings(p, "search.calib_images", "search.seed", "export.test_images", "export.speed_rounds")
+    add_settings(p, "search.calib_images", "search.seed", "export.test_images", "export.speed_rounds", of_run=True)
     _add_data_options(p)
     p.set_defaults(func=cmd_export)
 
@@ -357,7 +358,7 @@ def _data_overrides(args) -> list[str]:
 
 def _add_supernet_options(p, what: str = "a supernet file (supernet.pt of a run)"):
     p.add_argument("checkpoint", help=what + "; settings not given default to its run's config")
-    add_settings(p, "search.calib_images", "search.seed")
+    add_settings(p, "search.calib_images", "search.seed", of_run=True)
     _add_data_options(p)
     p.add_argument("--device", default=None, help="torch device: cpu, cuda, cuda:N, mps (default: cuda if available, "
                                                    "else cpu)")
@@ -422,7 +423,8 @@ def add_eval(sub):
                                     "or a subnet file")
     _add_supernet_options(p, NETWORK_HELP)
     p.add_argument("--arch", default=None, help="JSON file, JSON string or compact string (needed for a supernet)")
-    p.add_argument("--split", choices=["val", "test"], default="val", help="held-out val (search) or test (reports)")
+    p.add_argument("--split", choices=["val", "test"], default="val",
+                   help="held-out val (search) or test (reports) (default val)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_eval)
 
@@ -457,11 +459,12 @@ def add_search(sub):
     p = sub.add_parser("search", help="NSGA-II Pareto search of val top-1 against cost under budgets")
     _add_supernet_options(p)
     add_settings(p, *(f"search.{name}" for name in
-                      ("budgets", "metric", "population", "generations", "val_images", "predictor")))
+                      ("budgets", "metric", "population", "generations", "val_images", "predictor")), of_run=True)
     p.add_argument("--latency-table", default=None,
                    help="latency table of `oqat latency --table` (same bits as CHECKPOINT) enabling the latency metric")
     p.add_argument("--pairs", default=None, help="(arch, val_top1) JSON (oqat sample) to start the predictor from")
-    add_output(p, "--out", True, default="search", help="output folder for pareto.json, evaluated.json, pareto.png")
+    add_output(p, "--out", True, default="search",
+               help="output folder for pareto.json, evaluated.json, pareto.png (default search)")
     p.set_defaults(func=cmd_search)
 
 
@@ -496,7 +499,7 @@ def add_sample(sub):
     p = sub.add_parser("sample", help="(arch, val top-1) pairs of random subnets, and a predictor's quality on them")
     _add_supernet_options(p)
     p.add_argument("--n", type=int, required=True, help="distinct random architectures to evaluate")
-    add_settings(p, "search.val_images")
+    add_settings(p, "search.val_images", of_run=True)
     add_output(p, "--out", False, required=True, help="pairs JSON file")
     p.set_defaults(func=cmd_sample)
 
