@@ -1,5 +1,6 @@
 """The Python API is right by default: extraction recalibrates BN or says it did not, and
 every function taking an architecture takes each of its forms."""
+import json
 import warnings
 
 import pytest
@@ -9,7 +10,7 @@ import oqat
 from oqat.data import DataConfig, calib_batches, load_splits
 from oqat.evaluate import prepare_subnet, recalibrate_bn
 from oqat.space import MINI
-from oqat.supernet import Supernet, UncalibratedWarning
+from oqat.supernet import Supernet, UncalibratedWarning, UntrainedWarning
 
 ARCH = "mini:r24:k3e2-k5e3.k7e4-k3e2-k3e2"
 DATA = DataConfig(name="synthetic", val_size=64, synthetic_train=128)
@@ -102,3 +103,43 @@ def test_every_network_a_user_hands_over_opens_one_way(net, tmp_path):
     for other in ("model.onnx", "arch.json", "MODEL_CARD.md"):  # files of an export that are no network file
         with pytest.raises(ValueError, match=f"not a network file oqat writes .*; pass its export folder '{tmp_path}"):
             oqat.load_model(str(tmp_path / "x" / other))
+
+
+def test_a_subnet_file_round_trips_with_its_data_and_a_supernet_is_refused(net, tmp_path, capsys):
+    from oqat import cli, export, files
+    splits = load_splits(DATA)
+    sub = net.extract(ARCH, calib=calib_batches(splits.train, DATA, 64, seed=0))
+    path = str(tmp_path / "sub.pt")
+    files.save_subnet(sub, path, data=DATA)
+    back = files.load_subnet(path)
+    assert back.arch == sub.arch and back.bits == sub.bits
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), sub.state_dict().values()))
+    assert oqat.load_model(path)[1]["data"] == DATA
+    with pytest.raises(TypeError, match="save_subnet takes a Subnet .*; a supernet is saved with save_supernet"):
+        files.save_subnet(net, path)
+    # Its data goes with it: eval needs no --dataset, and a file without data is refused, not given Fashion-MNIST.
+    assert cli.main(["eval", path, "--json"]) == 0 and '"top1"' in capsys.readouterr().out
+    files.save_subnet(sub, str(tmp_path / "bare.pt"))
+    assert cli.main(["eval", str(tmp_path / "bare.pt")]) == 2
+    assert "records no data: name it (--dataset" in capsys.readouterr().err
+    # An export's folder carries it too, and its arch.json the bits that `oqat cost` then costs.
+    export.export(sub, str(tmp_path / "x"), speed_rounds=0, data=DATA)
+    assert oqat.load_model(str(tmp_path / "x"))[1]["data"] == DATA
+    assert cli.main(["cost", "--arch", str(tmp_path / "x" / "arch.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == oqat.arch_metrics(ARCH, bits=2) != oqat.arch_metrics(ARCH, bits=4)
+    assert cli.main(["cost", "--arch", str(tmp_path / "x"), "--json", "--bits", "4"]) == 0
+    assert json.loads(capsys.readouterr().out) == oqat.arch_metrics(ARCH, bits=4)
+
+
+def test_extract_says_what_calib_is_and_warns_of_untrained_choices(net):
+    with pytest.raises(TypeError, match=r"calib must be batches of \(images, labels\) .*calib_batches.*got int"):
+        net.extract(ARCH, calib=1000)
+    trained = Supernet(MINI, 2, elastic=("ks", "e", "d"))  # resolution held at 28
+    trained.load_state_dict(net.state_dict())
+    calib = calib_batches(load_splits(DATA).train, DATA, 32, seed=0)
+    with pytest.warns(UntrainedWarning, match="runs r 24 \\(trained: 28\\), which this supernet never trained"):
+        trained.eval().extract(ARCH, calib=calib)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trained.extract(ARCH.replace("r24", "r28"), calib=calib)
+        trained.extract(ARCH, keep_bn=True)  # latency and weight checks: accuracy not in question
