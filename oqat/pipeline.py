@@ -24,7 +24,7 @@ from .inherit import inherit_file, mixed_file
 from .layout import BEST, RunLayout
 from .precision import Precision
 from .report import write_report
-from .search import family, search, write_outputs
+from .search import family, recommended, search, write_outputs
 from .space import Arch
 from .train import train
 
@@ -93,17 +93,18 @@ def run_search(cfg: ExperimentConfig, supernets: dict[int | str, str]) -> dict[i
         if net.space.bit_widths:
             for p in results[key]["front"]:
                 p["stage_bits"] = net.space.stage_bits(Arch.parse(p["arch"], net.space))
-        results[key]["largest_bitops"] = arch_metrics(net.space.largest(), net.space, net.bits)["bitops"]
+        largest = arch_metrics(net.space.largest(), net.space, net.bits)
+        results[key]["largest_bitops"], results[key]["largest_macs"] = largest["bitops"], largest["macs"]
         results[key]["family"] = family(results[key]["front"], results[key]["largest_bitops"], cfg.search.family)
     return results
 
 
 def recommended_family(cfg: ExperimentConfig, searches: dict[int | str, dict]) -> dict[str, dict | None]:
-    """The S/M/L family from every front together, uniform and mixed: for each budget (a
-    fraction of the largest subnet's BitOPs, the most bits of all) the most accurate front
-    member of any precision, which its "bits" names."""
+    """The S/M/L family from every front together, uniform and mixed (`search.recommended`): three
+    distinct networks of any precision, which each one's "bits" names."""
     points = [{**p, "bits": key} for key, s in searches.items() for p in s["front"]]
-    return family(points, max(s["largest_bitops"] for s in searches.values()), cfg.search.family)
+    largest = {m: max(s[f"largest_{m}"] for s in searches.values()) for m in ("bitops", "macs")}
+    return recommended(points, largest, cfg.search.family)
 
 
 def run_export(cfg: ExperimentConfig, supernets: dict[int | str, str], searches: dict[int | str, dict],

@@ -103,6 +103,12 @@ def write_report(cfg, stages: list[dict], searches: dict, exported: dict, wall_s
     return results
 
 
+def _accuracy_note(cfg: dict) -> str:
+    """Which images the search's val top-1 and the test top-1 are on."""
+    val = min(cfg["search"]["val_images"] or cfg["data"]["val_size"], cfg["data"]["val_size"])
+    return f"Val top-1 on {val:,} held-out training images, test top-1 on the whole test split."
+
+
 def markdown(r: dict) -> str:
     cfg = r["config"]
     lines = [f"# OQAT run: {cfg['data']['name']}, space `{cfg['model']['space']}`", "",
@@ -121,7 +127,8 @@ def markdown(r: dict) -> str:
         lines += ["", "## OQATNets: the S, M, L family of each bit-width",
                   "", "The most accurate front subnet (chosen on val; test top-1 reported) within "
                   + ", ".join(f"{name} {100 * f:g}%" for name, f in zip("SML", budgets))
-                  + " of the largest subnet's BitOPs.",
+                  + f" of the largest subnet's BitOPs. {_accuracy_note(cfg)} Size: the weights at their bits "
+                  "(analytic).",
                   "", "| bits | net | architecture | val top-1 | test top-1 | MACs | BitOPs | FLOPs_q | size (KiB) |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for bits, fam in _by_precision(r["family"]):
@@ -139,7 +146,9 @@ def markdown(r: dict) -> str:
                                                           f"{p['val_top1']:.2f}%" for p in front))
     if r.get("recommended"):
         lines += ["", "## Recommended family: every front together",
-                  "", "Each budget's most accurate subnet (val) of any precision, uniform or mixed.", "",
+                  "", "Three distinct subnets of any precision, uniform or mixed: each budget's most accurate (val) "
+                  "within its fraction of the largest subnet's BitOPs and of its MACs (a CPU's time follows the "
+                  f"MACs more than the bits), none taken twice. {_accuracy_note(cfg)}", "",
                   "| net | bits | architecture | val top-1 | test top-1 | BitOPs |", "|---|---|---|---|---|---|"]
         for name, b in r["recommended"].items():
             lines.append(f"| {name} | none within budget | | | | |" if b is None else
@@ -166,19 +175,27 @@ def markdown(r: dict) -> str:
                          f"{sb['head']} |")
     if r["export"]:
         lines += ["", "## Exported (integer ONNX, QONNX, packed weights)", "",
+                  "Files: .onnx is model.onnx (the integer graph, weights at INT4/INT2 and their scales), packed is "
+                  "weights.oqpk (codes at their bits with BN and steps, in a torch zip), fp32 the same network's "
+                  "float graph. Test top-1 on the test images each row names (the tables above use the whole "
+                  "test split). Speed-up: the fastest fp32 engine's median ms over the fastest export's; below 1 "
+                  "the export is slower.", "",
                   "| bits | net | folder | .onnx (KiB) | packed (KiB) | fp32 (KiB) | test top-1 per runtime "
-                  "(agreement with PyTorch) | fastest fp32 / export, batch 1, 16 |",
+                  "(agreement with PyTorch) | speed-up over fp32, batch 1, 16 |",
                   "|---|---|---|---|---|---|---|---|"]
         for bits, members in _by_precision(r["export"]):
             for name, f in members.items():
                 t, s, sp = f.get("test") or {}, f["sizes"], f.get("speed")
                 top1 = ", ".join(f"{rt} {v['top1']:.2f}% ({v['top1_agreement']:.2f}%)"
                                  for rt, v in t.get("runtimes", {}).items()) or "not measured"
+                top1 = f"{t['n']:,} images: {top1}" if t else top1
                 ratios = ", ".join(f"{speedup(ms):.2f}x" for ms in sp["batches"].values()) if sp else "not measured"
                 kib = " | ".join(f"{s[k] / 1024:,.1f}" for k in ("onnx", "packed", "fp32"))  # the CLI's unit
                 lines.append(f"| {_label(bits)} | {name} | {f['dir']} | {kib} | "
                              f"{top1} | {ratios} |")
-        machines = {f["machine"] for members in r["export"].values() for f in members.values() if f.get("speed")}
-        lines += [f"\nSpeed measured on {m}; each member's MODEL_CARD.md has the times." for m in sorted(machines)]
+        timed = {(f["speed"]["threads"], f["machine"]) for members in r["export"].values() for f in members.values()
+                 if f.get("speed")}
+        lines += [f"\nSpeed measured with {t} thread(s) on {m}; each member's MODEL_CARD.md has the times."
+                  for t, m in sorted(timed)]
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r["plots"]]
     return "\n".join(lines) + "\n"

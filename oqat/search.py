@@ -326,6 +326,22 @@ def family(front: list[dict], largest_bitops: float, fractions: list[float]) -> 
     return out
 
 
+def recommended(points: list[dict], largest: dict, fractions: list[float]) -> dict[str, dict | None]:
+    """A family from the fronts of several precisions (each point's "bits" names its own): for
+    each budget, a fraction of the largest subnet's BitOPs and of its MACs, the most accurate
+    point (on val) within both that costs more BitOPs than the smaller member: three distinct
+    networks spanning the costs; None where none is left.
+    BitOPs alone would let the 2-bit largest network be S and M at once, and it runs slower on
+    a CPU than the 2-bit S: there the MACs, not the bits, set the time."""
+    out, floor = {}, -1.0
+    for name, fraction in zip(FAMILY, fractions):
+        within = [p for p in points if p["bitops"] > floor
+                  and all(p[m] <= fraction * largest[m] for m in ("bitops", "macs"))]
+        out[name] = max(within, key=lambda p: p["val_top1"]) if within else None
+        floor = out[name]["bitops"] if out[name] else floor
+    return out
+
+
 # --- outputs ----------------------------------------------------------------------------------
 def plot(result: SearchResult, path: str) -> None:
     """The front over every evaluated point, cost on a log axis, budgets as dashed lines."""

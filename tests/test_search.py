@@ -183,3 +183,17 @@ def test_the_library_searches_as_oqat_search_and_oqat_run_do_by_default():
                             (S.Scorer, "calib_images", "calib_images"), (S.Scorer, "val_images", "val_images"),
                             (S.Scorer, "calib_seed", "seed")):
         assert inspect.signature(fn).parameters[name].default == getattr(defaults, field)
+
+
+def test_the_recommended_family_is_three_distinct_networks_spanning_the_costs():
+    from oqat.search import recommended
+    # The demo's trap: the 2-bit largest fits S's and M's BitOPs but has the largest MACs.
+    largest = {"bitops": 100.0, "macs": 10.0}
+    points = [{"bits": 2, "arch": "L", "bitops": 25.0, "macs": 10.0, "val_top1": 88.0},
+              {"bits": 2, "arch": "S", "bitops": 5.0, "macs": 2.0, "val_top1": 86.0},
+              {"bits": 3, "arch": "S", "bitops": 7.0, "macs": 2.0, "val_top1": 86.5},
+              {"bits": 3, "arch": "M", "bitops": 30.0, "macs": 5.0, "val_top1": 87.5},
+              {"bits": 4, "arch": "L", "bitops": 100.0, "macs": 10.0, "val_top1": 90.0}]
+    fam = recommended(points, largest, [0.25, 0.5, 1.0])
+    assert [(m["bits"], m["arch"]) for m in fam.values()] == [(3, "S"), (3, "M"), (4, "L")]
+    assert recommended(points[:1], largest, [0.25, 0.5, 1.0]) == {"S": None, "M": None, "L": points[0]}
