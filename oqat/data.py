@@ -371,6 +371,25 @@ def read_cifar_batch(path: str, label_key: bytes) -> tuple[np.ndarray, np.ndarra
     return data.reshape(-1, 3, 32, 32), labels
 
 
+def cifar_classes(cfg: DataConfig) -> tuple[str, ...] | None:
+    """The label names in CIFAR's meta file beside its batches (read as safely as they are);
+    None where the copy has none."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    layout = CIFAR10 if cfg.name == "cifar10" else CIFAR100
+    path = os.path.join(os.path.expanduser(cfg.root or cfg.cache_dir), layout.base_folder, layout.meta["filename"])
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as fh:
+            names = _SafeUnpickler(fh, path).load()[layout.meta["key"].encode()]
+        return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    except DataError:
+        raise
+    except Exception as e:  # a damaged pickle can fail in many ways; all mean "bad file"
+        raise DataError(f"cannot read CIFAR's label names '{path}': {e}") from None
+
+
 def _cifar_files(cfg: DataConfig) -> tuple[list[str], list[str], bytes]:
     """(training batch files, test batch files, label key): torchvision's CIFAR10 or
     CIFAR100 layout under the root; missing files: DataError."""
@@ -493,10 +512,12 @@ def load_splits(cfg: DataConfig) -> Splits:
         raise DataError(f"data.image_size={cfg.image_size} but {cfg.name} images are {size} px; "
                         "leave it unset")
     classes = {"synthetic": cfg.synthetic_classes, "cifar100": 100}.get(cfg.name, 10)
-    names = None
+    names = cifar_classes(cfg) if cfg.name in ("cifar10", "cifar100") else None
     if cfg.name == "fashion-mnist":
         from torchvision.datasets import FashionMNIST
         names = tuple(FashionMNIST.classes)
+    if names is not None and len(names) != classes:
+        raise DataError(f"{cfg.name}'s meta file names {len(names)} classes; expected {classes}")
     return Splits(train, val, test, classes, train.images.shape[1], size, train.mean, train.std, names)
 
 

@@ -219,6 +219,25 @@ def test_cifar_format(tmp_path, name):
     assert (splits.test.images[1, 2].numpy() == test[b"data"][1, 2048:].reshape(32, 32)).all()
     key = b"labels" if name == "cifar10" else b"fine_labels"
     assert splits.test.labels.tolist() == test[key]
+    assert splits.classes is None  # a copy without its meta file
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_class_names_come_from_its_meta_file(tmp_path, name):
+    write_cifar(tmp_path, name)
+    n, (folder, meta, key) = (10, ("cifar-10-batches-py", "batches.meta", b"label_names")) if name == "cifar10" else \
+        (100, ("cifar-100-python", "meta", b"fine_label_names"))
+    names = [f"class {i}".encode() for i in range(n)]
+    (tmp_path / folder / meta).write_bytes(pickle.dumps({key: names, b"num_vis": 3072}, protocol=2))
+    cfg = DataConfig(name=name, root=str(tmp_path), val_size=2)
+    assert data.load_splits(cfg).classes == tuple(f"class {i}" for i in range(n))
+    (tmp_path / folder / meta).write_bytes(pickle.dumps({key: names[:3]}, protocol=2))
+    with pytest.raises(DataError, match=f"meta file names 3 classes; expected {n}"):
+        data.load_splits(cfg)
+    (tmp_path / folder / meta).write_bytes(pickle.dumps(Evil(tmp_path / "pwned")))
+    with pytest.raises(DataError, match="refusing to unpickle"):
+        data.load_splits(cfg)
+    assert not (tmp_path / "pwned").exists()
 
 
 class Evil:
