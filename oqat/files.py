@@ -304,15 +304,32 @@ def save_packed(net: Subnet, path: str, extra: dict | None = None, *, data: Data
     """A packed file of `net` (its BN statistics final): each quantized conv's weight as its
     codes in its bits, everything else (`data` too) as in a subnet file, plus `extra`."""
     convs = quantized_convs(net)
-    packed = {}
-    for name, conv in convs.items():
-        packed[name] = {"data": pack(weight_codes(conv), conv.wq.bits), "shape": list(conv.weight.shape),
-                        "bits": conv.wq.bits}
+    codes = _one_storage({name: pack(weight_codes(conv), conv.wq.bits) for name, conv in convs.items()})
+    packed = {name: {"data": codes[name], "shape": list(conv.weight.shape), "bits": conv.wq.bits}
+              for name, conv in convs.items()}
     skip = {f"{name}.weight" for name in convs}
-    state = {k: v.contiguous() for k, v in net.state_dict().items() if k not in skip}
+    state = _one_storage({k: v for k, v in net.state_dict().items()
+                          if k not in skip and not k.endswith("num_batches_tracked")})  # a counter eval never reads
     kept = {"data": config.to_dict(data)} if data is not None else {}
     checkpoint.save(path, {"format": PACKED, "space": net.space.to_dict(), "arch": net.arch.to_dict(),
                            "bits": net.bits, "packed": packed, "state_dict": state, **kept, **(extra or {})})
+
+
+def _one_storage(tensors: dict) -> dict:
+    """The tensors as views of one storage per dtype: torch.save writes each storage as a zip
+    entry of its own (about 150 bytes with headers and alignment), which made a small network's
+    packed file larger than its ONNX graph."""
+    out, by_dtype = {}, {}
+    for key, t in tensors.items():
+        by_dtype.setdefault(t.dtype, []).append(key)
+    for keys in by_dtype.values():
+        flat = torch.cat([tensors[k].reshape(-1) for k in keys])
+        at = 0
+        for k in keys:
+            n = tensors[k].numel()
+            out[k] = flat[at:at + n].view(tensors[k].shape)
+            at += n
+    return out
 
 
 def load_packed(path: str) -> Subnet:

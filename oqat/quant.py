@@ -39,6 +39,8 @@ def check_precision(bits) -> Bits:
     each block chooses from (mixed precision), returned sorted as a tuple."""
     if not isinstance(bits, (list, tuple)):
         return check_bits(bits)
+    if not all(isinstance(b, int) and not isinstance(b, bool) for b in bits):  # sorting them would be a TypeError
+        raise ValueError(f"mixed bits must be integers, got {list(bits)!r:.60}")
     widths = tuple(sorted(set(bits)))
     if len(widths) < 2 or len(widths) != len(bits) or FULL_PRECISION in widths:
         raise ValueError(f"mixed bits must be two or more distinct widths in 1..8, got {list(bits)}")

@@ -62,3 +62,16 @@ def test_packed_file_that_does_not_match_its_architecture_is_refused(tmp_path):
     checkpoint.save(path, ckpt)
     with pytest.raises(checkpoint.CheckpointError, match="do not match"):
         load_packed(path)
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("size", ["smallest", "largest"])
+def test_the_packed_file_is_smaller_than_the_onnx_graph(bits, size, tmp_path):
+    from oqat.export import build_onnx
+    from oqat.space import MINI
+    net = make_subnet(bits, getattr(MINI, size)())
+    files.save_packed(net, str(tmp_path / "w.oqpk"))
+    assert os.path.getsize(tmp_path / "w.oqpk") < len(build_onnx(net).SerializeToString())
+    back = load_packed(str(tmp_path / "w.oqpk"))
+    x = torch.randn(2, 1, net.arch.r, net.arch.r)
+    assert torch.equal(back(x), net(x))
