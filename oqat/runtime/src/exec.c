@@ -13,9 +13,9 @@
 /* An op is split over threads only where each task has at least this much work (about a
    multiply-add each); below, waking a thread costs more than it saves. Up to TASKS_PER_THREAD
    tasks a thread, so that a thread the scheduler delays holds back little. Measured on a 2-core
-   EPYC (Zen 5) shared with other jobs, batch 1: mini at 28 px splits no op (0.13 ms on 1 or 2
-   threads); mbv3 at 224 px runs 1.27x faster on 2 threads when the second core is free, and
-   within 5% of 1 thread when another process holds it. */
+   EPYC (Zen 5), batch 1: mini at 28 px splits no op; mbv3 S at 224 px runs 1.5x faster on 2
+   threads when the second core is free, and slower when another process holds it (a task a
+   descheduled worker holds waits for its next time slice): there, run one thread a request. */
 #define MIN_TASK_WORK 400000.0
 #define TASKS_PER_THREAD 4
 #define MAX_THREADS 256
