@@ -269,7 +269,7 @@ def export_summary(facts: dict) -> str:
         line += f"; test top-1 on {test['n']:,} test images: PyTorch {test['torch_top1']:.2f}%" + "".join(
             f", {r} {v['top1']:.2f}% (agreement {v['top1_agreement']:.2f}%)" for r, v in test["runtimes"].items())
     if speed:
-        line += "; fastest fp32 / export " + ", ".join(
+        line += f"; speed-up over the fastest fp32 (below 1: slower), {speed['threads']} thread(s): " + ", ".join(
             f"{speedup(ms):.2f}x at batch {b}" for b, ms in speed["batches"].items())
     return line
 

@@ -75,6 +75,8 @@ def test_export_writes_facts_names_its_source_and_counts_test_images(run_file, t
     code, printed, _ = run_cli(capsys, "export", run_file, "--arch", ARCH, "--out", out, "--test-images", 32)
     assert code == 0 and "on 32 test images" in printed and "KiB" in printed
     facts = json.loads((out / "facts.json").read_text())
+    assert f"speed-up over the fastest fp32 (below 1: slower), {facts['speed']['threads']} thread(s): " in printed
+    facts = json.loads((out / "facts.json").read_text())
     assert facts["source"] == run_file and facts["test"]["n"] == 32 and facts["arch"] == ARCH
     assert run_file in (out / "MODEL_CARD.md").read_text()
 
