@@ -193,8 +193,9 @@ def markdown(r: dict) -> str:
                 kib = " | ".join(f"{s[k] / 1024:,.1f}" for k in ("onnx", "packed", "fp32"))  # the CLI's unit
                 lines.append(f"| {_label(bits)} | {name} | {f['dir']} | {kib} | "
                              f"{top1} | {ratios} |")
-        timed = {(f["speed"]["threads"], f["machine"]) for members in r["export"].values() for f in members.values()
-                 if f.get("speed")}
+        # The machine without its torch part, whose thread count is torch's setting, not the timing's.
+        timed = {(f["speed"]["threads"], f["machine"].split(", torch")[0]) for members in r["export"].values()
+                 for f in members.values() if f.get("speed")}
         lines += [f"\nSpeed measured with {t} thread(s) on {m}; each member's MODEL_CARD.md has the times."
                   for t, m in sorted(timed)]
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r["plots"]]

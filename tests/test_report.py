@@ -14,7 +14,8 @@ def test_the_report_names_images_ratio_threads_and_sizes(tiny_mixed_run):
     assert text.count("Val top-1 on 64 held-out training images, test top-1 on the whole test split.") == 2
     assert f"| {fact['test']['n']:,} images: " in text and "the tables above use the whole test split" in text
     assert "| 0.50x |" in text and "below 1 the export is slower" in text
-    assert f"Speed measured with 1 thread(s) on {fact['machine']}" in text
+    fact["machine"] = "AMD EPYC, AVX2, 2 CPUs, torch 2.14.1 (kernels AVX2, 2 threads)"
+    assert "Speed measured with 1 thread(s) on AMD EPYC, AVX2, 2 CPUs;" in markdown(r)
     assert ".onnx is model.onnx" in text and "packed is weights.oqpk" in text
     assert "Size: the weights at their bits" in text
     members = [m for m in r["recommended"].values() if m]
