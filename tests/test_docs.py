@@ -11,11 +11,13 @@ import shlex
 
 import pytest
 import torch
+from torchvision.datasets import FashionMNIST
 
-from oqat import config, export, files
+from oqat import config, export, files, records
 from oqat.cli import build_parser, main
 from oqat.data import DataConfig
 from oqat.experiment import ExperimentConfig
+from oqat.layout import ExportLayout
 from oqat.space import MINI
 from oqat.supernet import Supernet
 
@@ -46,7 +48,12 @@ def demo(tmp_path_factory):
         q.step.data.fill_(0.1)
     net.eval()
     files.save_supernet(net, str(root / "runs/fashion-mnist/stages/3-2bit/supernet.pt"), {"data": config.to_dict(DATA)})
-    export.export(net.extract(ARCH, keep_bn=True), str(root / "runs/fashion-mnist/export/2bit-M"), speed_rounds=0)
+    folder = str(root / "runs/fashion-mnist/export/2bit-M")
+    facts = export.export(net.extract(ARCH, keep_bn=True), folder, speed_rounds=0, preprocess={
+        "channels": 1, "resize": 28, "crop": None, "size": 28, "mean": [0.286], "std": [0.353]},
+        classes=tuple(FashionMNIST.classes))
+    records.write_facts(ExportLayout(folder).facts, facts, folder)
+    (root / "shoe.png").write_bytes(_png())  # the image the deployment examples classify
     for name in ("configs", "scripts"):
         os.symlink(os.path.join(REPO, name), root / name)
     for split in ("train", "val"):  # docs/own-data.md's my-images/, two classes of two images
