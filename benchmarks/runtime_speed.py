@@ -10,7 +10,6 @@ import os
 import random
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -19,19 +18,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from test_runtime import random_net  # noqa: E402
 
 from oqat import machine  # noqa: E402
+from oqat.deploy import median_ms  # noqa: E402
 from oqat.runtime import model_file  # noqa: E402
 from oqat.runtime.binding import Model  # noqa: E402
 from oqat.space import get_space  # noqa: E402
-
-
-def median_ms(fn, rounds: int) -> float:
-    fn()
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * float(np.median(times))
 
 
 def main(argv=None):
@@ -60,7 +50,7 @@ def main(argv=None):
         xn = x.numpy()
         with torch.no_grad():
             want = net(x).numpy()
-        row = {"torch exact (1 thread)": median_ms(lambda x=x: net(x), max(3, a.rounds // 5))}
+        row = {"torch exact (1 thread)": median_ms(lambda x=x: net(x), max(3, a.rounds // 5), warmup=1)}
         for isa in a.isas.split(","):
             try:
                 model = Model(path, isa=isa)
@@ -70,7 +60,7 @@ def main(argv=None):
             assert np.array_equal(model(xn), want), isa
             for t in map(int, a.threads.split(",")):
                 model.threads = t
-                row[f"{isa} {t}t"] = median_ms(lambda m=model, x=xn: m(x), a.rounds)
+                row[f"{isa} {t}t"] = median_ms(lambda m=model, x=xn: m(x), a.rounds, warmup=1)
         print(f"batch {batch}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row.items()))
     print("memory:", Model(path).memory())
 
