@@ -19,7 +19,7 @@ fi
 .venv/bin/python -c "from oqat.quant import cpu_kernel; cpu_kernel()"
 # Build oqat's C runtime (a few seconds, once; cached). Without a C compiler it says so in one
 # line, and everything but the runtime works.
-.venv/bin/python -m oqat.runtime.build >/dev/null || true
+.venv/bin/python -m oqat.runtime >/dev/null || true
 # Fashion-MNIST comes from Debian where we can (no download at run time on this machine).
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   echo "[setup] installing Debian's dataset-fashion-mnist" >&2

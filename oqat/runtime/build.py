@@ -3,8 +3,8 @@ sources and flags (in $OQAT_RT_CACHE, else ~/.cache/oqat/runtime).
 
 Each file that uses an instruction set beyond the base x86-64 is compiled alone with its own
 -m flags (the kernels choose among them at run time), so the library runs on any x86-64.
-`python -m oqat.runtime.build` builds it (scripts/setup.sh) and prints its path, or one line
-saying why not.
+`python -m oqat.runtime` builds it (scripts/setup.sh) and prints its path, or one line saying
+why not.
 """
 import concurrent.futures
 import hashlib
@@ -12,7 +12,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -123,9 +122,3 @@ def _run(cmd: list[str]) -> None:
     if p.returncode != 0:
         raise RuntimeUnavailable(f"building the oqat runtime failed: {' '.join(cmd)}\n{p.stderr.strip()[-2000:]}")
 
-
-if __name__ == "__main__":
-    try:
-        print(build())
-    except RuntimeUnavailable as err:
-        print(f"[setup] oqat runtime not built: {str(err).splitlines()[0]}", file=sys.stderr)
