@@ -10,6 +10,8 @@ from . import data
 from .calibrate import inputs, recalibrate_bn, resize  # noqa: F401  (re-exported)
 from .data import DataConfig, Splits
 from .experiment import SearchConfig
+from .quant import FULL_PRECISION
+from .runtime import Model, RuntimeUnavailable, model_file
 from .space import Arch
 from .subnet import Subnet
 from .supernet import Supernet
@@ -25,8 +27,9 @@ def evaluate(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]
     net.eval()
     totals, n = None, 0
     try:
+        forward = _runtime_forward(net, r) or net
         for x, y in batches:
-            logits = net(inputs(net, x, r)).float()
+            logits = forward(inputs(net, x, r)).float()
             y = y.to(logits.device)
             hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]
             batch = torch.stack([hits[:, 0].sum().double(), hits.any(1).sum().double(),
@@ -39,6 +42,21 @@ def evaluate(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]
         raise ValueError("evaluate got no batches")
     correct1, correct5, loss = totals.tolist()  # one host sync for the whole pass
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss / n, "n": n}
+
+
+def _runtime_forward(net: nn.Module, r: int):
+    """The forward of a quantized Subnet on the CPU in oqat's runtime, or None where it cannot
+    take it (another device or resolution, full precision, no C compiler). The runtime computes
+    the exact forward's rule bit for bit (tests/test_runtime.py) at a fraction of its time: the
+    exact forward runs each epilogue as separate torch passes."""
+    if not isinstance(net, Subnet) or r != net.arch.r or net.bits == FULL_PRECISION or \
+            next(net.parameters()).device.type != "cpu":
+        return None
+    try:
+        model = Model(data=model_file.to_bytes(net), threads=torch.get_num_threads())
+    except (RuntimeUnavailable, ValueError):
+        return None
+    return lambda x: torch.from_numpy(model(x.contiguous().numpy()))
 
 
 def prepare_subnet(supernet: Supernet, arch: Arch | str | dict, data_cfg: DataConfig, splits: Splits,

@@ -187,3 +187,25 @@ def test_recalibrating_the_supernet_equals_recalibrating_the_extracted_subnet():
     net.set_arch(arch)
     recalibrate_bn(net, batches)  # elastic BNs: only the active channels change
     torch.testing.assert_close(net.extract(arch, keep_bn=True).state_dict(), sub.state_dict())
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_evaluation_in_the_runtime_equals_the_exact_forward(bits, monkeypatch):
+    """evaluate runs a quantized subnet in oqat's runtime where it is built: the same numbers,
+    to the last digit, as the exact forward it stands in for."""
+    from oqat import evaluate as ev
+    from oqat.space import MINI
+    torch.manual_seed(0)
+    cfg = DataConfig(name="synthetic", val_size=64, synthetic_train=256)
+    splits = load_splits(cfg)
+    net = Supernet(MINI.with_data(splits.in_channels, splits.num_classes), bits)
+    calib = [(x, y) for x, y in train_batches(splits.train, cfg, 0)][:2]
+    net.init_steps_(torch.cat([x for x, _ in calib]))
+    sub = net.extract(MINI.largest(), calib=calib)
+    if ev._runtime_forward(sub, sub.arch.r) is None:
+        pytest.skip("oqat's runtime cannot be built here")
+    batches = list(eval_batches(splits.val, cfg))
+    in_runtime = evaluate(sub, batches)
+    monkeypatch.setattr(ev, "_runtime_forward", lambda *_: None)
+    assert evaluate(sub, batches) == in_runtime
+    assert 0 < in_runtime["loss"] and in_runtime["n"] == 64

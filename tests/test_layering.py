@@ -12,11 +12,11 @@ LAYERS = [  # lowest first
     ("values and checks", {"checkpoint", "config", "quant", "requant", "precision", "space", "layout", "data",
                            "distributed", "faults", "machine", "oqa"}),
     ("networks and their costs", {"layers", "exact", "subnet", "calibrate", "supernet", "cost", "budget",
-                                  "packed"}),
+                                  "packed", "runtime"}),  # runtime/: a subnet's C runtime, one package
     ("file formats", {"files", "records"}),
     ("run settings", {"experiment"}),
     ("training, search and analysis", {"evaluate", "inherit", "predictor", "search", "train", "analysis"}),
-    ("deployment", {"export", "deploy", "latency", "runtime", "preprocess"}),  # runtime/: the C runtime, one package
+    ("deployment", {"export", "deploy", "latency", "preprocess"}),
     ("the run", {"report", "pipeline"}),
     ("entry points", {"cli", "__main__", "__init__"}),
 ]
