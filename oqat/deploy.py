@@ -23,6 +23,7 @@ from onnx import TensorProto, numpy_helper
 from .layout import ExportLayout
 from .preprocess import Preprocess
 from .records import read_facts
+from .runtime import Model, RuntimeUnavailable, binding
 
 ONNX_RUNTIMES = ("openvino", "onnxruntime")  # the runtimes of the ONNX graph, preferred first
 RUNTIMES = ("oqat", *ONNX_RUNTIMES)  # every runtime of an export, preferred first
@@ -32,10 +33,9 @@ SUB_BYTE = {TensorProto.INT2, TensorProto.INT4, TensorProto.UINT2, TensorProto.U
 @functools.cache
 def oqat_runtime_error() -> str | None:
     """Why oqat's runtime cannot run here (no C compiler, not built), or None when it can."""
-    from .runtime import binding, build
     try:
         binding.library()
-    except build.RuntimeUnavailable as err:
+    except RuntimeUnavailable as err:
         return str(err).splitlines()[0]
     return None
 
@@ -108,7 +108,6 @@ class Runner:
         self.runtime = runtime
         model = _model_source(model, runtime)
         if runtime == "oqat":
-            from .runtime.binding import Model
             m = Model(model, threads) if isinstance(model, str) else Model(data=model, threads=threads)
             self.input_shape, self._run = m.input_shape, m
             return
