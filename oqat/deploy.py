@@ -208,20 +208,6 @@ def parity(net: torch.nn.Module, runner: Runner, x: torch.Tensor) -> dict:
             "gaps": gaps, "torch_logits": ref, "runtime_logits": out}
 
 
-def median_ms(fn: Callable[[], object], runs: int, warmup: int) -> float:
-    """Median wall time of fn() in milliseconds over `runs` calls, after `warmup` calls."""
-    if runs < 1 or warmup < 0:
-        raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
-
-
 def interleaved_ms(fns: dict[str, Callable], inputs: dict[str, object], rounds: int, calls: int) -> dict[str, float]:
     """Median ms per call of each fns[name](inputs[name]), the fns taking turns `calls` calls
     at a time for `rounds` rounds after one warm-up call each: a drift of the machine's speed

@@ -16,9 +16,9 @@ import onnx
 import torch
 
 from . import deploy, files
-from .deploy import median_ms
 from .export import build_onnx, fp32_graph
 from .layout import ExportLayout
+from .machine import median_ms
 from .quant import FULL_PRECISION
 from .runtime import model_file as runtime_file
 from .subnet import Subnet

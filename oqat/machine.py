@@ -2,6 +2,9 @@
 import importlib.metadata
 import os
 import platform
+import statistics
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -43,3 +46,17 @@ def summary() -> str:
              f"{torch.get_num_threads()} threads)"]
     parts += [f"{p} {v}" for p in ("onnxruntime", "openvino") if (v := _version(p))]
     return ", ".join(parts)
+
+
+def median_ms(fn: Callable[[], object], runs: int, warmup: int) -> float:
+    """Median wall time of fn() in milliseconds over `runs` calls, after `warmup` calls."""
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)

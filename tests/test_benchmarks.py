@@ -19,6 +19,7 @@ SELF_CONTAINED = {  # script: its arguments
     "deploy_speed": ["--tiny"],
     "demo_rate": ["--tiny"],
     "eval_speed": ["--tiny"],
+    "latency_model_check": ["--tiny"],
     "profile_step": ["--tiny"],
     "quant_step": ["--tiny"],
     "quant_step --mixed": ["--tiny", "--mixed", "2", "4"],

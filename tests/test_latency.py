@@ -15,12 +15,12 @@ def test_median_ms_times_runs_after_warmup(monkeypatch):
     # A clock that advances by the call's number of ms: the 3 timed calls (after 2 untimed)
     # take 3, 4 and 5 ms, so the median is 4 whatever the machine's load.
     calls, now = [], [0.0]
-    monkeypatch.setattr(deploy.time, "perf_counter", lambda: now[0])
-    ms = latency.median_ms(lambda: (calls.append(1), now.__setitem__(0, now[0] + len(calls) / 1e3)),
+    monkeypatch.setattr(machine.time, "perf_counter", lambda: now[0])
+    ms = machine.median_ms(lambda: (calls.append(1), now.__setitem__(0, now[0] + len(calls) / 1e3)),
                            runs=3, warmup=2)
     assert len(calls) == 5 and ms == pytest.approx(4.0)
     with pytest.raises(ValueError, match="runs must be >= 1"):
-        latency.median_ms(lambda: None, runs=0, warmup=0)
+        machine.median_ms(lambda: None, runs=0, warmup=0)
 
 
 def run_json(capsys, *argv) -> dict:

@@ -12,7 +12,7 @@ LAYERS = [  # lowest first
     ("values and checks", {"checkpoint", "config", "quant", "requant", "precision", "space", "layout", "data",
                            "distributed", "faults", "machine", "oqa"}),
     ("networks and their costs", {"layers", "exact", "subnet", "calibrate", "supernet", "cost", "budget",
-                                  "packed", "runtime"}),  # runtime/: a subnet's C runtime, one package
+                                  "packed", "runtime", "latency_model"}),  # runtime/: a subnet's C runtime, one package
     ("file formats", {"files", "records"}),
     ("run settings", {"experiment"}),
     ("training, search and analysis", {"evaluate", "inherit", "predictor", "search", "train", "analysis"}),

@@ -33,14 +33,24 @@ def library() -> ctypes.CDLL:
             "oqat_rt_free": (None, [p]), "oqat_rt_last_error": (ctypes.c_char_p, []),
             "oqat_rt_input_shape": (None, [p, ctypes.POINTER(i), ctypes.POINTER(i), ctypes.POINTER(i)]),
             "oqat_rt_num_classes": (i, [p]), "oqat_rt_isa": (ctypes.c_char_p, [p]),
+            "oqat_rt_default_isa": (ctypes.c_char_p, []),
             "oqat_rt_set_threads": (i, [p, i]), "oqat_rt_threads": (i, [p]),
             "oqat_rt_run": (i, [p, f, i, f]), "oqat_rt_memory_use": (None, [p, ctypes.POINTER(_Memory)]),
             "oqat_rt_num_ops": (i, [p]), "oqat_rt_op_info": (i, [p, i, ctypes.POINTER(_Op)]),
-            "oqat_rt_run_trace": (i, [p, f, i, f, _VISIT, p])}
+            "oqat_rt_run_trace": (i, [p, f, i, f, _VISIT, p]),
+            "oqat_rt_run_timed": (i, [p, f, i, f, ctypes.POINTER(ctypes.c_double)])}
     for name, (res, args) in sigs.items():
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
     return lib
+
+
+def default_isa() -> str:
+    """The kernel path a model loaded now takes (the best this CPU runs, or OQAT_RT_ISA's)."""
+    name = library().oqat_rt_default_isa()
+    if name is None:
+        raise ValueError(library().oqat_rt_last_error().decode(errors="replace"))
+    return name.decode()
 
 
 def default_threads() -> int:
@@ -130,19 +140,25 @@ class Model:
             raise ValueError(self._error())
         return [values[0]] + [v.astype(np.int16) + o["codes"][0] if o["codes"] else v for v, o in zip(values[1:], ops)]
 
-    def profile(self, x, rounds: int = 5) -> list[dict]:
-        """Where a run's time goes: each op's name, type and median ms over `rounds` runs on x,
-        timed between the trace's calls after each op (a few microseconds of callback each)."""
+    def op_ms(self, x, rounds: int = 5) -> np.ndarray:
+        """Each op's median ms over `rounds` runs on x (after one warm-up run), timed inside the
+        library, and the median ms of the whole runs: [op 0, ..., op n-1, whole]."""
         x = self._input(x)
         logits = np.empty((len(x), self.num_classes), np.float32)
+        n = self._lib.oqat_rt_num_ops(self._handle)
         runs = []
         for _ in range(rounds + 1):  # the first run warms the caches and is dropped
-            stamps = [time.perf_counter()]
-            visit = _VISIT(lambda *_, stamps=stamps: stamps.append(time.perf_counter()))
-            if self._lib.oqat_rt_run_trace(self._handle, self._ptr(x), len(x), self._ptr(logits), visit, None) != 0:
+            seconds = np.zeros(n, np.float64)
+            start = time.perf_counter()
+            if self._lib.oqat_rt_run_timed(self._handle, self._ptr(x), len(x), self._ptr(logits),
+                                           seconds.ctypes.data_as(ctypes.POINTER(ctypes.c_double))) != 0:
                 raise ValueError(self._error())
-            runs.append(np.diff(stamps) * 1000.0)
-        ms = np.median(np.stack(runs[1:]), axis=0)
+            runs.append(np.append(seconds, time.perf_counter() - start) * 1000.0)
+        return np.median(np.stack(runs[1:]), axis=0)
+
+    def profile(self, x, rounds: int = 5) -> list[dict]:
+        """Where a run's time goes: each op's name, type and median ms over `rounds` runs on x."""
+        ms = self.op_ms(x, rounds)
         return [{"name": o["name"], "type": o["type"], "ms": float(t)} for o, t in zip(self.ops, ms)]
 
     def memory(self) -> dict[str, int]:

@@ -39,6 +39,9 @@ void oqat_rt_input_shape(const oqat_rt_model *m, int *channels, int *height, int
 int oqat_rt_num_classes(const oqat_rt_model *m);
 /* The kernel path in use ("scalar", "avx2", "avx512vnni"). */
 const char *oqat_rt_isa(const oqat_rt_model *m);
+/* The kernel path a model loaded now without one named would take (OQAT_RT_ISA forces one);
+   NULL, with the reason for oqat_rt_last_error(), where OQAT_RT_ISA names none this CPU runs. */
+const char *oqat_rt_default_isa(void);
 
 /* Threads for later runs (1: the calling thread alone); layers too small to gain stay on one. */
 int oqat_rt_set_threads(oqat_rt_model *m, int threads);
@@ -75,6 +78,9 @@ int oqat_rt_op_info(const oqat_rt_model *m, int op, oqat_rt_op *out);
 typedef void (*oqat_rt_visit)(void *user, int op, int first, int n, const void *data, size_t bytes);
 int oqat_rt_run_trace(oqat_rt_model *m, const float *input, int batch, float *logits, oqat_rt_visit visit,
                       void *user);
+/* A run that adds each op's wall time, in seconds, to seconds[op] (n_ops entries): where a
+   run's time goes, timed inside the library so the timing costs two clock reads per op. */
+int oqat_rt_run_timed(oqat_rt_model *m, const float *input, int batch, float *logits, double *seconds);
 
 #ifdef __cplusplus
 }

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "rt.h"
 
@@ -156,6 +157,12 @@ void oqat_rt_input_shape(const oqat_rt_model *m, int *channels, int *height, int
 
 int oqat_rt_num_classes(const oqat_rt_model *m) { return m->num_classes; }
 const char *oqat_rt_isa(const oqat_rt_model *m) { return m->kernels->name; }
+
+const char *oqat_rt_default_isa(void) {
+  const oq_kernels *k = oq_kernels_select();
+  if (!k) oq_error("%s", oq_kernels_error());
+  return k ? k->name : NULL;
+}
 int oqat_rt_threads(const oqat_rt_model *m) { return m->threads; }
 
 int oqat_rt_set_threads(oqat_rt_model *m, int threads) {
@@ -269,7 +276,14 @@ static void run_task(void *ctx, int task, int thread) {
   }
 }
 
-static int run(oqat_rt_model *m, const float *input, int batch, float *logits, oqat_rt_visit visit, void *user) {
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int run(oqat_rt_model *m, const float *input, int batch, float *logits, oqat_rt_visit visit, void *user,
+               double *seconds) {
   if (!input || !logits || batch < 1) return oq_error("run needs input, logits and a batch >= 1");
   size_t per_chunk = CHUNK_BYTES / (m->arena_per_image ? m->arena_per_image : 1);
   int chunk = per_chunk < 1 ? 1 : per_chunk < (size_t)batch ? (int)per_chunk : batch;
@@ -293,7 +307,9 @@ static int run(oqat_rt_model *m, const float *input, int batch, float *logits, o
       double tasks = work * j.rows / MIN_TASK_WORK, most = TASKS_PER_THREAD * m->threads;
       if (m->threads > 1 && tasks >= 2) j.n_tasks = (int)(tasks < most ? tasks : most);
       if ((size_t)j.n_tasks > j.rows) j.n_tasks = (int)j.rows;
+      double start = seconds ? now() : 0;
       oq_pool_run(m->pool, run_task, &j, j.n_tasks);
+      if (seconds) seconds[i] += now() - start;
       if (visit) visit(user, i, first, images, j.out, value_bytes(o) * images);
     }
   }
@@ -304,7 +320,15 @@ int oqat_rt_run_trace(oqat_rt_model *m, const float *input, int batch, float *lo
                       void *user) {
   if (!m) return oq_error("run needs a model");
   pthread_mutex_lock(&m->run_lock); /* the arena and the scratch are the model's */
-  int rc = run(m, input, batch, logits, visit, user);
+  int rc = run(m, input, batch, logits, visit, user, NULL);
+  pthread_mutex_unlock(&m->run_lock);
+  return rc;
+}
+
+int oqat_rt_run_timed(oqat_rt_model *m, const float *input, int batch, float *logits, double *seconds) {
+  if (!m || !seconds) return oq_error("a timed run needs a model and its seconds");
+  pthread_mutex_lock(&m->run_lock);
+  int rc = run(m, input, batch, logits, NULL, NULL, seconds);
   pthread_mutex_unlock(&m->run_lock);
   return rc;
 }
