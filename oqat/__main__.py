@@ -1,6 +1,6 @@
 """`python -m oqat ...` is `oqat ...`."""
 import sys
 
-from .cli import main
+from .cli.main import main
 
 sys.exit(main())

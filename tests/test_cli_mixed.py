@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from oqat.cli import main
-from oqat.layout import RunLayout
+from oqat.cli.main import main
+from oqat.files.layout import RunLayout
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

@@ -12,12 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oqat import packed, requant
-from oqat.quant import LSQ, qrange
+from oqat.nets import packed
+from oqat.nets.subnet import Subnet
+from oqat.quant import requant
+from oqat.quant.lsq import LSQ, qrange
 from oqat.runtime import build, model_file
 from oqat.runtime.binding import Model
-from oqat.space import MINI, Stage, get_space, mbv3_head
-from oqat.subnet import Subnet
+from oqat.space.builtin import MINI, get_space
+from oqat.space.structure import Stage, mbv3_head
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -24,10 +24,11 @@ import zlib
 import numpy as np
 import torch
 
-from .. import checkpoint, requant
-from ..packed import code_width, pack, unpack, weight_codes
-from ..quant import FULL_PRECISION, LSQ, qrange
-from ..subnet import Subnet
+from ..core import io
+from ..nets.packed import code_width, pack, unpack, weight_codes
+from ..nets.subnet import Subnet
+from ..quant import requant
+from ..quant.lsq import FULL_PRECISION, LSQ, qrange
 
 MAGIC, VERSION = b"OQRT", 1
 NONE = 0xFFFFFFFF  # no value, no blob
@@ -219,7 +220,7 @@ def to_bytes(net: Subnet) -> bytes:
 def write(net: Subnet, path: str) -> None:
     """`net` as a runtime model file at `path`, atomically."""
     data = to_bytes(net)
-    checkpoint.atomic_write(path, lambda f: f.write(data))
+    io.atomic_write(path, lambda f: f.write(data))
 
 
 # --- reading and checking -------------------------------------------------------------------
