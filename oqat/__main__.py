@@ -1,6 +1,6 @@
 """`python -m oqat ...` is `oqat ...`."""
 import sys
 
-from .cli.main import main
+from .cli import main
 
 sys.exit(main())

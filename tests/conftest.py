@@ -21,7 +21,7 @@ TINY_MIXED_STAGES = "stages=[{bits: 3, epochs: 1}, {bits: 2, epochs: 1, lr: 0.05
 def tiny_mixed_run(tmp_path_factory) -> str:
     """A finished tiny `oqat run` (about 10 s) with a mixed stage: its folder, shared by the tests
     that only read it."""
-    from oqat.cli.main import main
+    from oqat.cli import main
     folder = str(tmp_path_factory.mktemp("tiny-mixed-run"))
     previous = torch.get_num_threads()
     torch.set_num_threads(1)

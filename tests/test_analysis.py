@@ -4,7 +4,7 @@ import warnings
 import pytest
 import torch
 
-from oqat.cli.main import main
+from oqat.cli import main
 from oqat.config.settings import AnalysisConfig
 from oqat.core.typed import to_dict
 from oqat.data.config import DataConfig

@@ -109,7 +109,7 @@ def test_every_network_a_user_hands_over_opens_one_way(net, tmp_path):
 
 
 def test_a_subnet_file_round_trips_with_its_data_and_a_supernet_is_refused(net, tmp_path, capsys):
-    from oqat.cli.main import main
+    from oqat.cli import main
     from oqat.deploy import export
     from oqat.files import checkpoints
     splits = load_splits(DATA)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_evaluate import tiny_run
 
-from oqat.cli.main import build_parser, main
+from oqat.cli.parser import build_parser, main
 from oqat.config.settings import ExperimentConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")

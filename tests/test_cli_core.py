@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from oqat.cli.main import main
+from oqat.cli import main
 from oqat.nets.cost import METRICS, arch_metrics
 from oqat.space.arch import Arch
 from oqat.space.builtin import MBV3

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from oqat.cli.main import main
+from oqat.cli import main
 from oqat.files.layout import RunLayout
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]

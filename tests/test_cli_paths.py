@@ -6,7 +6,7 @@ import os
 import pytest
 from test_evaluate import DATA, TINY, run_cli, tiny_run
 
-from oqat.cli.main import main
+from oqat.cli import main
 from oqat.config.settings import ExperimentConfig, SearchConfig
 from oqat.core.typed import to_dict
 from oqat.data.batches import calib_batches, eval_batches

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torchvision.datasets import FashionMNIST
 
-from oqat.cli.main import build_parser, main
+from oqat.cli.parser import build_parser, main
 from oqat.config.settings import ExperimentConfig
 from oqat.core import typed
 from oqat.data.config import DataConfig

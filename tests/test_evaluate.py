@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from oqat.cli.main import main
+from oqat.cli import main
 from oqat.core import typed
 from oqat.data.batches import eval_batches, train_batches
 from oqat.data.config import DataConfig

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 import oqat
-from oqat.cli.main import build_parser, main
 from oqat.cli.options import settings
+from oqat.cli.parser import build_parser, main
 from oqat.config.settings import (
     AnalysisConfig,
     ExperimentConfig,

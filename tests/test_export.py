@@ -7,7 +7,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from oqat.cli.main import main
+from oqat.cli import main
 from oqat.core.typed import to_dict
 from oqat.data.batches import eval_batches
 from oqat.data.config import DataConfig

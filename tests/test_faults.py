@@ -16,7 +16,7 @@ import torch
 from processes import TINY_RUN, paused, resume, start
 from test_data import write_cifar, write_idx
 
-from oqat.cli.main import main
+from oqat.cli import main
 from oqat.config.settings import ExperimentConfig
 from oqat.core import faults, typed
 from oqat.core.io import load

@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-from oqat.cli.main import main
+from oqat.cli import main
 from oqat.core import typed
 from oqat.core.io import PNG_DPI, CheckpointError, load, read_json, save, write_json, write_png, write_text
 from oqat.data.config import DataConfig

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from oqat.cli.main import main
+from oqat.cli import main
 from oqat.core import io
 from oqat.core.typed import to_dict
 from oqat.data.config import DataConfig

@@ -3,7 +3,7 @@ import json
 import pytest
 from test_export import ARCH, make_subnet
 
-from oqat.cli.main import main
+from oqat.cli import main
 from oqat.core import machine
 from oqat.deploy import export, latency, runners
 from oqat.files import checkpoints

@@ -7,7 +7,7 @@ import torch
 from oqa_reference import OQANet, calibrate, randomise
 
 import oqat
-from oqat.cli.main import main
+from oqat.cli import main
 from oqat.core.io import CheckpointError
 from oqat.files.checkpoints import load_supernet
 from oqat.nets.oqa import oqa_key

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from processes import paused, resume
 
-from oqat.cli.main import main
+from oqat.cli import main
 from oqat.config.settings import ExperimentConfig
 from oqat.core import io, typed
 from oqat.core.io import CheckpointError

@@ -42,7 +42,7 @@ class ModelConfig:
 
 @dataclass
 class RunConfig:
-    dir: str = "runs/default"  # run directory, laid out as oqat.layout says (oqat train: supernet.pt, metrics.jsonl, ...)
+    dir: str = "runs/default"  # run directory, laid out as oqat.files.layout says (oqat train: supernet.pt, metrics.jsonl, ...)
     quiet: bool = False  # no progress bar, one line per epoch (for log files)
 
 

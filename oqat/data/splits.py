@@ -32,7 +32,7 @@ class Splits:
 
     def preprocess(self, resolution: int) -> dict:
         """How an image file becomes this data's network input at `resolution` px, as
-        `oqat.preprocess.Preprocess` reads it: the evaluation transform of `eval_batches`."""
+        `oqat.deploy.preprocess.Preprocess` reads it: the evaluation transform of `eval_batches`."""
         folder = isinstance(self.test, FolderSubset)
         return {"channels": self.in_channels, "resize": math.ceil(resolution / 0.875) if folder else self.image_size,
                 "crop": resolution if folder else None, "size": resolution, "mean": list(self.mean),

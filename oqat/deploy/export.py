@@ -2,7 +2,7 @@
 
 The graphs are written with `onnx.helper` straight from the static `Subnet`, not traced:
 every op is chosen, so that the integer graph computes oqat's one arithmetic rule
-(`oqat.requant`) and any runtime that follows it gives PyTorch's codes. A quantized conv
+(`oqat.quant.requant`) and any runtime that follows it gives PyTorch's codes. A quantized conv
 (weight and input each at b bits, steps s_w and s_a) and the BN after it become
 
     x -> Div(|s_a|) -> Clip[Qn, Qp] -> Round -> QuantizeLinear(1) -> DequantizeLinear(1) -> Conv

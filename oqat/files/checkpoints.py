@@ -5,15 +5,15 @@
     any network a user hands over       load_model (also an export folder), subnet_arch (the subnet
                                         an architecture chooses in it): export, latency, eval, the API
     training checkpoint (oqat-train)    save_training, load_training
-    packed weights (oqat-packed)        save_packed, load_packed (the encoding: `oqat.packed`)
+    packed weights (oqat-packed)        save_packed, load_packed (the encoding: `oqat.nets.packed`)
     the authors' checkpoints            load_oqa_checkpoint
 
 The JSON files of a run (metrics, search results, export facts, latency tables, pairs) are
-written and read in `oqat.records`.
+written and read in `oqat.files.records`.
 
 Each writer sits beside its loader, so the fields one writes are the fields the other checks.
 A checkpoint is written atomically and read with torch.load(weights_only=True): no arbitrary
-unpickling (`oqat.checkpoint`). Then every field is checked: its type, the space (as a typed
+unpickling (`oqat.core.io`). Then every field is checked: its type, the space (as a typed
 config), the bits, and the state dict against the network the file describes (missing,
 unexpected and mis-shaped keys, all of them in one message; non-finite values), before any
 network takes the weights. So a wrong, truncated or foreign file ends in one CheckpointError

@@ -1,5 +1,5 @@
 """The JSON files of a run and of an export, each format's writer beside its checked reader
-(as `files.py` does for checkpoints), so the fields one writes are the fields the other reads:
+(as `checkpoints.py` does for checkpoints), so the fields one writes are the fields the other reads:
 
     metrics.jsonl (a training's log)     MetricsWriter / read_metrics, last_epoch
     stage.json (a stage's wall time)     write_stage / read_stage
