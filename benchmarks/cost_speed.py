@@ -8,8 +8,9 @@ import argparse
 import random
 import time
 
-from oqat import cost, machine
-from oqat.space import MBV3
+from oqat.core import machine
+from oqat.nets import cost
+from oqat.space.builtin import MBV3
 
 
 def main(argv=None) -> float:

@@ -24,11 +24,12 @@ from collections.abc import Iterator
 import tiny
 import torch
 
-from oqat import config, files, machine
-from oqat.data import train_batches
-from oqat.experiment import ExperimentConfig, stage_train_config
-from oqat.supernet import Supernet
-from oqat.train import Trainer, keep_freed_memory
+from oqat.config.settings import ExperimentConfig, stage_train_config
+from oqat.core import machine, typed
+from oqat.data.batches import train_batches
+from oqat.files import checkpoints
+from oqat.nets.supernet import Supernet
+from oqat.train.trainer import Trainer, keep_freed_memory
 
 
 def warm_trainer(cfg: ExperimentConfig, i: int) -> tuple[Trainer, Iterator]:
@@ -37,7 +38,8 @@ def warm_trainer(cfg: ExperimentConfig, i: int) -> tuple[Trainer, Iterator]:
     one step taken, and the rest of epoch 0's batches."""
     train_cfg = dataclasses.replace(stage_train_config(cfg, i), init_from=None)
     if train_cfg.teacher_file is not None:
-        files.save_supernet(Supernet(cfg.model.space, cfg.stages[cfg.stages[i].teacher].bits), train_cfg.teacher_file)
+        teacher = Supernet(cfg.model.space, cfg.stages[cfg.stages[i].teacher].bits)
+        checkpoints.save_supernet(teacher, train_cfg.teacher_file)
     t = Trainer(dataclasses.replace(cfg, train=train_cfg))
     t.net.train()
     batches = train_batches(t.splits.train, cfg.data, 0, with_index=True)
@@ -61,7 +63,7 @@ def main(argv=None):
     print(f"machine: {machine.summary()}")
     clock, total = time.process_time if args.cpu else time.perf_counter, 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = config.load(ExperimentConfig, args.config, [f"run.dir={tmp}", *(tiny.DATA if args.tiny else [])])
+        cfg = typed.load(ExperimentConfig, args.config, [f"run.dir={tmp}", *(tiny.DATA if args.tiny else [])])
         for i, stage in enumerate(cfg.stages):
             t, batches = warm_trainer(cfg, i)
             times = []

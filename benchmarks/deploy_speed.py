@@ -21,14 +21,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from oqat import deploy, machine  # noqa: E402
-from oqat.evaluate import recalibrate_bn  # noqa: E402
-from oqat.export import build_onnx, fp32_graph  # noqa: E402
-from oqat.quant import FULL_PRECISION, set_bits_  # noqa: E402
+from oqat.core import machine
+from oqat.deploy import runners  # noqa: E402
+from oqat.deploy.export import build_onnx, fp32_graph  # noqa: E402
+from oqat.nets.supernet import Supernet  # noqa: E402
+from oqat.quant.lsq import FULL_PRECISION, set_bits_  # noqa: E402
 from oqat.runtime import model_file as runtime_file  # noqa: E402
 from oqat.runtime.binding import Model  # noqa: E402
-from oqat.space import MBV3, MINI, Arch  # noqa: E402
-from oqat.supernet import Supernet  # noqa: E402
+from oqat.space.arch import Arch
+from oqat.space.builtin import MBV3, MINI  # noqa: E402
+from oqat.train.evaluate import recalibrate_bn  # noqa: E402
 
 
 def _published(ks: str, e: str, d: str) -> Arch:
@@ -72,16 +74,16 @@ def fp32_runners(net: torch.nn.Module, threads: int) -> dict:
         with torch.no_grad():
             return fp32(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
 
-    return {"torch fp32": torch_fp32, **deploy.export_runners(fp32_graph(net), None, threads, "fp32")}
+    return {"torch fp32": torch_fp32, **runners.export_runners(fp32_graph(net), None, threads, "fp32")}
 
 
 def export_runners(net: torch.nn.Module, bits: int, threads: int) -> dict:
     """name -> callable: the `bits`-bit export in oqat's runtime and in OpenVINO, where here."""
     out = {}
-    if "oqat" in deploy.runtimes():
-        out[f"oqat {bits}bit"] = deploy.Runner(runtime_file.to_bytes(net), "oqat", threads)
-    if "openvino" in deploy.runtimes():
-        out[f"openvino {bits}bit"] = deploy.Runner(build_onnx(net), "openvino", threads)
+    if "oqat" in runners.runtimes():
+        out[f"oqat {bits}bit"] = runners.Runner(runtime_file.to_bytes(net), "oqat", threads)
+    if "openvino" in runners.runtimes():
+        out[f"openvino {bits}bit"] = runners.Runner(build_onnx(net), "openvino", threads)
     return out
 
 
@@ -114,14 +116,14 @@ def main(argv=None) -> dict:
             for batch in args.batches:
                 x = torch.randn(batch, nets[args.bits[0]].space.in_channels,
                                 arch.r, arch.r, generator=torch.Generator().manual_seed(1)).numpy()
-                ms = deploy.interleaved_ms(fns, dict.fromkeys(fns, x), args.rounds, args.calls)
+                ms = runners.interleaved_ms(fns, dict.fromkeys(fns, x), args.rounds, args.calls)
                 fastest_fp32 = min(v for k, v in ms.items() if k.endswith("fp32"))
                 ratios = {k: fastest_fp32 / v for k, v in ms.items() if not k.endswith("fp32")}
                 results[(name, threads, batch)] = {"ms": ms, "speedup": ratios}
                 cells = "  ".join(f"{k} {v:.3f}" for k, v in ms.items())
                 gains = "  ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
                 print(f"{name} r{arch.r} b{batch} t{threads}: {cells}\n    speed-up over fp32: {gains}", flush=True)
-        if args.profile and "oqat" in deploy.runtimes():
+        if args.profile and "oqat" in runners.runtimes():
             for b, net in nets.items():
                 print(f"    oqat {b}bit, batch 1, 1 thread: {profile(net, args.rounds)}", flush=True)
     return results

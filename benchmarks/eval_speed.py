@@ -19,11 +19,12 @@ import time
 
 import torch
 
-from oqat import data
-from oqat.data import DataConfig
-from oqat.evaluate import evaluate, inputs
-from oqat.space import MINI
-from oqat.supernet import Supernet
+from oqat.data.batches import calib_batches, eval_batches
+from oqat.data.config import DataConfig
+from oqat.data.splits import load_splits
+from oqat.nets.supernet import Supernet
+from oqat.space.builtin import MINI
+from oqat.train.evaluate import evaluate, inputs
 
 
 def plain_pass(net, batches, r: int) -> None:
@@ -45,9 +46,9 @@ def main(argv=None):
     cfg = DataConfig(val_size=args.val)
     if args.tiny or not os.path.isdir("/usr/share/datasets/fashion-mnist"):
         cfg = DataConfig(name="synthetic", val_size=args.val, synthetic_train=args.val + args.calib + 1)
-    splits = data.load_splits(cfg)
-    calib = data.calib_batches(splits.train, cfg, args.calib, 0)
-    val = list(data.eval_batches(splits.val, cfg))
+    splits = load_splits(cfg)
+    calib = calib_batches(splits.train, cfg, args.calib, 0)
+    val = list(eval_batches(splits.val, cfg))
     torch.manual_seed(0)
     supernet = Supernet(MINI.with_data(splits.in_channels, splits.num_classes), 4).eval()
     supernet.init_steps_(torch.cat([x for x, _ in calib]))

@@ -44,13 +44,14 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from oqat import config, distributed  # noqa: E402
-from oqat.data import train_batches  # noqa: E402
-from oqat.experiment import ExperimentConfig  # noqa: E402
-from oqat.quant import lsq, qrange  # noqa: E402
-from oqat.space import MBV3, MINI, SearchSpace  # noqa: E402
-from oqat.supernet import Supernet  # noqa: E402
-from oqat.train import Trainer, sandwich_step  # noqa: E402
+from oqat.config.settings import ExperimentConfig  # noqa: E402
+from oqat.core import distributed, typed  # noqa: E402
+from oqat.data.batches import train_batches  # noqa: E402
+from oqat.nets.supernet import Supernet  # noqa: E402
+from oqat.quant.lsq import lsq, qrange  # noqa: E402
+from oqat.space.builtin import MBV3, MINI  # noqa: E402
+from oqat.space.structure import SearchSpace  # noqa: E402
+from oqat.train.trainer import Trainer, sandwich_step  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -280,7 +281,7 @@ def check_bf16_quant(device: str, space: SearchSpace, n: int, r: int) -> str:
 def trainer(plan: Plan, folder: str, bits: int, amp: bool, steps: int, d: distributed.Dist) -> Trainer:
     """A Trainer of plan.space on synthetic data of `steps` batches, the sandwich at the largest resolution."""
     val = 8
-    cfg = config.load(ExperimentConfig, None, [
+    cfg = typed.load(ExperimentConfig, None, [
         f"run.dir={folder}", "run.quiet=true", f"model.space={plan.space.name}", "data.name=synthetic",
         *plan.data, f"data.batch_size={plan.batch}", f"data.val_size={val}", "data.synthetic_test=0",
         f"data.synthetic_train={plan.batch * steps + val}", f"train.bits={bits}", f"train.amp={amp}",

@@ -27,15 +27,18 @@ import statistics
 
 import torch
 
-from oqat import config, data, distributed
-from oqat.cost import arch_metrics
-from oqat.evaluate import evaluate, prepare_subnet
-from oqat.experiment import ExperimentConfig
-from oqat.files import load_supernet
-from oqat.layout import RunLayout
-from oqat.pipeline import run_stages
-from oqat.space import Arch, SearchSpace
-from oqat.train import keep_freed_memory_on_cpu
+from oqat.config.settings import ExperimentConfig
+from oqat.core import distributed, typed
+from oqat.data.batches import eval_batches
+from oqat.data.splits import load_splits
+from oqat.files.checkpoints import load_supernet
+from oqat.files.layout import RunLayout
+from oqat.nets.cost import arch_metrics
+from oqat.run.pipeline import run_stages
+from oqat.space.arch import Arch
+from oqat.space.structure import SearchSpace
+from oqat.train.evaluate import evaluate, prepare_subnet
+from oqat.train.trainer import keep_freed_memory_on_cpu
 
 
 def uniform_within(space: SearchSpace, budget: float, bits: int) -> Arch:
@@ -76,7 +79,7 @@ def main(argv=None):
     keep_freed_memory_on_cpu()  # it trains baselines, as `oqat run` does
     torch.manual_seed(0)
     run = RunLayout(args.run_dir)
-    cfg = config.load(ExperimentConfig, run.config)
+    cfg = typed.load(ExperimentConfig, run.config)
     last = max((i for i, s in enumerate(cfg.stages) if s.bits == args.bits), default=None)
     if last is None:
         raise SystemExit(f"the run has no {args.bits}-bit stage")
@@ -86,7 +89,7 @@ def main(argv=None):
     family = results["family"][str(args.bits)]
     supernet, ckpt = load_supernet(os.path.join(args.run_dir, results["stages"][last]["supernet"]))
     data_cfg = ckpt["data"]
-    space, splits = supernet.space, data.load_splits(data_cfg)
+    space, splits = supernet.space, load_splits(data_cfg)
     largest = arch_metrics(space.largest(), space, args.bits)["bitops"]
     nets = [(name, member, fraction * largest, uniform_within(space, fraction * largest, args.bits))
             for (name, member), fraction in zip(family.items(), cfg.search.family)]
@@ -105,7 +108,7 @@ def main(argv=None):
         for seed in args.seeds:
             net, _ = load_supernet(trained[base, seed])
             sub = prepare_subnet(net, base, data_cfg, splits, cfg.train.calib_images, 0)
-            tops.append(evaluate(sub, data.eval_batches(splits.test, data_cfg))["top1"])
+            tops.append(evaluate(sub, eval_batches(splits.test, data_cfg))["top1"])
         rows.append({"net": name, "budget_bitops": budget,
                      "oqat": None if member is None
                      else {k: member[k] for k in ("arch", "bitops", "macs", "test_top1")},
@@ -129,7 +132,7 @@ def main(argv=None):
     out = os.path.join(args.run_dir, "baseline", f"headline{'-distill' if args.distill else ''}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"bits": args.bits, "stages": config.to_dict(cfg)["stages"], "distill": args.distill, "rows": rows},
+        json.dump({"bits": args.bits, "stages": typed.to_dict(cfg)["stages"], "distill": args.distill, "rows": rows},
                   f, indent=1)
 
 

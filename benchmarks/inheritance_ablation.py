@@ -26,14 +26,16 @@ import statistics
 
 import torch
 
-from oqat import config, data
-from oqat.evaluate import evaluate, prepare_subnet
-from oqat.experiment import ExperimentConfig
-from oqat.files import load_supernet
-from oqat.layout import RunLayout
-from oqat.pipeline import run_stages
-from oqat.space import Arch
-from oqat.train import DivergedError, keep_freed_memory_on_cpu
+from oqat.config.settings import ExperimentConfig
+from oqat.core import typed
+from oqat.data.batches import eval_batches
+from oqat.data.splits import load_splits
+from oqat.files.checkpoints import load_supernet
+from oqat.files.layout import RunLayout
+from oqat.run.pipeline import run_stages
+from oqat.space.arch import Arch
+from oqat.train.evaluate import evaluate, prepare_subnet
+from oqat.train.trainer import DivergedError, keep_freed_memory_on_cpu
 
 VARIANTS = ("inherit, steps doubled", "inherit, steps from data", "scratch, same epochs", "scratch, chain's epochs")
 
@@ -54,10 +56,10 @@ def stages_run(cfg: ExperimentConfig, stages, seed: int, folder: str) -> str:
 def scores(path: str, split: str, calib: int) -> dict[str, float]:
     net, ckpt = load_supernet(path)
     data_cfg = ckpt["data"]
-    splits = data.load_splits(data_cfg)
+    splits = load_splits(data_cfg)
     archs = {"largest": net.space.largest(), "middle": middle(net.space), "smallest": net.space.smallest()}
     return {k: evaluate(prepare_subnet(net, a, data_cfg, splits, calib, 0),
-                        data.eval_batches(getattr(splits, split), data_cfg))["top1"] for k, a in archs.items()}
+                        eval_batches(getattr(splits, split), data_cfg))["top1"] for k, a in archs.items()}
 
 
 def main(argv=None):
@@ -71,7 +73,7 @@ def main(argv=None):
         args.seeds = args.seeds[:1]
     keep_freed_memory_on_cpu()  # it trains, as `oqat run` does
     torch.manual_seed(0)
-    cfg = config.load(ExperimentConfig, RunLayout(args.run_dir).config)
+    cfg = typed.load(ExperimentConfig, RunLayout(args.run_dir).config)
     mixed = next((i for i, s in enumerate(cfg.stages) if isinstance(s.bits, list)), len(cfg.stages))
     cfg = dataclasses.replace(cfg, stages=cfg.stages[:mixed])
     bits = [s.bits for s in cfg.stages]

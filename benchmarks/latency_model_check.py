@@ -1,4 +1,4 @@
-"""How well the latency model (oqat/latency_model.py) predicts whole networks in oqat's runtime:
+"""How well the latency model (oqat/runtime/latency_model.py) predicts whole networks in oqat's runtime:
 for each space, one model of a random-weight supernet with widths 2, 3 and 4 (one build covers
 uniform and mixed networks), then `--n` random architectures per precision (each width
 uniform, and mixed), each timed end to end (median of `--rounds` plain runs) against its
@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from oqat import latency_model, machine
-from oqat.machine import median_ms
-from oqat.runtime import binding, model_file as runtime_file
-from oqat.space import get_space
-from oqat.supernet import Supernet
+from oqat.core import machine
+from oqat.core.machine import median_ms
+from oqat.nets.supernet import Supernet
+from oqat.runtime import binding, latency_model, model_file as runtime_file
+from oqat.space.builtin import get_space
 
 
 def check(space_name: str, precisions: list, n: int, resolutions: tuple[int, ...], threads: int, batch: int,
@@ -31,7 +31,7 @@ def check(space_name: str, precisions: list, n: int, resolutions: tuple[int, ...
     space = get_space(space_name).with_bits((2, 3, 4))  # uniform networks are the mixed space's b = (w, ..., w)
     net = Supernet(space, space.bit_widths).eval()
     start = time.perf_counter()
-    model = latency_model.build(net, threads, batch, rounds, resolutions)
+    model = latency_model.build(space, space.bit_widths, threads, batch, rounds, resolutions)
     built = time.perf_counter() - start
     print(f"{space_name}: model of {len(model.parts)} parts built in {built:.0f} s ({model.describe()})")
     rng = random.Random(seed)

@@ -16,9 +16,12 @@ from dataclasses import replace
 
 import torch
 
-from oqat import data, files, machine
-from oqat.calibrate import recalibrate_bn
-from oqat.evaluate import evaluate
+from oqat.core import machine
+from oqat.data.batches import calib_batches, eval_batches
+from oqat.data.splits import subset
+from oqat.files import checkpoints
+from oqat.nets.calibrate import recalibrate_bn
+from oqat.train.evaluate import evaluate
 
 
 def bn_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -36,15 +39,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.tiny:
         args.subnets, args.calib_images, args.val_images = 2, 32, 64
-    net, cfg, splits = files.open_supernet(args.supernet)
+    net, cfg, splits = checkpoints.open_supernet(args.supernet)
     if not net.space.bit_widths:
         raise SystemExit(f"'{args.supernet}' is a {net.bits}-bit supernet; this compares BN in mixed-precision ones")
     print(f"machine: {machine.summary()}")
     space = net.trained_space
-    val = data.subset(splits.val, min(args.val_images, len(splits.val)), 0)
+    val = subset(splits.val, min(args.val_images, len(splits.val)), 0)
 
     def calib(r):
-        return data.calib_batches(splits.train, cfg, args.calib_images, args.seed, r)
+        return calib_batches(splits.train, cfg, args.calib_images, args.seed, r)
 
     # Per-width statistics: the largest subnet at each width, recalibrated in the supernet itself.
     per_width, largest = {}, space.largest()
@@ -57,7 +60,7 @@ def main(argv=None):
     archs = space.sample_distinct(random.Random(args.seed), args.subnets)
     gaps = []
     for arch in archs:
-        own = evaluate(net.extract(arch, calib(arch.r)), data.eval_batches(val, cfg, arch.r))["top1"]
+        own = evaluate(net.extract(arch, calib(arch.r)), eval_batches(val, cfg, arch.r))["top1"]
         sub = net.extract(arch, keep_bn=True)
         widths = [arch.b[0]] + [arch.b[i] for i, _, _ in net.space.active_blocks(arch)] + [arch.b[-1]]
         state = sub.state_dict()
@@ -68,7 +71,7 @@ def main(argv=None):
                 state.update({k: v for k, v in of_w.items()
                               if k.startswith(prefix) and k.endswith(("running_mean", "running_var"))})
         sub.load_state_dict(state)
-        width = evaluate(sub.eval(), data.eval_batches(val, cfg, arch.r))["top1"]
+        width = evaluate(sub.eval(), eval_batches(val, cfg, arch.r))["top1"]
         gaps.append(own - width)
         print(f"{arch}  own statistics {own:.2f}  per-width statistics {width:.2f}  gap {own - width:+.2f}")
     print(f"{len(archs)} subnets, val top-1 on {len(val)} images: own - per-width statistics, "

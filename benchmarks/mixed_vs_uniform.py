@@ -7,7 +7,7 @@ and the best uniform front member within each budget) and the goal's count.
 import argparse
 import json
 
-from oqat.layout import RunLayout
+from oqat.files.layout import RunLayout
 
 
 def main(argv=None):

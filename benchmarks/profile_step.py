@@ -19,9 +19,9 @@ import torch
 from demo_rate import warm_trainer
 from torch.profiler import ProfilerActivity, profile
 
-from oqat import config
-from oqat.experiment import ExperimentConfig
-from oqat.train import keep_freed_memory
+from oqat.config.settings import ExperimentConfig
+from oqat.core import typed
+from oqat.train.trainer import keep_freed_memory
 
 GROUPS = [  # (group, substrings of op names), first match wins
     ("quantizers", ("_LSQFunction", "oqat_lsq", "::LSQ>")),  # the torch-ops path, the CPU kernel and its backward
@@ -51,7 +51,7 @@ def main(argv=None):
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     keep_freed_memory()  # its Trainer trains on the CPU, as `oqat train` does there
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = config.load(ExperimentConfig, args.config, [f"run.dir={tmp}", *(tiny.DATA if args.tiny else [])])
+        cfg = typed.load(ExperimentConfig, args.config, [f"run.dir={tmp}", *(tiny.DATA if args.tiny else [])])
         stage = next((i for i, s in enumerate(cfg.stages) if s.bits == args.bits), None)
         if stage is None:
             raise SystemExit(f"'{args.config}' has no {args.bits}-bit stage")

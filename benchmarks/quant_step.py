@@ -25,12 +25,13 @@ from dataclasses import replace
 
 import torch
 
-from oqat import machine
-from oqat.precision import Precision
-from oqat.quant import guard_steps_, set_bits_, step_values
-from oqat.space import SPACES, SearchSpace
-from oqat.supernet import Supernet
-from oqat.train import keep_freed_memory, sandwich_step
+from oqat.core import machine
+from oqat.nets.supernet import Supernet
+from oqat.quant.lsq import guard_steps_, set_bits_, step_values
+from oqat.quant.precision import Precision
+from oqat.space.builtin import SPACES
+from oqat.space.structure import SearchSpace
+from oqat.train.trainer import keep_freed_memory, sandwich_step
 
 SETTINGS = {"mbv3": (32, 128), "mini": (128, 28)}  # batch, resolution
 

@@ -17,11 +17,11 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from test_runtime import random_net  # noqa: E402
 
-from oqat import machine  # noqa: E402
-from oqat.machine import median_ms  # noqa: E402
+from oqat.core import machine  # noqa: E402
+from oqat.core.machine import median_ms  # noqa: E402
 from oqat.runtime import model_file  # noqa: E402
 from oqat.runtime.binding import Model  # noqa: E402
-from oqat.space import get_space  # noqa: E402
+from oqat.space.builtin import get_space  # noqa: E402
 
 
 def main(argv=None):

@@ -14,10 +14,12 @@ import time
 
 import numpy as np
 
-from oqat.budget import Budget
-from oqat.experiment import SearchConfig
-from oqat.files import open_supernet
-from oqat.search import Scorer, dominated, sample_points, search
+from oqat.config.settings import SearchConfig
+from oqat.files.checkpoints import open_supernet
+from oqat.nets.budget import Budget
+from oqat.search import search
+from oqat.search.front import dominated
+from oqat.search.scoring import Scorer, sample_points
 
 
 def margin(front: list[dict], point: dict, metric: str) -> float:

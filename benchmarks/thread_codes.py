@@ -1,5 +1,5 @@
 """Where the thread count changes a quantized subnet's codes, source by source, and what the
-exact evaluation (oqat/exact.py, the rule of oqat/requant.py) leaves of it.
+exact evaluation (oqat/exact.py, the rule of oqat/quant/requant.py) leaves of it.
 
 For each subnet (extracted from a supernet file, BN recalibrated, evaluated on val) it runs the
 arithmetic before issue 29 (the fake-quantized float forward in eval mode, BN recalibrated by
@@ -28,15 +28,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oqat import data, exact, layers, machine, requant, subnet
-from oqat.calibrate import inputs, recalibrate_bn
-from oqat.data import DataConfig
-from oqat.files import load_supernet
-from oqat.layers import QConv2d
-from oqat.packed import quantized_convs
-from oqat.quant import qrange
-from oqat.space import MINI
-from oqat.supernet import Supernet
+from oqat.core import machine
+from oqat.data.batches import calib_batches, eval_batches
+from oqat.data.config import DataConfig
+from oqat.data.splits import load_splits, subset
+from oqat.files.checkpoints import load_supernet
+from oqat.nets import exact, layers, subnet
+from oqat.nets.calibrate import inputs, recalibrate_bn
+from oqat.nets.layers import QConv2d
+from oqat.nets.packed import quantized_convs
+from oqat.nets.supernet import Supernet
+from oqat.quant import requant
+from oqat.quant.lsq import qrange
+from oqat.space.builtin import MINI
 
 STEPS = ("before", "+ BN recalibration exact", "+ stem fp64", "+ SE, pooling fp64", "+ classifier fp64",
          "+ conv sums exact", "exact path (after)")
@@ -189,8 +193,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.tiny:
         cfg = DataConfig(name="synthetic", val_size=64, synthetic_train=200, eval_batch_size=32)
-        splits = data.load_splits(cfg)
-        calib = data.calib_batches(splits.train, cfg, 64, 0)
+        splits = load_splits(cfg)
+        calib = calib_batches(splits.train, cfg, 64, 0)
         nets = []
         for bits in (2, 4):
             torch.manual_seed(0)
@@ -200,10 +204,10 @@ def main(argv=None):
     else:
         supernet, ckpt = load_supernet(args.supernet)
         cfg = ckpt["data"]
-        splits = data.load_splits(cfg)
-        calib = data.calib_batches(splits.train, cfg, min(args.calib, len(splits.train)), 0)
+        splits = load_splits(cfg)
+        calib = calib_batches(splits.train, cfg, min(args.calib, len(splits.train)), 0)
         nets = [(supernet, supernet.space.check(a)) for a in args.arch]
-    val = list(data.eval_batches(data.subset(splits.val, min(args.val, len(splits.val)), 0), cfg))
+    val = list(eval_batches(subset(splits.val, min(args.val, len(splits.val)), 0), cfg))
     if args.dump:  # a child: one step of every arch
         torch.save([measure(sn, a, calib, val, args.step, args.codes_images) for sn, a in nets], args.dump)
         return

@@ -15,14 +15,14 @@ import time
 
 import torch
 
-from oqat import config
-from oqat.data import train_batches
-from oqat.experiment import ExperimentConfig
-from oqat.train import Trainer, keep_freed_memory
+from oqat.config.settings import ExperimentConfig
+from oqat.core import typed
+from oqat.data.batches import train_batches
+from oqat.train.trainer import Trainer, keep_freed_memory
 
 
 def trainer(folder: str, overrides: list[str]) -> Trainer:
-    cfg = config.load(ExperimentConfig, None, [f"run.dir={folder}", *overrides])
+    cfg = typed.load(ExperimentConfig, None, [f"run.dir={folder}", *overrides])
     t = Trainer(cfg)
     t.net.train()
     return t

@@ -16,7 +16,7 @@ if ! .venv/bin/python -c "import oqat, pytest, onnxruntime, pymoo, ninja, openvi
 fi
 .venv/bin/python -c "import torch, torchvision, oqat, pytest, openvino, qonnx" >/dev/null
 # Build the CPU LSQ kernel now (about 10 s, once; torch caches it) rather than in the first run.
-.venv/bin/python -c "from oqat.quant import cpu_kernel; cpu_kernel()"
+.venv/bin/python -c "from oqat.quant.lsq import cpu_kernel; cpu_kernel()"
 # Build oqat's C runtime (a few seconds, once; cached). Without a C compiler it says so in one
 # line, and everything but the runtime works.
 .venv/bin/python -m oqat.runtime >/dev/null || true

@@ -4,14 +4,15 @@ import warnings
 import pytest
 import torch
 
-from oqat import analysis, files
-from oqat.analysis import rank_corr
 from oqat.cli import main
-from oqat.config import to_dict
-from oqat.data import DataConfig
-from oqat.experiment import AnalysisConfig
-from oqat.space import MINI
-from oqat.supernet import Supernet
+from oqat.config.settings import AnalysisConfig
+from oqat.core.typed import to_dict
+from oqat.data.config import DataConfig
+from oqat.files import checkpoints
+from oqat.nets.supernet import Supernet
+from oqat.search import analysis
+from oqat.search.analysis import rank_corr
+from oqat.space.builtin import MINI
 
 DATA = to_dict(DataConfig(name="synthetic", val_size=64, synthetic_train=256))
 SETTINGS = ["--samples", "10", "--calib-images", "32", "--val-images", "32", "--bootstrap", "50"]
@@ -24,7 +25,7 @@ def make_run(root, stages) -> str:
         net = Supernet(MINI, bits, elastic)
         for q in net.quantizers():
             q.step.data.fill_(0.1)
-        files.save_supernet(net, str(root / "stages" / f"{i}-{bits}bit" / "supernet.pt"), {"data": DATA})
+        checkpoints.save_supernet(net, str(root / "stages" / f"{i}-{bits}bit" / "supernet.pt"), {"data": DATA})
     return str(root)
 
 

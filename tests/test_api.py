@@ -7,10 +7,12 @@ import pytest
 import torch
 
 import oqat
-from oqat.data import DataConfig, calib_batches, load_splits
-from oqat.evaluate import prepare_subnet, recalibrate_bn
-from oqat.space import MINI
-from oqat.supernet import Supernet, UncalibratedWarning, UntrainedWarning
+from oqat.data.batches import calib_batches
+from oqat.data.config import DataConfig
+from oqat.data.splits import load_splits
+from oqat.nets.supernet import Supernet, UncalibratedWarning, UntrainedWarning
+from oqat.space.builtin import MINI
+from oqat.train.evaluate import prepare_subnet, recalibrate_bn
 
 ARCH = "mini:r24:k3e2-k5e3.k7e4-k3e2-k3e2"
 DATA = DataConfig(name="synthetic", val_size=64, synthetic_train=128)
@@ -63,8 +65,8 @@ def test_every_function_taking_an_architecture_takes_every_form(net, tmp_path):
 
 
 def test_the_cost_module_is_not_shadowed_by_a_function():
-    import oqat.cost
-    assert oqat.arch_metrics is oqat.cost.arch_metrics and oqat.cost.METRICS == ("macs", "params", "bitops",
+    import oqat.nets.cost
+    assert oqat.arch_metrics is oqat.nets.cost.arch_metrics and oqat.nets.cost.METRICS == ("macs", "params", "bitops",
                                                                                  "flops_q", "size_bits")
 
 
@@ -79,12 +81,13 @@ def test_untrained_names_the_choices_training_never_ran(net):
 
 
 def test_every_network_a_user_hands_over_opens_one_way(net, tmp_path):
-    from oqat import export, files
+    from oqat.deploy import export
+    from oqat.files import checkpoints
     sub = net.extract(oqat.Arch.parse(ARCH, MINI), keep_bn=True).eval()
     paths = {"supernet": str(tmp_path / "s.pt"), "subnet": str(tmp_path / "n.pt"), "packed": str(tmp_path / "p.oqpk")}
-    files.save_supernet(net, paths["supernet"])
-    files.save_subnet(sub, paths["subnet"])
-    files.save_packed(sub, paths["packed"])
+    checkpoints.save_supernet(net, paths["supernet"])
+    checkpoints.save_subnet(sub, paths["subnet"])
+    checkpoints.save_packed(sub, paths["packed"])
     export.export(sub, str(tmp_path / "x"), speed_rounds=0)
     for source in (paths["subnet"], paths["packed"], str(tmp_path / "x")):
         opened, _ = oqat.load_model(source)
@@ -106,28 +109,30 @@ def test_every_network_a_user_hands_over_opens_one_way(net, tmp_path):
 
 
 def test_a_subnet_file_round_trips_with_its_data_and_a_supernet_is_refused(net, tmp_path, capsys):
-    from oqat import cli, export, files
+    from oqat.cli import main
+    from oqat.deploy import export
+    from oqat.files import checkpoints
     splits = load_splits(DATA)
     sub = net.extract(ARCH, calib=calib_batches(splits.train, DATA, 64, seed=0))
     path = str(tmp_path / "sub.pt")
-    files.save_subnet(sub, path, data=DATA)
-    back = files.load_subnet(path)
+    checkpoints.save_subnet(sub, path, data=DATA)
+    back = checkpoints.load_subnet(path)
     assert back.arch == sub.arch and back.bits == sub.bits
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), sub.state_dict().values()))
     assert oqat.load_model(path)[1]["data"] == DATA
     with pytest.raises(TypeError, match="save_subnet takes a Subnet .*; a supernet is saved with save_supernet"):
-        files.save_subnet(net, path)
+        checkpoints.save_subnet(net, path)
     # Its data goes with it: eval needs no --dataset, and a file without data is refused, not given Fashion-MNIST.
-    assert cli.main(["eval", path, "--json"]) == 0 and '"top1"' in capsys.readouterr().out
-    files.save_subnet(sub, str(tmp_path / "bare.pt"))
-    assert cli.main(["eval", str(tmp_path / "bare.pt")]) == 2
+    assert main(["eval", path, "--json"]) == 0 and '"top1"' in capsys.readouterr().out
+    checkpoints.save_subnet(sub, str(tmp_path / "bare.pt"))
+    assert main(["eval", str(tmp_path / "bare.pt")]) == 2
     assert "records no data: name it (--dataset" in capsys.readouterr().err
     # An export's folder carries it too, and its arch.json the bits that `oqat cost` then costs.
     export.export(sub, str(tmp_path / "x"), speed_rounds=0, data=DATA)
     assert oqat.load_model(str(tmp_path / "x"))[1]["data"] == DATA
-    assert cli.main(["cost", "--arch", str(tmp_path / "x" / "arch.json"), "--json"]) == 0
+    assert main(["cost", "--arch", str(tmp_path / "x" / "arch.json"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == oqat.arch_metrics(ARCH, bits=2) != oqat.arch_metrics(ARCH, bits=4)
-    assert cli.main(["cost", "--arch", str(tmp_path / "x"), "--json", "--bits", "4"]) == 0
+    assert main(["cost", "--arch", str(tmp_path / "x"), "--json", "--bits", "4"]) == 0
     assert json.loads(capsys.readouterr().out) == oqat.arch_metrics(ARCH, bits=4)
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from test_evaluate import tiny_run
 
-from oqat.cli import build_parser, main
-from oqat.experiment import ExperimentConfig
+from oqat.cli.parser import build_parser, main
+from oqat.config.settings import ExperimentConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

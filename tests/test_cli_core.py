@@ -6,8 +6,9 @@ import sys
 import pytest
 
 from oqat.cli import main
-from oqat.cost import METRICS, arch_metrics
-from oqat.space import MBV3, Arch
+from oqat.nets.cost import METRICS, arch_metrics
+from oqat.space.arch import Arch
+from oqat.space.builtin import MBV3
 
 MINI_ARCH = "mini:r28:k3e2-k5e3.k7e4-k3e2-k3e2"
 
@@ -71,7 +72,7 @@ def test_cost_bad_bits_is_a_usage_error(capsys):
 @pytest.mark.slow
 def test_console_script_exit_status():
     exe = os.path.join(os.path.dirname(sys.executable), "oqat")
-    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "oqat.cli"]
+    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "oqat"]
     done = subprocess.run(cmd + ["cost", "--arch", "mini:r29:k3e2-k3e2-k3e2-k3e2"], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 2 and done.stdout == ""

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from oqat.cli import main
-from oqat.layout import RunLayout
+from oqat.files.layout import RunLayout
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

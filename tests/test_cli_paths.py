@@ -7,11 +7,12 @@ import pytest
 from test_evaluate import DATA, TINY, run_cli, tiny_run
 
 from oqat.cli import main
-from oqat.config import to_dict
-from oqat.data import calib_batches, eval_batches, load_splits
-from oqat.evaluate import evaluate
-from oqat.experiment import ExperimentConfig, SearchConfig
-from oqat.files import load_supernet, save_subnet, save_supernet
+from oqat.config.settings import ExperimentConfig, SearchConfig
+from oqat.core.typed import to_dict
+from oqat.data.batches import calib_batches, eval_batches
+from oqat.data.splits import load_splits
+from oqat.files.checkpoints import load_supernet, save_subnet, save_supernet
+from oqat.train.evaluate import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ARCH = "evaltiny:r16:k5e3.k3e2-k3e3"

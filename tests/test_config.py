@@ -6,8 +6,8 @@ from typing import Literal
 import pytest
 import yaml
 
-from oqat import config
-from oqat.config import ConfigError
+from oqat.core import typed
+from oqat.core.typed import ConfigError
 
 
 @dataclass
@@ -55,21 +55,21 @@ class Required:
 
 
 def test_from_dict_defaults_and_nested():
-    cfg = config.from_dict(Root, {"train": {"lr": 1, "milestones": [3]}, "budgets": [{"limit": 5}]})
+    cfg = typed.from_dict(Root, {"train": {"lr": 1, "milestones": [3]}, "budgets": [{"limit": 5}]})
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
     assert cfg.train.milestones == [3] and cfg.train.epochs == 10
     assert cfg.budgets == [Budget("bitops", 5.0)]
     assert cfg.stages == [2, 2] and cfg.mode == "fast"
-    assert config.from_dict(Root, {}) == Root()
+    assert typed.from_dict(Root, {}) == Root()
 
 
 def test_tuples_are_converted_and_checked():
-    cfg = config.from_dict(Train, {"betas": [0.5, 1], "bits": [8]})
+    cfg = typed.from_dict(Train, {"betas": [0.5, 1], "bits": [8]})
     assert cfg.betas == (0.5, 1.0) and cfg.bits == (8,)
     with pytest.raises(ConfigError, match=r"field 'betas' expects 2 items"):
-        config.from_dict(Train, {"betas": [0.5]})
+        typed.from_dict(Train, {"betas": [0.5]})
     with pytest.raises(ConfigError, match=r"field 'bits\[1\]' expects int, got 'x'"):
-        config.from_dict(Train, {"bits": [1, "x"]})
+        typed.from_dict(Train, {"bits": [1, "x"]})
 
 
 @pytest.mark.parametrize(
@@ -91,34 +91,34 @@ def test_tuples_are_converted_and_checked():
 )
 def test_from_dict_errors_are_one_line(data, message):
     with pytest.raises(ConfigError, match=message) as info:
-        config.from_dict(Root, data)
+        typed.from_dict(Root, data)
     assert "\n" not in str(info.value)
     assert isinstance(info.value, ValueError)
 
 
 def test_long_values_are_shortened_in_errors():
     with pytest.raises(ConfigError) as info:
-        config.from_dict(Root, {"name": list(range(1000))})
+        typed.from_dict(Root, {"name": list(range(1000))})
     assert len(str(info.value)) < 120
 
 
 def test_missing_required_field():
     with pytest.raises(ConfigError, match="missing required field 'size'"):
-        config.from_dict(Required, {})
-    assert config.from_dict(Required, {"size": 3}).size == 3
+        typed.from_dict(Required, {})
+    assert typed.from_dict(Required, {"size": 3}).size == 3
 
 
 def test_to_dict_round_trips_through_yaml():
-    cfg = config.from_dict(Root, {"budgets": [{"metric": "size", "limit": 2.0}], "rate": 0.5})
-    plain = config.to_dict(cfg)
+    cfg = typed.from_dict(Root, {"budgets": [{"metric": "size", "limit": 2.0}], "rate": 0.5})
+    plain = typed.to_dict(cfg)
     assert plain["train"]["betas"] == [0.9, 0.99]
     text = yaml.safe_dump(plain)
-    assert config.from_dict(Root, yaml.safe_load(text)) == cfg
+    assert typed.from_dict(Root, yaml.safe_load(text)) == cfg
 
 
 def test_apply_overrides():
     base = Root()
-    cfg = config.apply_overrides(
+    cfg = typed.apply_overrides(
         base,
         [
             "train.lr=0.5",
@@ -134,7 +134,7 @@ def test_apply_overrides():
     assert cfg.train.lr == 1e-4 and cfg.mode == "slow" and cfg.stages == [4, 3]
     assert cfg.budgets == [Budget("bitops", 1e6)] and cfg.name == "001" and cfg.tags == ["a", "b"]
     assert base == Root(), "overrides must not mutate the input"
-    assert config.apply_overrides(base, ["train={epochs: 3}"]).train == Train(epochs=3)
+    assert typed.apply_overrides(base, ["train={epochs: 3}"]).train == Train(epochs=3)
 
 
 @pytest.mark.parametrize(
@@ -153,30 +153,30 @@ def test_apply_overrides():
 )
 def test_override_errors(override, message):
     with pytest.raises(ConfigError, match=message) as info:
-        config.apply_overrides(Root(), [override])
+        typed.apply_overrides(Root(), [override])
     assert "\n" not in str(info.value)
 
 
 def test_fields_checked_together_can_be_overridden_in_any_order(tmp_path):
-    cfg = config.apply_overrides(Root(), ["train.warmup=20", "train.epochs=30"])
+    cfg = typed.apply_overrides(Root(), ["train.warmup=20", "train.epochs=30"])
     assert (cfg.train.warmup, cfg.train.epochs) == (20, 30)
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  warmup: 20\n")
-    assert config.load(Root, str(path), ["train.epochs=30"]).train.epochs == 30
+    assert typed.load(Root, str(path), ["train.epochs=30"]).train.epochs == 30
     with pytest.raises(ConfigError, match=r"^config file .*: invalid 'train': warmup=20 must"):
-        config.load(Root, str(path))
+        typed.load(Root, str(path))
     with pytest.raises(ConfigError, match=r"^invalid 'train': warmup=20 must be below epochs=10$"):
-        config.apply_overrides(Root(), ["train.warmup=20"])
+        typed.apply_overrides(Root(), ["train.warmup=20"])
 
 
 def test_load_file_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 0.2\nstages: [1, 2, 3]\n")
-    cfg = config.load(Root, str(path), ["train.epochs=4"])
+    cfg = typed.load(Root, str(path), ["train.epochs=4"])
     assert cfg.train.lr == 0.2 and cfg.train.epochs == 4 and cfg.stages == [1, 2, 3]
-    assert config.load(Root, None, ["mode=slow"]) == Root(mode="slow")
+    assert typed.load(Root, None, ["mode=slow"]) == Root(mode="slow")
     (tmp_path / "empty.yaml").write_text("")
-    assert config.load(Root, str(tmp_path / "empty.yaml")) == Root()
+    assert typed.load(Root, str(tmp_path / "empty.yaml")) == Root()
 
 
 def test_a_file_extends_its_base(tmp_path):
@@ -184,43 +184,43 @@ def test_a_file_extends_its_base(tmp_path):
     (tmp_path / "sub").mkdir()
     top = tmp_path / "sub" / "top.yaml"
     top.write_text("base: ../base.yaml\ntrain:\n  epochs: 7\nstages: [4]\n")
-    cfg = config.load(Root, str(top), ["mode=slow"])
+    cfg = typed.load(Root, str(top), ["mode=slow"])
     assert (cfg.train.lr, cfg.train.epochs, cfg.stages, cfg.mode) == (0.2, 7, [4], "slow")  # merged; lists replaced
     (tmp_path / "base.yaml").write_text("base: sub/top.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
-        config.load(Root, str(top))
+        typed.load(Root, str(top))
     top.write_text("base: 3\n")
     with pytest.raises(ConfigError, match="base must be the path"):
-        config.load(Root, str(top))
+        typed.load(Root, str(top))
     top.write_text("base: missing.yaml\n")
     with pytest.raises(ConfigError, match="missing.yaml' not found"):
-        config.load(Root, str(top))
+        typed.load(Root, str(top))
 
 
 def test_load_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"^config file '.*x.yaml' not found$"):
-        config.load(Root, str(tmp_path / "x.yaml"))
+        typed.load(Root, str(tmp_path / "x.yaml"))
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  lr: 0.1\n bad: [\n")
     with pytest.raises(ConfigError, match=r"^config file '.*bad.yaml' line 3: invalid") as info:
-        config.load(Root, str(bad))
+        typed.load(Root, str(bad))
     assert "\n" not in str(info.value)
     typo = tmp_path / "typo.yaml"
     typo.write_text("train:\n  lrr: 0.1\n")
     with pytest.raises(ConfigError, match=r"typo.yaml': unknown field 'train.lrr'"):
-        config.load(Root, str(typo))
+        typed.load(Root, str(typo))
     listy = tmp_path / "list.yaml"
     listy.write_text("- 1\n")
     with pytest.raises(ConfigError, match=r"expects a mapping"):
-        config.load(Root, str(listy))
+        typed.load(Root, str(listy))
 
 
 def test_dump_is_atomic_and_loadable(tmp_path):
-    cfg = config.apply_overrides(Root(), ["train.lr=0.3", "budgets=[{limit: 2}]"])
+    cfg = typed.apply_overrides(Root(), ["train.lr=0.3", "budgets=[{limit: 2}]"])
     path = tmp_path / "cfg.yaml"
     path.write_text("old")
-    config.dump(cfg, str(path))
-    assert config.load(Root, str(path)) == cfg
+    typed.dump(cfg, str(path))
+    assert typed.load(Root, str(path)) == cfg
     assert os.listdir(tmp_path) == ["cfg.yaml"], "no temporary file may be left behind"
 
 
@@ -233,20 +233,20 @@ def test_dump_failure_keeps_old_file(tmp_path):
         value: object = dataclasses.field(default_factory=object)
 
     with pytest.raises(yaml.YAMLError):
-        config.dump(Bad(), str(path))
+        typed.dump(Bad(), str(path))
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["cfg.yaml"]
 
 
 def test_describe_has_defaults_and_comments():
-    text = config.describe(Root)
+    text = typed.describe(Root)
     assert "lr: 0.1  # peak learning rate" in text
     assert "train:  # training section" in text
     assert "  milestones: [5, 8]  # lr drops" in text
     assert "rate: null  # optional float" in text
-    assert yaml.safe_load(text) == config.to_dict(Root())
+    assert yaml.safe_load(text) == typed.to_dict(Root())
 
 
 def test_describe_includes_base_class_comments():
-    comments = config.field_comments(Child)
+    comments = typed.field_comments(Child)
     assert comments["extra"] == "a field added by a subclass"
     assert comments["name"] == "run name"

@@ -3,31 +3,31 @@ import os
 
 import pytest
 
-from oqat import config
-from oqat.experiment import ExperimentConfig
-from oqat.space import get_space
+from oqat.config.settings import ExperimentConfig
+from oqat.core import typed
+from oqat.space.builtin import get_space
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
 
 @pytest.mark.parametrize("name", sorted(os.listdir(CONFIGS)))
 def test_config_loads_and_describes_a_valid_pipeline(name):
-    cfg = config.load(ExperimentConfig, os.path.join(CONFIGS, name))
+    cfg = typed.load(ExperimentConfig, os.path.join(CONFIGS, name))
     get_space(cfg.model.space)
     bits = [s.bits for s in cfg.stages if isinstance(s.bits, int)]  # a mixed stage takes every width
     assert bits and all(b <= a for a, b in zip(bits, bits[1:])), "stages must not raise bits"
-    assert config.to_dict(config.from_dict(ExperimentConfig, config.to_dict(cfg))) == config.to_dict(cfg)
+    assert typed.to_dict(typed.from_dict(ExperimentConfig, typed.to_dict(cfg))) == typed.to_dict(cfg)
 
 
 def test_imagenet_recipe_is_the_papers_setting():
-    cfg = config.load(ExperimentConfig, os.path.join(CONFIGS, "imagenet-mbv3.yaml"))
+    cfg = typed.load(ExperimentConfig, os.path.join(CONFIGS, "imagenet-mbv3.yaml"))
     assert (cfg.data.name, cfg.model.space) == ("imagefolder", "mbv3")
     assert [s.bits for s in cfg.stages] == [4, 3, 2] and all(s.init == "previous" for s in cfg.stages)
     assert cfg.train.calib_images == 2000 and cfg.train.sandwich_random >= 1 and cfg.train.distill
 
 
 def test_the_mixed_config_is_the_main_job_plus_a_mixed_stage():
-    main, mixed = (config.load(ExperimentConfig, os.path.join(CONFIGS, f)) for f in
+    main, mixed = (typed.load(ExperimentConfig, os.path.join(CONFIGS, f)) for f in
                    ("fashion-mnist.yaml", "fashion-mnist-mixed.yaml"))
     assert mixed.stages[:-1] == main.stages and mixed.stages[-1].bits == [2, 3, 4]
-    assert config.to_dict(mixed) == {**config.to_dict(main), "stages": config.to_dict(mixed)["stages"]}
+    assert typed.to_dict(mixed) == {**typed.to_dict(main), "stages": typed.to_dict(mixed)["stages"]}

@@ -4,12 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from oqat import cost
-from oqat.cost import METRICS, arch_cost, arch_metrics
-from oqat.layers import MBConv, QConv2d, SqueezeExcite
-from oqat.quant import LSQ
-from oqat.space import MBV3, MINI, Arch, SearchSpace, Stage, mbv3_head
-from oqat.supernet import Supernet
+from oqat.nets import cost
+from oqat.nets.cost import METRICS, arch_cost, arch_metrics
+from oqat.nets.layers import MBConv, QConv2d, SqueezeExcite
+from oqat.nets.supernet import Supernet
+from oqat.quant.lsq import LSQ
+from oqat.space.arch import Arch
+from oqat.space.builtin import MBV3, MINI
+from oqat.space.structure import SearchSpace, Stage, mbv3_head
 
 # One stage, one block, one kernel and expand ratio: small enough to count by hand.
 TINY = SearchSpace(name="tiny-cost", stem_width=8, stem_stride=2, first_block=Stage(8, 1, "relu", False),

@@ -7,7 +7,8 @@ import torch
 from test_exact import recorded
 from test_export import ARCH, make_subnet
 
-from oqat import deploy, export, packed
+from oqat.deploy import export, runners
+from oqat.nets import packed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,7 +39,7 @@ def test_onnxruntime_computes_the_network_codes(bits):
     model = export.build_onnx(net)
     names = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
     model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-    runner = deploy.Runner(model, "onnxruntime")
+    runner = runners.Runner(model, "onnxruntime")
     outputs = runner._session.run(names, {"input": x.numpy()})
     want = torch_codes(net, x)
     for n, o in zip(names, outputs):  # the same rule: every code equal

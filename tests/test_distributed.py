@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from oqat import config, distributed
-from oqat.experiment import ExperimentConfig
-from oqat.train import Trainer
+from oqat.config.settings import ExperimentConfig
+from oqat.core import distributed, typed
+from oqat.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow  # spawns two processes
 
@@ -23,7 +23,7 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     # 192 training images, global batch 16 (8 per rank): 12 steps.
-    cfg = config.load(ExperimentConfig, None, [
+    cfg = typed.load(ExperimentConfig, None, [
         "data.name=synthetic", "data.val_size=32", "data.synthetic_train=224", "data.batch_size=16",
         "train.epochs=1", "train.sandwich_random=1", "train.calib_images=32", "train.checkpoint_every=5",
         f"run.dir={folder}/run", "run.quiet=true"])

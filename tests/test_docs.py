@@ -13,13 +13,15 @@ import pytest
 import torch
 from torchvision.datasets import FashionMNIST
 
-from oqat import config, export, files, records
-from oqat.cli import build_parser, main
-from oqat.data import DataConfig
-from oqat.experiment import ExperimentConfig
-from oqat.layout import ExportLayout
-from oqat.space import MINI
-from oqat.supernet import Supernet
+from oqat.cli.parser import build_parser, main
+from oqat.config.settings import ExperimentConfig
+from oqat.core import typed
+from oqat.data.config import DataConfig
+from oqat.deploy import export
+from oqat.files import checkpoints, records
+from oqat.files.layout import ExportLayout
+from oqat.nets.supernet import Supernet
+from oqat.space.builtin import MINI
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +49,8 @@ def demo(tmp_path_factory):
     for q in net.quantizers():
         q.step.data.fill_(0.1)
     net.eval()
-    files.save_supernet(net, str(root / "runs/fashion-mnist/stages/3-2bit/supernet.pt"), {"data": config.to_dict(DATA)})
+    checkpoints.save_supernet(net, str(root / "runs/fashion-mnist/stages/3-2bit/supernet.pt"),
+                              {"data": typed.to_dict(DATA)})
     folder = str(root / "runs/fashion-mnist/export/2bit-M")
     facts = export.export(net.extract(ARCH, keep_bn=True), folder, speed_rounds=0, preprocess={
         "channels": 1, "resize": 28, "crop": None, "size": 28, "mean": [0.286], "std": [0.353]},
@@ -93,7 +96,7 @@ def test_every_code_block_runs_as_written(doc, lang, code, demo, capsys):
         name = re.match(r"# (\S+\.yaml)\n", code)  # a config the document's later commands use
         path = demo / (name[1] if name else "block.yaml")
         path.write_text(code)
-        config.load(ExperimentConfig, str(path))
+        typed.load(ExperimentConfig, str(path))
     elif lang == "bash":
         for line in code.splitlines():
             _shell_line(line.split("  #")[0].strip(), demo, capsys)

@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
-from oqat.cost import arch_metrics
-from oqat.data import DataConfig, DataError, load_splits
-from oqat.space import get_space
+from oqat.data.config import DataConfig, DataError
+from oqat.data.splits import load_splits
+from oqat.nets.cost import arch_metrics
+from oqat.space.builtin import get_space
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 

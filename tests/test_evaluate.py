@@ -11,13 +11,17 @@ import pytest
 import torch
 from torch import nn
 
-from oqat import cli, config
-from oqat.cost import arch_metrics
-from oqat.data import DataConfig, eval_batches, load_splits, train_batches
-from oqat.evaluate import evaluate, prepare_subnet, recalibrate_bn, resize
-from oqat.files import load_supernet, save_supernet
-from oqat.space import Arch, SearchSpace, Stage, mbv3_head
-from oqat.supernet import Supernet
+from oqat.cli import main
+from oqat.core import typed
+from oqat.data.batches import eval_batches, train_batches
+from oqat.data.config import DataConfig
+from oqat.data.splits import load_splits
+from oqat.files.checkpoints import load_supernet, save_supernet
+from oqat.nets.cost import arch_metrics
+from oqat.nets.supernet import Supernet
+from oqat.space.arch import Arch
+from oqat.space.structure import SearchSpace, Stage, mbv3_head
+from oqat.train.evaluate import evaluate, prepare_subnet, recalibrate_bn, resize
 
 # Smaller than `mini`: 16 px inputs, 4 classes, two elastic stages; ~0.1 s per subnet evaluation.
 TINY = SearchSpace(
@@ -54,7 +58,7 @@ def tiny_run() -> str:
     folder = tempfile.mkdtemp(prefix="oqat-evaltiny-")
     atexit.register(shutil.rmtree, folder, True)
     path = os.path.join(folder, "supernet.pt")
-    save_supernet(net, path, {"data": config.to_dict(DATA)})
+    save_supernet(net, path, {"data": typed.to_dict(DATA)})
     return path
 
 
@@ -135,7 +139,7 @@ def test_load_supernet_without_data(tmp_path):
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
+    code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -193,8 +197,8 @@ def test_recalibrating_the_supernet_equals_recalibrating_the_extracted_subnet():
 def test_evaluation_in_the_runtime_equals_the_exact_forward(bits, monkeypatch):
     """evaluate runs a quantized subnet in oqat's runtime where it is built: the same numbers,
     to the last digit, as the exact forward it stands in for."""
-    from oqat import evaluate as ev
-    from oqat.space import MINI
+    from oqat.space.builtin import MINI
+    from oqat.train import evaluate as ev
     torch.manual_seed(0)
     cfg = DataConfig(name="synthetic", val_size=64, synthetic_train=256)
     splits = load_splits(cfg)

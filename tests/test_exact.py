@@ -1,4 +1,4 @@
-"""The exact evaluation (oqat/exact.py, by the rule of oqat/requant.py): a quantized subnet in eval
+"""The exact evaluation (oqat/exact.py, by the rule of oqat/quant/requant.py): a quantized subnet in eval
 mode computes the same codes and logits on every thread count and ISA, and those are the rule's,
 operation by operation."""
 import os
@@ -10,14 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oqat import exact, requant
-from oqat.calibrate import recalibrate_bn
-from oqat.layers import ConvBNAct
-from oqat.packed import quantized_convs
-from oqat.quant import qrange
-from oqat.space import MINI, Arch
-from oqat.subnet import head_forward
-from oqat.supernet import Supernet
+from oqat.nets import exact
+from oqat.nets.calibrate import recalibrate_bn
+from oqat.nets.layers import ConvBNAct
+from oqat.nets.packed import quantized_convs
+from oqat.nets.subnet import head_forward
+from oqat.nets.supernet import Supernet
+from oqat.quant import requant
+from oqat.quant.lsq import qrange
+from oqat.space.arch import Arch
+from oqat.space.builtin import MINI
 
 # Every block kind of mini: expand or not, SE, residual, kernels 3, 5 and 7, both head convs.
 ARCH = "mini:r24:k3e2.k7e4-k5e3.k3e4-k7e2.k3e3-k5e4.k3e2"
@@ -168,9 +170,9 @@ def test_recalibration_takes_exact_integer_statistics():
 
 WORKER = """
 import sys, torch
-from oqat.calibrate import recalibrate_bn
-from oqat.space import MINI
-from oqat.subnet import Subnet
+from oqat.nets.calibrate import recalibrate_bn
+from oqat.space.builtin import MINI
+from oqat.nets.subnet import Subnet
 sys.path.insert(0, {tests!r})
 from test_exact import recorded
 out = {{}}

@@ -9,10 +9,9 @@ import sys
 import pytest
 
 import oqat
-from oqat import config
-from oqat.budget import Budget
-from oqat.cli import build_parser, main, settings
-from oqat.experiment import (
+from oqat.cli.options import settings
+from oqat.cli.parser import build_parser, main
+from oqat.config.settings import (
     AnalysisConfig,
     ExperimentConfig,
     ExportConfig,
@@ -20,7 +19,9 @@ from oqat.experiment import (
     TrainConfig,
     stage_train_config,
 )
-from oqat.space import MINI
+from oqat.core import typed
+from oqat.nets.budget import Budget
+from oqat.space.builtin import MINI
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fashion-mnist.yaml")
 MINI_ARCH = "mini:r28:k3e2-k5e3.k7e4-k3e2-k3e2"
@@ -83,7 +84,7 @@ def test_config_check_refuses_a_run_dir_that_run_refuses(tmp_path, capsys):
 
 
 def test_each_stage_trains_train_s_settings_with_its_own(tmp_path):
-    cfg = config.load(ExperimentConfig, None, [
+    cfg = typed.load(ExperimentConfig, None, [
         f"run.dir={tmp_path}", "train.lr=0.3", "train.sandwich_random=1", "train.elastic=[ks, e, d]",
         "train.init_from=start.pt", "train.teacher_file=teacher.pt", "train.seed=7",
         "stages=[{bits: 32, epochs: 2, elastic: []}, {bits: 4, epochs: 3, lr: 0.1, sandwich_random: 2},"
@@ -115,27 +116,27 @@ def test_a_run_refuses_the_train_fields_its_stages_set(override, message, tmp_pa
 
 
 def test_budgets_are_parsed_as_the_config_loads_and_dumped_as_text(tmp_path):
-    cfg = config.load(ExperimentConfig, None, ["search.budgets=['bitops<=3e7', 'latency <= 2.5']"])
+    cfg = typed.load(ExperimentConfig, None, ["search.budgets=['bitops<=3e7', 'latency <= 2.5']"])
     assert cfg.search.budgets == [Budget("bitops", 3e7), Budget("latency", 2.5)]
-    config.dump(cfg, tmp_path / "config.yaml")
+    typed.dump(cfg, tmp_path / "config.yaml")
     assert "- bitops<=3e+07\n" in (tmp_path / "config.yaml").read_text()
-    assert config.load(ExperimentConfig, str(tmp_path / "config.yaml")) == cfg
-    assert "budgets: [bitops<=3e+07, latency<=2.5]  #" in config.describe(cfg)
+    assert typed.load(ExperimentConfig, str(tmp_path / "config.yaml")) == cfg
+    assert "budgets: [bitops<=3e+07, latency<=2.5]  #" in typed.describe(cfg)
     cfg.search.check_metrics(latency=True)
     with pytest.raises(ValueError, match="latency needs --latency-table"):
         cfg.search.check_metrics(latency=False)
-    with pytest.raises(config.ConfigError, match=r"^field 'search.budgets\[0\]' expects Budget text, got 3$"):
-        config.apply_overrides(cfg, ["search.budgets=[3]"])
+    with pytest.raises(typed.ConfigError, match=r"^field 'search.budgets\[0\]' expects Budget text, got 3$"):
+        typed.apply_overrides(cfg, ["search.budgets=[3]"])
 
 
 def test_a_config_written_before_teacher_file_loads_as_it_meant():
-    old = config.to_dict(ExperimentConfig())
+    old = typed.to_dict(ExperimentConfig())
     old["train"] = {k: v for k, v in old["train"].items() if k != "teacher_file"}
     old["train"].update(teacher="t.pt", reinit_steps=None)
-    train = config.from_dict(ExperimentConfig, old).train
+    train = typed.from_dict(ExperimentConfig, old).train
     assert train == TrainConfig(teacher_file="t.pt", reinit_steps=False)
-    with pytest.raises(config.ConfigError, match="unknown field 'train.teacher'"):  # today's name on the command line
-        config.apply_overrides(ExperimentConfig(), ["train.teacher=t.pt"])
+    with pytest.raises(typed.ConfigError, match="unknown field 'train.teacher'"):  # today's name on the command line
+        typed.apply_overrides(ExperimentConfig(), ["train.teacher=t.pt"])
 
 
 @pytest.mark.slow
@@ -184,7 +185,7 @@ def test_each_subcommand_option_is_a_config_field_with_its_default(capsys):
     assert settings(args).search == SearchConfig(population=6, budgets=[Budget("bitops", 1e7), Budget("macs", 1e6)],
                                                    predictor=True, val_images=None)
     args = parser.parse_args(["search", "s.pt", "--population", "1"])
-    with pytest.raises(config.ConfigError, match="population must be >= 2"):
+    with pytest.raises(typed.ConfigError, match="population must be >= 2"):
         settings(args)
     assert settings(parser.parse_args(["analyze", "run", "--samples", "12"])).analysis == AnalysisConfig(samples=12)
     assert settings(parser.parse_args(["export", "s.pt", "--out", "o", "--test-images", "5"])).export == \

@@ -7,18 +7,23 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from oqat import deploy, export, packed, requant
 from oqat.cli import main
-from oqat.config import to_dict
-from oqat.data import DataConfig, eval_batches, load_splits, subset
-from oqat.evaluate import recalibrate_bn, resize
-from oqat.files import load_packed, save_supernet
-from oqat.layers import QConv2d
-from oqat.layout import ExportLayout
-from oqat.quant import set_bits_
-from oqat.space import MINI, Arch, get_space
-from oqat.subnet import Subnet
-from oqat.supernet import Supernet
+from oqat.core.typed import to_dict
+from oqat.data.batches import eval_batches
+from oqat.data.config import DataConfig
+from oqat.data.splits import load_splits, subset
+from oqat.deploy import export, runners
+from oqat.files.checkpoints import load_packed, save_supernet
+from oqat.files.layout import ExportLayout
+from oqat.nets import packed
+from oqat.nets.layers import QConv2d
+from oqat.nets.subnet import Subnet
+from oqat.nets.supernet import Supernet
+from oqat.quant import requant
+from oqat.quant.lsq import set_bits_
+from oqat.space.arch import Arch
+from oqat.space.builtin import MINI, get_space
+from oqat.train.evaluate import recalibrate_bn, resize
 
 # Every block kind: expand or not, SE, residual, kernels 3 and 5.
 ARCH = Arch.parse("mini:r24:k3e2-k5e3.k3e4-k5e2-k3e3")
@@ -93,7 +98,7 @@ def test_the_onnx_file_follows_the_packed_size():
     """Sub-byte initializers: the .onnx of a 2-bit net is smaller than its 4-bit self's, which
     is smaller than the same graph with int8 codes."""
     sizes = {bits: len(export.build_onnx(make_subnet(bits)).SerializeToString()) for bits in (4, 2)}
-    wide = len(deploy.widened(export.build_onnx(make_subnet(4))).SerializeToString())
+    wide = len(runners.widened(export.build_onnx(make_subnet(4))).SerializeToString())
     weights = sum(c.weight.numel() for c in packed.quantized_convs(make_subnet(4)).values())
     assert wide - sizes[4] >= 0.45 * weights and sizes[4] - sizes[2] >= 0.2 * weights
 
@@ -116,13 +121,13 @@ def test_onnx_activation_quantizer_computes_exactly_what_lsq_does(step):
     model.ir_version = 8
     want = requant.codes(torch.from_numpy(x), conv.aq.step, 0, 15).numpy()  # the graph outputs codes
     assert np.array_equal(want * s, conv.aq(torch.from_numpy(x)).detach().numpy())  # LSQ's own
-    assert np.array_equal(deploy.Runner(model, "onnxruntime")(x), want)
+    assert np.array_equal(runners.Runner(model, "onnxruntime")(x), want)
     if step == 0.03125:  # 0.5 -> 0, 1.5 -> 2, 2.5 -> 2: half to even
         assert want[2] == 0 and want[3] == want[4] == 2
-    if "openvino" in deploy.runtimes():
+    if "openvino" in runners.runtimes():
         # OpenVINO multiplies by 1/s where LSQ divides by s: a value within an ulp of k + 0.5
         # may take the other code, and no other value.
-        got = deploy.Runner(model, "openvino")(x)
+        got = runners.Runner(model, "openvino")(x)
         off = got != want
         half = np.abs(x.astype(np.float64) / step - np.floor(x.astype(np.float64) / step) - 0.5)
         ulps = 4 * np.finfo(np.float32).eps * np.abs(x / s)
@@ -147,12 +152,12 @@ def assert_parity(p: dict) -> None:
     assert len(p["torch_logits"].argmax(1).unique()) >= 3  # not a constant prediction
 
 
-@pytest.mark.parametrize("runtime", deploy.runtimes())
+@pytest.mark.parametrize("runtime", runners.runtimes())
 @pytest.mark.parametrize("bits", [4, 2])
 def test_each_runtime_matches_pytorch_on_synthetic_images(bits, runtime):
     net = make_subnet(bits)
     x = torch.randn(1000, 1, ARCH.r, ARCH.r, generator=torch.Generator().manual_seed(1))
-    assert_parity(deploy.parity(net, export.runners(net)[runtime], x))
+    assert_parity(runners.parity(net, export.runners(net)[runtime], x))
 
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
@@ -166,7 +171,7 @@ def test_onnxruntime_matches_pytorch_on_1000_fashion_mnist_test_images():
     net = make_subnet(4, calib=calib)
     x = resize(torch.cat([x for x, _ in eval_batches(subset(splits.test, 1000, 0), cfg)]), ARCH.r)
     for runtime, run in export.runners(net).items():
-        p = deploy.parity(net, run, x)
+        p = runners.parity(net, run, x)
         assert_parity(p)
         if runtime == "oqat":  # the same rule, the same order of operations: the same bits
             assert p["max_gap"] == 0.0
@@ -203,7 +208,7 @@ def test_export_cli_writes_a_deployable_folder(tmp_path, capsys):
     # The folder alone deploys: the ONNX model and the packed subnet agree.
     net = load_packed(str(out / ExportLayout.PACKED))
     x = torch.randn(32, 1, ARCH.r, ARCH.r)
-    assert deploy.parity(net, deploy.Runner(str(out / ExportLayout.ONNX)), x)["gaps"].median() <= 1e-5
+    assert runners.parity(net, runners.Runner(str(out / ExportLayout.ONNX)), x)["gaps"].median() <= 1e-5
     facts = json.loads((out / "facts.json").read_text())
     sizes = facts["sizes"]
     assert sizes["onnx"] < sizes["int8"] < sizes["fp32"] / 2 and sizes["packed"] < sizes["int8"]
@@ -224,13 +229,13 @@ def check_predict(out, tmp_path, capsys):
         Image.fromarray(rng.integers(0, 256, (40, 30), dtype=np.uint8)).save(images / f"{i}.png")
     (images / "notes.txt").write_text("not an image")
     answers = {}
-    for runtime in deploy.runtimes():
+    for runtime in runners.runtimes():
         assert main(["predict", str(out), str(images), "--top", "3", "--runtime", runtime]) == 0
         lines = capsys.readouterr().out.splitlines()
         assert len(lines) == 3 and all(line.count("%") == 3 for line in lines)
         answers[runtime] = [line.split(": ")[1].split(" ")[0] for line in lines]
     assert len(set(map(tuple, answers.values()))) == 1  # every runtime, the same top class
-    runner = deploy.Runner(str(out))
+    runner = runners.Runner(str(out))
     files = sorted(str(p) for p in images.glob("*.png"))
     x = runner.preprocess(files)
     assert x.shape == (3, 1, ARCH.r, ARCH.r) and x.dtype == np.float32

@@ -16,10 +16,15 @@ import torch
 from processes import TINY_RUN, paused, resume, start
 from test_data import write_cifar, write_idx
 
-from oqat import checkpoint, config, data, faults, files
 from oqat.cli import main
-from oqat.experiment import ExperimentConfig
-from oqat.train import DivergedError, Trainer, train
+from oqat.config.settings import ExperimentConfig
+from oqat.core import faults, typed
+from oqat.core.io import load
+from oqat.data import config, image_folders
+from oqat.data.batches import eval_batches, train_batches
+from oqat.data.splits import load_splits
+from oqat.files import checkpoints
+from oqat.train.trainer import DivergedError, Trainer, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -135,9 +140,9 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_previous_one(
     if before is not None:
         assert target.read_bytes() == before
     if output == "last.pt":  # the first checkpoint, whole
-        assert files.load_training(str(target))["step"] == 3
+        assert checkpoints.load_training(str(target))["step"] == 3
     if output == "supernet.pt":
-        assert not target.exists() and files.load_training(str(run / "checkpoints/last.pt"))["step"] == 8
+        assert not target.exists() and checkpoints.load_training(str(run / "checkpoints/last.pt"))["step"] == 8
     assert not temp_files(run)
 
 
@@ -210,7 +215,7 @@ def test_sigterm_and_ctrl_c_in_training_search_and_export_stop_cleanly_and_the_r
         assert proc.returncode == 128 + sig, err
         assert err == f"oqat run: stopped by {name}; run it again to resume\n"
         assert out.rstrip().endswith(f"[oqat] paused at {event}") and not temp_files(run)
-        assert files.load_training(str(last))["step"] >= 2  # a whole checkpoint to resume from
+        assert checkpoints.load_training(str(last))["step"] >= 2  # a whole checkpoint to resume from
     assert not (run / "export" / "4bit-S" / "facts.json").exists()  # stopped before the first export
     proc = start(run, ONE_STAGE)
     out, err = proc.communicate(timeout=300)
@@ -229,11 +234,11 @@ def test_sigterm_in_oqat_train_keeps_its_checkpoint_and_the_rerun_finishes(tmp_p
     resume(proc, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err == "oqat train: stopped by SIGINT (Ctrl-C); run it again to resume\n"
-    assert files.load_training(str(tmp_path / "checkpoints" / "last.pt"))["step"] == 2
+    assert checkpoints.load_training(str(tmp_path / "checkpoints" / "last.pt"))["step"] == 2
     proc = start(tmp_path, "train.epochs=1", command="train")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    assert files.load_supernet(str(tmp_path / "supernet.pt"))[1]["val"]["step"] == 8
+    assert checkpoints.load_supernet(str(tmp_path / "supernet.pt"))[1]["val"]["step"] == 8
 
 
 # --- two writers -----------------------------------------------------------------------------
@@ -316,21 +321,21 @@ def test_an_unreadable_image_is_skipped_with_one_warning_naming_it(tmp_path, cap
     text, cut = tmp_path / "train" / "a" / "1.jpg", tmp_path / "train" / "b" / "2.jpg"
     text.write_text("not an image")
     cut.write_bytes(cut.read_bytes()[:200])
-    cfg = data.DataConfig(name="imagefolder", root=str(tmp_path), batch_size=3, eval_batch_size=8, workers=0)
-    images = data.FolderSubset(ImageFolder(str(tmp_path / "train")), torch.arange(8), 8, augment=False)
+    cfg = config.DataConfig(name="imagefolder", root=str(tmp_path), batch_size=3, eval_batch_size=8, workers=0)
+    images = image_folders.FolderSubset(ImageFolder(str(tmp_path / "train")), torch.arange(8), 8, augment=False)
     for _ in range(2):  # two epochs, one warning a file
-        (x, y), = data.eval_batches(images, cfg)
+        (x, y), = eval_batches(images, cfg)
         assert len(y) == 8 and torch.isfinite(x).all()
-        assert [len(y) for _, y in data.train_batches(images, cfg, 0)] == [3, 3]
+        assert [len(y) for _, y in train_batches(images, cfg, 0)] == [3, 3]
     warned = capsys.readouterr().err.splitlines()
     assert len(warned) == 2 and all(w.startswith("oqat: warning: skipping unreadable image '") for w in warned)
     assert {w.split("'")[1] for w in warned} == {str(text), str(cut)}
     assert torch.equal(images[1][0], images[2][0]) and images[1][1] == 0  # the next image stands in, with its label
-    with pytest.raises(data.DataError, match=r"none of the 2 images .* can be read"):
-        data.FolderSubset(images.folder, torch.tensor([1, 6]), 8, augment=False)[0]
+    with pytest.raises(config.DataError, match=r"none of the 2 images .* can be read"):
+        image_folders.FolderSubset(images.folder, torch.tensor([1, 6]), 8, augment=False)[0]
     (tmp_path / "train" / "c").mkdir()  # a class folder without one image
-    with pytest.raises(data.DataError, match=r"imagefolder '.*': Found no valid file for the classes c\."):
-        data.load_splits(cfg)
+    with pytest.raises(config.DataError, match=r"imagefolder '.*': Found no valid file for the classes c\."):
+        load_splits(cfg)
 
 
 # --- divergence ------------------------------------------------------------------------------
@@ -344,13 +349,13 @@ def test_a_diverging_run_stops_saying_so_and_what_to_try_and_saves_no_nonfinite_
     assert "try a lower lr (this stage's is 1e+06) or train.grad_clip, in a new run.dir" in err
     assert not list(tmp_path.rglob("supernet.pt"))
     for path in tmp_path.rglob("*.pt"):  # the checkpoints kept are all finite
-        state = checkpoint.load(str(path))["state_dict"]
+        state = load(str(path))["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
 @pytest.mark.slow
 def test_nonfinite_weights_after_a_finite_loss_are_never_saved(tmp_path, monkeypatch):
-    cfg = config.load(ExperimentConfig, None, [*TINY_TRAIN, f"run.dir={tmp_path}", "run.quiet=true"])
+    cfg = typed.load(ExperimentConfig, None, [*TINY_TRAIN, f"run.dir={tmp_path}", "run.quiet=true"])
     validate = Trainer.validate
 
     def overflowed(self):  # the last step's update overflowed: the loss saw the weights before it
@@ -363,4 +368,4 @@ def test_nonfinite_weights_after_a_finite_loss_are_never_saved(tmp_path, monkeyp
                                             r"lower lr .* \(the last good checkpoint is '.*last\.pt'\)"):
         train(cfg)
     assert not (tmp_path / "supernet.pt").exists()
-    assert files.load_training(str(tmp_path / "checkpoints" / "last.pt"))["step"] == 6
+    assert checkpoints.load_training(str(tmp_path / "checkpoints" / "last.pt"))["step"] == 6

@@ -11,13 +11,16 @@ import random
 import pytest
 import torch
 
-from oqat import checkpoint, config, files, records
-from oqat.checkpoint import CheckpointError
 from oqat.cli import main
-from oqat.data import DataConfig
-from oqat.space import MBV3, MINI, PROXYLESS, Arch, SearchSpace, Stage, mbv3_head
-from oqat.supernet import Supernet
-from oqat.train import train
+from oqat.core import typed
+from oqat.core.io import PNG_DPI, CheckpointError, load, read_json, save, write_json, write_png, write_text
+from oqat.data.config import DataConfig
+from oqat.files import checkpoints, records
+from oqat.nets.supernet import Supernet
+from oqat.space.arch import Arch
+from oqat.space.builtin import MBV3, MINI, PROXYLESS
+from oqat.space.structure import SearchSpace, Stage, mbv3_head
+from oqat.train.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,11 +43,11 @@ def good_files(folder: str) -> dict[str, str]:
         q.step.data.fill_(0.02 * (i + 1))
     arch = TINY.sample(random.Random(0))
     paths = {kind: os.path.join(folder, f"{kind}.pt") for kind in ("supernet", "subnet", "packed")}
-    files.save_supernet(net, paths["supernet"], {"data": config.to_dict(DATA)})
-    files.save_subnet(net.extract(arch), paths["subnet"])
-    files.save_packed(net.extract(arch).eval(), paths["packed"])
+    checkpoints.save_supernet(net, paths["supernet"], {"data": typed.to_dict(DATA)})
+    checkpoints.save_subnet(net.extract(arch), paths["subnet"])
+    checkpoints.save_packed(net.extract(arch).eval(), paths["packed"])
     run = os.path.join(folder, "train")
-    train(config.load(_experiment(), None, [
+    train(typed.load(_experiment(), None, [
         "data.name=synthetic", "data.val_size=16", "data.synthetic_train=80", "data.batch_size=32",
         "train.calib_images=16", "train.epochs=1", "train.sandwich_random=0", f"run.dir={run}", "run.quiet=true"]))
     paths["training"] = os.path.join(run, "checkpoints", "last.pt")
@@ -52,12 +55,12 @@ def good_files(folder: str) -> dict[str, str]:
 
 
 def _experiment():
-    from oqat.experiment import ExperimentConfig
+    from oqat.config.settings import ExperimentConfig
     return ExperimentConfig
 
 
-LOADERS = {"supernet": files.load_supernet, "subnet": files.load_subnet, "packed": files.load_packed,
-           "training": files.load_training}
+LOADERS = {"supernet": checkpoints.load_supernet, "subnet": checkpoints.load_subnet, "packed": checkpoints.load_packed,
+           "training": checkpoints.load_training}
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +75,10 @@ def assert_clean(err: Exception, path: str) -> None:
 
 
 def test_good_files_load(good):
-    net, ckpt = files.load_supernet(good["supernet"])
+    net, ckpt = checkpoints.load_supernet(good["supernet"])
     assert net.space == TINY and net.bits == 4 and ckpt["data"] == DATA
-    assert files.load_subnet(good["subnet"]).arch == files.load_packed(good["packed"]).arch
-    assert files.load_training(good["training"])["step"] > 0
+    assert checkpoints.load_subnet(good["subnet"]).arch == checkpoints.load_packed(good["packed"]).arch
+    assert checkpoints.load_training(good["training"])["step"] > 0
 
 
 @pytest.mark.parametrize("change,message", [
@@ -96,12 +99,12 @@ def test_good_files_load(good):
     (lambda c: c.update(elastic=["ks", "width"]), "elastic must list distinct Arch fields"),
 ])
 def test_a_wrong_supernet_file_is_one_line_and_nothing_is_written(good, tmp_path, change, message, capsys):
-    ckpt = checkpoint.load(good["supernet"])
+    ckpt = load(good["supernet"])
     change(ckpt)
     bad, out = str(tmp_path / "bad.pt"), tmp_path / "out.pt"
-    checkpoint.save(bad, ckpt)
+    save(bad, ckpt)
     with pytest.raises(CheckpointError) as err:
-        files.load_supernet(bad)
+        checkpoints.load_supernet(bad)
     assert_clean(err.value, bad)
     assert message in str(err.value)
     assert main(["inherit", bad, "--bits", "2", "--out", str(out)]) == 2
@@ -122,10 +125,10 @@ def test_wrong_subnet_packed_and_training_files(good, tmp_path):
              ("training", lambda c: c.update(meter=[1]), "field 'meter' must be 3 numbers"),
              ("training", lambda c: c.update(format="oqat-supernet"), "expected oqat-train")]
     for kind, change, message in cases:
-        ckpt = checkpoint.load(good[kind])
+        ckpt = load(good[kind])
         change(ckpt)
         bad = str(tmp_path / f"{kind}.pt")
-        checkpoint.save(bad, ckpt)
+        save(bad, ckpt)
         with pytest.raises(CheckpointError) as err:
             LOADERS[kind](bad)
         assert_clean(err.value, bad)
@@ -170,7 +173,7 @@ def _corrupted_files(good: dict, folder: str, n: int, seed: int = 0):
     """(kind, path) of `n` damaged files: truncated, bytes flipped, a field mutated, foreign."""
     rng = random.Random(seed)
     originals = {kind: open(path, "rb").read() for kind, path in good.items()}
-    dicts = {kind: checkpoint.load(path) for kind, path in good.items()}
+    dicts = {kind: load(path) for kind, path in good.items()}
     for i in range(n):
         kind = rng.choice(sorted(good))
         raw, path = originals[kind], os.path.join(folder, f"{i}-{kind}.pt")
@@ -275,13 +278,13 @@ def _config_keys(cls, prefix="") -> list[str]:
     import dataclasses
     keys = []
     for f in dataclasses.fields(cls):
-        tp = config._hints(cls)[f.name]
+        tp = typed._hints(cls)[f.name]
         keys += _config_keys(tp, f"{prefix}{f.name}.") if dataclasses.is_dataclass(tp) else [prefix + f.name]
     return keys
 
 
 def test_fuzz_malformed_config_overrides(capsys):
-    from oqat.experiment import ExperimentConfig
+    from oqat.config.settings import ExperimentConfig
     keys = _config_keys(ExperimentConfig)
     values = ["", "[", "{a: 1", "]", "nan", "-1", "-0.5", "0", "1e400", "abc", "[1, 2]", "{}", "{x: 1}", "null",
               "true", "'quoted'", "!!python/object/apply:os.system [echo]", "&a [*a]", "\x00", "é" * 3,
@@ -342,13 +345,13 @@ def test_json_and_text_outputs_are_written_whole_and_read_back(tmp_path):
     import numpy as np
 
     path = tmp_path / "out" / "a.json"
-    checkpoint.write_json(str(path), {"x": np.float32(0.5), "n": [1, 2], "t": torch.tensor(2.0)})
+    write_json(str(path), {"x": np.float32(0.5), "n": [1, 2], "t": torch.tensor(2.0)})
     assert path.read_text() == '{\n "x": 0.5,\n "n": [\n  1,\n  2\n ],\n "t": 2.0\n}\n'
-    assert checkpoint.read_json(str(path), "points file") == {"x": 0.5, "n": [1, 2], "t": 2.0}
-    checkpoint.write_text(str(path), "café {")
+    assert read_json(str(path), "points file") == {"x": 0.5, "n": [1, 2], "t": 2.0}
+    write_text(str(path), "café {")
     assert path.read_bytes() == "café {".encode("utf-8") and os.listdir(path.parent) == ["a.json"]
     with pytest.raises(ValueError, match=r"^points file '.*a.json' is not valid JSON: "):
-        checkpoint.read_json(str(path), "points file")
+        read_json(str(path), "points file")
 
 
 def test_plots_are_pngs_at_one_resolution(tmp_path):
@@ -357,8 +360,8 @@ def test_plots_are_pngs_at_one_resolution(tmp_path):
     fig = Figure(figsize=(2, 1))
     fig.subplots().plot([1, 2], [3, 4])
     path = tmp_path / "plot.png"
-    checkpoint.write_png(str(path), fig)
+    write_png(str(path), fig)
     png = path.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and os.listdir(tmp_path) == ["plot.png"]
     size = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # the IHDR chunk
-    assert size == (2 * checkpoint.PNG_DPI, checkpoint.PNG_DPI)
+    assert size == (2 * PNG_DPI, PNG_DPI)

@@ -8,7 +8,7 @@ import sysconfig
 import pytest
 import torch
 
-from oqat.space import MINI
+from oqat.space.builtin import MINI
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))

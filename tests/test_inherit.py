@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from oqat import checkpoint
 from oqat.cli import main
-from oqat.config import to_dict
-from oqat.data import DataConfig
-from oqat.files import load_supernet, save_supernet
-from oqat.inherit import REINIT_KEY, inherit
-from oqat.space import MINI
-from oqat.supernet import Supernet
+from oqat.core import io
+from oqat.core.typed import to_dict
+from oqat.data.config import DataConfig
+from oqat.files.checkpoints import load_supernet, save_supernet
+from oqat.nets.supernet import Supernet
+from oqat.space.builtin import MINI
+from oqat.train.inherit import REINIT_KEY, inherit
 
 
 def _supernet(tmp_path, bits=4):
@@ -24,7 +24,7 @@ def _supernet(tmp_path, bits=4):
 def test_inherit_copies_everything_and_scales_steps_per_bit(tmp_path):
     net, path = _supernet(tmp_path)
     assert main(["inherit", str(path), "--bits", "2", "--out", str(tmp_path / "s2.pt")]) == 0
-    ckpt = checkpoint.load(str(tmp_path / "s2.pt"), "oqat-supernet")
+    ckpt = io.load(str(tmp_path / "s2.pt"), "oqat-supernet")
     low = load_supernet(str(tmp_path / "s2.pt"))[0]
     assert low.bits == 2 and all(q.bits == 2 for q in low.quantizers())
     src, dst = net.state_dict(), low.state_dict()
@@ -40,7 +40,7 @@ def test_inherit_copies_everything_and_scales_steps_per_bit(tmp_path):
 def test_reinit_option_marks_the_file_for_step_init(tmp_path):
     _, path = _supernet(tmp_path)
     assert main(["inherit", str(path), "--bits", "3", "--out", str(tmp_path / "r.pt"), "--reinit-steps"]) == 0
-    assert checkpoint.load(str(tmp_path / "r.pt"), "oqat-supernet")[REINIT_KEY] is True
+    assert io.load(str(tmp_path / "r.pt"), "oqat-supernet")[REINIT_KEY] is True
 
 
 def test_inherit_errors_are_one_line(tmp_path, capsys):

@@ -3,10 +3,13 @@ import json
 import pytest
 from test_export import ARCH, make_subnet
 
-from oqat import deploy, export, files, latency, machine
 from oqat.cli import main
-from oqat.records import load_latency_table, update_latency_table
-from oqat.space import MINI, Arch
+from oqat.core import machine
+from oqat.deploy import export, runners
+from oqat.files import checkpoints
+from oqat.files.records import load_latency_table, update_latency_table
+from oqat.space.arch import Arch
+from oqat.space.builtin import MINI
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,18 +38,18 @@ def test_latency_of_subnet_files_builds_a_table_the_search_reads(tmp_path, capsy
     other = Arch.parse("mini:r28:k7e4-k3e2-k3e2-k5e3.k5e3")
     for arch in (ARCH, other):
         path = str(tmp_path / f"{arch.r}.pt")
-        files.save_subnet(make_subnet(2, arch), path)
+        checkpoints.save_subnet(make_subnet(2, arch), path)
         result = run_json(capsys, path, "--batch", "3", "--table", table)
         assert result["arch"] == arch.to_str() and result["bits"] == 2
         # the deployed graph and its fp32 self in each runtime, and PyTorch's fake-quant forward
-        assert set(result["ms"]) == {"torch"} | {f"{r} export" for r in deploy.runtimes()} | {
-                f"{r} fp32" for r in deploy.onnx_runtimes()}
+        assert set(result["ms"]) == {"torch"} | {f"{r} export" for r in runners.runtimes()} | {
+                f"{r} fp32" for r in runners.onnx_runtimes()}
         assert all(set(by_batch) == {"1", "3"} and min(by_batch.values()) > 0 for by_batch in result["ms"].values())
     read = load_latency_table(table, MINI, bits=2)
     assert set(read["ms"]) == {ARCH.to_str(), other.to_str()} and min(read["ms"].values()) > 0
     assert read["device"] == machine.cpu_model() and read["threads"] == 1
     path = str(tmp_path / "3bit.pt")
-    files.save_subnet(make_subnet(3, other), path)
+    checkpoints.save_subnet(make_subnet(3, other), path)
     assert main(["latency", path, "--runs", "1", "--warmup", "0", "--table", table]) == 2
     assert "holds 2-bit timings on" in capsys.readouterr().err
 

@@ -4,26 +4,25 @@ import random
 
 import pytest
 
-from oqat import latency_model
-from oqat.latency_model import LatencyModel, LatencyModelError, Part
-from oqat.machine import cpu_model
-from oqat.runtime import binding, model_file
-from oqat.space import get_space
-from oqat.supernet import Supernet
+from oqat.core.machine import cpu_model
+from oqat.nets.supernet import Supernet
+from oqat.runtime import binding, latency_model, model_file
+from oqat.runtime.latency_model import LatencyModel, LatencyModelError, Part
+from oqat.space.builtin import get_space
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def mini2():
-    """A random 2-bit mini supernet and its latency model at 28 px (one round per network)."""
-    net = Supernet(get_space("mini"), 2).eval()
-    return net, latency_model.build(net, rounds=1, resolutions=(28,))
+    """The mini space and its 2-bit latency model at 28 px (one round per network)."""
+    space = get_space("mini")
+    return space, latency_model.build(space, (2,), rounds=1, resolutions=(28,))
 
 
 def test_the_measured_networks_cover_every_part_of_every_architecture(mini2):
-    net, model = mini2
-    space, rng = net.space, random.Random(0)
+    space, model = mini2
+    rng = random.Random(0)
     for _ in range(200):
         arch = dataclasses.replace(space.sample(rng), r=28)
         parts = model.breakdown(arch)  # raises on a part the model has no time for
@@ -95,7 +94,7 @@ def test_the_file_round_trips_and_refuses_another_machine(mini2, tmp_path):
 
 
 def test_a_stopped_build_resumes_where_it_was(tmp_path, monkeypatch):
-    net = Supernet(get_space("mini"), 2).eval()
+    space = get_space("mini")
     partial = str(tmp_path / "lat.partial.json")
     measured, stop_at, real = [], [12], latency_model.measure_network
 
@@ -107,9 +106,9 @@ def test_a_stopped_build_resumes_where_it_was(tmp_path, monkeypatch):
 
     monkeypatch.setattr(latency_model, "measure_network", counting)
     with pytest.raises(KeyboardInterrupt):
-        latency_model.build(net, rounds=1, resolutions=(28,), partial=partial)
+        latency_model.build(space, (2,), rounds=1, resolutions=(28,), partial=partial)
     measured.clear(), stop_at.clear()
     stop_at.append(0)
-    model = latency_model.build(net, rounds=1, resolutions=(28,), partial=partial)
-    assert len(measured) == len(latency_model.plan(net.space, (2,), (28,))) - 10  # kept every 10 networks
+    model = latency_model.build(space, (2,), rounds=1, resolutions=(28,), partial=partial)
+    assert len(measured) == len(latency_model.plan(space, (2,), (28,))) - 10  # kept every 10 networks
     assert model.isa == binding.default_isa()

@@ -2,9 +2,9 @@
 readers find there."""
 import os
 
-from oqat import records
-from oqat.layout import RunLayout, SearchLayout, TrainingLayout
-from oqat.search import SearchResult, write_outputs
+from oqat.files import records
+from oqat.files.layout import RunLayout, SearchLayout, TrainingLayout
+from oqat.search.front import SearchResult, write_outputs
 
 
 def test_a_run_names_every_path_from_its_root():

@@ -11,15 +11,18 @@ import torch
 from test_deploy import assert_same_codes, torch_codes
 from test_export import assert_parity, make_subnet
 
-from oqat import config, deploy, export, files
-from oqat.cost import arch_cost, arch_metrics, part_costs
-from oqat.experiment import ExperimentConfig
-from oqat.inherit import mixed_file
-from oqat.quant import ElasticLSQ, elastic_bits_, inherit_step
-from oqat.search import decode, encode
-from oqat.space import MINI, Arch
-from oqat.supernet import Supernet
-from oqat.train import train
+from oqat.config.settings import ExperimentConfig
+from oqat.core import typed
+from oqat.deploy import export, runners
+from oqat.files import checkpoints
+from oqat.nets.cost import arch_cost, arch_metrics, part_costs
+from oqat.nets.supernet import Supernet
+from oqat.quant.lsq import ElasticLSQ, elastic_bits_, inherit_step
+from oqat.search.nsga import decode, encode
+from oqat.space.arch import Arch
+from oqat.space.builtin import MINI
+from oqat.train.inherit import mixed_file
+from oqat.train.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -113,13 +116,15 @@ def test_files_keep_the_bits_of_every_layer(tmp_path):
     x = torch.randn(8, 1, 24, 24)
     with torch.no_grad():
         want = net(x)
-    files.save_subnet(net, str(tmp_path / "sub.pt"))
-    files.save_packed(net, str(tmp_path / "p.oqpk"))
-    for loaded in (files.load_subnet(str(tmp_path / "sub.pt")), files.load_packed(str(tmp_path / "p.oqpk"))):
+    checkpoints.save_subnet(net, str(tmp_path / "sub.pt"))
+    checkpoints.save_packed(net, str(tmp_path / "p.oqpk"))
+    for loaded in (checkpoints.load_subnet(str(tmp_path / "sub.pt")),
+                   checkpoints.load_packed(str(tmp_path / "p.oqpk"))):
         assert loaded.arch == ARCH
         with torch.no_grad():
             assert torch.equal(loaded(x), want)
-    widths = {entry["bits"] for entry in files.read(str(tmp_path / "p.oqpk"), files.PACKED)["packed"].values()}
+    packed = checkpoints.read(str(tmp_path / "p.oqpk"), checkpoints.PACKED)["packed"]
+    widths = {entry["bits"] for entry in packed.values()}
     assert widths == {2, 3, 4}
 
 
@@ -132,14 +137,14 @@ def test_export_gives_each_layer_its_own_width_and_runs_it():
     x = torch.randn(64, 1, 24, 24, generator=torch.Generator().manual_seed(2))
     names = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
     model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-    outputs = deploy.Runner(model, "onnxruntime")._session.run(names, {"input": x.numpy()})
+    outputs = runners.Runner(model, "onnxruntime")._session.run(names, {"input": x.numpy()})
     assert_same_codes(torch_codes(net, x), {n.removesuffix(".a_q"): o for n, o in zip(names, outputs)})
     qonnx = export.build_qonnx(net)
     widths = {round(float(onnx.numpy_helper.to_array(i).item())) for i in qonnx.graph.initializer
               if i.name.endswith(".bitwidth")}
     assert widths == {2, 3, 4}
     x = torch.randn(1000, 1, 24, 24, generator=torch.Generator().manual_seed(1))
-    assert_parity(deploy.parity(net, deploy.Runner(export.build_onnx(net), "onnxruntime"), x))
+    assert_parity(runners.parity(net, runners.Runner(export.build_onnx(net), "onnxruntime"), x))
 
 
 TINY = ["data.name=synthetic", "data.val_size=32", "data.synthetic_train=224", "data.batch_size=16",
@@ -149,27 +154,28 @@ TINY = ["data.name=synthetic", "data.val_size=32", "data.synthetic_train=224", "
 
 def test_a_mixed_stage_starts_from_the_chain_and_trains_every_width(tmp_path):
     def run(name, *overrides):
-        cfg = config.load(ExperimentConfig, None, [*TINY, f"run.dir={tmp_path / name}", *overrides])
+        cfg = typed.load(ExperimentConfig, None, [*TINY, f"run.dir={tmp_path / name}", *overrides])
         train(cfg)
         return str(tmp_path / name / "supernet.pt")
     four = run("4", "train.bits=4")
     two = run("2", "train.bits=2", f"train.init_from={four}", "train.lr=0.05")
     start = str(tmp_path / "mixed-start.pt")
     net = mixed_file(two, [2, 3, 4], {4: four, 2: two}, start)
-    chain = {b: files.load_supernet(p)[0] for b, p in ((4, four), (2, two))}
+    chain = {b: checkpoints.load_supernet(p)[0] for b, p in ((4, four), (2, two))}
     q = net.blocks[0].dw.conv.wq
     for b, other in chain.items():  # each width's steps from the stage that trained it
         assert q.steps[str(b)].item() == other.blocks[0].dw.conv.wq.step.item()
     assert q.steps["3"].item() == pytest.approx(chain[2].blocks[0].dw.conv.wq.step.item() / 2)  # carried from 2
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    final, _ = files.load_supernet(run("mixed", "train.bits=[4, 2, 3]", f"train.init_from={start}", "train.lr=0.05"))
+    final, _ = checkpoints.load_supernet(run("mixed", "train.bits=[4, 2, 3]", f"train.init_from={start}",
+                                             "train.lr=0.05"))
     assert final.bits == (2, 3, 4)
     moved = {k for k, v in final.state_dict().items() if not torch.equal(v, before[k])}
     assert {f"blocks.0.dw.conv.wq.steps.{b}" for b in (2, 4)} <= moved  # largest and smallest ran
     with pytest.raises(ValueError, match="two or more distinct widths"):
-        config.load(ExperimentConfig, None, ["train.bits=[4]"])
+        typed.load(ExperimentConfig, None, ["train.bits=[4]"])
     with pytest.raises(ValueError, match="a mixed stage ends the chain"):
-        config.load(ExperimentConfig, None, ["stages=[{bits: 4}, {bits: [2, 4]}, {bits: 2}]"])
+        typed.load(ExperimentConfig, None, ["stages=[{bits: 4}, {bits: [2, 4]}, {bits: 2}]"])
     assert np.isfinite(arch_metrics(final.space.sample(random.Random(0)), final.space)["bitops"])
 
 

@@ -7,13 +7,14 @@ import torch
 from oqa_reference import OQANet, calibrate, randomise
 
 import oqat
-from oqat.checkpoint import CheckpointError
 from oqat.cli import main
-from oqat.files import load_supernet
-from oqat.oqa import oqa_key
-from oqat.space import MBV3, Arch
-from oqat.subnet import head_forward
-from oqat.supernet import Supernet
+from oqat.core.io import CheckpointError
+from oqat.files.checkpoints import load_supernet
+from oqat.nets.oqa import oqa_key
+from oqat.nets.subnet import head_forward
+from oqat.nets.supernet import Supernet
+from oqat.space.arch import Arch
+from oqat.space.builtin import MBV3
 
 LARGEST = {"ks": [7] * 20, "e": [6] * 20, "d": [4] * 5}
 # Both networks run in float64: in float32 the engines' summation orders (which differ between

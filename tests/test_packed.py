@@ -5,9 +5,11 @@ import pytest
 import torch
 from test_export import make_subnet
 
-from oqat import checkpoint, files, packed
-from oqat.files import load_packed
-from oqat.quant import qrange
+from oqat.core.io import CheckpointError, load, save
+from oqat.files import checkpoints
+from oqat.files.checkpoints import load_packed
+from oqat.nets import packed
+from oqat.quant.lsq import qrange
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,7 +35,7 @@ def test_pack_unpack_round_trip(bits):
 def test_packed_file_rebuilds_a_bit_identical_subnet(bits, tmp_path):
     net = make_subnet(bits)
     path = str(tmp_path / "w.oqpk")
-    files.save_packed(net, path)
+    checkpoints.save_packed(net, path)
     loaded = load_packed(path)
     assert not loaded.training and loaded.arch == net.arch and loaded.bits == bits
     x = torch.randn(16, 1, net.arch.r, net.arch.r)
@@ -52,25 +54,25 @@ def test_packed_file_rebuilds_a_bit_identical_subnet(bits, tmp_path):
 def test_packed_file_that_does_not_match_its_architecture_is_refused(tmp_path):
     net = make_subnet(2)
     path = str(tmp_path / "w.oqpk")
-    files.save_packed(net, path)
-    ckpt = checkpoint.load(path, files.PACKED)
+    checkpoints.save_packed(net, path)
+    ckpt = load(path, checkpoints.PACKED)
     ckpt["packed"]["blocks.0.dw.conv"]["bits"] = 3
-    checkpoint.save(path, ckpt)
-    with pytest.raises(checkpoint.CheckpointError, match="blocks.0.dw.conv is packed at 3 bits"):
+    save(path, ckpt)
+    with pytest.raises(CheckpointError, match="blocks.0.dw.conv is packed at 3 bits"):
         load_packed(path)
     del ckpt["packed"]["blocks.0.dw.conv"]
-    checkpoint.save(path, ckpt)
-    with pytest.raises(checkpoint.CheckpointError, match="do not match"):
+    save(path, ckpt)
+    with pytest.raises(CheckpointError, match="do not match"):
         load_packed(path)
 
 
 @pytest.mark.parametrize("bits", [2, 4])
 @pytest.mark.parametrize("size", ["smallest", "largest"])
 def test_the_packed_file_is_smaller_than_the_onnx_graph(bits, size, tmp_path):
-    from oqat.export import build_onnx
-    from oqat.space import MINI
+    from oqat.deploy.export import build_onnx
+    from oqat.space.builtin import MINI
     net = make_subnet(bits, getattr(MINI, size)())
-    files.save_packed(net, str(tmp_path / "w.oqpk"))
+    checkpoints.save_packed(net, str(tmp_path / "w.oqpk"))
     assert os.path.getsize(tmp_path / "w.oqpk") < len(build_onnx(net).SerializeToString())
     back = load_packed(str(tmp_path / "w.oqpk"))
     x = torch.randn(2, 1, net.arch.r, net.arch.r)

@@ -118,19 +118,20 @@ def test_the_imagenet_mbv3_config_runs_end_to_end_on_a_tiny_image_folder(tmp_pat
 def test_the_first_stage_starts_from_train_init_from(tmp_path):
     import torch
 
-    from oqat import config, files
-    from oqat.experiment import ExperimentConfig
-    from oqat.pipeline import run_stages
-    from oqat.supernet import Supernet
+    from oqat.config.settings import ExperimentConfig
+    from oqat.core import typed
+    from oqat.files import checkpoints
+    from oqat.nets.supernet import Supernet
+    from oqat.run.pipeline import run_stages
     torch.set_num_threads(1)
     start = tmp_path / "s4.pt"
-    files.save_supernet(Supernet("mini", 4), str(start))
+    checkpoints.save_supernet(Supernet("mini", 4), str(start))
     overrides = [*TINY_RUN[:8], "stages=[{bits: 2, epochs: 1}]", f"train.init_from={start}",
                  f"run.dir={tmp_path / 'run'}", "run.quiet=true"]
-    cfg = config.load(ExperimentConfig, None, overrides)
+    cfg = typed.load(ExperimentConfig, None, overrides)
     stages = run_stages(cfg)
     inherited = tmp_path / "run" / "stages" / "0-2bit" / "inherited.pt"  # 4 -> 2 bits by inheritance
-    assert files.load_supernet(str(inherited))[1]["inherited_from"] == {"file": str(start), "bits": 4}
+    assert checkpoints.load_supernet(str(inherited))[1]["inherited_from"] == {"file": str(start), "bits": 4}
     assert stages[0]["bits"] == 2 and stages[0]["metrics"]["step"] == 8
 
 

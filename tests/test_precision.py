@@ -1,7 +1,7 @@
 import pytest
 
-from oqat.layout import RunLayout
-from oqat.precision import Precision
+from oqat.files.layout import RunLayout
+from oqat.quant.precision import Precision
 
 
 @pytest.mark.parametrize("bits,name,label,key", [(4, "4bit", "4-bit", 4), (32, "fp", "fp32", 32),

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from test_evaluate import TINY, run_cli, tiny_run
 
-from oqat.predictor import Predictor, features, fit_and_score, quality
-from oqat.records import load_pairs
-from oqat.space import MINI
+from oqat.files.records import load_pairs
+from oqat.search.predictor import Predictor, features, fit_and_score, quality
+from oqat.space.builtin import MINI
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

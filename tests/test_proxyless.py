@@ -13,11 +13,12 @@ from test_export import assert_parity, make_subnet
 from test_supernet import max_diff, prepared
 from torch import nn
 
-from oqat import deploy, export
-from oqat.cost import arch_metrics
-from oqat.layers import QConv2d
-from oqat.space import MINI_PROXYLESS, PROXYLESS, Arch
-from oqat.supernet import Supernet
+from oqat.deploy import export, runners
+from oqat.nets.cost import arch_metrics
+from oqat.nets.layers import QConv2d
+from oqat.nets.supernet import Supernet
+from oqat.space.arch import Arch
+from oqat.space.builtin import MINI_PROXYLESS, PROXYLESS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -110,7 +111,7 @@ def test_onnx_export_matches_pytorch(bits):
     assert [n.op_type for n in model.graph.node].count("Clip") >= 10
     x = torch.randn(1000, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     for run in export.runners(net).values():
-        assert_parity(deploy.parity(net, run, x))
+        assert_parity(runners.parity(net, run, x))
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oqat.quant import LSQ, _backward_closed_form, check_bits, inherit_step, init_step, lsq, qrange
+from oqat.quant.lsq import LSQ, _backward_closed_form, check_bits, inherit_step, init_step, lsq, qrange
 
 
 def t(*values):
@@ -182,12 +182,12 @@ def test_accelerator_backward_matches_closed_form_in_float32(bits, signed):
     assert (grad_a / math.sqrt(v.numel() * qp)).item() == pytest.approx(want_s.item(), rel=1e-6)
 
 
-# The CPU kernel (oqat/lsq_cpu.cpp) against the closed form in torch ops, which the tests above pin.
-from oqat import quant  # noqa: E402
+# The CPU kernel (oqat/quant/lsq_cpu.cpp) against the closed form in torch ops, which the tests above pin.
+from oqat.quant import lsq as lsq_module  # noqa: E402
 
 
 def kernel_or_skip():
-    kernel = quant.cpu_kernel()
+    kernel = lsq_module.cpu_kernel()
     if kernel is None:
         pytest.skip("the CPU LSQ kernel could not be built here (see the warning)")
     return kernel
@@ -204,7 +204,7 @@ def both_paths(v, s, g, bits, signed, hardswish=False):
         if use_kernel:
             out = kernel_or_skip().lsq(vv, ss, qn, qp, scale, hardswish)
         else:
-            out = quant._LSQFunction.apply(F.hardswish(vv) if hardswish else vv, ss, qn, qp, scale, False)
+            out = lsq_module._LSQFunction.apply(F.hardswish(vv) if hardswish else vv, ss, qn, qp, scale, False)
         out.backward(g)
         results.append((out.detach(), vv.grad, ss.grad))
     return results
@@ -290,7 +290,7 @@ def test_cpu_kernel_gives_the_same_results_on_two_threads():
 def test_lsq_uses_the_kernel_on_cpu_float32_only(monkeypatch):
     kernel_or_skip()
     calls = []
-    monkeypatch.setattr(quant._LSQFunction, "apply", lambda *a: calls.append(a[0].dtype) or a[0])
+    monkeypatch.setattr(lsq_module._LSQFunction, "apply", lambda *a: calls.append(a[0].dtype) or a[0])
     lsq(torch.randn(4, 4), torch.tensor([0.1]), 4, True)
     lsq(torch.randn(4, 4, dtype=torch.float64), torch.tensor([0.1]), 4, True)
     lsq(torch.randn(4, 4), torch.tensor([0.1]), 1, True)  # 1-bit sign: the torch ops
@@ -298,12 +298,12 @@ def test_lsq_uses_the_kernel_on_cpu_float32_only(monkeypatch):
 
 
 def test_kernel_build_failure_warns_and_falls_back(monkeypatch, tmp_path):
-    monkeypatch.setattr(quant, "_KERNEL_SOURCE", str(tmp_path / "missing.cpp"))
+    monkeypatch.setattr(lsq_module, "_KERNEL_SOURCE", str(tmp_path / "missing.cpp"))
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     with pytest.warns(UserWarning, match="could not build the CPU LSQ kernel"):
-        assert quant.cpu_kernel.__wrapped__() is None
+        assert lsq_module.cpu_kernel.__wrapped__() is None
     monkeypatch.setenv("OQAT_CPU_KERNEL", "0")
-    assert quant.cpu_kernel.__wrapped__() is None
+    assert lsq_module.cpu_kernel.__wrapped__() is None
 
 
 CAPABILITIES = ["DEFAULT", "AVX2", "AVX512"]  # torch's CPU capabilities, each implying the ones before
@@ -318,8 +318,8 @@ def test_each_isa_build_of_the_kernel_equals_the_torch_ops(capability):
     if top not in CAPABILITIES or CAPABILITIES.index(capability) > CAPABILITIES.index(top):
         pytest.skip(f"this CPU runs at most {top}")
     env = {**os.environ, "ATEN_CPU_CAPABILITY": capability.lower(), "OMP_NUM_THREADS": "1"}
-    probe = ("import torch; from oqat import quant; "
-             "print(torch.backends.cpu.get_cpu_capability(), quant.cpu_kernel() is not None)")
+    probe = ("import torch; from oqat.quant import lsq; "
+             "print(torch.backends.cpu.get_cpu_capability(), lsq.cpu_kernel() is not None)")
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
     assert out.stdout.split() == [capability, "True"], out.stderr[-2000:]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",

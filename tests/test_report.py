@@ -3,7 +3,7 @@ ratio is and at how many threads, what each size is, and a recommended family of
 import json
 import os
 
-from oqat.report import markdown
+from oqat.run.report import markdown
 
 
 def test_the_report_names_images_ratio_threads_and_sizes(tiny_mixed_run):

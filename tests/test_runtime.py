@@ -1,4 +1,4 @@
-"""oqat's C runtime against oqat/requant.py's rule: every code and logit of a network, on every
+"""oqat's C runtime against oqat/quant/requant.py's rule: every code and logit of a network, on every
 kernel path this CPU runs; its file format, threads, memory and errors."""
 import collections
 import concurrent.futures
@@ -12,12 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oqat import packed, requant
-from oqat.quant import LSQ, qrange
+from oqat.nets import packed
+from oqat.nets.subnet import Subnet
+from oqat.quant import requant
+from oqat.quant.lsq import LSQ, qrange
 from oqat.runtime import build, model_file
 from oqat.runtime.binding import Model
-from oqat.space import MINI, Stage, get_space, mbv3_head
-from oqat.subnet import Subnet
+from oqat.space.builtin import MINI, get_space
+from oqat.space.structure import Stage, mbv3_head
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -64,7 +66,7 @@ def random_net(space, arch, bits, seed: int = 0) -> Subnet:
 
 def reference(net: Subnet, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The logits, and each quantized conv's input codes (by module name, N x C x H x W), op by
-    op as oqat/requant.py states the rule."""
+    op as oqat/quant/requant.py states the rule."""
     codes = {}
 
     def conv(m, name, h, residual=None):

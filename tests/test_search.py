@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from test_evaluate import DATA, TINY, run_cli, tiny_run
 
-from oqat import search as S
-from oqat.budget import Budget, BudgetError, check_metric
-from oqat.cost import METRICS, arch_metrics
-from oqat.data import load_splits
-from oqat.evaluate import prepare_subnet
-from oqat.experiment import SearchConfig
-from oqat.files import load_supernet
-from oqat.records import load_latency_table
-from oqat.space import Arch
+from oqat.config.settings import SearchConfig
+from oqat.data.splits import load_splits
+from oqat.files.checkpoints import load_supernet
+from oqat.files.records import load_latency_table
+from oqat.nets.budget import Budget, BudgetError, check_metric
+from oqat.nets.cost import METRICS, arch_metrics
+from oqat.search import front, nsga, scoring, search
+from oqat.space.arch import Arch
+from oqat.train.evaluate import prepare_subnet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,26 +25,26 @@ def median_bitops() -> float:
 
 
 def non_dominated(points: list[dict], metric: str) -> bool:
-    return S.dominated(points, points, metric) == 0
+    return front.dominated(points, points, metric) == 0
 
 
 def test_pareto_indices_keep_the_non_dominated_points_by_cost():
     cost_, acc = np.array([1, 2, 2, 3, 4, 4]), np.array([50, 40, 60, 55, 70, 70])
     # (2, 40) and (3, 55) are beaten; of two equal points neither beats the other, so both stay.
-    assert S.pareto_indices(acc, cost_) == [0, 2, 4, 5]
-    assert S.pareto_indices(np.array([]), np.array([])) == []
+    assert front.pareto_indices(acc, cost_) == [0, 2, 4, 5]
+    assert front.pareto_indices(np.array([]), np.array([])) == []
 
 
 def test_genome_round_trip_and_canonical_form():
     rng = random.Random(0)
     for _ in range(20):
         arch = TINY.sample(rng)
-        assert S.decode(S.encode(arch, TINY), TINY) == arch
-    x = S.encode(Arch.parse("evaltiny:r12:k3e2-k3e2", TINY), TINY)
+        assert nsga.decode(nsga.encode(arch, TINY), TINY) == arch
+    x = nsga.encode(Arch.parse("evaltiny:r12:k3e2-k3e2", TINY), TINY)
     y = x.copy()
     y[1] = 1  # kernel of the inactive second block of stage 1: same network
-    assert S.decode(y, TINY) == S.decode(x, TINY) and not np.array_equal(x, y)
-    assert np.array_equal(S.encode(S.decode(y, TINY), TINY), x)
+    assert nsga.decode(y, TINY) == nsga.decode(x, TINY) and not np.array_equal(x, y)
+    assert np.array_equal(nsga.encode(nsga.decode(y, TINY), TINY), x)
 
 
 def test_smallest_architecture_minimises_every_metric():
@@ -57,13 +57,13 @@ def test_smallest_architecture_minimises_every_metric():
 
 def test_search_front_is_feasible_non_dominated_and_nothing_is_evaluated_twice(monkeypatch):
     calls = []
-    real_evaluate = S.evaluate
-    monkeypatch.setattr(S, "evaluate", lambda *a, **k: calls.append(1) or real_evaluate(*a, **k))
+    real_evaluate = scoring.evaluate
+    monkeypatch.setattr(scoring, "evaluate", lambda *a, **k: calls.append(1) or real_evaluate(*a, **k))
     net, _ = load_supernet(tiny_run())
     limit = median_bitops()
     budgets = [Budget.parse(f"bitops<={limit}"), Budget.parse("params<=1e9")]
     cfg = SearchConfig(budgets, population=8, generations=4, seed=0, calib_images=128)
-    result = S.search(net, DATA, load_splits(DATA), cfg, log=lambda _: None)
+    result = search(net, DATA, load_splits(DATA), cfg, log=lambda _: None)
     archs = [p["arch"] for p in result.evaluated]
     assert len(archs) == len(set(archs)) == result.evaluations
     assert 8 <= result.evaluations <= 8 * 5
@@ -71,19 +71,19 @@ def test_search_front_is_feasible_non_dominated_and_nothing_is_evaluated_twice(m
     assert all(p["bitops"] <= limit for p in result.evaluated)  # over-budget candidates are never evaluated
     assert result.front and all("test_top1" in p and p["bitops"] <= limit for p in result.front)
     assert non_dominated(result.front, "bitops")
-    front = {p["arch"] for p in result.front}
-    rest = [p for p in result.evaluated if p["arch"] not in front]
-    assert S.dominated(result.front, rest, "bitops") == len(rest)  # duplicates of front values aside
+    on_front = {p["arch"] for p in result.front}
+    rest = [p for p in result.evaluated if p["arch"] not in on_front]
+    assert front.dominated(result.front, rest, "bitops") == len(rest)  # duplicates of front values aside
     assert [p["bitops"] for p in result.front] == sorted(p["bitops"] for p in result.front)
     assert result.front[0]["arch"] == TINY.smallest().to_str()  # seeded into the first population
-    again = S.search(net, DATA, load_splits(DATA), cfg, test=False, log=lambda _: None)
+    again = search(net, DATA, load_splits(DATA), cfg, test=False, log=lambda _: None)
     assert [p["arch"] for p in again.evaluated] == archs  # seeded: the same search
 
 
 def test_search_explores_only_what_the_supernet_was_trained_on():
     net, _ = load_supernet(tiny_run())
     net.set_elastic_(("ks", "e", "d"))  # trained at the largest resolution only
-    result = S.search(net, DATA, load_splits(DATA), SearchConfig(population=6, generations=1, calib_images=64),
+    result = search(net, DATA, load_splits(DATA), SearchConfig(population=6, generations=1, calib_images=64),
                       test=False, log=lambda _: None)
     r = {Arch.parse(p["arch"], TINY).r for p in result.evaluated}
     assert r == {max(TINY.resolutions)} and result.evaluations >= 6
@@ -92,7 +92,7 @@ def test_search_explores_only_what_the_supernet_was_trained_on():
 def test_search_with_predictor_confirms_the_front(monkeypatch):
     net, _ = load_supernet(tiny_run())
     cfg = SearchConfig(population=8, generations=3, seed=1, calib_images=128, predictor=True)
-    result = S.search(net, DATA, load_splits(DATA), cfg, test=False, log=lambda _: None)
+    result = search(net, DATA, load_splits(DATA), cfg, test=False, log=lambda _: None)
     assert result.predicted > 0 and result.metric == "bitops"
     really = {p["arch"] for p in result.evaluated}
     assert all(p["arch"] in really for p in result.front)
@@ -101,7 +101,7 @@ def test_search_with_predictor_confirms_the_front(monkeypatch):
 
 def test_budget_errors():
     least = arch_metrics(TINY.smallest(), TINY, 4)["bitops"]
-    costs = S.CostMetrics(TINY, 4)
+    costs = scoring.CostMetrics(TINY, 4)
     with pytest.raises(BudgetError, match=rf"smallest achievable bitops is {least:g} \(evaltiny:r12:k3e2-k3e2"):
         costs.check([Budget.parse(f"bitops<={least - 1}")])
     costs.check([Budget.parse(f"bitops<={least}")])
@@ -131,7 +131,7 @@ def test_latency_table(tmp_path):
     small, big = TINY.smallest(), TINY.largest()
     path = tmp_path / "lat.json"
     table = latency_table(path, {small.to_str(): 1.5, big.to_str(): 4.0})
-    costs = S.CostMetrics(TINY, 4, table)
+    costs = scoring.CostMetrics(TINY, 4, table)
     assert costs(big)["latency"] == 4.0 and "latency" not in costs(TINY.sample(random.Random(3)))
     with pytest.raises(BudgetError, match=r"smallest achievable latency is 1.5 \(evaltiny:r12"):
         costs.check([Budget("latency", 1.0)])
@@ -150,7 +150,7 @@ def test_a_latency_search_scores_every_table_entry_within_budget(tmp_path):
     table = latency_table(tmp_path / "lat.json", {a.to_str(): 0.25 * (i + 1) for i, a in enumerate(archs)})
     net, _ = load_supernet(tiny_run())
     cfg = SearchConfig([Budget("latency", 0.25 * (len(archs) - 1))], population=4, generations=0, calib_images=64)
-    result = S.search(net, DATA, load_splits(DATA), cfg, latency=table, test=False, log=lambda _: None)
+    result = search(net, DATA, load_splits(DATA), cfg, latency=table, test=False, log=lambda _: None)
     # Every entry but the slowest is within budget, and each is evaluated, however small the population.
     assert sorted(p["arch"] for p in result.evaluated) == sorted(a.to_str() for a in archs[:-1])
     assert result.front[0]["latency"] == min(p["latency"] for p in result.evaluated)
@@ -178,15 +178,16 @@ def test_search_cli_outputs_and_errors(capsys, tmp_path):
 def test_the_library_searches_as_oqat_search_and_oqat_run_do_by_default():
     # One default per setting: SearchConfig's (search(cfg=None) takes SearchConfig()).
     defaults = SearchConfig()
-    assert inspect.signature(S.search).parameters["cfg"].default is None
+    assert inspect.signature(search).parameters["cfg"].default is None
     for fn, name, field in ((prepare_subnet, "calib_images", "calib_images"), (prepare_subnet, "seed", "seed"),
-                            (S.Scorer, "calib_images", "calib_images"), (S.Scorer, "val_images", "val_images"),
-                            (S.Scorer, "calib_seed", "seed")):
+                            (scoring.Scorer, "calib_images", "calib_images"),
+                            (scoring.Scorer, "val_images", "val_images"),
+                            (scoring.Scorer, "calib_seed", "seed")):
         assert inspect.signature(fn).parameters[name].default == getattr(defaults, field)
 
 
 def test_the_recommended_family_is_three_distinct_networks_spanning_the_costs():
-    from oqat.search import recommended
+    from oqat.search.front import recommended
     # The demo's trap: the 2-bit largest fits S's and M's BitOPs but has the largest MACs.
     largest = {"bitops": 100.0, "macs": 10.0}
     points = [{"bits": 2, "arch": "L", "bitops": 25.0, "macs": 10.0, "val_top1": 88.0},

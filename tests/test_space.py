@@ -5,7 +5,9 @@ import random
 import pytest
 
 import oqat
-from oqat.space import MBV3, MINI, Arch, get_space, make_divisible
+from oqat.space.arch import Arch
+from oqat.space.builtin import MBV3, MINI, get_space
+from oqat.space.structure import make_divisible
 
 
 def mbv3(**changes):
@@ -182,9 +184,10 @@ def test_json_must_be_an_object():
 
 
 def test_reading_a_file_registers_no_space(tmp_path):
-    from oqat.files import load_supernet, save_supernet
-    from oqat.space import SPACES, SearchSpace, Stage, mbv3_head
-    from oqat.supernet import Supernet
+    from oqat.files.checkpoints import load_supernet, save_supernet
+    from oqat.nets.supernet import Supernet
+    from oqat.space.builtin import SPACES
+    from oqat.space.structure import SearchSpace, Stage, mbv3_head
 
     tiny = SearchSpace(name="tiny-file", stem_width=8, stem_stride=2, first_block=Stage(8, 1, "relu", False),
                        stages=(Stage(16, 2, "relu", False),), kernel_sizes=(3,), expand_ratios=(2,), depths=(1,),

@@ -4,13 +4,15 @@ import random
 import pytest
 import torch
 
-from oqat import layers, supernet as elastic
-from oqat.files import load_subnet, load_supernet, save_subnet, save_supernet
-from oqat.layers import MBConv, QConv2d
-from oqat.quant import LSQ, set_bits_
-from oqat.space import MBV3, MINI, Arch, SearchSpace, Stage, mbv3_head
-from oqat.subnet import Subnet
-from oqat.supernet import Supernet
+from oqat.files.checkpoints import load_subnet, load_supernet, save_subnet, save_supernet
+from oqat.nets import layers, supernet as elastic
+from oqat.nets.layers import MBConv, QConv2d
+from oqat.nets.subnet import Subnet
+from oqat.nets.supernet import Supernet
+from oqat.quant.lsq import LSQ, set_bits_
+from oqat.space.arch import Arch
+from oqat.space.builtin import MBV3, MINI
+from oqat.space.structure import SearchSpace, Stage, mbv3_head
 
 ELASTIC = (elastic.ElasticMBConv, elastic.ElasticPointwise, elastic.ElasticDepthwise,
            elastic.ElasticBatchNorm2d, elastic.ElasticSE, Supernet)

@@ -10,18 +10,19 @@ import torch
 import torch.nn.functional as F
 from processes import paused, resume
 
-from oqat import checkpoint, config, files
-from oqat.checkpoint import CheckpointError
 from oqat.cli import main
-from oqat.data import train_batches
-from oqat.evaluate import resize
-from oqat.experiment import ExperimentConfig
-from oqat.layers import QConv2d
-from oqat.quant import STEP_EPS, guard_steps_, init_step, step_values
-from oqat.records import last_epoch, read_metrics
-from oqat.space import get_space
-from oqat.supernet import Supernet
-from oqat.train import RunLog, Trainer, lr_factor, param_groups, train
+from oqat.config.settings import ExperimentConfig
+from oqat.core import io, typed
+from oqat.core.io import CheckpointError
+from oqat.data.batches import train_batches
+from oqat.files import checkpoints
+from oqat.files.records import last_epoch, read_metrics
+from oqat.nets.layers import QConv2d
+from oqat.nets.supernet import Supernet
+from oqat.quant.lsq import STEP_EPS, guard_steps_, init_step, step_values
+from oqat.space.builtin import get_space
+from oqat.train.evaluate import resize
+from oqat.train.trainer import RunLog, Trainer, lr_factor, param_groups, train
 
 # 192 synthetic training images in batches of 16: 12 steps an epoch, a second or two on one core.
 TINY = ["data.name=synthetic", "data.val_size=32", "data.synthetic_train=224", "data.batch_size=16",
@@ -29,17 +30,17 @@ TINY = ["data.name=synthetic", "data.val_size=32", "data.synthetic_train=224", "
 
 
 def tiny(tmp_path, *overrides) -> ExperimentConfig:
-    return config.load(ExperimentConfig, None, [*TINY, f"run.dir={tmp_path}", "run.quiet=true", *overrides])
+    return typed.load(ExperimentConfig, None, [*TINY, f"run.dir={tmp_path}", "run.quiet=true", *overrides])
 
 
 def cli(*args, env=None, **kw) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "oqat.cli", "train", *args, "--quiet"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "oqat", "train", *args, "--quiet"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def weights(path) -> dict:
-    return checkpoint.load(str(path), "oqat-supernet")["state_dict"]
+    return io.load(str(path), "oqat-supernet")["state_dict"]
 
 
 @pytest.mark.slow
@@ -56,7 +57,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     victim.kill()
     victim.wait()
     assert ref.wait(timeout=120) == 0, ref.stderr.read()
-    state = checkpoint.load(str(last), "oqat-train")
+    state = io.load(str(last), "oqat-train")
     assert state["batch"] == state["step"] == 3 and state["epoch"] == 0  # killed mid-epoch
     assert not (killed / "supernet.pt").exists()
     resumed = cli(*args, f"run.dir={killed}")
@@ -69,7 +70,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     steps = [json.loads(line)["step"] for line in open(killed / "metrics.jsonl")
              if json.loads(line)["kind"] == "step"]
     assert steps == sorted(set(steps)) and steps[-1] == 24
-    saved = checkpoint.load(str(killed / "supernet.pt"), "oqat-supernet")
+    saved = io.load(str(killed / "supernet.pt"), "oqat-supernet")
     assert saved["data"]["name"] == "synthetic" and saved["config"]["train"]["epochs"] == 2
     assert "val_top1_largest" in saved["val"]
 
@@ -80,7 +81,7 @@ def test_bad_checkpoint_is_an_error_and_is_kept(tmp_path, damage):
     last = tmp_path / "checkpoints" / "last.pt"
     last.parent.mkdir(parents=True)
     if damage == "foreign":
-        files.save_supernet(Supernet(Trainer(cfg).space, 4), str(last))
+        checkpoints.save_supernet(Supernet(Trainer(cfg).space, 4), str(last))
     else:
         good = tmp_path / "good.pt"
         torch.save({"format": "oqat-train", "x": torch.zeros(1000)}, good)
@@ -99,7 +100,7 @@ def test_nonfinite_loss_stops_naming_step_and_subnet(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1
     assert "non-finite loss at step" in err and "subnet mini:r" in err
     failed = int(err.split("at step ")[1].split()[0])
-    kept = checkpoint.load(str(tmp_path / "checkpoints" / "last.pt"), "oqat-train")
+    kept = io.load(str(tmp_path / "checkpoints" / "last.pt"), "oqat-train")
     assert 0 < kept["step"] == failed  # the last good step's checkpoint
     assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
 
@@ -118,19 +119,19 @@ def test_config_show_and_unknown_field(capsys):
 def test_the_commands_that_train_keep_freed_memory_on_cpu_and_the_trainer_does_not(tmp_path, monkeypatch):
     """keep_freed_memory changes the whole process's malloc: `oqat train` and `oqat run` (torchrun
     runs them too) set it where training runs on the CPU; the library leaves the process alone."""
-    import oqat.distributed
-    import oqat.pipeline
-    import oqat.train
+    import oqat.core.distributed
+    import oqat.run.pipeline
+    import oqat.train.trainer
 
     calls = []
-    monkeypatch.setattr(oqat.train, "keep_freed_memory", lambda: calls.append("keep"))
-    monkeypatch.setattr(oqat.train, "train", lambda cfg: calls.append("train") or {})
-    monkeypatch.setattr(oqat.pipeline, "run_pipeline", lambda cfg: calls.append("run"))
-    monkeypatch.setattr(oqat.distributed, "device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(oqat.train.trainer, "keep_freed_memory", lambda: calls.append("keep"))
+    monkeypatch.setattr(oqat.train.trainer, "train", lambda cfg: calls.append("train") or {})
+    monkeypatch.setattr(oqat.run.pipeline, "run_pipeline", lambda cfg: calls.append("run"))
+    monkeypatch.setattr(oqat.core.distributed, "device", lambda: torch.device("cpu"))
     assert main(["train", *TINY, f"run.dir={tmp_path / 'a'}", "--quiet"]) == 0
     assert main(["run", *TINY, f"run.dir={tmp_path / 'b'}", "--quiet"]) == 0
     assert calls == ["keep", "train", "keep", "run"]
-    monkeypatch.setattr(oqat.distributed, "device", lambda: torch.device("cuda", 0))
+    monkeypatch.setattr(oqat.core.distributed, "device", lambda: torch.device("cuda", 0))
     assert main(["train", *TINY, f"run.dir={tmp_path / 'c'}", "--quiet"]) == 0
     assert calls[4:] == ["train"]
     Trainer(tiny(tmp_path / "d"))
@@ -168,7 +169,7 @@ def test_grad_clip_bounds_the_global_gradient_norm(tmp_path, monkeypatch):
 
 def test_reinit_semantics_and_lr_schedule(tmp_path):
     net = Supernet(Trainer(tiny(tmp_path / "a")).space, 4)
-    files.save_supernet(net, str(tmp_path / "b4.pt"))
+    checkpoints.save_supernet(net, str(tmp_path / "b4.pt"))
     assert not Trainer(tiny(tmp_path / "a", f"train.init_from={tmp_path / 'b4.pt'}")).reinit
     assert Trainer(tiny(tmp_path / "a", f"train.init_from={tmp_path / 'b4.pt'}", "train.bits=3")).reinit
     assert Trainer(tiny(tmp_path / "a", f"train.init_from={tmp_path / 'b4.pt'}",
@@ -241,7 +242,7 @@ def test_a_teacher_teaches_every_subnet_of_the_sandwich(tmp_path):
     space = get_space("mini").with_data(1, 10)
     torch.manual_seed(5)
     teacher = Supernet(space, 32)
-    files.save_supernet(teacher, str(tmp_path / "teacher.pt"))
+    checkpoints.save_supernet(teacher, str(tmp_path / "teacher.pt"))
     cfg = tiny(tmp_path / "run", f"train.teacher_file={tmp_path / 'teacher.pt'}", "train.bits=32", "train.grad_clip=0",
                "data.augment=false")
     t = Trainer(cfg)
@@ -266,10 +267,10 @@ def test_a_teacher_teaches_every_subnet_of_the_sandwich(tmp_path):
     assert augmented.teacher.table is None
     # A standalone training's file teaches with the one architecture it trained.
     alone = "mini:r28:k5e3-k3e2.k3e2-k3e2-k7e4"
-    files.save_supernet(teacher, str(tmp_path / "alone.pt"), {"config": {"train": {"arch": alone}}})
+    checkpoints.save_supernet(teacher, str(tmp_path / "alone.pt"), {"config": {"train": {"arch": alone}}})
     t = Trainer(tiny(tmp_path / "alone", f"train.teacher_file={tmp_path / 'alone.pt'}", "data.augment=false"))
     assert t.teacher.net.arch.to_str() == alone
-    files.save_supernet(Supernet(get_space("mini").with_data(1, 5), 32), str(tmp_path / "five.pt"))
+    checkpoints.save_supernet(Supernet(get_space("mini").with_data(1, 5), 32), str(tmp_path / "five.pt"))
     with pytest.raises(ValueError, match="train.teacher_file .*five.pt' is for 1-channel, 5-class data"):
         Trainer(tiny(tmp_path / "five", f"train.teacher_file={tmp_path / 'five.pt'}"))
 
@@ -300,12 +301,12 @@ def test_elastic_fields_limit_what_the_sandwich_varies(tmp_path):
 
 
 def test_a_stage_may_set_its_own_elastic_fields_random_subnets_and_teacher(tmp_path, monkeypatch):
-    from oqat import pipeline
+    from oqat.run import pipeline
     seen = []
 
     def record(cfg):  # what each stage would train, and the file the next stage starts from
         seen.append((cfg.train.sandwich_random, cfg.train.elastic, cfg.train.teacher_file))
-        files.save_supernet(Supernet(get_space("mini").with_data(3, 10), cfg.train.bits),
+        checkpoints.save_supernet(Supernet(get_space("mini").with_data(3, 10), cfg.train.bits),
                             os.path.join(cfg.run.dir, "supernet.pt"))
 
     monkeypatch.setattr(pipeline, "train", record)

@@ -17,7 +17,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC, INCLUDE = os.path.join(HERE, "src"), os.path.join(HERE, "include")
 LIBRARY = "liboqat_rt.so"
-# -ffp-contract=off: no FMA, one rounding per operation, as oqat/requant.py's rule says.
+# -ffp-contract=off: no FMA, one rounding per operation, as oqat/quant/requant.py's rule says.
 FLAGS = ["-std=c11", "-O3", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-math-errno", "-Wall", "-Wextra"]
 STRICT = ["-Werror"]  # what the tests build with
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g", "-O1"]

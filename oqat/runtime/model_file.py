@@ -13,7 +13,7 @@ Little-endian throughout:
 
 A value is float32 or, where an op writes its consumer's codes, uint8 codes u = q - qn of the
 quantizer (out_step, out_qn, out_qp); shapes follow from the ops ((h, w, c), NHWC). Weight codes
-stay at their bit width: `oqat.packed.pack`'s little-endian bit stream. A quantized conv's
+stay at their bit width: `oqat.nets.packed.pack`'s little-endian bit stream. A quantized conv's
 epilogue (scale, shift) is `requant.fold`'s; every other float is the network's own.
 """
 import dataclasses
@@ -24,10 +24,11 @@ import zlib
 import numpy as np
 import torch
 
-from .. import checkpoint, requant
-from ..packed import code_width, pack, unpack, weight_codes
-from ..quant import FULL_PRECISION, LSQ, qrange
-from ..subnet import Subnet
+from ..core import io
+from ..nets.packed import code_width, pack, unpack, weight_codes
+from ..nets.subnet import Subnet
+from ..quant import requant
+from ..quant.lsq import FULL_PRECISION, LSQ, qrange
 
 MAGIC, VERSION = b"OQRT", 1
 NONE = 0xFFFFFFFF  # no value, no blob
@@ -219,7 +220,7 @@ def to_bytes(net: Subnet) -> bytes:
 def write(net: Subnet, path: str) -> None:
     """`net` as a runtime model file at `path`, atomically."""
     data = to_bytes(net)
-    checkpoint.atomic_write(path, lambda f: f.write(data))
+    io.atomic_write(path, lambda f: f.write(data))
 
 
 # --- reading and checking -------------------------------------------------------------------

@@ -1,5 +1,5 @@
 /* oqat's low-bit CPU runtime: runs a network exported by oqat (oqat.runtime.write, a .oqrt
- * file) on its integer codes, with the arithmetic of oqat/requant.py, so its codes equal
+ * file) on its integer codes, with the arithmetic of oqat/quant/requant.py, so its codes equal
  * PyTorch's exact evaluation.
  *
  *   oqat_rt_model *m = oqat_rt_load("model.oqrt", NULL);

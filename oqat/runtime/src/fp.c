@@ -1,5 +1,5 @@
 /* The full-precision parts of a network (the stem conv with its folded BN and activation, SE,
- * global pooling, the classifier) and the quantizer, as oqat/requant.py computes them: each
+ * global pooling, the classifier) and the quantizer, as oqat/quant/requant.py computes them: each
  * reduction summed in float64 and rounded to float32 once, everything after it in float32, one
  * rounding per operation. Compiled once per instruction set (OQ_FP names the table): the sums
  * vectorize over channels or over fixed partial sums, each summed in the same order in every

@@ -1,5 +1,5 @@
 /* Compute kernels of oqat's quantized convolutions: a 1x1 conv (a GEMM over NHWC rows) and a
- * depthwise kxk conv, on integer codes, with the epilogue of oqat/requant.py fused.
+ * depthwise kxk conv, on integer codes, with the epilogue of oqat/quant/requant.py fused.
  *
  * Changes to the contract first given (also in /tmp/kernels_contract_changes.txt):
  *  - oq_kernels_error(): why oq_kernels_select / oq_kernels_by_name returned NULL.

@@ -104,7 +104,7 @@ static float *floats(const file *f, uint32_t index, size_t count, const char *wh
   return out;
 }
 
-/* Weight codes at `bits` (the little-endian bit stream of oqat.packed.pack) as int8, each
+/* Weight codes at `bits` (the little-endian bit stream of oqat.nets.packed.pack) as int8, each
    checked to be a code of the quantizer. */
 static int8_t *codes(const file *f, uint32_t index, size_t count, int bits, const char *where, size_t *file_bytes) {
   int width = code_width(bits), qn = bits == 1 ? -1 : -(1 << (bits - 1)), qp = bits == 1 ? 1 : (1 << (bits - 1)) - 1;

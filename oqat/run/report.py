@@ -1,0 +1,203 @@
+"""The run's report: results.json (everything measured), report.md and PNG plots."""
+import math
+import os
+
+from ..core import io, typed
+from ..deploy.export import speedup
+from ..files import records
+from ..files.layout import BEST, RunLayout, TrainingLayout
+from ..quant.precision import Precision
+
+
+def _by_precision(results: dict) -> list:
+    """A results dict keyed by precision (a group of exports may be BEST, last) in reading order."""
+    return sorted(results.items(), key=lambda kv: (1,) if kv[0] == BEST else (0, *Precision.of(kv[0]).order))
+
+
+def _label(group) -> str:
+    return group if group == BEST else Precision.of(group).label
+
+
+def compare_at_budgets(fronts: dict, n: int = 8) -> list[dict]:
+    """At n BitOPs budgets spaced evenly (log scale) from the smallest to the largest uniform
+    front member, the most accurate (val) mixed and uniform front members within each."""
+    uniform = [p for k, f in fronts.items() if not Precision.of(k).mixed for p in f]
+    mixed = [p for k, f in fronts.items() if Precision.of(k).mixed for p in f]
+    if not uniform or not mixed:
+        return []
+    lo, hi = min(p["bitops"] for p in uniform), max(p["bitops"] for p in uniform)
+    rows = []
+    for i in range(n):
+        budget = lo * (hi / lo) ** (i / (n - 1))
+        best = {}
+        for kind, points in (("mixed", mixed), ("uniform", uniform)):
+            within = [p for p in points if p["bitops"] <= budget * (1 + 1e-9)]
+            best[kind] = max(within, key=lambda p: p["val_top1"]) if within else None
+        rows.append({"bitops": budget, **best})
+    return rows
+
+
+def _plot_fronts(searches: dict, path: str) -> None:
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    for key, s in _by_precision(searches):
+        pts = [(p["bitops"], p["val_top1"]) for p in s.get("evaluated", [])]
+        line = ax.plot(*zip(*sorted((p["bitops"], p["val_top1"]) for p in s["front"])),
+                       marker="o", lw=1.5, label=f"{_label(key)} front")[0]
+        if pts:
+            ax.scatter(*zip(*pts), s=8, alpha=0.25, color=line.get_color())
+    ax.set_xscale("log")
+    ax.set(xlabel="BitOPs", ylabel="val top-1 (%)", title="OQAT fronts per precision (dots: evaluated subnets)")
+    ax.legend()
+    io.write_png(path, fig)
+
+
+def _plot_training(run_dir: str, stages: list[dict], path: str) -> None:
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 3.6))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    offset = 0
+    for st in stages:
+        steps, epochs = [], []
+        for rec in records.read_metrics(TrainingLayout(os.path.join(run_dir, st["dir"])).metrics):
+            (steps if rec["kind"] == "step" else epochs).append(rec)
+        label = _label(st["bits"])
+        if steps:
+            ax_loss.plot([offset + r["epoch"] for r in steps], [r["loss"] for r in steps], lw=1, label=label)
+        for key, style in (("val_top1_largest", "-o"), ("val_top1_smallest", "--s")):
+            if epochs and key in epochs[0]:
+                ax_acc.plot([offset + r["epoch"] for r in epochs], [r[key] for r in epochs], style,
+                            label=f"{label} {key.split('_')[-1]}")
+        offset += st["epochs"]
+    ax_loss.set(xlabel="epoch (all stages)", ylabel="loss (largest subnet)", title="Training")
+    ax_acc.set(xlabel="epoch (all stages)", ylabel="val top-1 (%)", title="Largest and smallest subnets")
+    ax_loss.legend(fontsize=8)
+    ax_acc.legend(fontsize=8)
+    io.write_png(path, fig)
+
+
+def write_report(cfg, stages: list[dict], searches: dict, exported: dict, wall_s: float,
+                 recommended: dict | None = None) -> dict:
+    run = RunLayout(cfg.run.dir)
+    for bits in searches:  # the plot shows every evaluated point too
+        ev = run.search(bits).evaluated
+        if os.path.isfile(ev):
+            searches[bits] = {**searches[bits], "evaluated": records.read_evaluated(ev)}
+    plots = []
+    if searches:
+        _plot_fronts(searches, run.fronts_plot)
+        plots.append(run.relative(run.fronts_plot))
+    if stages:
+        _plot_training(run.root, stages, run.training_plot)
+        plots.append(run.relative(run.training_plot))
+    results = {"config": typed.to_dict(cfg), "wall_s_this_invocation": wall_s, "stages": stages,
+               "family": {b: s["family"] for b, s in searches.items()},
+               "fronts": {b: s["front"] for b, s in searches.items()},
+               "export": exported, "plots": plots}
+    if recommended:
+        results["recommended"] = recommended
+    if (table := compare_at_budgets(results["fronts"])):
+        results["mixed_vs_uniform"] = table
+    io.write_json(run.results, results)
+    io.write_text(run.report, markdown(results))
+    return results
+
+
+def _accuracy_note(cfg: dict) -> str:
+    """Which images the search's val top-1 and the test top-1 are on."""
+    val = min(cfg["search"]["val_images"] or cfg["data"]["val_size"], cfg["data"]["val_size"])
+    return f"Val top-1 on {val:,} held-out training images, test top-1 on the whole test split."
+
+
+def markdown(r: dict) -> str:
+    cfg = r["config"]
+    lines = [f"# OQAT run: {cfg['data']['name']}, space `{cfg['model']['space']}`", "",
+             "## Stages", "", "| # | bits | epochs | wall (s) | val top-1 largest | val top-1 smallest |",
+             "|---|---|---|---|---|---|"]
+
+    def fmt(v):
+        return f"{v:.2f}" if isinstance(v, (int, float)) else "-"
+
+    for s in r["stages"]:
+        m = s.get("metrics") or {}
+        lines.append(f"| {s['index']} | {_label(s['bits'])} | {s['epochs']} | {fmt(s.get('wall_s'))} | "
+                     f"{fmt(m.get('val_top1_largest'))} | {fmt(m.get('val_top1_smallest'))} |")
+    if r["family"]:
+        budgets = r["config"]["search"]["family"]
+        lines += ["", "## OQATNets: the S, M, L family of each bit-width",
+                  "", "The most accurate front subnet (chosen on val; test top-1 reported) within "
+                  + ", ".join(f"{name} {100 * f:g}%" for name, f in zip("SML", budgets))
+                  + f" of the largest subnet's BitOPs. {_accuracy_note(cfg)} Size: the weights at their bits "
+                  "(analytic).",
+                  "", "| bits | net | architecture | val top-1 | test top-1 | MACs | BitOPs | FLOPs_q | size (KiB) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for bits, fam in _by_precision(r["family"]):
+            for name, b in fam.items():
+                if b is None:
+                    lines.append(f"| {_label(bits)} | {name} | none on the front within budget | | | | | | |")
+                    continue
+                lines.append(f"| {_label(bits)} | {name} | `{b['arch']}` | {b['val_top1']:.2f} | "
+                             f"{b.get('test_top1', float('nan')):.2f} | {b['macs'] / 1e6:.2f} M | "
+                             f"{b['bitops'] / 1e6:.1f} M | {b['flops_q'] / 1e6:.2f} M | "
+                             f"{b['size_bits'] / 8192:.1f} |")
+        lines += ["", "## Pareto fronts", ""]
+        for bits, front in _by_precision(r["fronts"]):
+            lines.append(f"- {_label(bits)}: " + ", ".join(f"{p['bitops'] / 1e6:.1f} M BitOPs -> "
+                                                          f"{p['val_top1']:.2f}%" for p in front))
+    if r.get("recommended"):
+        lines += ["", "## Recommended family: every front together",
+                  "", "Three distinct subnets of any precision, uniform or mixed: each budget's most accurate (val) "
+                  "within its fraction of the largest subnet's BitOPs and of its MACs (a CPU's time follows the "
+                  f"MACs more than the bits), none taken twice. {_accuracy_note(cfg)}", "",
+                  "| net | bits | architecture | val top-1 | test top-1 | BitOPs |", "|---|---|---|---|---|---|"]
+        for name, b in r["recommended"].items():
+            lines.append(f"| {name} | none within budget | | | | |" if b is None else
+                         f"| {name} | {_label(b['bits'])} | `{b['arch']}` | {b['val_top1']:.2f} | "
+                         f"{b.get('test_top1', math.nan):.2f} | {b['bitops'] / 1e6:.1f} M |")
+    if r.get("mixed_vs_uniform"):
+        lines += ["", "## Mixed against uniform precision at equal BitOPs", "",
+                  "The best front member (val) within each budget; test top-1 in brackets.", "",
+                  "| BitOPs budget | mixed | uniform | mixed - uniform (val) |", "|---|---|---|---|"]
+        for row in r["mixed_vs_uniform"]:
+            m, u = row["mixed"], row["uniform"]
+            cell = ("-" if p is None else f"{p['val_top1']:.2f} ({p.get('test_top1', math.nan):.2f}), "
+                    f"{p['bitops'] / 1e6:.1f} M" for p in (m, u))
+            gap = f"{m['val_top1'] - u['val_top1']:+.2f}" if m and u else "-"
+            lines.append(f"| {row['bitops'] / 1e6:.1f} M | " + " | ".join(cell) + f" | {gap} |")
+    where = [(k, p) for k, f in r["fronts"].items() if Precision.of(k).mixed for p in f if "stage_bits" in p]
+    if where:
+        lines += ["", "## Where the bits went", "", "Bits of each mixed front member: first block | each stage's "
+                  "blocks | head.", "", "| BitOPs | val top-1 | first | stages | head |", "|---|---|---|---|---|"]
+        for _, p in sorted(where, key=lambda kp: kp[1]["bitops"]):
+            sb = p["stage_bits"]
+            stages = " / ".join("".join(map(str, st)) for st in sb["stages"])
+            lines.append(f"| {p['bitops'] / 1e6:.1f} M | {p['val_top1']:.2f} | {sb['first_block']} | {stages} | "
+                         f"{sb['head']} |")
+    if r["export"]:
+        lines += ["", "## Exported (integer ONNX, QONNX, packed weights)", "",
+                  "Files: .onnx is model.onnx (the integer graph, weights at INT4/INT2 and their scales), packed is "
+                  "weights.oqpk (codes at their bits with BN and steps, in a torch zip), fp32 the same network's "
+                  "float graph. Test top-1 on the test images each row names (the tables above use the whole "
+                  "test split). Speed-up: the fastest fp32 engine's median ms over the fastest export's; below 1 "
+                  "the export is slower.", "",
+                  "| bits | net | folder | .onnx (KiB) | packed (KiB) | fp32 (KiB) | test top-1 per runtime "
+                  "(agreement with PyTorch) | speed-up over fp32, batch 1, 16 |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for bits, members in _by_precision(r["export"]):
+            for name, f in members.items():
+                t, s, sp = f.get("test") or {}, f["sizes"], f.get("speed")
+                top1 = ", ".join(f"{rt} {v['top1']:.2f}% ({v['top1_agreement']:.2f}%)"
+                                 for rt, v in t.get("runtimes", {}).items()) or "not measured"
+                top1 = f"{t['n']:,} images: {top1}" if t else top1
+                ratios = ", ".join(f"{speedup(ms):.2f}x" for ms in sp["batches"].values()) if sp else "not measured"
+                kib = " | ".join(f"{s[k] / 1024:,.1f}" for k in ("onnx", "packed", "fp32"))  # the CLI's unit
+                lines.append(f"| {_label(bits)} | {name} | {f['dir']} | {kib} | "
+                             f"{top1} | {ratios} |")
+        # The machine without its torch part, whose thread count is torch's setting, not the timing's.
+        timed = {(f["speed"]["threads"], f["machine"].split(", torch")[0]) for members in r["export"].values()
+                 for f in members.values() if f.get("speed")}
+        lines += [f"\nSpeed measured with {t} thread(s) on {m}; each member's MODEL_CARD.md has the times."
+                  for t, m in sorted(timed)]
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r["plots"]]
+    return "\n".join(lines) + "\n"
