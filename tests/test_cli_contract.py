@@ -54,7 +54,8 @@ def test_commands_on_a_runs_file_say_so_in_help():
 # Each command with an output, with a missing input: the output must be refused first.
 OUTPUT_ARGV = {
     "convert-oqa": ["missing.pth", "--bits", 4], "inherit": ["missing.pt", "--bits", 2], "analyze": ["missing-run"],
-    "export": ["missing.pt"], "latency": ["missing.pt"], "search": ["missing.pt"], "sample": ["missing.pt", "--n", 2],
+    "export": ["missing.pt"], "latency": ["missing.pt"], "latency-model": ["missing.pt"], "search": ["missing.pt"],
+    "sample": ["missing.pt", "--n", 2],
 }
 
 

@@ -59,7 +59,7 @@ def test_a_bad_config_is_refused_before_any_work(command, override, message, tmp
     (["data.root=/nonexistent", "data.download=false"], "data.root '/nonexistent' is not a folder"),
     (["data.root=/nonexistent"], "data.root '/nonexistent' is not a folder"),  # a typo, not a place to download to
     (["data.root=/nonexistent", "data.name=imagefolder"], "'/nonexistent/train' not found"),
-    (["search.budgets=['latency<=3']"], "latency needs --latency-table"),
+    (["search.budgets=['latency<=3']"], "latency needs a latency model"),
     (["train.init_from=/nonexistent.pt"], "train.init_from '/nonexistent.pt' not found"),
     (["train.teacher_file=/nonexistent.pt"], "train.teacher_file '/nonexistent.pt' not found"),
 ])
@@ -123,7 +123,7 @@ def test_budgets_are_parsed_as_the_config_loads_and_dumped_as_text(tmp_path):
     assert typed.load(ExperimentConfig, str(tmp_path / "config.yaml")) == cfg
     assert "budgets: [bitops<=3e+07, latency<=2.5]  #" in typed.describe(cfg)
     cfg.search.check_metrics(latency=True)
-    with pytest.raises(ValueError, match="latency needs --latency-table"):
+    with pytest.raises(ValueError, match="latency needs a latency model"):
         cfg.search.check_metrics(latency=False)
     with pytest.raises(typed.ConfigError, match=r"^field 'search.budgets\[0\]' expects Budget text, got 3$"):
         typed.apply_overrides(cfg, ["search.budgets=[3]"])

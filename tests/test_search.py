@@ -109,7 +109,7 @@ def test_budget_errors():
                                             "flops_q, size_bits, latency$"):
         Budget.parse("flops<=3")
     with pytest.raises(BudgetError, match="unknown budget metric 'latency'; valid: macs, params, bitops, "
-                                            "flops_q, size_bits .latency needs --latency-table"):
+                                            "flops_q, size_bits .latency needs a latency model"):
         check_metric("latency", latency=False)
     check_metric("latency", latency=True)
     assert Budget.parse("latency <= 2.5") == Budget("latency", 2.5)

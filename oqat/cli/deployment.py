@@ -1,4 +1,4 @@
-"""The commands on deployed networks: export, latency, predict.
+"""The commands on deployed networks: export, latency, latency-model, predict.
 """
 import json
 import os
@@ -106,6 +106,53 @@ def cmd_latency(args):
         print_table(rows, f"{arch} ({bits_label(net.bits)}) on {cpu_model()}, {args.threads} thread(s)")
     if args.table:
         print(f"updated {args.table}", file=sys.stderr)
+
+
+def add_latency_model(sub):
+    p = sub.add_parser("latency-model", help="measure what each part of a space's networks costs in oqat's runtime "
+                                             "here: a file that prices any architecture in ms (search budgets "
+                                             "latency<=MS)")
+    p.add_argument("supernet", help="a supernet file: its space and bit-width(s) are modelled")
+    add_output(p, "--out", False, required=True, help="the latency model file to write (JSON)")
+    p.add_argument("--threads", type=int, default=1, help="runtime threads the times hold for (default 1)")
+    p.add_argument("--batch", type=int, default=1, help="batch size the times hold for (default 1)")
+    p.add_argument("--rounds", type=int, default=7, help="timed runs per measured network; medians kept (default 7)")
+    p.add_argument("--resolutions", type=int, nargs="+", default=None,
+                   help="resolutions to measure (default: the space's, about every 16 px); others are interpolated")
+    p.set_defaults(func=cmd_latency_model)
+
+
+def cmd_latency_model(args):
+    from tqdm import tqdm
+
+    from ..files.checkpoints import load_supernet
+    from ..quant.lsq import FULL_PRECISION
+    from ..runtime import latency_model
+    if args.threads < 1 or args.batch < 1 or args.rounds < 1:
+        raise ValueError(f"--threads, --batch and --rounds must be >= 1, got {args.threads}, {args.batch}, "
+                         f"{args.rounds}")
+    net, _ = load_supernet(args.supernet)
+    widths = net.space.bit_widths or (net.bits,)
+    if widths == (FULL_PRECISION,):
+        raise ValueError(f"'{args.supernet}' is a full-precision supernet: oqat's runtime runs quantized networks")
+    bad = [r for r in args.resolutions or [] if r not in net.space.resolutions]
+    if bad:
+        raise ValueError(f"--resolutions {bad} are not in space '{net.space.name}' ({list(net.space.resolutions)})")
+    partial = args.out + ".partial"  # the measurements so far: a stopped build resumes from them
+    bar = tqdm(desc="latency model", unit="net", dynamic_ncols=True)
+
+    def progress(done, total):
+        bar.total = total
+        bar.update(done - bar.n)
+
+    model = latency_model.build(net.space, widths, args.threads, args.batch, args.rounds,
+                                tuple(sorted(args.resolutions)) if args.resolutions else None, partial, progress)
+    bar.close()
+    model.save(args.out)
+    os.remove(partial)
+    print(f"wrote {args.out}: {len(model.parts):,} parts of space '{model.space.name}' at "
+          f"{', '.join(map(str, model.bits))} bits, {model.resolutions[0]}-{model.resolutions[-1]} px; "
+          f"{model.describe()}")
 
 
 def add_predict(sub):

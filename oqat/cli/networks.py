@@ -27,6 +27,8 @@ def add_cost(sub):
     p.add_argument("--bits", type=bits_option, default=None,
                    help="weight and activation bits (32 = full precision; default: the bits an export's arch.json "
                         "records, else 4)")
+    p.add_argument("--latency-model", default=None,
+                   help="latency model file (oqat latency-model): also print the predicted ms in oqat's runtime")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_cost)
 
@@ -40,6 +42,13 @@ def cmd_cost(args):
     if args.bits is None:
         args.bits = arch_bits(args.arch) or 4
     result = arch_metrics(arch, space, args.bits)
+    if args.latency_model:
+        from ..nets.budget import LATENCY
+        from ..runtime import latency_model
+        from ..space.builtin import get_space
+        model = latency_model.load(args.latency_model)
+        model.check_precision(arch.b and tuple(sorted(set(arch.b))) or args.bits, space or get_space(arch.space))
+        result[LATENCY] = model.predict(arch, None if arch.b else args.bits)
     if args.json:
         print(json.dumps(result))
     else:
@@ -80,7 +89,8 @@ def cmd_inherit(args):
 
 def _readable(costs: dict) -> dict:
     """Costs as printed: size in KiB, the unit of the report and of the export's sizes."""
-    return {("size (KiB)" if k == "size_bits" else k): (v / 8192 if k == "size_bits" else v) for k, v in costs.items()}
+    names = {"size_bits": "size (KiB)", "latency": "latency (ms, predicted)"}
+    return {names.get(k, k): (v / 8192 if k == "size_bits" else v) for k, v in costs.items()}
 
 
 def add_eval(sub):
@@ -124,7 +134,8 @@ def add_search(sub):
     p = sub.add_parser("search", help="NSGA-II Pareto search of val top-1 against cost under budgets")
     add_supernet_options(p)
     add_settings(p, *(f"search.{name}" for name in
-                      ("budgets", "metric", "population", "generations", "val_images", "predictor")), of_run=True)
+                      ("budgets", "metric", "population", "generations", "val_images", "predictor",
+                       "latency_model")), of_run=True)
     p.add_argument("--latency-table", default=None,
                    help="latency table of `oqat latency --table` (same bits as CHECKPOINT) enabling the latency metric")
     p.add_argument("--pairs", default=None, help="(arch, val_top1) JSON (oqat sample) to start the predictor from")
@@ -140,16 +151,25 @@ def cmd_search(args):
     from ..search import search
     from ..search.front import write_outputs
     latency = args.latency_table is not None
-    settings(args).search.check_metrics(latency)  # the options given: their mistakes stop before the data loads
+    given = settings(args).search
+    given.check_metrics(latency)  # the options given: their mistakes stop before the data loads
+    if given.latency_model is not None and latency:
+        raise ValueError("give --latency-table or --latency-model, not both")
+    model = _latency_model(given.latency_model)
     net, cfg, data_cfg, splits = open_network(args)
     s = cfg.search
-    s.check_metrics(latency)
+    if not latency and s.latency_model not in (None, "build"):  # the run's own file, where it named one
+        model = model or _latency_model(s.latency_model)
+    s.check_metrics(latency or model is not None)
     table = load_latency_table(args.latency_table, net.space, net.bits) if latency else None
     if table:
         print(f"  latency table: {len(table['ms'])} subnets at {bits_label(table['bits'])} on {table['device']}, "
               f"{table['threads']} thread(s)", file=sys.stderr)
+    if model:
+        model.check_precision(net.bits, net.space)
+        print(f"  latency model: {model.describe()}", file=sys.stderr)
     pairs = load_pairs(args.pairs, net.space) if args.pairs else None
-    result = search(net, data_cfg, splits, s, table and table["ms"], pairs,
+    result = search(net, data_cfg, splits, s, model or (table and table["ms"]), pairs,
                     log=lambda text: print(f"  {text}", file=sys.stderr, flush=True))
     write_outputs(result, args.out)
     m, n_val = result.metric, min(s.val_images or len(splits.val), len(splits.val))
@@ -159,6 +179,15 @@ def cmd_search(args):
         print(f"  {p['arch']:<48} {value}  val {p['val_top1']:6.2f}%  test {p['test_top1']:6.2f}%")
     print(f"wrote {SearchLayout(args.out).pareto} ({len(result.front)} on the front, {result.evaluations} evaluated"
           f"{f', {result.predicted} predicted only' if result.settings['predictor'] else ''}, {result.seconds:.0f} s)")
+
+
+def _latency_model(path: str | None):
+    """The latency model file `path` names (None: none), checked as measured on this machine."""
+    from ..runtime import latency_model
+    if path == "build":
+        raise ValueError("search.latency_model: build measures a model in oqat run; here give its file "
+                         "(oqat latency-model SUPERNET --out FILE, or a run's latency_model.json)")
+    return latency_model.load(path) if path else None
 
 
 def add_sample(sub):

@@ -8,13 +8,13 @@ import argparse
 import os
 import sys
 
-from .deployment import add_export, add_latency, add_predict
+from .deployment import add_export, add_latency, add_latency_model, add_predict
 from .networks import add_convert_oqa, add_cost, add_eval, add_inherit, add_sample, add_search
 from .options import check_outputs
 from .runs import add_analyze, add_config, add_run, add_train
 
 PARSERS = [add_run, add_cost, add_convert_oqa, add_inherit, add_analyze, add_train, add_config, add_export,
-           add_latency, add_predict, add_eval, add_search, add_sample]
+           add_latency, add_latency_model, add_predict, add_eval, add_search, add_sample]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,12 +14,13 @@ no workflow module (train, pipeline, search...): they import it.
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ..data.config import DataConfig
 from ..data.splits import check_source
 from ..files.architectures import read_arch
 from ..files.layout import RunLayout
-from ..nets.budget import Budget, check_metric
+from ..nets.budget import LATENCY, Budget, check_metric
 from ..quant.precision import Precision
 from ..space.builtin import get_space
 from ..space.structure import ArchField
@@ -123,7 +124,9 @@ class SearchConfig:
     calib_images: int = 500  # BN recalibration images per subnet (search, eval, sample and export alike)
     seed: int = 0  # seeds the BN calibration subset (eval, export, sample, search) and the search's draws
     predictor: bool = False  # pre-screen candidates with the accuracy predictor
-    family: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # S, M, L budgets: fractions of the largest subnet's BitOPs (the paper's OQATNets)
+    family: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])  # S, M, L budgets: fractions of the largest subnet's BitOPs (the paper's OQATNets), or of its ms (family_by)
+    family_by: Literal["bitops", "latency"] = "bitops"  # what the family's fractions are of: BitOPs (the paper's) or the latency model's ms
+    latency_model: str | None = None  # latency model file (oqat latency-model) pricing any architecture in ms in oqat's runtime here, for latency budgets; in oqat run, "build" measures one as a step
 
     def __post_init__(self):
         f = self.family
@@ -134,12 +137,14 @@ class SearchConfig:
         _at_least(self, 2, "population")
         _at_least(self, 0, "generations")
         _at_least(self, 1, "val_images", "calib_images")
+        if self.family_by == LATENCY and self.latency_model is None:
+            raise ValueError("family_by: latency needs a latency model (search.latency_model: a file, or build)")
 
     def check_metrics(self, latency: bool) -> None:
-        """Its budgets' metrics and `metric` can be computed: latency only with a latency table,
-        which `oqat search --latency-table` gives and `oqat run` never has."""
+        """Its budgets' metrics and `metric` can be computed: latency only with a latency model
+        (`latency_model`) or, in `oqat search`, a latency table."""
         for metric in [b.metric for b in self.budgets] + ([self.metric] if self.metric else []):
-            check_metric(metric, latency)
+            check_metric(metric, latency or self.latency_model is not None)
 
 
 @dataclass

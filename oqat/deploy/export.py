@@ -48,6 +48,7 @@ from ..quant import requant
 from ..quant.lsq import FULL_PRECISION, qrange, set_bits_
 from ..quant.precision import Precision
 from ..runtime import model_file as runtime_file
+from ..runtime.latency_model import LatencyModel
 from ..train.evaluate import prepare_subnet, resize
 from .runners import Runner, export_runners, parity, speed, widened
 
@@ -338,12 +339,13 @@ def sizes(model: onnx.ModelProto, fp32: onnx.ModelProto, paths: dict[str, str]) 
 def export(net: Subnet, out_dir: str, test: tuple[torch.Tensor, torch.Tensor] | None = None,
            mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
            source: str | None = None, speed_rounds: int = 5, preprocess: dict | None = None,
-           classes: tuple[str, ...] | None = None, data: DataConfig | None = None) -> dict:
+           classes: tuple[str, ...] | None = None, data: DataConfig | None = None,
+           latency: LatencyModel | None = None) -> dict:
     """Write model.onnx (integer graph), model.qonnx.onnx, weights.oqpk, arch.json and
     MODEL_CARD.md for `net` (eval mode, BN final) into out_dir. `test` = (normalised images
     at net.arch.r, labels) gives the card the test top-1 of PyTorch and of each runtime;
-    `speed_rounds` > 0 times the export against its fp32 self on this machine. Returns the
-    card's facts."""
+    `speed_rounds` > 0 times the export against its fp32 self on this machine; `latency` adds
+    its latency model's prediction. Returns the card's facts."""
     net = net.eval()
     os.makedirs(out_dir, exist_ok=True)
     out = ExportLayout(out_dir)
@@ -374,6 +376,9 @@ def export(net: Subnet, out_dir: str, test: tuple[torch.Tensor, torch.Tensor] | 
         runners = {**export_runners(fp32, None, 1, "fp32"),
                    **export_runners(model, paths.get("runtime"), 1)}
         facts["speed"] = speed(runners, tuple(facts["input"]), rounds=speed_rounds)
+    if latency is not None:
+        facts["latency_model"] = {"predicted_ms": latency.predict(arch, None if arch.b else net.bits),
+                                  "threads": latency.threads, "batch": latency.batch, "model": latency.describe()}
     io.write_text(paths["card"], model_card(facts))
     return facts
 
@@ -384,13 +389,14 @@ def _top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def export_checkpoint(path: str, arch: str | None, out_dir: str, calib_images: int, test_images: int,
                       data_cfg: DataConfig | None = None, seed: int = 0, source: str | None = None,
-                      speed_rounds: int = 5) -> dict:
+                      speed_rounds: int = 5, latency: LatencyModel | None = None) -> dict:
     """The one path from a trained file to an export folder, for `oqat export` and `oqat run`:
     a supernet file's subnet of `arch` (any form `read_arch` reads, checked against the
     file's space) is extracted and its BN recalibrated on `calib_images`
     training images (the seeded subset a search with `seed` uses, so the export is the front's
     subnet), a subnet file's is taken as it is; then it is exported with its test top-1 on
-    `test_images` test images. Data: `data_cfg`, else the file's own data config."""
+    `test_images` test images. Data: `data_cfg`, else the file's own data config. `latency`: a
+    latency model whose prediction the card gives beside the measured time."""
     model, ckpt = checkpoints.load_model(path)
     arch = checkpoints.subnet_arch(model, arch, path)
     data_cfg = data_cfg or ckpt["data"]
@@ -409,7 +415,7 @@ def export_checkpoint(path: str, arch: str | None, out_dir: str, calib_images: i
         test = resize(torch.cat([x for x, _ in pairs]), net.arch.r), torch.cat([y for _, y in pairs])
     return export(net, out_dir, test, splits and splits.mean, splits and splits.std,
                   source or os.path.basename(path), speed_rounds, splits and splits.preprocess(net.arch.r),
-                  splits and splits.classes, data_cfg)
+                  splits and splits.classes, data_cfg, latency)
 
 
 def _bits_text(bits) -> str:
@@ -450,6 +456,10 @@ def model_card(f: dict) -> str:
                   "|---" * (len(names) + 2) + "|"]
         for b, ms in sp["batches"].items():
             lines.append(f"| {b} | " + " | ".join(f"{ms[n]:.3f}" for n in names) + f" | {speedup(ms):.2f}x |")
+    if (lm := f.get("latency_model")) is not None:
+        measured = measured_ms(f)
+        lines += ["", f"Predicted by the latency model ({lm['model']}): {lm['predicted_ms']:.3f} ms per batch of "
+                  f"{lm['batch']}" + (f"; measured above: {measured:.3f} ms." if measured is not None else ".")]
     lines += ["", "## Files", ""]
     if "runtime" in s:
         lines.append(f"- `{ExportLayout.RUNTIME}` ({s['runtime']:,} bytes): oqat's runtime's file, weight codes at "
@@ -466,6 +476,14 @@ def model_card(f: dict) -> str:
               f"{s['int8']:,} bytes",
               f"- `{ExportLayout.ARCH}`: the architecture", ""]
     return "\n".join(lines)
+
+
+def measured_ms(f: dict) -> float | None:
+    """The export's measured batch-1 ms in oqat's runtime, where its facts have one: what a
+    latency model's prediction (1 thread, batch 1) is compared with."""
+    sp = f.get("speed")
+    return (sp["batches"].get("1") or sp["batches"].get(1) or {}).get("oqat export") if sp and sp["threads"] == 1 \
+        else None
 
 
 def speedup(ms: dict[str, float]) -> float:

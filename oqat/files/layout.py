@@ -161,6 +161,10 @@ class RunLayout:
         return self._path("results.json")
 
     @property
+    def latency_model(self) -> str:
+        return self._path("latency_model.json")
+
+    @property
     def fronts_plot(self) -> str:
         return self._path("fronts.png")
 

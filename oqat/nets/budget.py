@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .cost import METRICS
 
-LATENCY = "latency"  # a budget metric read from a measured latency table (ms)
+LATENCY = "latency"  # ms of a run in oqat's runtime: from a latency model (any arch) or a measured table
 
 
 class BudgetError(ValueError):
@@ -17,10 +17,10 @@ class BudgetError(ValueError):
 
 
 def check_metric(metric: str, latency: bool = True) -> None:
-    """`metric` is a cost metric, or latency where a latency table gives it (`latency`)."""
+    """`metric` is a cost metric, or latency where a latency model or table gives it (`latency`)."""
     valid = METRICS + ((LATENCY,) if latency else ())
     if metric not in valid:
-        hint = "" if latency else f" ({LATENCY} needs --latency-table)"
+        hint = "" if latency else f" ({LATENCY} needs a latency model: search.latency_model, --latency-model)"
         raise BudgetError(f"unknown budget metric {metric!r}; valid: {', '.join(valid)}{hint}")
 
 

@@ -2,6 +2,7 @@
 
     stages (e.g. 4-bit supernet, inherit to 3 bits and train, inherit to 2 bits and train,
     optionally a mixed-precision stage that starts from the whole chain)
+    -> a latency model of the space in oqat's runtime, where search.latency_model asks for one
     -> search of each precision's final supernet (its S/M/L family named from the front)
     -> the recommended family, from every front together
     -> export of the families -> report
@@ -22,11 +23,15 @@ from ..data.splits import load_splits
 from ..deploy.export import export_checkpoint
 from ..files import checkpoints, records
 from ..files.layout import BEST, RunLayout
+from ..nets.budget import LATENCY
 from ..nets.cost import arch_metrics
 from ..quant.precision import Precision
+from ..runtime import latency_model
+from ..runtime.latency_model import LatencyModel
 from ..search import search
 from ..search.front import family, recommended, write_outputs
 from ..space.arch import Arch
+from ..space.builtin import get_space
 from ..train.inherit import inherit_file, mixed_file
 from ..train.trainer import train
 from .report import write_report
@@ -79,8 +84,30 @@ def final_supernets(cfg: ExperimentConfig, stages: list[dict]) -> dict[int | str
             for s in stages if not Precision.of(s["bits"]).full}
 
 
-def run_search(cfg: ExperimentConfig, supernets: dict[int | str, str]) -> dict[int | str, dict]:
-    """Each precision's search (pareto.json), with its S/M/L family named from the front."""
+def run_latency_model(cfg: ExperimentConfig, supernets: dict[int | str, str]) -> LatencyModel | None:
+    """search.latency_model's model: its file, or with "build" one measured here for every
+    searched width (`RunLayout.latency_model`; a stopped build resumes)."""
+    name = cfg.search.latency_model
+    if name is None:
+        return None
+    space = checkpoints.load_supernet(next(iter(supernets.values())))[0].space.with_bits(())
+    if name != "build":
+        return latency_model.load(name, space)
+    path = RunLayout(cfg.run.dir).latency_model
+    if not os.path.isfile(path):
+        widths = tuple(sorted({w for key in supernets for w in Precision.of(key).widths}))
+        _log(f"latency model: each part of space '{space.name}' at {', '.join(map(str, widths))} bits in oqat's "
+             "runtime, 1 thread, batch 1")
+        model = latency_model.build(space, widths, partial=path + ".partial")
+        model.save(path)
+        os.remove(path + ".partial")
+    return latency_model.load(path, space)
+
+
+def run_search(cfg: ExperimentConfig, supernets: dict[int | str, str],
+               latency: LatencyModel | None = None) -> dict[int | str, dict]:
+    """Each precision's search (pareto.json), with its S/M/L family named from the front; with
+    `latency`, every point priced in ms too."""
     results = {}
     for key, path in sorted(supernets.items(), key=lambda kv: Precision.of(kv[0]).order):
         out = RunLayout(cfg.run.dir).search(key)
@@ -89,7 +116,7 @@ def run_search(cfg: ExperimentConfig, supernets: dict[int | str, str]) -> dict[i
             _log(f"search: {Precision.of(net.bits).label} supernet, population {cfg.search.population}, "
                  f"{cfg.search.generations} generations")
             data_cfg = ckpt["data"] or cfg.data
-            result = search(net, data_cfg, load_splits(data_cfg), cfg.search,
+            result = search(net, data_cfg, load_splits(data_cfg), cfg.search, latency,
                             log=lambda text: None if cfg.run.quiet else print(f"  {text}", flush=True))
             write_outputs(result, out.root)
         results[key] = records.read_pareto(out.pareto)
@@ -97,8 +124,12 @@ def run_search(cfg: ExperimentConfig, supernets: dict[int | str, str]) -> dict[i
             for p in results[key]["front"]:
                 p["stage_bits"] = net.space.stage_bits(Arch.parse(p["arch"], net.space))
         largest = arch_metrics(net.space.largest(), net.space, net.bits)
-        results[key]["largest_bitops"], results[key]["largest_macs"] = largest["bitops"], largest["macs"]
-        results[key]["family"] = family(results[key]["front"], results[key]["largest_bitops"], cfg.search.family)
+        if latency:
+            largest[LATENCY] = latency.predict(net.space.largest(), None if net.space.bit_widths else net.bits)
+        results[key].update({f"largest_{m}": v for m, v in largest.items() if m in ("bitops", "macs", LATENCY)})
+        results[key]["family"] = family(results[key]["front"], {m: results[key][f"largest_{m}"] for m in
+                                                                ("bitops", LATENCY) if f"largest_{m}" in results[key]},
+                                        cfg.search.family, cfg.search.family_by)
     return results
 
 
@@ -106,12 +137,14 @@ def recommended_family(cfg: ExperimentConfig, searches: dict[int | str, dict]) -
     """The S/M/L family from every front together, uniform and mixed (`search.recommended`): three
     distinct networks of any precision, which each one's "bits" names."""
     points = [{**p, "bits": key} for key, s in searches.items() for p in s["front"]]
-    largest = {m: max(s[f"largest_{m}"] for s in searches.values()) for m in ("bitops", "macs")}
-    return recommended(points, largest, cfg.search.family)
+    metrics = ("bitops", "macs") + ((LATENCY,) if cfg.search.family_by == LATENCY else ())
+    largest = {m: max(s[f"largest_{m}"] for s in searches.values()) for m in metrics}
+    return recommended(points, largest, cfg.search.family, cfg.search.family_by)
 
 
 def run_export(cfg: ExperimentConfig, supernets: dict[int | str, str], searches: dict[int | str, dict],
-               recommended: dict[str, dict | None] | None = None) -> dict[int | str, dict]:
+               recommended: dict[str, dict | None] | None = None,
+               latency: LatencyModel | None = None) -> dict[int | str, dict]:
     """ONNX and packed weights of each family member (S, M, L) of each precision, in
     `RunLayout.export(p, name)`, then of the recommended family (`RunLayout.export(BEST, name)`);
     a subnet named twice (e.g. M = L, or a recommended member) is exported once."""
@@ -133,19 +166,21 @@ def run_export(cfg: ExperimentConfig, supernets: dict[int | str, str], searches:
                 path = supernets[key]
                 facts = export_checkpoint(path, member["arch"], out.root, cfg.search.calib_images,
                                           cfg.export.test_images, seed=cfg.search.seed, source=run.relative(path),
-                                          speed_rounds=cfg.export.speed_rounds)
+                                          speed_rounds=cfg.export.speed_rounds, latency=latency)
                 records.write_facts(out.facts, facts, run.relative(out.root))
             exported[group][name] = done[key, member["arch"]] = records.read_facts(out.facts)
     return exported
 
 
 def check_run(cfg: ExperimentConfig) -> None:
-    """No train field it would not read, what a run needs from outside (data, start files) and
-    budgets it can search (no latency table in a run), checked before any work: the config
-    itself was checked as it loaded."""
+    """No train field it would not read, what a run needs from outside (data, start files, a
+    latency model measured here) and budgets it can search (latency with a latency model), checked
+    before any work: the config itself was checked as it loaded."""
     check_run_fields(cfg)
     check_inputs(cfg)
     cfg.search.check_metrics(latency=False)
+    if cfg.search.latency_model not in (None, "build"):
+        latency_model.load(cfg.search.latency_model, get_space(cfg.model.space))
 
 
 def run_pipeline(cfg: ExperimentConfig) -> dict:
@@ -162,9 +197,10 @@ def run_pipeline(cfg: ExperimentConfig) -> dict:
     if d.world > 1:  # the other ranks have finished: their cores serve the search
         torch.set_num_threads(torch.get_num_threads() * d.world)
     supernets = final_supernets(cfg, stages)
-    searches = run_search(cfg, supernets) if supernets else {}
+    latency = run_latency_model(cfg, supernets) if supernets else None
+    searches = run_search(cfg, supernets, latency) if supernets else {}
     recommended = recommended_family(cfg, searches) if len(searches) > 1 else None
-    exported = run_export(cfg, supernets, searches, recommended) if supernets and cfg.export.enabled else {}
+    exported = run_export(cfg, supernets, searches, recommended, latency) if supernets and cfg.export.enabled else {}
     results = write_report(cfg, stages, searches, exported, time.time() - start, recommended)
     run = RunLayout(cfg.run.dir)
     _log(f"done: results in {os.path.abspath(run.root)} ({run.relative(run.report)}, {run.relative(run.results)})")

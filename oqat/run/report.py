@@ -3,9 +3,10 @@ import math
 import os
 
 from ..core import io, typed
-from ..deploy.export import speedup
+from ..deploy.export import measured_ms, speedup
 from ..files import records
 from ..files.layout import BEST, RunLayout, TrainingLayout
+from ..nets.budget import LATENCY
 from ..quant.precision import Precision
 
 
@@ -38,18 +39,22 @@ def compare_at_budgets(fronts: dict, n: int = 8) -> list[dict]:
 
 
 def _plot_fronts(searches: dict, path: str) -> None:
+    """Each precision's front against BitOPs, and against predicted ms where a latency model priced
+    them (the same points: a front in BitOPs need not be one in ms)."""
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(6.5, 4.2))
-    ax = fig.subplots()
-    for key, s in _by_precision(searches):
-        pts = [(p["bitops"], p["val_top1"]) for p in s.get("evaluated", [])]
-        line = ax.plot(*zip(*sorted((p["bitops"], p["val_top1"]) for p in s["front"])),
-                       marker="o", lw=1.5, label=f"{_label(key)} front")[0]
-        if pts:
-            ax.scatter(*zip(*pts), s=8, alpha=0.25, color=line.get_color())
-    ax.set_xscale("log")
-    ax.set(xlabel="BitOPs", ylabel="val top-1 (%)", title="OQAT fronts per precision (dots: evaluated subnets)")
-    ax.legend()
+    axes = ["bitops"] + ([LATENCY] if all(LATENCY in p for s in searches.values() for p in s["front"]) else [])
+    fig = Figure(figsize=(6.5 * len(axes), 4.2))
+    for ax, m in zip(fig.subplots(1, len(axes), squeeze=False)[0], axes):
+        for key, s in _by_precision(searches):
+            pts = [(p[m], p["val_top1"]) for p in s.get("evaluated", []) if m in p]
+            line = ax.plot(*zip(*sorted((p[m], p["val_top1"]) for p in s["front"])),
+                           marker="o", lw=1.5, label=f"{_label(key)} front")[0]
+            if pts:
+                ax.scatter(*zip(*pts), s=8, alpha=0.25, color=line.get_color())
+        ax.set_xscale("log")
+        ax.set(xlabel="BitOPs" if m == "bitops" else "predicted ms (latency model)", ylabel="val top-1 (%)",
+               title="OQAT fronts per precision (dots: evaluated subnets)")
+        ax.legend()
     io.write_png(path, fig)
 
 
@@ -104,6 +109,10 @@ def write_report(cfg, stages: list[dict], searches: dict, exported: dict, wall_s
     return results
 
 
+def _family_unit(cfg: dict) -> str:
+    return "predicted ms" if cfg["search"].get("family_by") == LATENCY else "BitOPs"
+
+
 def _accuracy_note(cfg: dict) -> str:
     """Which images the search's val top-1 and the test top-1 are on."""
     val = min(cfg["search"]["val_images"] or cfg["data"]["val_size"], cfg["data"]["val_size"])
@@ -128,8 +137,8 @@ def markdown(r: dict) -> str:
         lines += ["", "## OQATNets: the S, M, L family of each bit-width",
                   "", "The most accurate front subnet (chosen on val; test top-1 reported) within "
                   + ", ".join(f"{name} {100 * f:g}%" for name, f in zip("SML", budgets))
-                  + f" of the largest subnet's BitOPs. {_accuracy_note(cfg)} Size: the weights at their bits "
-                  "(analytic).",
+                  + f" of the largest subnet's {_family_unit(cfg)}. {_accuracy_note(cfg)} Size: the weights at "
+                  "their bits (analytic).",
                   "", "| bits | net | architecture | val top-1 | test top-1 | MACs | BitOPs | FLOPs_q | size (KiB) |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for bits, fam in _by_precision(r["family"]):
@@ -148,8 +157,10 @@ def markdown(r: dict) -> str:
     if r.get("recommended"):
         lines += ["", "## Recommended family: every front together",
                   "", "Three distinct subnets of any precision, uniform or mixed: each budget's most accurate (val) "
-                  "within its fraction of the largest subnet's BitOPs and of its MACs (a CPU's time follows the "
-                  f"MACs more than the bits), none taken twice. {_accuracy_note(cfg)}", "",
+                  + ("within its fraction of the largest subnet's predicted ms (the latency model)"
+                     if _family_unit(cfg) != "BitOPs" else "within its fraction of the largest subnet's BitOPs and "
+                     "of its MACs (a CPU's time follows the MACs more than the bits)")
+                  + f", none taken twice. {_accuracy_note(cfg)}", "",
                   "| net | bits | architecture | val top-1 | test top-1 | BitOPs |", "|---|---|---|---|---|---|"]
         for name, b in r["recommended"].items():
             lines.append(f"| {name} | none within budget | | | | |" if b is None else
@@ -199,5 +210,17 @@ def markdown(r: dict) -> str:
                  for f in members.values() if f.get("speed")}
         lines += [f"\nSpeed measured with {t} thread(s) on {m}; each member's MODEL_CARD.md has the times."
                   for t, m in sorted(timed)]
+        priced = [(bits, name, f) for bits, members in _by_precision(r["export"]) for name, f in members.items()
+                  if f.get("latency_model")]
+        if priced:
+            lm = priced[0][2]["latency_model"]
+            lines += ["", "## Latency: predicted and measured", "",
+                      f"The latency model ({lm['model']}) against the export timed end to end in oqat's runtime "
+                      f"(batch {lm['batch']}, median).", "",
+                      "| bits | net | predicted ms | measured ms | error |", "|---|---|---|---|---|"]
+            for bits, name, f in priced:
+                pred, meas = f["latency_model"]["predicted_ms"], measured_ms(f)
+                lines.append(f"| {_label(bits)} | {name} | {pred:.3f} | " + (
+                    f"{meas:.3f} | {100 * (pred - meas) / meas:+.1f}% |" if meas else "not measured | |"))
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in r["plots"]]
     return "\n".join(lines) + "\n"

@@ -92,6 +92,15 @@ class LatencyModel:
     parts: dict[str, float] = field(default_factory=dict)  # part key (block_key, ...) -> ms
     overhead_ms: float = 0.0  # a run's time outside its ops (one per run)
 
+    def check_precision(self, bits, space: SearchSpace) -> None:
+        """Refuse to price networks of another space, or of a width it did not measure."""
+        if (space.name, space.blocks) != (self.space.name, self.space.blocks):
+            raise LatencyModelError(f"the latency model is of space '{self.space.name}', not '{space.name}'")
+        missing = sorted(set(bits if isinstance(bits, tuple) else (bits,)) - set(self.bits))
+        if missing:
+            raise LatencyModelError(f"the latency model measured {', '.join(map(str, self.bits))} bits, not "
+                                    f"{', '.join(map(str, missing))}: build one with them (oqat latency-model)")
+
     def describe(self) -> str:
         return (f"{RUNTIME} runtime ({self.isa}) on {self.device}, {self.threads} thread(s), batch {self.batch}")
 

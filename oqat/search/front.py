@@ -49,30 +49,32 @@ def dominated(front: list[dict], points: list[dict], metric: str) -> int:
 FAMILY = ("S", "M", "L")
 
 
-def family(front: list[dict], largest_bitops: float, fractions: list[float]) -> dict[str, dict | None]:
-    """The paper's OQATNets: for each budget, a fraction of the largest subnet's BitOPs
-    (S, M, L by increasing budget), the most accurate front member (on val) within it;
-    None where no front member fits."""
+def family(front: list[dict], largest: dict, fractions: list[float], by: str = "bitops") -> dict[str, dict | None]:
+    """The paper's OQATNets: for each budget, a fraction of the largest subnet's BitOPs (or of
+    another metric `by`, e.g. its latency) (S, M, L by increasing budget), the most accurate
+    front member (on val) within it; None where no front member fits."""
     out = {}
     for name, fraction in zip(FAMILY, fractions):
-        within = [p for p in front if p["bitops"] <= fraction * largest_bitops]
+        within = [p for p in front if p[by] <= fraction * largest[by]]
         out[name] = max(within, key=lambda p: p["val_top1"]) if within else None
     return out
 
 
-def recommended(points: list[dict], largest: dict, fractions: list[float]) -> dict[str, dict | None]:
+def recommended(points: list[dict], largest: dict, fractions: list[float],
+                by: str = "bitops") -> dict[str, dict | None]:
     """A family from the fronts of several precisions (each point's "bits" names its own): for
-    each budget, a fraction of the largest subnet's BitOPs and of its MACs, the most accurate
-    point (on val) within both that costs more BitOPs than the smaller member: three distinct
-    networks spanning the costs; None where none is left.
+    each budget, a fraction of the largest subnet's BitOPs and of its MACs (`by` "latency": of
+    its predicted ms), the most accurate point (on val) within it that costs more than the
+    smaller member: three distinct networks spanning the costs; None where none is left.
     BitOPs alone would let the 2-bit largest network be S and M at once, and it runs slower on
-    a CPU than the 2-bit S: there the MACs, not the bits, set the time."""
+    a CPU than the 2-bit S: there the MACs, not the bits, set the time; a latency model prices
+    the time itself."""
+    limits = ("bitops", "macs") if by == "bitops" else (by,)
     out, floor = {}, -1.0
     for name, fraction in zip(FAMILY, fractions):
-        within = [p for p in points if p["bitops"] > floor
-                  and all(p[m] <= fraction * largest[m] for m in ("bitops", "macs"))]
+        within = [p for p in points if p[by] > floor and all(p[m] <= fraction * largest[m] for m in limits)]
         out[name] = max(within, key=lambda p: p["val_top1"]) if within else None
-        floor = out[name]["bitops"] if out[name] else floor
+        floor = out[name][by] if out[name] else floor
     return out
 
 

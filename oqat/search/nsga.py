@@ -29,6 +29,7 @@ from ..data.config import DataConfig
 from ..data.splits import Splits
 from ..nets.budget import LATENCY, Budget, check_metric
 from ..nets.supernet import Supernet
+from ..runtime.latency_model import LatencyModel
 from ..space.arch import Arch
 from ..space.structure import SearchSpace
 from .front import SearchResult, pareto_indices
@@ -108,7 +109,7 @@ class _ArchProblem(Problem):
 
 
 def search(supernet: Supernet, data_cfg: DataConfig, splits: Splits, cfg: SearchConfig | None = None,
-           latency: dict[str, float] | None = None, pairs: list[tuple[Arch, float]] | None = None,
+           latency: LatencyModel | dict[str, float] | None = None, pairs: list[tuple[Arch, float]] | None = None,
            test: bool = True, log: Callable[[str], None] = print) -> SearchResult:
     """NSGA-II over the part of `supernet`'s space it was trained on (`trained_space`: the
     fields its training held fixed stay at the largest's), with the settings of `cfg` (default:
@@ -117,9 +118,10 @@ def search(supernet: Supernet, data_cfg: DataConfig, splits: Splits, cfg: Search
     cfg.generations offspring rounds follow the initial population. With cfg.predictor or
     `pairs`, candidates are scored by an accuracy predictor fitted on the real evaluations so
     far (and `pairs`); only those that reach the current front are evaluated for real, and the
-    final front is real. With latency as the metric or a budget, every entry of the `latency`
-    table ({arch string: ms}) within the trained part and the budgets is evaluated instead:
-    latency is known for those only."""
+    final front is real. `latency`: a latency model, which prices every architecture in ms for
+    the latency metric and budgets; or a measured table ({arch string: ms}), whose entries within
+    the trained part and the budgets are then all evaluated instead (latency is known for those
+    only)."""
     start = time.time()
     cfg = cfg or SearchConfig()
     budgets, population, generations, seed = cfg.budgets, cfg.population, cfg.generations, cfg.seed
@@ -156,7 +158,7 @@ def search(supernet: Supernet, data_cfg: DataConfig, splits: Splits, cfg: Search
                 F.append([-float(predictor.predict([arch])[0]), c[metric]])
         Evaluator().eval(StaticProblem(problem, F=np.array(F), G=np.array(G).reshape(len(F), -1)), pop)
 
-    if latency is not None and LATENCY in (metric, *(b.metric for b in budgets)):
+    if isinstance(latency, dict) and LATENCY in (metric, *(b.metric for b in budgets)):
         # Latency is known for the table's architectures only, and a table is small: score them all.
         in_part = [space.check(text) for text in latency if not supernet.untrained(text)]
         for arch in in_part:

@@ -1,5 +1,5 @@
 """How the search scores an architecture: its costs and budget violations (`CostMetrics`, latency
-from a measured table), and its validation top-1 (`Scorer`: BN recalibrated, cached by `Arch`,
+from a latency model or a measured table), and its validation top-1 (`Scorer`: BN recalibrated, cached by `Arch`,
 so no architecture is evaluated twice).
 """
 import random
@@ -14,29 +14,35 @@ from ..nets.budget import LATENCY, Budget, BudgetError
 from ..nets.cost import arch_metrics
 from ..nets.supernet import Supernet
 from ..quant.precision import Precision
+from ..runtime.latency_model import LatencyModel
 from ..space.arch import Arch
 from ..space.structure import SearchSpace
 from ..train.evaluate import evaluate
 
 
 class CostMetrics:
-    """Cost metrics of architectures at one bit-width, plus latency from a measured table."""
+    """Cost metrics of architectures at one precision, plus latency in ms: predicted by a latency
+    model for every architecture, or read from a measured table for its entries only."""
 
-    def __init__(self, space: SearchSpace, bits: int, latency: dict[str, float] | None = None):
+    def __init__(self, space: SearchSpace, bits, latency: LatencyModel | dict[str, float] | None = None):
         self.space, self.bits, self.latency = space, bits, latency
+        if isinstance(latency, LatencyModel):
+            latency.check_precision(bits, space)
 
     def __call__(self, arch: Arch) -> dict[str, float]:
         c = arch_metrics(arch, self.space, self.bits)
-        if self.latency is not None and arch.to_str() in self.latency:
+        if isinstance(self.latency, LatencyModel):
+            c[LATENCY] = self.latency.predict(arch, None if arch.b else self.bits)
+        elif self.latency is not None and arch.to_str() in self.latency:
             c[LATENCY] = self.latency[arch.to_str()]
         return c
 
     def smallest(self, metric: str) -> tuple[float, str]:
         """The least achievable value of `metric`, and where it is reached."""
-        if metric == LATENCY:
+        if metric == LATENCY and isinstance(self.latency, dict):
             best = min(self.latency, key=self.latency.get)
             return self.latency[best], best
-        # The smallest choice of every field (resolution too) minimises every cost metric.
+        # The smallest choice of every field (resolution too) minimises every cost metric, latency too.
         arch = self.space.smallest()
         return self(arch)[metric], arch.to_str()
 
