@@ -265,13 +265,13 @@ def open_supernet(path: str, overrides=(), device: str = "cpu") -> tuple[Superne
 
 # --- training checkpoints --------------------------------------------------------------------
 def save_training(path: str, *, space: SearchSpace, bits: Bits, config: dict, state_dict: dict,
-                  optimizer: dict, scheduler: dict, step: int, epoch: int, batch: int, rng: dict, health: dict,
+                  optimizer: dict, scheduler: dict, step: int, rng: dict, health: dict,
                   meter: list, val: dict) -> None:
     """A training checkpoint: all a stage needs to go on exactly where it stopped (`train.Trainer`);
-    `batch` is the next batch of `epoch` to run."""
+    `step` is the batches trained, from which the epoch and its next batch follow."""
     io.save(path, {"format": TRAINING, "space": space.to_dict(), "bits": bits, "config": config,
                            "state_dict": state_dict, "optimizer": optimizer, "scheduler": scheduler,
-                           "step": step, "epoch": epoch, "batch": batch, "rng": rng, "health": health,
+                           "step": step, "rng": rng, "health": health,
                            "meter": meter, "val": val})
 
 
@@ -284,9 +284,8 @@ def load_training(path: str) -> dict:
     _tensors(_field(ckpt, path, "state_dict", dict, "a mapping"), path, "state_dict")
     for name in ("optimizer", "scheduler", "rng", "health", "val", "config"):
         _field(ckpt, path, name, dict, "a mapping")
-    for name in ("step", "epoch", "batch"):
-        if _field(ckpt, path, name, int, "an integer") < 0:
-            raise CheckpointError(f"'{path}': field '{name}' must be >= 0, got {ckpt[name]}")
+    if _field(ckpt, path, "step", int, "an integer") < 0:  # older files' epoch and batch follow from it
+        raise CheckpointError(f"'{path}': field 'step' must be >= 0, got {ckpt['step']}")
     meter = _field(ckpt, path, "meter", list, "a list")
     if len(meter) != 3 or not all(isinstance(v, (int, float)) for v in meter):
         raise CheckpointError(f"'{path}': field 'meter' must be 3 numbers")

@@ -178,7 +178,7 @@ class Trainer:
                              f"{len(self.splits.train)} training images")
         warm, total = round(t.warmup * self.per_epoch), t.epochs * self.per_epoch
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, warm, total))
-        self.step = self.epoch = self.batch = 0
+        self.step = 0  # the one counter (batches trained): the epoch and the batch within it derive from it
         self.health = {"step_clamps": 0, "step_flips": 0}
         self.meter = [0.0, 0.0, 0]  # epoch sums: largest's loss, mean distillation loss, steps
         self.val: dict = {}
@@ -186,6 +186,16 @@ class Trainer:
                                        enabled=t.amp and self.dist.device.type == "cuda")
         self.teacher = None if t.teacher_file is None else \
             Teacher(t.teacher_file, self.splits, cfg.data, self.space, self.dist.device, t.channels_last)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch in progress (0-based), or the epochs finished at an epoch's end."""
+        return self.step // self.per_epoch
+
+    @property
+    def batch(self) -> int:
+        """The next batch of the epoch in progress."""
+        return self.step % self.per_epoch
 
     def _build(self, space) -> tuple[Supernet, bool]:
         """The supernet to train, varying this stage's `train.elastic`, and whether its steps are
@@ -237,7 +247,7 @@ class Trainer:
                 batches = train_batches(self.splits.train, self.cfg.data, epoch, self.dist.rank, world, start,
                                         sizes=lambda b: self.archs(first + b - start)[0].r,  # noqa: B023 (this epoch's)
                                         with_index=True)
-                for self.batch, (x, y, index) in enumerate(batches, start):
+                for batch, (x, y, index) in enumerate(batches, start):
                     x, y = x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
                     if self.step == 0 and self.reinit and t.bits != FULL_PRECISION:
                         self.init_steps(x)
@@ -248,22 +258,20 @@ class Trainer:
                     distill = sum(losses[1:]) / max(1, len(losses) - 1)
                     self.meter = [self.meter[0] + losses[0], self.meter[1] + distill, self.meter[2] + 1]
                     bar.update(1)
-                    if self.step % t.log_every == 0 or self.batch + 1 == self.per_epoch:
+                    if self.step % t.log_every == 0 or batch + 1 == self.per_epoch:
                         rate = seen / (time.perf_counter() - tick)
                         tick, seen = time.perf_counter(), 0
                         bar.set_postfix(loss=f"{losses[0]:.3f}", lr=f"{lr:.4f}", img_s=f"{rate:.0f}")
                         if log:
                             log.write({"kind": "step", "step": self.step,
-                                       "epoch": epoch + (self.batch + 1) / self.per_epoch, "loss": losses[0],
+                                       "epoch": epoch + (batch + 1) / self.per_epoch, "loss": losses[0],
                                        "loss_distill": distill, "lr": lr, "img_s": rate, **self.health})
-                    if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.batch + 1 < self.per_epoch:
-                        self.batch += 1  # the next batch to run
-                        if main:
-                            self.save()
+                    if main and t.checkpoint_every and self.step % t.checkpoint_every == 0 \
+                            and batch + 1 < self.per_epoch:  # an epoch's end saves after its validation
+                        self.save()
                 bar.close()
                 # Ranks saw different data: average BN running stats so rank 0's file stands for all.
                 distributed.all_reduce_mean_([b for b in self.net.buffers() if b.is_floating_point()], world)
-                self.epoch, self.batch = epoch + 1, 0
                 loss, distill, n = self.meter
                 self.meter = [0.0, 0.0, 0]
                 if main:
@@ -378,7 +386,7 @@ class Trainer:
         checkpoints.save_training(
             self.last, space=self.space, bits=self.cfg.train.bits, config=typed.to_dict(self.cfg),
             state_dict=self.net.state_dict(), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
-            step=self.step, epoch=self.epoch, batch=self.batch, rng=rng, health=dict(self.health),
+            step=self.step, rng=rng, health=dict(self.health),
             meter=list(self.meter), val=dict(self.val))
 
     def resume(self) -> bool:
@@ -397,7 +405,7 @@ class Trainer:
         except (ValueError, KeyError, TypeError) as err:
             raise io.CheckpointError(f"'{self.last}': optimizer or scheduler state does not fit "
                                              f"this run ({type(err).__name__}: {err})") from None
-        self.step, self.epoch, self.batch = ck["step"], ck["epoch"], ck["batch"]
+        self.step = ck["step"]
         random.setstate(ck["rng"]["python"])
         torch.set_rng_state(ck["rng"]["torch"])
         if "cuda" in ck["rng"] and torch.cuda.is_available():
