@@ -3,6 +3,7 @@ architecture in ms in `oqat cost`, in `oqat search`'s budgets and in `oqat run` 
 builds it, fronts in ms, the S/M/L family by latency, the prediction beside the measured time)."""
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -10,6 +11,10 @@ from processes import TINY_RUN
 from test_evaluate import TINY, run_cli, tiny_run
 
 from oqat.cli import main
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import mixed_vs_uniform  # noqa: E402
+
 from oqat.runtime import latency_model
 from oqat.space.arch import Arch
 from oqat.space.builtin import get_space
@@ -85,7 +90,7 @@ def test_latency_without_a_model_or_from_elsewhere_is_one_line(capsys, tmp_path,
 
 
 @pytest.mark.slow
-def test_a_tiny_run_with_a_latency_budget_builds_its_model_searches_recommends_and_exports(tmp_path):
+def test_a_tiny_run_with_a_latency_budget_builds_its_model_searches_recommends_and_exports(tmp_path, capsys):
     folder = tmp_path / "run"
     stages = "stages=[{bits: 3, epochs: 1}, {bits: 2, epochs: 1, lr: 0.05}, {bits: [2, 3], epochs: 1, lr: 0.05}]"
     previous = torch.get_num_threads()
@@ -110,3 +115,10 @@ def test_a_tiny_run_with_a_latency_budget_builds_its_model_searches_recommends_a
     card = next(open(os.path.join(folder, "export", d, "MODEL_CARD.md")).read()
                 for d in os.listdir(folder / "export"))
     assert "Predicted by the latency model" in card and "measured above" in card
+    rows = results["mixed_vs_uniform_latency"]  # mixed against uniform at equal predicted ms
+    assert len(rows) == 5 and all(r[k] is None or r[k]["latency"] <= r["latency"] * (1 + 1e-9)
+                                  for r in rows for k in ("mixed", "uniform"))
+    assert "## Mixed against uniform precision at equal predicted latency" in report
+    mixed_vs_uniform.main([str(folder), "--metric", "latency", "--measure"])
+    out = capsys.readouterr().out
+    assert out.count(" measured") >= 5 and "budgets" in out

@@ -8,6 +8,7 @@ A run folder (`oqat run`; {p}: a precision's name, fp, 4bit, ..., mixed234 for b
     export/{p}-{S,M,L}/          an export folder
     export/best-{S,M,L}/         the recommended family's members not exported above
     analysis/                    `oqat analyze`
+    latency_model.json           with search.latency_model: build (and .partial while measuring)
     report.md, results.json, fronts.png, training.png
 A training folder (`oqat train`'s run.dir; a stage): config.yaml, checkpoints/last.pt,
 metrics.jsonl, tb/, supernet.pt; a stage adds inherited.pt (bit inheritance) and stage.json.

@@ -19,22 +19,23 @@ def _label(group) -> str:
     return group if group == BEST else Precision.of(group).label
 
 
-def compare_at_budgets(fronts: dict, n: int = 8) -> list[dict]:
-    """At n BitOPs budgets spaced evenly (log scale) from the smallest to the largest uniform
-    front member, the most accurate (val) mixed and uniform front members within each."""
+def compare_at_budgets(fronts: dict, n: int = 8, metric: str = "bitops") -> list[dict]:
+    """At n budgets of `metric` (BitOPs, or latency where a latency model priced the fronts)
+    spaced evenly (log scale) from the smallest to the largest uniform front member, the most
+    accurate (val) mixed and uniform front members within each."""
     uniform = [p for k, f in fronts.items() if not Precision.of(k).mixed for p in f]
     mixed = [p for k, f in fronts.items() if Precision.of(k).mixed for p in f]
-    if not uniform or not mixed:
+    if not uniform or not mixed or not all(metric in p for p in uniform + mixed):
         return []
-    lo, hi = min(p["bitops"] for p in uniform), max(p["bitops"] for p in uniform)
+    lo, hi = min(p[metric] for p in uniform), max(p[metric] for p in uniform)
     rows = []
     for i in range(n):
         budget = lo * (hi / lo) ** (i / (n - 1))
         best = {}
         for kind, points in (("mixed", mixed), ("uniform", uniform)):
-            within = [p for p in points if p["bitops"] <= budget * (1 + 1e-9)]
+            within = [p for p in points if p[metric] <= budget * (1 + 1e-9)]
             best[kind] = max(within, key=lambda p: p["val_top1"]) if within else None
-        rows.append({"bitops": budget, **best})
+        rows.append({metric: budget, **best})
     return rows
 
 
@@ -104,6 +105,8 @@ def write_report(cfg, stages: list[dict], searches: dict, exported: dict, wall_s
         results["recommended"] = recommended
     if (table := compare_at_budgets(results["fronts"])):
         results["mixed_vs_uniform"] = table
+    if (table := compare_at_budgets(results["fronts"], 5, LATENCY)):
+        results["mixed_vs_uniform_latency"] = table
     io.write_json(run.results, results)
     io.write_text(run.report, markdown(results))
     return results
@@ -166,16 +169,23 @@ def markdown(r: dict) -> str:
             lines.append(f"| {name} | none within budget | | | | |" if b is None else
                          f"| {name} | {_label(b['bits'])} | `{b['arch']}` | {b['val_top1']:.2f} | "
                          f"{b.get('test_top1', math.nan):.2f} | {b['bitops'] / 1e6:.1f} M |")
-    if r.get("mixed_vs_uniform"):
-        lines += ["", "## Mixed against uniform precision at equal BitOPs", "",
+    for key, metric, title in (("mixed_vs_uniform", "bitops", "BitOPs"),
+                               ("mixed_vs_uniform_latency", LATENCY, "predicted latency")):
+        if not r.get(key):
+            continue
+        lines += ["", f"## Mixed against uniform precision at equal {title}", "",
                   "The best front member (val) within each budget; test top-1 in brackets.", "",
-                  "| BitOPs budget | mixed | uniform | mixed - uniform (val) |", "|---|---|---|---|"]
-        for row in r["mixed_vs_uniform"]:
+                  f"| {title} budget | mixed | uniform | mixed - uniform (val) |", "|---|---|---|---|"]
+
+        def amount(v, metric=metric):
+            return f"{v / 1e6:.1f} M" if metric == "bitops" else f"{v:.3f} ms"
+
+        for row in r[key]:
             m, u = row["mixed"], row["uniform"]
             cell = ("-" if p is None else f"{p['val_top1']:.2f} ({p.get('test_top1', math.nan):.2f}), "
-                    f"{p['bitops'] / 1e6:.1f} M" for p in (m, u))
+                    f"{amount(p[metric])}" for p in (m, u))
             gap = f"{m['val_top1'] - u['val_top1']:+.2f}" if m and u else "-"
-            lines.append(f"| {row['bitops'] / 1e6:.1f} M | " + " | ".join(cell) + f" | {gap} |")
+            lines.append(f"| {amount(row[metric])} | " + " | ".join(cell) + f" | {gap} |")
     where = [(k, p) for k, f in r["fronts"].items() if Precision.of(k).mixed for p in f if "stage_bits" in p]
     if where:
         lines += ["", "## Where the bits went", "", "Bits of each mixed front member: first block | each stage's "
