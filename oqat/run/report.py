@@ -188,13 +188,15 @@ def markdown(r: dict) -> str:
             lines.append(f"| {amount(row[metric])} | " + " | ".join(cell) + f" | {gap} |")
     where = [(k, p) for k, f in r["fronts"].items() if Precision.of(k).mixed for p in f if "stage_bits" in p]
     if where:
+        ms = all(LATENCY in p for _, p in where)  # a front priced by a latency model: its ms beside the BitOPs
         lines += ["", "## Where the bits went", "", "Bits of each mixed front member: first block | each stage's "
-                  "blocks | head.", "", "| BitOPs | val top-1 | first | stages | head |", "|---|---|---|---|---|"]
+                  "blocks | head.", "", "| BitOPs |" + (" predicted ms |" if ms else "") + " val top-1 | first | "
+                  "stages | head |", "|---|---|---|---|---|" + ("---|" if ms else "")]
         for _, p in sorted(where, key=lambda kp: kp[1]["bitops"]):
             sb = p["stage_bits"]
             stages = " / ".join("".join(map(str, st)) for st in sb["stages"])
-            lines.append(f"| {p['bitops'] / 1e6:.1f} M | {p['val_top1']:.2f} | {sb['first_block']} | {stages} | "
-                         f"{sb['head']} |")
+            lines.append(f"| {p['bitops'] / 1e6:.1f} M |" + (f" {p[LATENCY]:.3f} |" if ms else "")
+                         + f" {p['val_top1']:.2f} | {sb['first_block']} | {stages} | {sb['head']} |")
     if r["export"]:
         lines += ["", "## Exported (integer ONNX, QONNX, packed weights)", "",
                   "Files: .onnx is model.onnx (the integer graph, weights at INT4/INT2 and their scales), packed is "
