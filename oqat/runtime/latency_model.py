@@ -89,7 +89,7 @@ class LatencyModel:
     threads: int
     batch: int
     resolutions: tuple[int, ...]  # measured; others are interpolated between the nearest two
-    parts: dict[str, float] = field(default_factory=dict)  # part key (block_key, ...) -> ms
+    parts: dict[str, float] = field(default_factory=dict)  # Part.key(r) -> median ms
     overhead_ms: float = 0.0  # a run's time outside its ops (one per run)
 
     def check_precision(self, bits, space: SearchSpace) -> None:
