@@ -1,5 +1,5 @@
 """Where the thread count changes a quantized subnet's codes, source by source, and what the
-exact evaluation (oqat/exact.py, the rule of oqat/quant/requant.py) leaves of it.
+exact evaluation (oqat/nets/exact.py, the rule of oqat/quant/requant.py) leaves of it.
 
 For each subnet (extracted from a supernet file, BN recalibrated, evaluated on val) it runs the
 arithmetic before issue 29 (the fake-quantized float forward in eval mode, BN recalibrated by

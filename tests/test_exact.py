@@ -1,4 +1,4 @@
-"""The exact evaluation (oqat/exact.py, by the rule of oqat/quant/requant.py): a quantized subnet in eval
+"""The exact evaluation (oqat/nets/exact.py, by the rule of oqat/quant/requant.py): a quantized subnet in eval
 mode computes the same codes and logits on every thread count and ISA, and those are the rule's,
 operation by operation."""
 import os

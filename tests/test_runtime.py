@@ -133,7 +133,7 @@ def assert_parity(net: Subnet, model: Model, x: torch.Tensor) -> None:
         assert len(np.unique(v.numpy())) >= min(3, qp - qn + 1), k
     logits = model(x.numpy())
     with torch.no_grad():
-        evaluated = net.eval()(x).numpy()  # oqat's own exact evaluation (oqat/exact.py)
+        evaluated = net.eval()(x).numpy()  # oqat's own exact evaluation (oqat/nets/exact.py)
     for other in (want.numpy(), evaluated):
         np.testing.assert_allclose(logits, other, rtol=1e-5, atol=1e-6)
         assert (logits.argmax(1) == other.argmax(1)).all()

@@ -463,10 +463,10 @@ def model_card(f: dict) -> str:
     lines += ["", "## Files", ""]
     if "runtime" in s:
         lines.append(f"- `{ExportLayout.RUNTIME}` ({s['runtime']:,} bytes): oqat's runtime's file, weight codes at "
-                     "their bit width; `oqat.deploy.Runner(folder, \"oqat\")`, `oqat predict` and the C API "
+                     "their bit width; `oqat.deploy.runners.Runner(folder, \"oqat\")`, `oqat predict` and the C API "
                      "(docs/deployment.md) run it on the codes themselves")
     lines += [f"- `{ExportLayout.ONNX}` ({s['onnx']:,} bytes): integer QDQ graph, weight codes at their true width "
-              "(INT4 to 4 bits, INT2 to 2), BN folded into per-channel scales; `oqat.deploy.Runner` runs it "
+              "(INT4 to 4 bits, INT2 to 2), BN folded into per-channel scales; `oqat.deploy.runners.Runner` runs it "
               "(OpenVINO: int8 convolutions; onnxruntime: the reference)",
               f"- `{ExportLayout.QONNX}` ({s['qonnx']:,} bytes): QONNX (Quant nodes at the real bit-widths) "
               "for FINN, hls4ml",

@@ -1,7 +1,7 @@
 // LSQ for float32 CPU tensors, as a C++ autograd function: one pass forward, one pass backward
 // over memory in order (any dense layout), in torch's thread pool and SIMD width, and no Python
 // per call; optionally of h_swish(v), the activation before it, in the same passes.
-// oqat/quant.py builds it on first use and calls it as torch.ops.oqat_lsq.lsq.
+// oqat/quant/lsq.py builds it on first use and calls it as torch.ops.oqat_lsq.lsq.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/vec.h>
