@@ -47,7 +47,8 @@ def cmd_cost(args):
         from ..runtime import latency_model
         from ..space.builtin import get_space
         model = latency_model.load(args.latency_model)
-        model.check_precision(arch.b and tuple(sorted(set(arch.b))) or args.bits, space or get_space(arch.space))
+        widths = tuple(sorted(set(arch.b))) if arch.b else args.bits
+        model.check_precision(widths, space or get_space(arch.space))
         result[LATENCY] = model.predict(arch, None if arch.b else args.bits)
     if args.json:
         print(json.dumps(result))

@@ -126,10 +126,8 @@ def run_search(cfg: ExperimentConfig, supernets: dict[int | str, str],
         largest = arch_metrics(net.space.largest(), net.space, net.bits)
         if latency:
             largest[LATENCY] = latency.predict(net.space.largest(), None if net.space.bit_widths else net.bits)
-        results[key].update({f"largest_{m}": v for m, v in largest.items() if m in ("bitops", "macs", LATENCY)})
-        results[key]["family"] = family(results[key]["front"], {m: results[key][f"largest_{m}"] for m in
-                                                                ("bitops", LATENCY) if f"largest_{m}" in results[key]},
-                                        cfg.search.family, cfg.search.family_by)
+        results[key].update({f"largest_{m}": largest[m] for m in ("bitops", "macs", LATENCY) if m in largest})
+        results[key]["family"] = family(results[key]["front"], largest, cfg.search.family, cfg.search.family_by)
     return results
 
 
